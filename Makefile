@@ -1,0 +1,54 @@
+# Set-up and everyday commands. Needs only python3 (3.11+) and PyPI: the virtual
+# environment is created on first use and reinstalled only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= config/roomserver.toml
+BIN := $(VENV)/bin
+comma := ,
+
+.PHONY: run test lint bench clean distclean venv
+
+run: $(VENV)/.installed-test
+	$(BIN)/roomserver --config $(CONFIG) run
+
+test: $(VENV)/.installed-test+oracle
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test+lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench.run
+
+venv: $(VENV)/.installed-test
+
+# Python without ensurepip (Debian without python3-venv) still has pip: use it to fetch
+# a pip wheel, which can run itself to install pip into the new environment.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
+	@if ! $(PYTHON) -m venv $(VENV); then \
+		echo "python -m venv failed; bootstrapping pip into $(VENV) from PyPI" >&2; \
+		rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) && \
+		$(PYTHON) -m pip download --disable-pip-version-check --no-deps \
+			--dest $(VENV)/pip-wheel pip && \
+		wheel=$$(ls $(VENV)/pip-wheel/pip-*.whl) && \
+		$(BIN)/python $$wheel/pip install --no-index --disable-pip-version-check $$wheel && \
+		rm -rf $(VENV)/pip-wheel; \
+	fi
+
+# One stamp per set of extras ("+" stands for ","); a newer pyproject.toml reinstalls.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[$(subst +,$(comma),$*)]'
+	@touch $@
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also drops the virtual environment; data/ (the worker's storage) is never touched.
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,298 @@
+"""`make bench`: the worker's throughput against a bare relay, on a real nats-server.
+
+Scenarios (inputs are published before the clock starts, then drained):
+- relay: a plain nats-py loop moving the same messages from an input stream to an output
+  stream, same batch size, no processing: the yardstick.
+- linear: one room, 2,000 members join, then 50,000 mixed events.
+- small rooms: many rooms of a few dozen events each.
+
+The worker runs as its own process (`roomserver run`), so its peak RSS is its own; its
+RSS is sampled through the run to show whether memory stays flat. Figures are printed
+as a table and written as JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from nats.js import JetStreamContext, api
+
+from worker.bus.connection import connect
+from worker.bus.publisher import Outgoing, Publisher
+from worker.bus.server import EmbeddedNatsServer
+from worker.bus.streams import ensure_streams
+from worker.bus.subjects import Subjects
+from worker.config import Config, load_config
+from worker.matrix.hashes import compute_event_id
+from worker.matrix.room_versions import get_room_version
+from worker.synthetic import linear_room
+
+RESULTS = Path(__file__).parent / "results"
+BATCH = 256
+
+
+#: (room ID, msgpack input body, event ID) of one prepared input.
+Prepared = tuple[str, bytes, str]
+
+
+def _inputs(pdus: Sequence[dict[str, Any]], version: str) -> list[Prepared]:
+    room_version = get_room_version(version)
+    out = []
+    for pdu in pdus:
+        event_id = compute_event_id(pdu, room_version)
+        room_id = pdu.get("room_id") or "!" + event_id[1:]
+        out.append((room_id, msgpack.packb({"event": pdu}, use_bin_type=True), event_id))
+    return out
+
+
+def _config(url: str, storage: Path, tag: str) -> Config:
+    return load_config(None, _env(url, storage, tag))
+
+
+def _env(url: str, storage: Path, tag: str) -> dict[str, str]:
+    return {
+        "ROOMSERVER_STORAGE_PATH": str(storage),
+        "ROOMSERVER_NATS_SERVERS": url,
+        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": f"b{tag}",
+        "ROOMSERVER_STREAMS_INPUT": f"B{tag}_INPUT",
+        "ROOMSERVER_STREAMS_OUTPUT": f"B{tag}_OUTPUT",
+        "ROOMSERVER_STREAMS_DEADLETTER": f"B{tag}_DEADLETTER",
+        "ROOMSERVER_CONSUMER_DURABLE": f"b{tag}",
+        "ROOMSERVER_CONSUMER_BATCH_SIZE": str(BATCH),
+        "ROOMSERVER_LOG_LEVEL": "warning",
+        "ROOMSERVER_LOG_FORMAT": "json",
+    }
+
+
+async def _ensure(js: JetStreamContext, name: str, subject: str) -> None:
+    await js.add_stream(
+        api.StreamConfig(name=name, subjects=[subject], storage=api.StorageType.FILE)
+    )
+
+
+async def _publish_all(publisher: Publisher, items: list[Outgoing]) -> None:
+    for start in range(0, len(items), 2000):
+        await publisher.publish_many(items[start : start + 2000])
+
+
+async def _wait_stream_count(
+    js: JetStreamContext, stream: str, count: int, timeout: float
+) -> float:
+    """Time at which `stream` holds `count` messages (polled through stream info)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await js.stream_info(stream)
+        if info.state.messages >= count:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stream} holds {info.state.messages} of {count} messages")
+        await asyncio.sleep(0.05)
+
+
+async def bench_relay(url: str, items: list[Prepared], tag: str) -> dict[str, Any]:
+    """The yardstick: fetch, republish to the output stream, ack; nothing else."""
+    nc = await connect(load_config(None, {"ROOMSERVER_NATS_SERVERS": url}).nats)
+    js = nc.jetstream()
+    await _ensure(js, f"R{tag}_IN", f"r{tag}.input.>")
+    await _ensure(js, f"R{tag}_OUT", f"r{tag}.output.>")
+    config = load_config(None, {"ROOMSERVER_NATS_SERVERS": url})
+    publisher = Publisher(js, config)
+    subjects = Subjects(f"r{tag}")
+    await _publish_all(
+        publisher, [Outgoing(subjects.input(room), body, eid) for room, body, eid in items]
+    )
+    sub = await js.pull_subscribe(f"r{tag}.input.>", durable=f"r{tag}", stream=f"R{tag}_IN")
+    moved = 0
+    start = time.perf_counter()
+    while moved < len(items):
+        try:
+            msgs = await sub.fetch(BATCH, timeout=1)
+        except Exception:
+            continue
+        await publisher.publish_many(
+            Outgoing(f"r{tag}.output." + m.subject.rsplit(".", 1)[1], m.data, None) for m in msgs
+        )
+        for m in msgs:
+            await m.ack()
+        moved += len(msgs)
+    elapsed = time.perf_counter() - start
+    await nc.close()
+    return {"events": moved, "seconds": elapsed, "events_per_s": moved / elapsed}
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of a process, in KiB."""
+    current = peak = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+    return current, peak
+
+
+async def bench_worker(
+    url: str, name: str, items: list[Prepared], state_events: int, workdir: Path, tag: str
+) -> dict[str, Any]:
+    storage = workdir / f"data-{tag}"
+    config = _config(url, storage, tag)
+    nc = await connect(config.nats)
+    js = nc.jetstream()
+    await ensure_streams(js, config)
+    subjects = Subjects(config.streams.subject_prefix)
+    await _publish_all(
+        Publisher(js, config),
+        [Outgoing(subjects.input(room), body, eid) for room, body, eid in items],
+    )
+    env = {**os.environ, **_env(url, storage, tag)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "run"], env=env, stderr=subprocess.PIPE
+    )
+    samples: list[int] = []
+    peak = 0
+    try:
+        deadline = time.monotonic() + 3600
+        while True:
+            info = await js.stream_info(config.streams.output)
+            current, peak = _rss_kib(proc.pid)
+            samples.append(current)
+            if info.state.messages >= len(items):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited early ({proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not finish within an hour")
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - start
+        _, peak = _rss_kib(proc.pid)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    dead = (await js.stream_info(config.streams.deadletter)).state.messages
+    await nc.close()
+    db_path = storage / "roomserver.db"
+    with sqlite3.connect(db_path) as conn:
+        triples = conn.execute("SELECT coalesce(sum(entry_count), 0) FROM state_blocks").fetchone()[
+            0
+        ]
+        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        max_blocks = conn.execute(
+            "SELECT coalesce(max(length(block_nids) / 8), 0) FROM state_snapshots"
+        ).fetchone()[0]
+    size = sum(p.stat().st_size for p in storage.glob("roomserver.db*"))
+    quarter = max(1, len(samples) // 4)
+    return {
+        "scenario": name,
+        "events": len(items),
+        "stored_events": events,
+        "dead_letters": dead,
+        "seconds": elapsed,
+        "events_per_s": len(items) / elapsed,
+        "state_events": state_events,
+        "triples_written": triples,
+        "triples_per_state_event": triples / max(1, state_events),
+        "max_blocks_per_snapshot": max_blocks,
+        "sqlite_bytes_per_event": size / max(1, events),
+        "peak_rss_mib": peak / 1024,
+        "rss_mib_by_quarter": [
+            round(samples[min(len(samples) - 1, i * quarter)] / 1024, 1) for i in range(1, 5)
+        ],
+        "worker_stderr_tail": err.decode(errors="replace")[-2000:] if dead else "",
+    }
+
+
+def _count_state(pdus: Sequence[dict[str, Any]]) -> int:
+    return sum(1 for p in pdus if "state_key" in p)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    version = args.room_version
+    linear = list(linear_room(version, members=args.members, events=args.events, seed=1))
+    small: list[dict[str, Any]] = []
+    for seed in range(args.small_rooms):
+        small.extend(linear_room(version, members=5, events=20, seed=1000 + seed))
+    linear_items = _inputs(linear, version)
+    small_items = _inputs(small, version)
+    with tempfile.TemporaryDirectory(prefix="roomserver-bench-") as tmp:
+        workdir = Path(tmp)
+        async with EmbeddedNatsServer(workdir / "nats", port=0) as server:
+            relay = await bench_relay(server.url, linear_items, "relay")
+            linear_result = await bench_worker(
+                server.url, "linear", linear_items, _count_state(linear), workdir, "lin"
+            )
+            small_result = await bench_worker(
+                server.url, "small_rooms", small_items, _count_state(small), workdir, "small"
+            )
+    for result in (linear_result, small_result):
+        result["relay_ratio"] = result["events_per_s"] / relay["events_per_s"]
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "parameters": {
+            "room_version": version,
+            "members": args.members,
+            "events": args.events,
+            "small_rooms": args.small_rooms,
+            "batch_size": BATCH,
+        },
+        "relay": relay,
+        "scenarios": [linear_result, small_result],
+    }
+
+
+def _table(report: dict[str, Any]) -> str:
+    relay = report["relay"]
+    lines = [
+        f"bare relay: {relay['events_per_s']:,.0f} events/s ({relay['events']} events)",
+        "",
+        f"{'scenario':<12} {'events':>8} {'events/s':>10} {'x relay':>8} {'triples/state ev':>17} "
+        f"{'max blocks':>10} {'bytes/event':>12} {'peak RSS MiB':>13}  RSS by quarter",
+    ]
+    for s in report["scenarios"]:
+        lines.append(
+            f"{s['scenario']:<12} {s['events']:>8} {s['events_per_s']:>10,.0f} "
+            f"{s['relay_ratio']:>8.2f} {s['triples_per_state_event']:>17.2f} "
+            f"{s['max_blocks_per_snapshot']:>10} {s['sqlite_bytes_per_event']:>12,.0f} "
+            f"{s['peak_rss_mib']:>13.1f}  {s['rss_mib_by_quarter']}"
+        )
+        if s["dead_letters"]:
+            lines.append(f"  !! {s['dead_letters']} dead letters: {s['worker_stderr_tail'][-500:]}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--room-version", default="10")
+    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--small-rooms", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.members, args.events, args.small_rooms = 200, 2000, 20
+    report = asyncio.run(main_async(args))
+    print(_table(report))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

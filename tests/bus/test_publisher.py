@@ -1,0 +1,143 @@
+"""Publishing with Nats-Msg-Id deduplication, pipelined batches and dead letters."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
+
+from tests.bus.helpers import with_section
+from worker.bus.consumer import PullConsumer
+from worker.bus.publisher import Outgoing, Publisher, dead_letter_body
+from worker.bus.streams import ensure_streams
+from worker.bus.subjects import Subjects
+from worker.config import Config
+
+ROOM = "!room:example.org"
+
+
+async def test_publish_deduplicates_by_msg_id(js: JetStreamContext, config: Config) -> None:
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    subject = publisher.subjects.output(ROOM)
+    first = await publisher.publish(subject, b"one", "$event:new_room_event")
+    again = await publisher.publish(subject, b"one", "$event:new_room_event")
+    other = await publisher.publish(subject, b"two", "$other:new_room_event")
+    assert first.stream == config.streams.output
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert other.seq == first.seq + 1
+    info = await js.stream_info(config.streams.output)
+    assert info.state.messages == 2
+
+
+async def test_publish_without_msg_id_is_never_deduplicated(
+    js: JetStreamContext, config: Config
+) -> None:
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    subject = publisher.subjects.output(ROOM)
+    a = await publisher.publish(subject, b"same")
+    b = await publisher.publish(subject, b"same")
+    assert not a.duplicate
+    assert not b.duplicate
+    assert b.seq == a.seq + 1
+
+
+async def test_publish_many_in_order_and_deduplicated(js: JetStreamContext, config: Config) -> None:
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    subject = publisher.subjects.output(ROOM)
+    batch = [Outgoing(subject, f"m{i}".encode(), f"id{i}") for i in range(500)]
+    acks = await publisher.publish_many(batch)
+    assert [ack.seq for ack in acks] == list(range(1, 501))
+    assert not any(ack.duplicate for ack in acks)
+    replay = await publisher.publish_many([*batch[:10], Outgoing(subject, b"new", "id500")])
+    assert all(ack.duplicate for ack in replay[:10])
+    assert [ack.seq for ack in replay[:10]] == list(range(1, 11))
+    assert not replay[10].duplicate and replay[10].seq == 501
+    assert (await js.stream_info(config.streams.output)).state.messages == 501
+    assert await publisher.publish_many([]) == []
+
+
+async def test_publish_many_reports_a_failure(js: JetStreamContext, config: Config) -> None:
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    good = Outgoing(publisher.subjects.output(ROOM), b"ok", "ok")
+    # Nothing stores this subject: JetStream answers "no responders".
+    bad = Outgoing(f"{config.streams.subject_prefix}.nowhere.x", b"lost", "lost")
+    with pytest.raises(NoStreamResponseError):
+        await publisher.publish_many([good, bad])
+    assert (await js.stream_info(config.streams.output)).state.messages == 1
+
+
+async def test_dead_letter_map_and_subject(js: JetStreamContext, config: Config) -> None:
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    payload = b"\xc1 not msgpack"
+    ack = await publisher.dead_letter(
+        error="bad_msgpack",
+        message="The body is not msgpack.",
+        subject="x.input.y",
+        stream_sequence=42,
+        payload=payload,
+    )
+    again = await publisher.dead_letter(
+        error="bad_msgpack",
+        message="The body is not msgpack.",
+        subject="x.input.y",
+        stream_sequence=42,
+        payload=payload,
+    )
+    assert ack.stream == config.streams.deadletter
+    assert again.duplicate
+    await publisher.dead_letter(
+        error="unknown_room",
+        message="The room is not known.",
+        subject="x.input.z",
+        stream_sequence=43,
+        payload=b"{}",
+        room_id=ROOM,
+    )
+    stored = await js.get_msg(config.streams.deadletter, ack.seq)
+    assert stored.subject == f"{config.streams.subject_prefix}.deadletter._"
+    assert msgpack.unpackb(stored.data, raw=False) == {
+        "error": "bad_msgpack",
+        "message": "The body is not msgpack.",
+        "subject": "x.input.y",
+        "stream_sequence": 42,
+        "payload": payload,
+    }
+    with_room = await js.get_msg(config.streams.deadletter, ack.seq + 1)
+    assert with_room.subject == Subjects(config.streams.subject_prefix).deadletter(ROOM)
+
+
+async def test_dead_letter_of_a_fetched_message(js: JetStreamContext, config: Config) -> None:
+    config = with_section(config, "consumer", batch_size=1, max_ack_pending=1)
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    input_subject = publisher.subjects.input(ROOM)
+    await js.publish(input_subject, b"first")
+    await js.publish(input_subject, b"\x00garbage")
+    async with PullConsumer(js, config) as consumer:
+        [first] = await consumer.fetch_batch()
+        await first.ack_sync()
+        [msg] = await consumer.fetch_batch()
+        ack = await publisher.dead_letter_msg(msg, error="bad_pdu", message="Not a PDU.")
+        await msg.term()
+    stored = await js.get_msg(config.streams.deadletter, ack.seq)
+    body = msgpack.unpackb(stored.data, raw=False)
+    assert body["subject"] == input_subject
+    assert body["stream_sequence"] == 2
+    assert body["payload"] == b"\x00garbage"
+
+
+def test_dead_letter_body_keeps_payload_as_bytes() -> None:
+    body = dead_letter_body(
+        error="too_large", message="m", subject="s", stream_sequence=None, payload=b"\xff"
+    )
+    decoded = msgpack.unpackb(body, raw=False)
+    assert decoded["payload"] == b"\xff"
+    assert decoded["stream_sequence"] is None

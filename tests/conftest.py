@@ -1,0 +1,84 @@
+"""Shared fixtures: one real nats-server for the session, isolated names per test.
+
+Starting nats-server takes a few tens of milliseconds, but a server per test would still
+dominate a fast suite, so the server lives for the whole session and each test gets its
+own subject prefix, stream names and durable consumer name (and its streams are deleted
+afterwards). JetStream storage is in memory for speed; the server's own store directory
+is a temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from worker.bus.connection import connect
+from worker.bus.server import EmbeddedNatsServer
+from worker.config import Config, load_config
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[EmbeddedNatsServer]:
+    """A real nats-server with JetStream on a free loopback port.
+
+    It is a child process not bound to any event loop, so tests running in their own
+    loops can connect to ``nats_server.url``.
+    """
+    async with EmbeddedNatsServer(tmp_path_factory.mktemp("nats"), port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def config(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Config:
+    """A configuration pointing at the session's server, with names unique to this test.
+
+    Storage is a fresh temporary directory; streams are in memory. Tests that need other
+    settings derive them with dataclasses.replace.
+    """
+    tag = uuid.uuid4().hex[:12]
+    env = {
+        "ROOMSERVER_STORAGE_PATH": str(tmp_path / "data"),
+        "ROOMSERVER_NATS_SERVERS": nats_server.url,
+        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": f"rs{tag}",
+        "ROOMSERVER_STREAMS_INPUT": f"RS{tag}_INPUT",
+        "ROOMSERVER_STREAMS_OUTPUT": f"RS{tag}_OUTPUT",
+        "ROOMSERVER_STREAMS_DEADLETTER": f"RS{tag}_DEADLETTER",
+        "ROOMSERVER_STREAMS_STORAGE": "memory",
+        "ROOMSERVER_CONSUMER_DURABLE": f"rs{tag}",
+        "ROOMSERVER_CONSUMER_FETCH_TIMEOUT": "0.5",
+        "ROOMSERVER_LOG_LEVEL": "debug",
+    }
+    return load_config(None, env)
+
+
+@pytest_asyncio.fixture
+async def nc(config: Config) -> AsyncIterator[NATS]:
+    """A connection (made by worker.bus.connect) to the session's server."""
+    connection = await connect(config.nats)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest_asyncio.fixture
+async def js(nc: NATS, config: Config) -> AsyncIterator[JetStreamContext]:
+    """A JetStream context; the test's streams are deleted afterwards."""
+    context = nc.jetstream()
+    try:
+        yield context
+    finally:
+        streams = config.streams
+        for name in (streams.input, streams.output, streams.deadletter):
+            with contextlib.suppress(NotFoundError):
+                await context.delete_stream(name)

@@ -1,0 +1,182 @@
+"""Canonical JSON: the spec's examples, the strict/lenient split and property tests."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.matrix.canonical_json import (
+    MAX_NESTING,
+    MAX_SAFE_INTEGER,
+    CanonicalJsonError,
+    check_json,
+    encode_canonical_json,
+    encode_checked,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "format"
+SPEC_CASES = json.loads((FIXTURES / "canonical_json.json").read_text("utf-8"))["cases"]
+
+
+@pytest.mark.parametrize("case", SPEC_CASES, ids=lambda c: c["output"][:40])
+def test_spec_examples(case: dict[str, Any]) -> None:
+    value = json.loads(case["input"])
+    expected = case["output"].encode("utf-8")
+    assert encode_canonical_json(value, strict=False) == expected
+    if case["strict"]:
+        assert encode_canonical_json(value, strict=True) == expected
+    else:
+        # The -0/1e10 example: 1e10 parses as a float, which strict rooms refuse.
+        with pytest.raises(CanonicalJsonError) as raised:
+            encode_canonical_json(value, strict=True)
+        assert raised.value.strict_violation
+
+
+def test_strict_integer_bounds() -> None:
+    assert encode_canonical_json([MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER], strict=True) == (
+        b"[9007199254740991,-9007199254740991]"
+    )
+    for bad in (MAX_SAFE_INTEGER + 1, -MAX_SAFE_INTEGER - 1, 2**63):
+        with pytest.raises(CanonicalJsonError) as raised:
+            encode_canonical_json({"a": {"b": [bad]}}, strict=True)
+        assert raised.value.strict_violation
+        assert encode_canonical_json({"a": bad}, strict=False) == f'{{"a":{bad}}}'.encode()
+
+
+def test_floats_strict_and_lenient() -> None:
+    for value in (1.0, 0.5, -0.0, 1e10):
+        with pytest.raises(CanonicalJsonError) as raised:
+            encode_canonical_json({"x": value}, strict=True)
+        assert raised.value.strict_violation
+    assert encode_canonical_json({"x": 50.0, "y": -0.0}, strict=False) == b'{"x":50,"y":0}'
+    assert encode_canonical_json({"u": 50.57}, strict=False) == b'{"u":50.57}'
+    assert check_json({"x": [1, {"y": 2.0}]}, strict=False) is True
+    assert check_json({"x": [1, {"y": 2.5}]}, strict=False) is False
+
+
+def test_bool_is_not_an_integer_for_range_checks() -> None:
+    assert encode_canonical_json({"t": True, "f": False, "n": None}, strict=True) == (
+        b'{"f":false,"n":null,"t":true}'
+    )
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": b"bytes"},
+        {"a": {1, 2}},
+        {1: "int key"},
+        {"a": {b"k": 1}},
+        {"a": float("nan")},
+        {"a": float("inf")},
+        {"a": -float("inf")},
+        {"a": "\ud800"},
+        {"\udfff": 1},
+        {"a": object()},
+    ],
+    ids=repr,
+)
+def test_non_json_always_raises(value: Any, strict: bool) -> None:
+    with pytest.raises(CanonicalJsonError) as raised:
+        encode_canonical_json(value, strict=strict)
+    assert not raised.value.strict_violation
+
+
+def test_deep_nesting_is_refused_not_crashing() -> None:
+    value: Any = []
+    for _ in range(MAX_NESTING + 5):
+        value = [value]
+    with pytest.raises(CanonicalJsonError):
+        encode_canonical_json(value, strict=True)
+    shallow: Any = 1
+    for _ in range(MAX_NESTING - 1):
+        shallow = [shallow]
+    assert encode_canonical_json(shallow, strict=True).count(b"[") == MAX_NESTING - 1
+
+
+def test_escapes_match_the_grammar() -> None:
+    # Short escapes where the grammar has them, \u00XX (lowercase hex) otherwise, and no
+    # escaping of non-ASCII, DEL, or U+2028.
+    value = {"s": '\b\t\n\f\r"\\\x00\x1f\x7f\u2028é/'}
+    assert encode_canonical_json(value, strict=True) == (
+        '{"s":"\\b\\t\\n\\f\\r\\"\\\\\\u0000\\u001f\x7f\u2028é/"}'.encode()
+    )
+
+
+def test_keys_sorted_by_code_point() -> None:
+    value = {"b": 1, "B": 2, "é": 3, "a": 4, "\U0001f600": 5, "\uffff": 6}
+    encoded = encode_canonical_json(value, strict=True)
+    assert list(json.loads(encoded)) == sorted(value)
+    assert encoded == '{"B":2,"a":4,"b":1,"é":3,"\uffff":6,"\U0001f600":5}'.encode()
+
+
+def test_subclasses_of_json_types() -> None:
+    value = OrderedDict([("b", (1, 2)), ("a", "x")])
+    assert encode_canonical_json(value, strict=True) == b'{"a":"x","b":[1,2]}'
+
+
+def test_encode_checked_matches_full_encoding() -> None:
+    value = {"z": [1, "two", None, True], "a": {"nested": "é"}}
+    assert encode_checked(value) == encode_canonical_json(value, strict=True)
+
+
+# -- properties ---------------------------------------------------------------------
+
+strict_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INTEGER, max_value=MAX_SAFE_INTEGER)
+    | st.text()
+)
+strict_json = st.recursive(
+    strict_scalars,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(strict_json)
+def test_round_trips_through_json_loads(value: Any) -> None:
+    encoded = encode_canonical_json(value, strict=True)
+    assert json.loads(encoded) == value
+    # Canonical: re-encoding the decoded value gives the same bytes, and no whitespace
+    # outside strings is possible since it equals the compact sorted form.
+    assert encode_canonical_json(json.loads(encoded), strict=True) == encoded
+    assert encoded == json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), sort_keys=True
+    ).encode("utf-8")
+
+
+@given(strict_json, st.floats(allow_nan=False, allow_infinity=False))
+def test_strict_rejects_any_float(value: Any, number: float) -> None:
+    with pytest.raises(CanonicalJsonError) as raised:
+        encode_canonical_json([value, {"n": number}], strict=True)
+    assert raised.value.strict_violation
+
+
+@given(
+    strict_json,
+    st.integers(min_value=MAX_SAFE_INTEGER + 1) | st.integers(max_value=-MAX_SAFE_INTEGER - 1),
+)
+def test_strict_rejects_big_integers(value: Any, number: int) -> None:
+    with pytest.raises(CanonicalJsonError) as raised:
+        encode_canonical_json({"v": value, "n": [number]}, strict=True)
+    assert raised.value.strict_violation
+    assert json.loads(encode_canonical_json({"n": number}, strict=False)) == {"n": number}
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_lenient_floats_decode_to_the_same_number(number: float) -> None:
+    encoded = encode_canonical_json({"n": number}, strict=False)
+    assert json.loads(encoded)["n"] == number
+    if number.is_integer():
+        assert b"." not in encoded and b"e" not in encoded

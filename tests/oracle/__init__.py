@@ -1,0 +1,1 @@
+"""Adapters to other Matrix implementations, used by tests as oracles (never by worker/)."""

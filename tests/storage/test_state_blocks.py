@@ -1,0 +1,131 @@
+"""State snapshots: correctness against a direct replay, the 64-block cap, sharing,
+and the write cost that must not grow with the room."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.storage.blocks import (
+    FANOUT,
+    MAX_BLOCKS,
+    pack_entries,
+    plan_merge,
+    tier,
+    unpack_entries_into,
+)
+from worker.storage.database import Database
+from worker.storage.state import StateStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    db = Database(tmp_path)
+    room = db.create_room("!room:test", "10")
+    assert room.nid == 1
+    return StateStore(db)
+
+
+def test_entries_round_trip_and_removals() -> None:
+    entries = {(5, 9): 100, (1, 1): 1, (5, 2): 0}
+    state = {(5, 2): 7, (3, 3): 3}
+    unpack_entries_into(pack_entries(entries), state)
+    assert state == {(5, 9): 100, (1, 1): 1, (3, 3): 3}
+
+
+def test_tiers() -> None:
+    assert tier(1) == 0
+    assert tier(FANOUT - 1) == 0
+    assert tier(FANOUT) == 1
+    assert tier(FANOUT**2) == 2
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=0, max_size=200))
+def test_plan_merge_always_brings_the_list_under_the_cap(sizes: list[int]) -> None:
+    counts = list(sizes)
+    while (n := plan_merge(counts)) > 0:
+        assert 2 <= n <= len(counts)
+        counts[-n:] = [sum(counts[-n:])]
+    assert len(counts) <= MAX_BLOCKS
+
+
+def test_linear_room_matches_direct_replay_and_stays_under_64_blocks(store: StateStore) -> None:
+    rng = random.Random(7)
+    db = store.db
+    with db.transaction():
+        replay: dict[tuple[int, int], int] = {}
+        snapshot = 0
+        history: list[tuple[int, dict[tuple[int, int], int]]] = []
+        next_event = 1
+        members = 2000
+        for step in range(members + 8000):
+            if step < members:
+                key = (5, 1000 + step)  # a join
+            else:
+                key = rng.choice([(9, 1), (8, 1), (5, 1000 + rng.randrange(members))])
+            replay[key] = next_event
+            snapshot = store.derive(1, snapshot, {key: next_event})
+            next_event += 1
+            assert len(store.block_list(snapshot)) <= MAX_BLOCKS
+            if step % 997 == 0:
+                history.append((snapshot, dict(replay)))
+        history.append((snapshot, dict(replay)))
+    store.forget_caches()  # read back from SQLite, not from the cache
+    for snap, expected in history:
+        assert store.load(snap) == expected
+    changes = members + 8000
+    per_change = store.stats.triples_written / changes
+    assert per_change <= 4.0, per_change
+    print(f"triples written per state change: {per_change:.2f}")
+
+
+def test_small_change_shares_blocks_with_parent(store: StateStore) -> None:
+    with store.db.transaction():
+        base = 0
+        for i in range(100):
+            base = store.derive(1, base, {(5, 100 + i): i + 1})
+        child = store.derive(1, base, {(9, 1): 500})
+    parent_blocks = [nid for nid, _ in store.block_list(base)]
+    child_blocks = [nid for nid, _ in store.block_list(child)]
+    # 100 single-entry deltas leave six merged blocks of 16 and four small ones; one
+    # more change appends exactly one block and shares all the parent's.
+    assert len(parent_blocks) == 10
+    assert child_blocks[:-1] == parent_blocks
+    assert len(child_blocks) == 11
+
+
+def test_fork_from_old_snapshot_and_removal(store: StateStore) -> None:
+    with store.db.transaction():
+        a = store.derive(1, 0, {(1, 1): 1, (5, 10): 2})
+        b = store.derive(1, a, {(5, 11): 3})
+        c = store.derive(1, a, {(5, 10): 0, (9, 1): 4})  # fork from a, remove a key
+        same = store.derive(1, b, {(5, 11): 3})
+    store.forget_caches()
+    assert store.load(b) == {(1, 1): 1, (5, 10): 2, (5, 11): 3}
+    assert store.load(c) == {(1, 1): 1, (9, 1): 4}
+    assert same == b
+
+
+def test_identical_states_share_one_snapshot(store: StateStore) -> None:
+    with store.db.transaction():
+        a = store.derive(1, 0, {(1, 1): 1})
+        x = store.derive(1, a, {(9, 1): 2})
+        y = store.derive(1, a, {(9, 1): 2})
+    assert x == y
+
+
+def test_store_full_writes_a_delta_not_a_copy(store: StateStore) -> None:
+    with store.db.transaction():
+        base = store.derive(1, 0, {(5, i): i for i in range(1, 3001)})
+        written_before = store.stats.triples_written
+        target = dict(store.load(base))
+        target[(5, 7)] = 9999
+        del target[(5, 8)]
+        snap = store.store_full(1, target, base)
+    assert store.stats.triples_written - written_before <= 2
+    store.forget_caches()
+    assert store.load(snap) == target

@@ -1,0 +1,115 @@
+"""The output and dead-letter messages of the contract (sections 4 and 5).
+
+Each is built as (subject, Nats-Msg-Id, msgpack body) and written to the outbox in
+the same transaction as the effects that caused it; the message ID makes a republish
+after a crash a no-op for JetStream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from worker.bus.subjects import Subjects
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+def _pack(body: Mapping[str, Any]) -> bytes:
+    return bytes(msgpack.packb(body, use_bin_type=True))
+
+
+class OutputBuilder:
+    def __init__(self, subjects: Subjects) -> None:
+        self.subjects = subjects
+
+    def new_room_event(
+        self,
+        *,
+        room_id: str,
+        room_version: str,
+        event_id: str,
+        pdu: Mapping[str, Any],
+        latest_event_ids: Sequence[str],
+        adds_state_event_ids: Sequence[str],
+        removes_state_event_ids: Sequence[str],
+        last_sent_event_id: str | None,
+        send_as_server: str | None,
+        transaction_id: Mapping[str, Any] | None,
+    ) -> Output:
+        body = {
+            "type": "new_room_event",
+            "room_id": room_id,
+            "room_version": room_version,
+            "event_id": event_id,
+            "event": pdu,
+            "latest_event_ids": list(latest_event_ids),
+            "adds_state_event_ids": list(adds_state_event_ids),
+            "removes_state_event_ids": list(removes_state_event_ids),
+            "last_sent_event_id": last_sent_event_id,
+            "send_as_server": send_as_server,
+            "transaction_id": transaction_id,
+        }
+        return self._output(room_id, event_id, body)
+
+    def old_room_event(self, *, room_id: str, event_id: str, pdu: Mapping[str, Any]) -> Output:
+        body = {"type": "old_room_event", "room_id": room_id, "event_id": event_id, "event": pdu}
+        return self._output(room_id, event_id, body)
+
+    def rejected_event(
+        self, *, room_id: str, event_id: str, kind: str, soft_failed: bool, reason: str
+    ) -> Output:
+        body = {
+            "type": "rejected_event",
+            "room_id": room_id,
+            "event_id": event_id,
+            "kind": kind,
+            "soft_failed": soft_failed,
+            "reason": reason,
+        }
+        return self._output(room_id, event_id, body)
+
+    def redacted_event(
+        self, *, room_id: str, redacted_event_id: str, redaction_event_id: str
+    ) -> Output:
+        body = {
+            "type": "redacted_event",
+            "room_id": room_id,
+            "redacted_event_id": redacted_event_id,
+            "redaction_event_id": redaction_event_id,
+        }
+        return self._output(room_id, redaction_event_id, body)
+
+    def dead_letter(
+        self,
+        *,
+        room_id: str | None,
+        code: str,
+        message: str,
+        subject: str,
+        stream_sequence: int,
+        payload: bytes,
+    ) -> Output:
+        body = {
+            "error": code,
+            "message": message,
+            "subject": subject,
+            "stream_sequence": stream_sequence,
+            "payload": payload,
+        }
+        return Output(
+            self.subjects.deadletter(room_id),
+            f"deadletter:{subject}:{stream_sequence}",
+            _pack(body),
+        )
+
+    def _output(self, room_id: str, event_id: str, body: Mapping[str, Any]) -> Output:
+        return Output(self.subjects.output(room_id), f"{event_id}:{body['type']}", _pack(body))

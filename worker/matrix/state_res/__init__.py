@@ -1,0 +1,87 @@
+"""Matrix state resolution: v1 (room version 1), v2 (2–11) and v2.1 (12).
+
+`resolve_state` is the one entry point the pipeline needs; the pieces it is built from
+(splitting maps, the auth difference, the two orderings) are exported for reuse and
+tests. Pure code: events come in through a synchronous `get_event`, nothing is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from worker.matrix.events import StateKey, StateMap
+from worker.matrix.room_versions import RoomVersion, StateResAlgorithm
+from worker.matrix.state_res.difference import AuthChain, Conflicts, analyse_conflicts
+from worker.matrix.state_res.difference import auth_difference as _auth_difference
+from worker.matrix.state_res.ordering import (
+    is_power_event,
+    mainline_order,
+    reverse_topological_power_order,
+)
+from worker.matrix.state_res.source import EventSource, GetEvent, IsRejected, first_create_ids
+from worker.matrix.state_res.split import ConflictedState, split_conflicted, split_conflicted_v1
+from worker.matrix.state_res.v1 import resolve_v1
+from worker.matrix.state_res.v2 import resolve_v2
+
+__all__ = [
+    "AuthChain",
+    "ConflictedState",
+    "Conflicts",
+    "EventSource",
+    "GetEvent",
+    "IsRejected",
+    "analyse_conflicts",
+    "auth_difference",
+    "is_power_event",
+    "mainline_order",
+    "resolve_state",
+    "reverse_topological_power_order",
+    "split_conflicted",
+    "split_conflicted_v1",
+]
+
+
+def resolve_state(
+    room_version: RoomVersion,
+    state_sets: Sequence[Mapping[StateKey, str]],
+    get_event: GetEvent,
+    auth_chain: AuthChain | None = None,
+    is_rejected: IsRejected | None = None,
+) -> StateMap:
+    """Resolve the states after several prev events into the state before their child.
+
+    - `get_event` looks up a stored event (rejected ones too) and returns None for an
+      unknown one. Unknown events are treated as Synapse treats them: an unknown
+      conflicted or auth-difference event cannot be authorized and is left out (in v1 as
+      well), an unknown auth event is skipped, and an unconflicted entry is kept as is
+      (it is never looked at). Nothing raises for a missing event.
+    - `auth_chain`, when storage can answer it cheaply, returns the IDs in the auth
+      chains of the given events (without them). Without it, chains are walked through
+      `get_event`; either way only the conflicted events' chains are walked in full.
+    - `is_rejected` marks events that failed authorization on receipt. A rejected event
+      is never admitted to the resolved state, and never used as an auth event (spec:
+      rejected auth events are excluded). State maps never hold rejected events; auth
+      chains can reach one only through other rejected events.
+
+    All events must belong to one room; the caller guarantees it. The result is a new
+    dict the caller owns.
+    """
+    if not state_sets:
+        return {}
+    if len(state_sets) == 1:
+        return dict(state_sets[0])
+    source = EventSource(room_version, get_event, is_rejected, first_create_ids(state_sets))
+    if room_version.state_res is StateResAlgorithm.V1:
+        return resolve_v1(state_sets, source)
+    return resolve_v2(state_sets, source, auth_chain)
+
+
+def auth_difference(
+    room_version: RoomVersion,
+    state_sets: Sequence[Mapping[StateKey, str]],
+    get_event: GetEvent,
+    auth_chain: AuthChain | None = None,
+) -> set[str]:
+    """The auth difference of the state maps (each map's own events count as in its chain)."""
+    source = EventSource(room_version, get_event)
+    return _auth_difference(state_sets, source, auth_chain)

@@ -1,0 +1,183 @@
+"""The events one resolution reads, looked up once each.
+
+Every step of the algorithms asks the same questions about the same few events many
+times over (what are this event's auth events, is it rejected, which power levels event
+does it cite), so one `EventSource` per resolution memoizes the caller's lookup and the
+derived answers. It is deliberately short-lived: it holds no state between resolutions,
+so callers never have to think about invalidation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from worker.matrix.auth import user_power_level
+from worker.matrix.auth.power_levels import Level
+from worker.matrix.events import CREATE, POWER_LEVELS, Event, StateKey
+from worker.matrix.room_versions import RoomVersion
+
+CREATE_KEY: StateKey = (CREATE, "")
+POWER_LEVELS_KEY: StateKey = (POWER_LEVELS, "")
+
+#: Looks a stored event up by ID; None when the event is unknown.
+GetEvent = Callable[[str], Event | None]
+#: True for an event that was rejected (failed authorization when it was received).
+IsRejected = Callable[[str], bool]
+
+
+def _never_rejected(_event_id: str) -> bool:
+    return False
+
+
+class EventSource:
+    """Memoized access to the events of one room during one resolution."""
+
+    __slots__ = (
+        "_create",
+        "_create_candidates",
+        "_events",
+        "_get",
+        "_is_rejected",
+        "_pl_parent",
+        "_rejected",
+        "room_version",
+    )
+
+    def __init__(
+        self,
+        room_version: RoomVersion,
+        get_event: GetEvent,
+        is_rejected: IsRejected | None = None,
+        create_candidates: Iterable[str] = (),
+    ) -> None:
+        self.room_version = room_version
+        self._get = get_event
+        self._is_rejected = is_rejected if is_rejected is not None else _never_rejected
+        self._events: dict[str, Event | None] = {}
+        self._rejected: dict[str, bool] = {}
+        self._pl_parent: dict[str, str | None] = {}
+        self._create_candidates = tuple(create_candidates)
+        self._create: Event | bool | None = False  # False: not looked for yet
+
+    def event(self, event_id: str) -> Event | None:
+        try:
+            return self._events[event_id]
+        except KeyError:
+            event = self._events[event_id] = self._get(event_id)
+            return event
+
+    def auth_ids(self, event_id: str) -> tuple[str, ...]:
+        """The event's `auth_events`; an unknown event ends the walk (it cites nothing)."""
+        event = self.event(event_id)
+        return event.auth_event_ids if event is not None else ()
+
+    def cited_by(self, event_ids: Iterable[str]) -> set[str]:
+        """The auth events of all these events, for walks over many events read once.
+
+        Nothing is remembered, and the loop stays in this frame: a walk over a large
+        room's membership calls this once per level, not once per event.
+        """
+        cache = self._events
+        get = self._get
+        cited: set[str] = set()
+        for event_id in event_ids:
+            event = cache.get(event_id) or get(event_id)
+            if event is not None:
+                cited.update(event.auth_event_ids)
+        return cited
+
+    def rejected(self, event_id: str) -> bool:
+        try:
+            return self._rejected[event_id]
+        except KeyError:
+            flag = self._rejected[event_id] = self._is_rejected(event_id)
+            return flag
+
+    def usable(self, event_id: str) -> Event | None:
+        """The event if it is known, a state event and not rejected: fit to authorize others."""
+        event = self.event(event_id)
+        if event is None or not event.is_state or self.rejected(event_id):
+            return None
+        return event
+
+    def power_levels_parent(self, event_id: str) -> str | None:
+        """The `m.room.power_levels` event among this event's auth events (the first one)."""
+        try:
+            return self._pl_parent[event_id]
+        except KeyError:
+            pass
+        parent = None
+        for auth_id in self.auth_ids(event_id):
+            auth_event = self.event(auth_id)
+            if (
+                auth_event is not None
+                and auth_event.type == POWER_LEVELS
+                and auth_event.state_key == ""
+            ):
+                parent = auth_id
+                break
+        self._pl_parent[event_id] = parent
+        return parent
+
+    def room_create(self) -> Event | None:
+        """The room's create event, for rules that need it when an event does not cite it.
+
+        v12 events never cite the create event, and a malformed earlier event may not
+        either. It is taken from the state maps being resolved (`create_candidates`),
+        else, in v12, from the room ID, which is the create event's ID with `!` for `$`.
+        """
+        if self._create is not False:
+            return self._create if isinstance(self._create, Event) else None
+        found: Event | None = None
+        for candidate in self._create_candidates:
+            event = self.usable(candidate)
+            if event is not None and event.type == CREATE:
+                found = event
+                break
+        self._create = found
+        return found
+
+    def create_for(self, event: Event) -> Event | None:
+        """The create event that `event`'s authorization should see."""
+        for auth_id in event.auth_event_ids:
+            auth_event = self.usable(auth_id)
+            if auth_event is not None and auth_event.type == CREATE and auth_event.state_key == "":
+                return auth_event
+        create = self.room_create()
+        if create is not None or not self.room_version.room_id_from_create:
+            return create
+        room_id = event.room_id
+        if not room_id.startswith("!"):
+            return None
+        derived = self.usable("$" + room_id[1:])
+        return derived if derived is not None and derived.type == CREATE else None
+
+    def sender_power(self, event_id: str) -> Level:
+        """The sender's power level as the event's own auth events give it.
+
+        This is the first tie-break of the reverse topological power ordering. The
+        create event cites nothing, so it has no power levels to look at: 0 (as Synapse).
+        """
+        event = self.event(event_id)
+        if event is None or (event.type == CREATE and event.state_key == ""):
+            return 0
+        create = self.create_for(event)
+        if create is None:
+            return 0
+        state: dict[StateKey, Event] = {CREATE_KEY: create}
+        pl_id = self.power_levels_parent(event_id)
+        if pl_id is not None:
+            pl_event = self.event(pl_id)
+            if pl_event is not None:
+                state[POWER_LEVELS_KEY] = pl_event
+        return user_power_level(state, event.sender)
+
+
+def first_create_ids(state_sets: Iterable[Mapping[StateKey, str]]) -> list[str]:
+    """The create event IDs the state maps hold, most common first, without repeats."""
+    seen: dict[str, int] = {}
+    for state in state_sets:
+        create_id = state.get(CREATE_KEY)
+        if create_id is not None:
+            seen[create_id] = seen.get(create_id, 0) + 1
+    return sorted(seen, key=lambda event_id: -seen[event_id])

@@ -1,0 +1,502 @@
+"""The write-side database: one synchronous SQLite connection, owned by one thread.
+
+Why not aiosqlite here: a fetched batch is one transaction, and the events in it
+depend on each other (an event's prev event is usually earlier in the same batch), so
+every read must see the batch's uncommitted writes, through the same connection. Doing
+each of the ~10 statements per event as an awaited thread hop would cost more than the
+statement itself. The pipeline instead runs a whole batch inside this connection's
+thread (see `worker.pipeline`) and the asyncio side only moves bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.schema import (
+    EMPTY_STATE_KEY_NID,
+    STATUS_REJECTED,
+    WELL_KNOWN_TYPES,
+    create_schema,
+)
+
+DB_FILENAME = "roomserver.db"
+
+
+class StorageError(RuntimeError):
+    """A fault in the stored data itself (not a transient database condition)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an SQLite error is worth retrying (busy/locked), not a data fault."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
+    return False
+
+
+@dataclass(slots=True)
+class RoomRow:
+    nid: int
+    room_id: str
+    room_version: str
+    snapshot_nid: int
+    latest_event_nids: list[int]
+    last_sent_event_nid: int
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    nid: int
+    event_id: str
+    room_nid: int
+    type_nid: int
+    state_key_nid: int
+    depth: int
+    status: int
+    reason: str | None
+    before_snapshot_nid: int
+    after_snapshot_nid: int
+
+
+_EVENT_COLUMNS = (
+    "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
+    "before_snapshot_nid, after_snapshot_nid"
+)
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database with the pragmas the worker relies on.
+
+    WAL lets readers run beside the writer; `synchronous=FULL` makes a commit durable
+    before the input is acknowledged, as the contract requires.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA cache_size=-65536")
+    for suffix in ("", "-wal", "-shm"):
+        candidate = Path(str(path) + suffix)
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
+    return conn
+
+
+class Database:
+    """Every SQL statement of the write path, and the NID caches that front them.
+
+    Caches are only ever filled from committed or in-transaction data; when a
+    transaction rolls back, anything learned inside it is forgotten (SQLite reuses
+    rolled-back rowids, so a stale NID mapping would point at the wrong row).
+    """
+
+    def __init__(self, storage_path: Path) -> None:
+        self.path = storage_path / DB_FILENAME
+        self.conn = open_connection(self.path)
+        create_schema(self.conn)
+        self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
+        self._type_names: dict[int, str] = {v: k for k, v in WELL_KNOWN_TYPES.items()}
+        self._sk_nids: dict[str, int] = {"": EMPTY_STATE_KEY_NID}
+        self._sk_names: dict[int, str] = {EMPTY_STATE_KEY_NID: ""}
+        self._in_txn = False
+        self._rollback_hooks: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own check; returns the problems found (empty when healthy)."""
+        rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        problems = [row[0] for row in rows]
+        return [] if problems == ["ok"] else problems
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._in_txn:
+            raise RuntimeError("nested transaction")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_txn = True
+        self._rollback_hooks = []
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._forget_uncommitted()
+            raise
+        finally:
+            self._in_txn = False
+            self._rollback_hooks = []
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo one input's writes on failure while keeping the batch's transaction."""
+        hooks_before = len(self._rollback_hooks)
+        self.conn.execute("SAVEPOINT one_input")
+        try:
+            yield
+            self.conn.execute("RELEASE one_input")
+        except BaseException:
+            self.conn.execute("ROLLBACK TO one_input")
+            self.conn.execute("RELEASE one_input")
+            for hook in self._rollback_hooks[hooks_before:]:
+                hook()
+            del self._rollback_hooks[hooks_before:]
+            raise
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Register cache cleanup to run if the current transaction is undone."""
+        if self._in_txn:
+            self._rollback_hooks.append(hook)
+
+    def _forget_uncommitted(self) -> None:
+        for hook in self._rollback_hooks:
+            hook()
+
+    # -- NIDs -----------------------------------------------------------------
+
+    def type_nid(self, name: str, *, create: bool) -> int:
+        nid = self._type_nids.get(name)
+        if nid is not None:
+            return nid
+        row = self.conn.execute("SELECT nid FROM event_types WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if not create:
+                return 0
+            nid = self.conn.execute(
+                "INSERT INTO event_types (name) VALUES (?) RETURNING nid", (name,)
+            ).fetchone()[0]
+            self.on_rollback(lambda: self._forget_type(name))
+        else:
+            nid = row[0]
+        assert nid is not None
+        self._type_nids[name] = nid
+        self._type_names[nid] = name
+        return int(nid)
+
+    def _forget_type(self, name: str) -> None:
+        nid = self._type_nids.pop(name, None)
+        if nid is not None:
+            self._type_names.pop(nid, None)
+
+    def type_name(self, nid: int) -> str:
+        name = self._type_names.get(nid)
+        if name is None:
+            row = self.conn.execute("SELECT name FROM event_types WHERE nid = ?", (nid,)).fetchone()
+            if row is None:
+                raise StorageError(f"event type NID {nid} is referenced but not stored")
+            name = str(row[0])
+            self._type_names[nid] = name
+            self._type_nids[name] = nid
+        return name
+
+    def state_key_nid(self, key: str, *, create: bool) -> int:
+        nid = self._sk_nids.get(key)
+        if nid is not None:
+            return nid
+        row = self.conn.execute("SELECT nid FROM state_keys WHERE state_key = ?", (key,)).fetchone()
+        if row is None:
+            if not create:
+                return 0
+            nid = self.conn.execute(
+                "INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid", (key,)
+            ).fetchone()[0]
+            self.on_rollback(lambda: self._forget_state_key(key))
+        else:
+            nid = row[0]
+        assert nid is not None
+        self._sk_nids[key] = nid
+        self._sk_names[nid] = key
+        return int(nid)
+
+    def _forget_state_key(self, key: str) -> None:
+        nid = self._sk_nids.pop(key, None)
+        if nid is not None:
+            self._sk_names.pop(nid, None)
+
+    def state_key_name(self, nid: int) -> str:
+        name = self._sk_names.get(nid)
+        if name is None:
+            row = self.conn.execute(
+                "SELECT state_key FROM state_keys WHERE nid = ?", (nid,)
+            ).fetchone()
+            if row is None:
+                raise StorageError(f"state key NID {nid} is referenced but not stored")
+            name = str(row[0])
+            self._sk_names[nid] = name
+            self._sk_nids[name] = nid
+        return name
+
+    # -- rooms ------------------------------------------------------------------
+
+    def get_room(self, room_id: str) -> RoomRow | None:
+        row = self.conn.execute(
+            "SELECT nid, room_id, room_version, snapshot_nid, latest_event_nids, "
+            "last_sent_event_nid, depth FROM rooms WHERE room_id = ?",
+            (room_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return RoomRow(row[0], row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
+
+    def create_room(self, room_id: str, room_version: str) -> RoomRow:
+        nid = self.conn.execute(
+            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?) RETURNING nid",
+            (room_id, room_version),
+        ).fetchone()[0]
+        return RoomRow(nid, room_id, room_version, 0, [], 0, 0)
+
+    def update_room(self, room: RoomRow) -> None:
+        self.conn.execute(
+            "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, "
+            "last_sent_event_nid = ?, depth = ? WHERE nid = ?",
+            (
+                room.snapshot_nid,
+                pack_nids(room.latest_event_nids),
+                room.last_sent_event_nid,
+                room.depth,
+                room.nid,
+            ),
+        )
+
+    def room_version_of_nid(self, room_nid: int) -> str:
+        row = self.conn.execute(
+            "SELECT room_version FROM rooms WHERE nid = ?", (room_nid,)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"room NID {room_nid} is referenced but not stored")
+        return str(row[0])
+
+    # -- events -----------------------------------------------------------------
+
+    def get_event_row(self, event_id: str) -> EventRow | None:
+        row = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return EventRow(*row) if row is not None else None
+
+    def get_event_row_by_nid(self, nid: int) -> EventRow | None:
+        row = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE nid = ?", (nid,)
+        ).fetchone()
+        return EventRow(*row) if row is not None else None
+
+    def get_event_rows(self, event_ids: Sequence[str]) -> dict[str, EventRow]:
+        found: dict[str, EventRow] = {}
+        for chunk in _chunks(list(event_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
+            ):
+                found[row[1]] = EventRow(*row)
+        return found
+
+    def event_ids_of(self, nids: Iterable[int]) -> dict[int, str]:
+        result: dict[int, str] = {}
+        for chunk in _chunks(list(nids), 500):
+            marks = ",".join("?" * len(chunk))
+            for nid, event_id in self.conn.execute(
+                f"SELECT nid, event_id FROM events WHERE nid IN ({marks})", chunk
+            ):
+                result[nid] = event_id
+        return result
+
+    def insert_event(
+        self,
+        *,
+        event_id: str,
+        room_nid: int,
+        type_nid: int,
+        state_key_nid: int,
+        depth: int,
+        status: int,
+        reason: str | None,
+        before_snapshot_nid: int,
+        after_snapshot_nid: int,
+        auth_event_nids: Sequence[int],
+        prev_event_ids: Sequence[str],
+        json_bytes: bytes,
+    ) -> int:
+        nid = self.conn.execute(
+            "INSERT INTO events (event_id, room_nid, type_nid, state_key_nid, depth, status, "
+            "reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, received_ts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING nid",
+            (
+                event_id,
+                room_nid,
+                type_nid,
+                state_key_nid,
+                depth,
+                status,
+                reason,
+                before_snapshot_nid,
+                after_snapshot_nid,
+                pack_nids(auth_event_nids),
+                int(time.time() * 1000),
+            ),
+        ).fetchone()[0]
+        self.conn.execute(
+            "INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes)
+        )
+        if prev_event_ids:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
+                [(nid, prev) for prev in prev_event_ids],
+            )
+        return int(nid)
+
+    def event_json(self, nid: int) -> bytes:
+        row = self.conn.execute(
+            "SELECT json FROM event_json WHERE event_nid = ?", (nid,)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"event NID {nid} has no stored JSON")
+        return bytes(row[0])
+
+    def replace_event_json(self, nid: int, json_bytes: bytes, redacted_by: str) -> None:
+        self.conn.execute("UPDATE event_json SET json = ? WHERE event_nid = ?", (json_bytes, nid))
+        self.conn.execute("UPDATE events SET redacted_by = ? WHERE nid = ?", (redacted_by, nid))
+
+    def set_after_snapshot(self, nid: int, snapshot_nid: int) -> None:
+        self.conn.execute(
+            "UPDATE events SET after_snapshot_nid = ? WHERE nid = ?", (snapshot_nid, nid)
+        )
+
+    def promote_outlier(
+        self, nid: int, status: int, reason: str | None, before: int, after: int
+    ) -> None:
+        """An outlier re-sent as a timeline event gains its state and status."""
+        self.conn.execute(
+            "UPDATE events SET status = ?, reason = ?, before_snapshot_nid = ?, "
+            "after_snapshot_nid = ? WHERE nid = ?",
+            (status, reason, before, after, nid),
+        )
+
+    def room_create_event_nid(self, room_nid: int) -> int | None:
+        """The room's stored, non-rejected create event, if any (outliers included)."""
+        row = self.conn.execute(
+            "SELECT nid FROM events WHERE room_nid = ? AND type_nid = ? AND state_key_nid = ? "
+            "AND status != ? LIMIT 1",
+            (room_nid, WELL_KNOWN_TYPES["m.room.create"], EMPTY_STATE_KEY_NID, STATUS_REJECTED),
+        ).fetchone()
+        return int(row[0]) if row is not None else None
+
+    def add_redaction(self, target_event_id: str, redaction_nid: int, may_redact_any: bool) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO redactions (target_event_id, redaction_event_nid, "
+            "may_redact_any) VALUES (?, ?, ?)",
+            (target_event_id, redaction_nid, int(may_redact_any)),
+        )
+
+    def redactions_of(self, target_event_id: str) -> list[tuple[int, bool]]:
+        """(redaction NID, may redact any) for accepted redactions naming the target."""
+        return [
+            (int(row[0]), bool(row[1]))
+            for row in self.conn.execute(
+                "SELECT redaction_event_nid, may_redact_any FROM redactions "
+                "WHERE target_event_id = ?",
+                (target_event_id,),
+            )
+        ]
+
+    def auth_event_nids(self, nid: int) -> list[int]:
+        row = self.conn.execute(
+            "SELECT auth_event_nids FROM events WHERE nid = ?", (nid,)
+        ).fetchone()
+        return unpack_nids(row[0]) if row is not None else []
+
+    def children_of(self, event_id: str) -> list[int]:
+        """NIDs of stored events naming `event_id` as a prev event."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT event_nid FROM event_edges WHERE prev_event_id = ?", (event_id,)
+            )
+        ]
+
+    # -- state blocks and snapshots ----------------------------------------------
+
+    def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
+        row = self.conn.execute(
+            "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"state snapshot {snapshot_nid} is referenced but not stored")
+        return unpack_nids(row[0])
+
+    def blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+        """Block NID → (entry count, packed entries)."""
+        found: dict[int, tuple[int, bytes]] = {}
+        for chunk in _chunks(list(set(block_nids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for nid, count, entries in self.conn.execute(
+                f"SELECT nid, entry_count, entries FROM state_blocks WHERE nid IN ({marks})",
+                chunk,
+            ):
+                found[nid] = (count, bytes(entries))
+        return found
+
+    def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:
+        """Store a block unless an identical one exists; returns (NID, newly written)."""
+        row = self.conn.execute("SELECT nid FROM state_blocks WHERE hash = ?", (digest,)).fetchone()
+        if row is not None:
+            return int(row[0]), False
+        nid = self.conn.execute(
+            "INSERT INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?) RETURNING nid",
+            (digest, entry_count, packed),
+        ).fetchone()[0]
+        return int(nid), True
+
+    def put_snapshot(self, digest: bytes, room_nid: int, block_nids: Sequence[int]) -> int:
+        row = self.conn.execute(
+            "SELECT nid FROM state_snapshots WHERE hash = ?", (digest,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        nid = self.conn.execute(
+            "INSERT INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?) "
+            "RETURNING nid",
+            (digest, room_nid, pack_nids(block_nids)),
+        ).fetchone()[0]
+        return int(nid)
+
+    # -- outbox -----------------------------------------------------------------
+
+    def outbox_add(self, subject: str, msg_id: str, payload: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+            (subject, msg_id, payload),
+        )
+
+    def outbox_pending(self, limit: int = 10_000) -> list[tuple[int, str, str, bytes]]:
+        return [
+            (row[0], row[1], row[2], bytes(row[3]))
+            for row in self.conn.execute(
+                "SELECT seq, subject, msg_id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            )
+        ]
+
+    def outbox_delete_through(self, seq: int) -> None:
+        """Forget published outputs; autocommits when called outside a transaction."""
+        self.conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+
+    def outbox_depth(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def _chunks(items: list[int] | list[str], size: int) -> Iterator[list[int] | list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,103 @@
+"""Stored events as `Event` objects, cached by NID.
+
+Authorization looks at the same few events over and over (the create event, power
+levels, join rules, the members of active senders), so a small LRU of parsed events
+saves most JSON decoding on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from worker.matrix.events import Event
+from worker.matrix.room_versions import RoomVersion, get_room_version
+from worker.storage.database import Database, EventRow, StorageError
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    row: EventRow
+    event: Event
+
+
+def encode_event_json(pdu: object) -> bytes:
+    """The stored form of a PDU: compact JSON, readable with the sqlite3 shell."""
+    return json.dumps(pdu, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class EventStore:
+    def __init__(self, db: Database, cache_size: int = 50_000) -> None:
+        self.db = db
+        self._cache: OrderedDict[int, StoredEvent] = OrderedDict()
+        self._by_id: dict[str, int] = {}
+        self._cache_size = cache_size
+        self._room_versions: dict[int, RoomVersion] = {}
+
+    def forget_caches(self) -> None:
+        self._cache.clear()
+        self._by_id.clear()
+
+    def remember(self, stored: StoredEvent) -> None:
+        """Cache an event just written, so its children find it without a read."""
+        self._put(stored)
+        self.db.on_rollback(self.forget_caches)
+
+    def invalidate(self, nid: int) -> None:
+        stored = self._cache.pop(nid, None)
+        if stored is not None:
+            self._by_id.pop(stored.row.event_id, None)
+
+    def room_version(self, room_nid: int) -> RoomVersion:
+        version = self._room_versions.get(room_nid)
+        if version is None:
+            version = get_room_version(self.db.room_version_of_nid(room_nid))
+            self._room_versions[room_nid] = version
+        return version
+
+    def by_nid(self, nid: int) -> StoredEvent:
+        stored = self._cache.get(nid)
+        if stored is not None:
+            self._cache.move_to_end(nid)
+            return stored
+        row = self.db.get_event_row_by_nid(nid)
+        if row is None:
+            raise StorageError(f"event NID {nid} is referenced but not stored")
+        return self._load(row)
+
+    def by_id(self, event_id: str) -> StoredEvent | None:
+        nid = self._by_id.get(event_id)
+        if nid is not None:
+            return self.by_nid(nid)
+        row = self.db.get_event_row(event_id)
+        return self._load(row) if row is not None else None
+
+    def many_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        found: dict[str, StoredEvent] = {}
+        unknown: list[str] = []
+        for event_id in event_ids:
+            nid = self._by_id.get(event_id)
+            if nid is not None:
+                found[event_id] = self.by_nid(nid)
+            else:
+                unknown.append(event_id)
+        if unknown:
+            for event_id, row in self.db.get_event_rows(unknown).items():
+                found[event_id] = self._load(row)
+        return found
+
+    def _load(self, row: EventRow) -> StoredEvent:
+        pdu = json.loads(self.db.event_json(row.nid))
+        event = Event(event_id=row.event_id, room_version=self.room_version(row.room_nid), pdu=pdu)
+        stored = StoredEvent(row, event)
+        self._put(stored)
+        return stored
+
+    def _put(self, stored: StoredEvent) -> None:
+        self._cache[stored.row.nid] = stored
+        self._by_id[stored.row.event_id] = stored.row.nid
+        if len(self._cache) > self._cache_size:
+            _, dropped = self._cache.popitem(last=False)
+            self._by_id.pop(dropped.row.event_id, None)

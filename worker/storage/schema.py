@@ -1,0 +1,157 @@
+"""The database schema and its well-known NIDs.
+
+Preassigned NIDs let the hot path name the auth-relevant event types and the empty
+state key as constants, without a lookup.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+#: Well-known event types with fixed NIDs (never 0: 0 means "none").
+WELL_KNOWN_TYPES: dict[str, int] = {
+    "m.room.create": 1,
+    "m.room.power_levels": 2,
+    "m.room.join_rules": 3,
+    "m.room.third_party_invite": 4,
+    "m.room.member": 5,
+    "m.room.redaction": 6,
+    "m.room.history_visibility": 7,
+    "m.room.name": 8,
+    "m.room.topic": 9,
+    "m.room.avatar": 10,
+    "m.room.canonical_alias": 11,
+    "m.room.aliases": 12,
+    "m.room.encryption": 13,
+    "m.room.guest_access": 14,
+    "m.room.server_acl": 15,
+    "m.room.tombstone": 16,
+    "m.room.pinned_events": 17,
+    "m.room.message": 18,
+    "m.room.encrypted": 19,
+}
+#: Types that get NIDs later start here, leaving room for more well-known ones.
+FIRST_DYNAMIC_TYPE_NID = 256
+EMPTY_STATE_KEY_NID = 1
+FIRST_DYNAMIC_STATE_KEY_NID = 2
+
+#: Event status values stored in `events.status`.
+STATUS_ACCEPTED = 0
+STATUS_REJECTED = 1
+STATUS_SOFT_FAILED = 2
+STATUS_OUTLIER = 3
+STATUS_NAMES = {
+    STATUS_ACCEPTED: "accepted",
+    STATUS_REJECTED: "rejected",
+    STATUS_SOFT_FAILED: "soft_failed",
+    STATUS_OUTLIER: "outlier",
+}
+
+DDL = """
+CREATE TABLE IF NOT EXISTS event_types (
+    nid INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS state_keys (
+    nid INTEGER PRIMARY KEY,
+    state_key TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    nid INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL UNIQUE,
+    room_version TEXT NOT NULL,
+    -- snapshot of the room's current state (0 before any state)
+    snapshot_nid INTEGER NOT NULL DEFAULT 0,
+    -- forward extremities: packed int64 event NIDs
+    latest_event_nids BLOB NOT NULL DEFAULT x'',
+    last_sent_event_nid INTEGER NOT NULL DEFAULT 0,
+    depth INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    nid INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_nid INTEGER NOT NULL,
+    type_nid INTEGER NOT NULL,
+    -- 0 for events that are not state events
+    state_key_nid INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT,
+    -- state before / after the event (0 for outliers and where unknown)
+    before_snapshot_nid INTEGER NOT NULL DEFAULT 0,
+    after_snapshot_nid INTEGER NOT NULL DEFAULT 0,
+    -- packed int64 NIDs of the auth events
+    auth_event_nids BLOB NOT NULL DEFAULT x'',
+    redacted_by TEXT,
+    -- stream order of arrival, for queries and the outbox
+    received_ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_room ON events(room_nid, nid);
+CREATE TABLE IF NOT EXISTS event_json (
+    event_nid INTEGER PRIMARY KEY,
+    json BLOB NOT NULL
+);
+-- prev-event references by ID: a prev event may not be stored yet
+CREATE TABLE IF NOT EXISTS event_edges (
+    event_nid INTEGER NOT NULL,
+    prev_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_nid, prev_event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_edges_prev ON event_edges(prev_event_id);
+CREATE TABLE IF NOT EXISTS state_blocks (
+    nid INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    entry_count INTEGER NOT NULL,
+    -- packed int64 triples (type NID, state key NID, event NID), sorted; event NID 0 removes
+    entries BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_snapshots (
+    nid INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    room_nid INTEGER NOT NULL,
+    -- packed int64 block NIDs, oldest first; a later block overrides an earlier one
+    block_nids BLOB NOT NULL
+);
+-- accepted redactions by target, so a target that arrives later is redacted too
+CREATE TABLE IF NOT EXISTS redactions (
+    target_event_id TEXT NOT NULL,
+    redaction_event_nid INTEGER NOT NULL,
+    -- the redaction's sender had the redact power level (else only same-domain targets)
+    may_redact_any INTEGER NOT NULL,
+    PRIMARY KEY (target_event_id, redaction_event_nid)
+) WITHOUT ROWID;
+-- outputs owed by committed inputs, published after commit and then deleted
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create tables and preassigned NIDs if missing; refuse a newer schema."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {version}, newer than this worker's "
+            f"{SCHEMA_VERSION}; upgrade the worker"
+        )
+    with conn:
+        conn.executescript(DDL)
+        conn.executemany(
+            "INSERT OR IGNORE INTO event_types (nid, name) VALUES (?, ?)",
+            [(nid, name) for name, nid in WELL_KNOWN_TYPES.items()],
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO event_types (nid, name) VALUES (?, ?)",
+            (FIRST_DYNAMIC_TYPE_NID - 1, "\x00reserved"),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO state_keys (nid, state_key) VALUES (?, '')",
+            (EMPTY_STATE_KEY_NID,),
+        )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

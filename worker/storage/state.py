@@ -1,0 +1,199 @@
+"""Room state at events: loading snapshots into maps and writing new ones as deltas.
+
+A state map here is keyed by NIDs, `(type NID, state key NID) → event NID`; turning
+NIDs into Matrix strings is left to the callers that need them (outputs, queries), so
+the hot path never touches strings for state it does not look at.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from worker.storage.blocks import (
+    NidState,
+    NidStateKey,
+    block_hash,
+    pack_entries,
+    plan_merge,
+    snapshot_hash,
+    unpack_entries_into,
+)
+from worker.storage.database import Database, StorageError
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """Counters for the benchmark and metrics: what state writes cost."""
+
+    snapshots_created: int = 0
+    blocks_written: int = 0
+    triples_written: int = 0
+    merges: int = 0
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LruByWeight(Generic[K, V]):
+    """An LRU map bounded by a total weight (state entries), not an item count, so
+    one huge room and many small ones share the same memory budget."""
+
+    def __init__(self, budget: int) -> None:
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._budget = budget
+        self._weight = 0
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._weight -= old[1]
+        self._items[key] = (value, weight)
+        self._weight += weight
+        while self._weight > self._budget and len(self._items) > 1:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._weight -= dropped
+
+    def discard(self, key: K) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._weight -= old[1]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._weight = 0
+
+
+class StateStore:
+    """Snapshots and blocks, with caches sized by state entries.
+
+    Cached state maps are shared: callers must treat what `load` returns as
+    read-only and copy before changing it.
+    """
+
+    def __init__(self, db: Database, cache_entries: int = 2_000_000) -> None:
+        self.db = db
+        self.stats = WriteStats()
+        self._states: _LruByWeight[int, NidState] = _LruByWeight(cache_entries)
+        self._block_lists: _LruByWeight[int, list[tuple[int, int]]] = _LruByWeight(200_000)
+        self._block_bytes: _LruByWeight[int, bytes] = _LruByWeight(cache_entries)
+
+    def forget_caches(self) -> None:
+        """Drop everything cached; used after a rollback, when NIDs may be reused."""
+        self._states.clear()
+        self._block_lists.clear()
+        self._block_bytes.clear()
+
+    # -- reading ------------------------------------------------------------------
+
+    def load(self, snapshot_nid: int) -> NidState:
+        """The state map of a snapshot (read-only; shared with the cache)."""
+        if snapshot_nid == 0:
+            return {}
+        cached = self._states.get(snapshot_nid)
+        if cached is not None:
+            return cached
+        state: NidState = {}
+        for block_nid, _ in self._block_list(snapshot_nid):
+            unpack_entries_into(self._block(block_nid), state)
+        self._states.put(snapshot_nid, state, len(state) + 1)
+        return state
+
+    def block_list(self, snapshot_nid: int) -> list[tuple[int, int]]:
+        """The snapshot's (block NID, entry count) pairs, oldest first."""
+        return list(self._block_list(snapshot_nid)) if snapshot_nid else []
+
+    def _block_list(self, snapshot_nid: int) -> list[tuple[int, int]]:
+        cached = self._block_lists.get(snapshot_nid)
+        if cached is not None:
+            return cached
+        nids = self.db.snapshot_block_nids(snapshot_nid)
+        missing = [nid for nid in nids if self._block_bytes.get(nid) is None]
+        fetched = self.db.blocks(missing) if missing else {}
+        for nid, (_, packed) in fetched.items():
+            self._block_bytes.put(nid, packed, len(packed) // 24 + 1)
+        pairs = [(nid, len(self._block(nid)) // 24) for nid in nids]
+        self._block_lists.put(snapshot_nid, pairs, len(pairs))
+        return pairs
+
+    def _block(self, block_nid: int) -> bytes:
+        packed = self._block_bytes.get(block_nid)
+        if packed is None:
+            fetched = self.db.blocks([block_nid])
+            if block_nid not in fetched:
+                raise StorageError(f"state block {block_nid} is referenced but not stored")
+            packed = fetched[block_nid][1]
+            self._block_bytes.put(block_nid, packed, len(packed) // 24 + 1)
+        return packed
+
+    # -- writing ------------------------------------------------------------------
+
+    def derive(
+        self, room_nid: int, parent_snapshot_nid: int, delta: Mapping[NidStateKey, int]
+    ) -> int:
+        """A snapshot equal to the parent's state with `delta` applied (0 removes a key).
+
+        Writes one small block for the delta, then merges trailing blocks as the
+        tiered policy asks; an unchanged state returns the parent itself.
+        """
+        parent_state = self.load(parent_snapshot_nid)
+        effective = {k: v for k, v in delta.items() if parent_state.get(k, 0) != v}
+        if not effective:
+            return parent_snapshot_nid
+        blocks = self.block_list(parent_snapshot_nid)
+        blocks.append(self._write_block(effective))
+        while (count := plan_merge([size for _, size in blocks])) > 0:
+            merged_from = len(blocks) - count
+            merged: NidState = {}
+            for block_nid, _ in blocks[merged_from:]:
+                unpack_entries_into(self._block(block_nid), merged, drop_removed=False)
+            if merged_from == 0:
+                merged = {k: v for k, v in merged.items() if v}
+            blocks[merged_from:] = [self._write_block(merged)]
+            self.stats.merges += 1
+        block_nids = [nid for nid, _ in blocks]
+        snapshot_nid = self.db.put_snapshot(
+            snapshot_hash(room_nid, block_nids), room_nid, block_nids
+        )
+        self.db.on_rollback(self.forget_caches)
+        self.stats.snapshots_created += 1
+        new_state = dict(parent_state)
+        for key, event_nid in effective.items():
+            if event_nid:
+                new_state[key] = event_nid
+            else:
+                new_state.pop(key, None)
+        self._states.put(snapshot_nid, new_state, len(new_state) + 1)
+        self._block_lists.put(snapshot_nid, blocks, len(blocks))
+        return snapshot_nid
+
+    def store_full(
+        self, room_nid: int, state: Mapping[NidStateKey, int], near_snapshot_nid: int
+    ) -> int:
+        """Store an arbitrary state (a resolution, a supplied state) as a delta on the
+        closest known snapshot rather than as a full copy."""
+        base = self.load(near_snapshot_nid)
+        delta: NidState = {k: v for k, v in state.items() if base.get(k) != v}
+        for key in base:
+            if key not in state:
+                delta[key] = 0
+        return self.derive(room_nid, near_snapshot_nid, delta)
+
+    def _write_block(self, entries: Mapping[NidStateKey, int]) -> tuple[int, int]:
+        packed = pack_entries(entries)
+        nid, fresh = self.db.put_block(block_hash(packed), len(entries), packed)
+        if fresh:
+            self.stats.blocks_written += 1
+            self.stats.triples_written += len(entries)
+        self._block_bytes.put(nid, packed, len(entries) + 1)
+        return nid, len(entries)
