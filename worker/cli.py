@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        path = args.config
+        path = getattr(args, "config", None)
         if path is None and Path(DEFAULT_CONFIG).exists():
             path = DEFAULT_CONFIG
         config = load_config(path)
@@ -52,18 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roomserver", description=__doc__)
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--config",
-        default=None,
+        default=argparse.SUPPRESS,
         help=f"TOML configuration file (default {DEFAULT_CONFIG} when it exists)",
     )
+    parser = argparse.ArgumentParser(prog="roomserver", description=__doc__, parents=[common])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the worker in the foreground")
+    run = sub.add_parser("run", parents=[common], help="run the worker in the foreground")
     run.set_defaults(func=cmd_run)
 
-    publish = sub.add_parser("publish", help="publish PDUs or input maps from a JSONL file")
+    publish = sub.add_parser(
+        "publish", parents=[common], help="publish PDUs or input maps from a JSONL file"
+    )
     publish.add_argument(
         "file", help="one PDU or input map (with an `event` key) per line; - for stdin"
     )
@@ -81,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--no-progress", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
 
-    generate = sub.add_parser("generate", help="write a synthetic linear room as JSONL PDUs")
+    generate = sub.add_parser(
+        "generate", parents=[common], help="write a synthetic linear room as JSONL PDUs"
+    )
     generate.add_argument("--room-version", default="10")
     generate.add_argument("--members", type=int, default=20)
     generate.add_argument("--events", type=int, default=100)

@@ -7,11 +7,8 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from tests.bus.helpers import with_section
-from worker.bus.consumer import PullConsumer
 from worker.bus.publisher import Outgoing, Publisher, dead_letter_body
 from worker.bus.streams import ensure_streams
-from worker.bus.subjects import Subjects
 from worker.config import Config
 
 ROOM = "!room:example.org"
@@ -71,67 +68,6 @@ async def test_publish_many_reports_a_failure(js: JetStreamContext, config: Conf
     with pytest.raises(NoStreamResponseError):
         await publisher.publish_many([good, bad])
     assert (await js.stream_info(config.streams.output)).state.messages == 1
-
-
-async def test_dead_letter_map_and_subject(js: JetStreamContext, config: Config) -> None:
-    await ensure_streams(js, config)
-    publisher = Publisher(js, config)
-    payload = b"\xc1 not msgpack"
-    ack = await publisher.dead_letter(
-        error="bad_msgpack",
-        message="The body is not msgpack.",
-        subject="x.input.y",
-        stream_sequence=42,
-        payload=payload,
-    )
-    again = await publisher.dead_letter(
-        error="bad_msgpack",
-        message="The body is not msgpack.",
-        subject="x.input.y",
-        stream_sequence=42,
-        payload=payload,
-    )
-    assert ack.stream == config.streams.deadletter
-    assert again.duplicate
-    await publisher.dead_letter(
-        error="unknown_room",
-        message="The room is not known.",
-        subject="x.input.z",
-        stream_sequence=43,
-        payload=b"{}",
-        room_id=ROOM,
-    )
-    stored = await js.get_msg(config.streams.deadletter, ack.seq)
-    assert stored.subject == f"{config.streams.subject_prefix}.deadletter._"
-    assert msgpack.unpackb(stored.data, raw=False) == {
-        "error": "bad_msgpack",
-        "message": "The body is not msgpack.",
-        "subject": "x.input.y",
-        "stream_sequence": 42,
-        "payload": payload,
-    }
-    with_room = await js.get_msg(config.streams.deadletter, ack.seq + 1)
-    assert with_room.subject == Subjects(config.streams.subject_prefix).deadletter(ROOM)
-
-
-async def test_dead_letter_of_a_fetched_message(js: JetStreamContext, config: Config) -> None:
-    config = with_section(config, "consumer", batch_size=1, max_ack_pending=1)
-    await ensure_streams(js, config)
-    publisher = Publisher(js, config)
-    input_subject = publisher.subjects.input(ROOM)
-    await js.publish(input_subject, b"first")
-    await js.publish(input_subject, b"\x00garbage")
-    async with PullConsumer(js, config) as consumer:
-        [first] = await consumer.fetch_batch()
-        await first.ack_sync()
-        [msg] = await consumer.fetch_batch()
-        ack = await publisher.dead_letter_msg(msg, error="bad_pdu", message="Not a PDU.")
-        await msg.term()
-    stored = await js.get_msg(config.streams.deadletter, ack.seq)
-    body = msgpack.unpackb(stored.data, raw=False)
-    assert body["subject"] == input_subject
-    assert body["stream_sequence"] == 2
-    assert body["payload"] == b"\x00garbage"
 
 
 def test_dead_letter_body_keeps_payload_as_bytes() -> None:

@@ -13,8 +13,6 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 import structlog
-from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 
 from worker.bus.subjects import Subjects
@@ -98,58 +96,3 @@ class Publisher:
                 raise result
             acks.append(result)
         return acks
-
-    async def dead_letter(
-        self,
-        *,
-        error: str,
-        message: str,
-        subject: str,
-        stream_sequence: int | None,
-        payload: bytes,
-        room_id: str | None = None,
-    ) -> api.PubAck:
-        """Publish a dead letter to <prefix>.deadletter.<room> ("_" if room_id is None).
-
-        The input's stream sequence makes the msg_id, so a dead letter that is published
-        again after a crash (before the input was terminated) is dropped as a duplicate.
-        """
-        body = dead_letter_body(
-            error=error,
-            message=message,
-            subject=subject,
-            stream_sequence=stream_sequence,
-            payload=payload,
-        )
-        msg_id = (
-            f"{self._input_stream}:{stream_sequence}:dead_letter"
-            if stream_sequence is not None
-            else None
-        )
-        ack = await self.publish(self.subjects.deadletter(room_id), body, msg_id)
-        log.warning(
-            "input dead-lettered",
-            error=error,
-            reason=message,
-            subject=subject,
-            stream_sequence=stream_sequence,
-            room_id=room_id,
-        )
-        return ack
-
-    async def dead_letter_msg(
-        self, msg: Msg, *, error: str, message: str, room_id: str | None = None
-    ) -> api.PubAck:
-        """dead_letter() for an input message as fetched; the caller then terminates it."""
-        try:
-            stream_sequence: int | None = msg.metadata.sequence.stream
-        except NatsError:
-            stream_sequence = None  # not a JetStream delivery
-        return await self.dead_letter(
-            error=error,
-            message=message,
-            subject=msg.subject,
-            stream_sequence=stream_sequence,
-            payload=msg.data,
-            room_id=room_id,
-        )

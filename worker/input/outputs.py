@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from worker.bus.publisher import dead_letter_body
 from worker.bus.subjects import Subjects
 
 
@@ -98,17 +99,17 @@ class OutputBuilder:
         stream_sequence: int,
         payload: bytes,
     ) -> Output:
-        body = {
-            "error": code,
-            "message": message,
-            "subject": subject,
-            "stream_sequence": stream_sequence,
-            "payload": payload,
-        }
+        body = dead_letter_body(
+            error=code,
+            message=message,
+            subject=subject,
+            stream_sequence=stream_sequence,
+            payload=payload,
+        )
+        # The stream sequence names the input, so a dead letter republished after a
+        # crash (before the input was terminated) is dropped as a duplicate.
         return Output(
-            self.subjects.deadletter(room_id),
-            f"deadletter:{subject}:{stream_sequence}",
-            _pack(body),
+            self.subjects.deadletter(room_id), f"deadletter:{subject}:{stream_sequence}", body
         )
 
     def _output(self, room_id: str, event_id: str, body: Mapping[str, Any]) -> Output:

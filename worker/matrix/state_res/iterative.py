@@ -38,23 +38,27 @@ def iterative_auth_checks(
     it would pass now (as Synapse: a rejected event stays out of every state).
     """
     room_version = source.room_version
+    usable = source.usable_keyed
+    changes = state.changes
+    base = state.base
     for event_id in event_ids:
-        event = source.event(event_id)
-        if event is None or not event.is_state or source.rejected(event_id):
+        keyed = usable(event_id)  # rejected events are never admitted
+        if keyed is None:
             continue
+        key, event = keyed
         auth_state: dict[StateKey, Event] = {}
         for auth_id in event.auth_event_ids:
-            auth_event = source.usable(auth_id)
-            if auth_event is not None:
-                auth_state[auth_event.key] = auth_event
-        for key in auth_types_for_event(
-            room_version, event.type, event.state_key, event.sender, event.content
+            auth_keyed = usable(auth_id)
+            if auth_keyed is not None:
+                auth_state[auth_keyed[0]] = auth_keyed[1]
+        for auth_key in auth_types_for_event(
+            room_version, event.type, key[1], event.sender, event.content
         ):
-            current_id = state.get(key)
+            current_id = changes.get(auth_key) or base.get(auth_key)
             if current_id is not None:
-                current = source.usable(current_id)
+                current = usable(current_id)
                 if current is not None:
-                    auth_state[key] = current
+                    auth_state[auth_key] = current[1]
         if CREATE_KEY not in auth_state:
             create = source.create_for(event)
             if create is not None:
@@ -63,4 +67,4 @@ def iterative_auth_checks(
             check_auth(event, auth_state)
         except AuthError:
             continue
-        state.changes[event.key] = event_id
+        changes[key] = event_id

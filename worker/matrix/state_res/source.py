@@ -40,6 +40,7 @@ class EventSource:
         "_is_rejected",
         "_pl_parent",
         "_rejected",
+        "_usable",
         "room_version",
     )
 
@@ -56,6 +57,7 @@ class EventSource:
         self._events: dict[str, Event | None] = {}
         self._rejected: dict[str, bool] = {}
         self._pl_parent: dict[str, str | None] = {}
+        self._usable: dict[str, tuple[StateKey, Event] | None] = {}
         self._create_candidates = tuple(create_candidates)
         self._create: Event | bool | None = False  # False: not looked for yet
 
@@ -95,10 +97,22 @@ class EventSource:
 
     def usable(self, event_id: str) -> Event | None:
         """The event if it is known, a state event and not rejected: fit to authorize others."""
+        keyed = self.usable_keyed(event_id)
+        return keyed[1] if keyed is not None else None
+
+    def usable_keyed(self, event_id: str) -> tuple[StateKey, Event] | None:
+        """`usable`, with the event's state key, remembered: the auth checks ask this of
+        the same few power levels, join rules and member events thousands of times."""
+        try:
+            return self._usable[event_id]
+        except KeyError:
+            pass
         event = self.event(event_id)
-        if event is None or not event.is_state or self.rejected(event_id):
-            return None
-        return event
+        keyed = None
+        if event is not None and event.is_state and not self.rejected(event_id):
+            keyed = (event.key, event)
+        self._usable[event_id] = keyed
+        return keyed
 
     def power_levels_parent(self, event_id: str) -> str | None:
         """The `m.room.power_levels` event among this event's auth events (the first one)."""
