@@ -224,10 +224,6 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda h: (_input(_pdu(h, room_id="room:example.org")), SUBJECTS.input("room:example.org")),
         "unknown_room",
     ),
-    "unknown prev event": (
-        lambda h: (_input(_pdu(h, prev_events=["$unknown"])), None),
-        "missing_prev_events",
-    ),
 }
 
 

@@ -13,8 +13,10 @@ duplicate, and unpublished outputs are still in the outbox at start-up.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import structlog
@@ -80,8 +82,14 @@ class _Verdict:
 
 
 class Pipeline:
-    def __init__(self, db: Database, subjects: Subjects) -> None:
+    def __init__(self, db: Database, subjects: Subjects, held_max_wait: float = 60.0) -> None:
         self.db = db
+        #: How long an event may wait for missing prev events before it is processed
+        #: with the state that is known.
+        self.held_max_wait_ms = int(held_max_wait * 1000)
+        #: Held events whose missing prev events have all arrived, to process next.
+        self._releasable: deque[str] = deque()
+        self.held_count = db.held_count()
         self.subjects = subjects
         self.state = StateStore(db)
         self.events = EventStore(db)
@@ -92,13 +100,49 @@ class Pipeline:
 
     def process_batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
         """Process a batch in one transaction; transient faults propagate for a retry."""
-        with self.db.transaction():
-            return [self._process_message(message) for message in messages]
+        try:
+            with self.db.transaction():
+                results = []
+                for message in messages:
+                    results.append(self._process_message(message))
+                    self._process_released()
+                return results
+        finally:
+            self._releasable.clear()
+            self.held_count = self.db.held_count()
 
-    def _process_message(self, message: InboundMessage) -> Disposition:
+    def release_expired(self, now_ms: int | None = None) -> int:
+        """Process held events that waited longer than `held_max_wait` with the state
+        that is known (see `_state_before`); returns how many were released."""
+        if not self.held_count:
+            return 0
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        try:
+            with self.db.transaction():
+                expired = self.db.held_expired(now_ms - self.held_max_wait_ms)
+                for event_id in expired:
+                    self._release(event_id, force=True)
+                    self._process_released()
+        finally:
+            self._releasable.clear()
+            self.held_count = self.db.held_count()
+        return len(expired)
+
+    def _process_released(self) -> None:
+        while self._releasable:
+            self._release(self._releasable.popleft(), force=False)
+
+    def _release(self, event_id: str, *, force: bool) -> None:
+        held = self.db.unhold(event_id)
+        if held is not None:
+            subject, sequence, payload = held
+            log.info("releasing held event", event_id=event_id, forced=force)
+            self._process_message(InboundMessage(subject, payload, sequence), force=force)
+
+    def _process_message(self, message: InboundMessage, *, force: bool = False) -> Disposition:
         try:
             with self.db.savepoint():
-                self._process(message)
+                self._process(message, force=force)
             self.counters.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:
@@ -149,7 +193,7 @@ class Pipeline:
 
     # -- one input --------------------------------------------------------------
 
-    def _process(self, message: InboundMessage) -> None:
+    def _process(self, message: InboundMessage, *, force: bool = False) -> None:
         inp = decode_input(message.data)
         subject_room = self._room_of_subject(message.subject)
         if subject_room is None:
@@ -175,14 +219,29 @@ class Pipeline:
             )
         bound = log.bind(room_id=event.room_id, event_id=event.event_id)
         existing = self.db.get_event_row(event.event_id)
-        if existing is not None and not (
-            existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER
-        ):
+        if (
+            existing is not None
+            and not (existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER)
+        ) or self.db.is_held(event.event_id):
             self.counters.duplicates += 1
             bound.debug("duplicate event ignored", kind=inp.kind.value)
             return
         if room is None:
             room = self.db.create_room(event.room_id, version.identifier)
+        if inp.kind is not Kind.OUTLIER and inp.state_event_ids is None and not force:
+            missing = self._prevs_without_state(event)
+            if missing:
+                self.db.hold_event(
+                    event_id=event.event_id,
+                    room_nid=room.nid,
+                    missing=missing,
+                    subject=message.subject,
+                    stream_sequence=message.stream_sequence,
+                    payload=message.data,
+                    now_ms=int(time.time() * 1000),
+                )
+                bound.info("holding event until its prev events arrive", missing=missing)
+                return
 
         verdict = _Verdict()
         self._authorize_against_auth_events(event, room, verdict)
@@ -195,16 +254,21 @@ class Pipeline:
         before = self._state_before(event, inp, room)
         if verdict.status == STATUS_ACCEPTED:
             self._authorize(event, self.state.load(before), verdict, STATUS_REJECTED, "before it")
+        # Soft-fail check against the room's current state, when there is one: a room
+        # joined over federation has none until its first `new` event.
         if (
             inp.kind is Kind.NEW
             and verdict.status == STATUS_ACCEPTED
+            and room.latest_event_nids
             and room.snapshot_nid != before
         ):
             current = self.state.load(room.snapshot_nid)
             self._authorize(event, current, verdict, STATUS_SOFT_FAILED, "current")
 
         stored = self._store(event, room, verdict.status, verdict.reason, before, before, existing)
-        after = self._state_after(stored, room, before)
+        stored = self._state_after(stored, room)
+        after = stored.row.after_snapshot_nid
+        self._wake_held(event.event_id)
 
         if verdict.status == STATUS_REJECTED or verdict.status == STATUS_SOFT_FAILED:
             soft = verdict.status == STATUS_SOFT_FAILED
@@ -224,17 +288,19 @@ class Pipeline:
             )
             return
 
-        if event.type == REDACTION:
-            self._record_redaction(stored, room, before)
-        self._apply_pending_redactions(stored, room)
         if inp.kind is Kind.OLD:
             self._emit(
                 self.outputs.old_room_event(
                     room_id=event.room_id, event_id=event.event_id, pdu=event.pdu
                 )
             )
-            return
-        self._advance_room(stored, room, after, inp)
+        else:
+            self._advance_room(stored, room, after, inp)
+        # Redactions come after the event's own output, so consumers see the event
+        # first and then learn that it was redacted.
+        if event.type == REDACTION:
+            self._record_redaction(stored, room, before)
+        self._apply_pending_redactions(stored, room)
 
     # -- room and version ---------------------------------------------------------
 
@@ -341,22 +407,43 @@ class Pipeline:
             return self._supplied_state(inp.state_event_ids, room)
         if not event.prev_event_ids:
             return 0
-        prevs = self.db.get_event_rows(event.prev_event_ids)
-        missing = [eid for eid in event.prev_event_ids if eid not in prevs]
-        unusable = [eid for eid, row in prevs.items() if row.status == STATUS_OUTLIER]
-        if missing or unusable:
-            raise DeadLetter(
-                "missing_prev_events",
-                f"the state before {event.event_id} is unknown: prev events "
-                f"{', '.join(missing + unusable)} are not stored with state; publish them "
-                "first or supply state_event_ids",
-            )
+        prevs = {
+            eid: row
+            for eid, row in self.db.get_event_rows(event.prev_event_ids).items()
+            if row.status != STATUS_OUTLIER
+        }
+        if not prevs:
+            # Released after waiting, with no prev event known: the room's current
+            # state is the best knowledge there is (soft-fail checks still apply).
+            return room.snapshot_nid
+        # Prev events still unknown after the wait are left out, as Matrix servers do
+        # when they cannot fetch them.
         snapshots = list(
-            dict.fromkeys(prevs[eid].after_snapshot_nid for eid in event.prev_event_ids)
+            dict.fromkeys(
+                prevs[eid].after_snapshot_nid for eid in event.prev_event_ids if eid in prevs
+            )
         )
         if len(snapshots) == 1:
             return snapshots[0]
         return self._resolve_snapshots(room, snapshots)
+
+    def _prevs_without_state(self, event: Event) -> list[str]:
+        """Prev events that are unknown, or known only as outliers (no state)."""
+        if not event.prev_event_ids:
+            return []
+        rows = self.db.get_event_rows(event.prev_event_ids)
+        return [
+            eid
+            for eid in event.prev_event_ids
+            if eid not in rows or rows[eid].status == STATUS_OUTLIER
+        ]
+
+    def _wake_held(self, event_id: str) -> None:
+        """Queue held events that were waiting only for `event_id`."""
+        for held_id in self.db.held_waiting_on(event_id):
+            self.db.drop_held_wait(event_id, held_id)
+            if not self.db.held_waits_remaining(held_id):
+                self._releasable.append(held_id)
 
     def _supplied_state(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
         rows = self.db.get_event_rows(state_event_ids)
@@ -387,6 +474,7 @@ class Pipeline:
             version,
             [self._to_state_map(s) for s in nid_states],
             self._event_for_resolution,
+            is_rejected=self._is_rejected,
         )
         resolved_nids = self._from_state_map(resolved)
         closest = min(
@@ -398,6 +486,10 @@ class Pipeline:
     def _event_for_resolution(self, event_id: str) -> Event | None:
         stored = self.events.by_id(event_id)
         return stored.event if stored is not None else None
+
+    def _is_rejected(self, event_id: str) -> bool:
+        stored = self.events.by_id(event_id)
+        return stored is not None and stored.row.status == STATUS_REJECTED
 
     def _to_state_map(self, state: NidState) -> StateMap:
         ids = self.db.event_ids_of(state.values())
@@ -411,15 +503,22 @@ class Pipeline:
             (rows[eid].type_nid, rows[eid].state_key_nid): rows[eid].nid for eid in state.values()
         }
 
-    def _state_after(self, stored: StoredEvent, room: RoomRow, before: int) -> int:
+    def _state_after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
         """Store the state after an event: before plus itself if it is an accepted or
-        soft-failed state event (soft-failed events still count for their children)."""
+        soft-failed state event (soft-failed events still count for their children).
+
+        The event row needs its own NID inside the snapshot, so it is written first
+        with after = before and updated here, in the database and in the cache."""
         row = stored.row
         if not row.state_key_nid or row.status == STATUS_REJECTED:
-            return before
-        after = self.state.derive(room.nid, before, {(row.type_nid, row.state_key_nid): row.nid})
+            return stored
+        after = self.state.derive(
+            room.nid, row.before_snapshot_nid, {(row.type_nid, row.state_key_nid): row.nid}
+        )
         self.db.set_after_snapshot(row.nid, after)
-        return after
+        updated = StoredEvent(replace(row, after_snapshot_nid=after), stored.event)
+        self.events.remember(updated)
+        return updated
 
     # -- storing --------------------------------------------------------------------
 

@@ -256,8 +256,8 @@ class ForkedRoom:
 
 
 VERSIONS = ["1", "2", "10", "11", "12"]
-SEEDS = range(12)
-EVENTS_PER_ROOM = 45
+SEEDS = range(20)
+EVENTS_PER_ROOM = 55
 
 
 @pytest.mark.parametrize("seed", SEEDS)

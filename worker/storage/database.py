@@ -10,6 +10,7 @@ thread (see `worker.pipeline`) and the asyncio side only moves bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -472,6 +473,91 @@ class Database:
             (digest, room_nid, pack_nids(block_nids)),
         ).fetchone()[0]
         return int(nid)
+
+    # -- held events ------------------------------------------------------------
+
+    def hold_event(
+        self,
+        *,
+        event_id: str,
+        room_nid: int,
+        missing: Sequence[str],
+        subject: str,
+        stream_sequence: int,
+        payload: bytes,
+        now_ms: int,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO held_events (event_id, room_nid, missing_prev_event_ids, subject, "
+            "stream_sequence, payload, held_since_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                room_nid,
+                json.dumps(list(missing)),
+                subject,
+                stream_sequence,
+                payload,
+                now_ms,
+            ),
+        )
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO held_waits (missing_event_id, held_event_id) VALUES (?, ?)",
+            [(prev, event_id) for prev in missing],
+        )
+
+    def is_held(self, event_id: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM held_events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return row is not None
+
+    def held_waiting_on(self, event_id: str) -> list[str]:
+        """Held events that named `event_id` as a missing prev event."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT held_event_id FROM held_waits WHERE missing_event_id = ?", (event_id,)
+            )
+        ]
+
+    def drop_held_wait(self, missing_event_id: str, held_event_id: str) -> None:
+        self.conn.execute(
+            "DELETE FROM held_waits WHERE missing_event_id = ? AND held_event_id = ?",
+            (missing_event_id, held_event_id),
+        )
+
+    def held_waits_remaining(self, held_event_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM held_waits WHERE held_event_id = ?", (held_event_id,)
+            ).fetchone()[0]
+        )
+
+    def held_expired(self, before_ms: int, limit: int = 1000) -> list[str]:
+        """Held events waiting since before `before_ms`, oldest first."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT event_id FROM held_events WHERE held_since_ms < ? "
+                "ORDER BY held_since_ms, stream_sequence LIMIT ?",
+                (before_ms, limit),
+            )
+        ]
+
+    def unhold(self, event_id: str) -> tuple[str, int, bytes] | None:
+        """Remove a held event; its (subject, stream sequence, input payload)."""
+        row = self.conn.execute(
+            "SELECT subject, stream_sequence, payload FROM held_events WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("DELETE FROM held_events WHERE event_id = ?", (event_id,))
+        self.conn.execute("DELETE FROM held_waits WHERE held_event_id = ?", (event_id,))
+        return str(row[0]), int(row[1]), bytes(row[2])
+
+    def held_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM held_events").fetchone()[0])
 
     # -- outbox -----------------------------------------------------------------
 

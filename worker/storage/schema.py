@@ -122,6 +122,23 @@ CREATE TABLE IF NOT EXISTS redactions (
     may_redact_any INTEGER NOT NULL,
     PRIMARY KEY (target_event_id, redaction_event_nid)
 ) WITHOUT ROWID;
+-- timeline events waiting for prev events that are not stored yet (the input kept whole)
+CREATE TABLE IF NOT EXISTS held_events (
+    event_id TEXT PRIMARY KEY,
+    room_nid INTEGER NOT NULL,
+    -- JSON list of the prev event IDs that were missing when it arrived
+    missing_prev_event_ids TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    stream_sequence INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    held_since_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_events_since ON held_events(held_since_ms);
+CREATE TABLE IF NOT EXISTS held_waits (
+    missing_event_id TEXT NOT NULL,
+    held_event_id TEXT NOT NULL,
+    PRIMARY KEY (missing_event_id, held_event_id)
+) WITHOUT ROWID;
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
