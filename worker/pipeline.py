@@ -90,6 +90,8 @@ class Pipeline:
         #: Held events whose missing prev events have all arrived, to process next.
         self._releasable: deque[str] = deque()
         self.held_count = db.held_count()
+        #: Rooms by ID; rows are updated in place and dropped whenever work is undone.
+        self._rooms: dict[str, RoomRow] = {}
         self.subjects = subjects
         self.state = StateStore(db)
         self.events = EventStore(db)
@@ -135,6 +137,7 @@ class Pipeline:
     def _release(self, event_id: str, *, force: bool) -> None:
         held = self.db.unhold(event_id)
         if held is not None:
+            self.held_count -= 1
             subject, sequence, payload = held
             log.info("releasing held event", event_id=event_id, forced=force)
             self._process_message(InboundMessage(subject, payload, sequence), force=force)
@@ -159,6 +162,7 @@ class Pipeline:
             )
         self.state.forget_caches()
         self.events.forget_caches()
+        self._rooms.clear()
         return Disposition.TERM
 
     def _dead_letter(self, message: InboundMessage, code: str, text: str) -> None:
@@ -222,12 +226,14 @@ class Pipeline:
         if (
             existing is not None
             and not (existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER)
-        ) or self.db.is_held(event.event_id):
+        ) or (self.held_count and self.db.is_held(event.event_id)):
             self.counters.duplicates += 1
             bound.debug("duplicate event ignored", kind=inp.kind.value)
             return
         if room is None:
             room = self.db.create_room(event.room_id, version.identifier)
+            self._rooms[room.room_id] = room
+            self.db.on_rollback(self._rooms.clear)
         if inp.kind is not Kind.OUTLIER and inp.state_event_ids is None and not force:
             missing = self._prevs_without_state(event)
             if missing:
@@ -240,11 +246,12 @@ class Pipeline:
                     payload=message.data,
                     now_ms=int(time.time() * 1000),
                 )
+                self.held_count += 1
                 bound.info("holding event until its prev events arrive", missing=missing)
                 return
 
         verdict = _Verdict()
-        self._authorize_against_auth_events(event, room, verdict)
+        checked = self._authorize_against_auth_events(event, room, verdict)
         if inp.kind is Kind.OUTLIER:
             status = STATUS_OUTLIER if verdict.status == STATUS_ACCEPTED else verdict.status
             self._store(event, room, status, verdict.reason, 0, 0, existing)
@@ -253,7 +260,9 @@ class Pipeline:
 
         before = self._state_before(event, inp, room)
         if verdict.status == STATUS_ACCEPTED:
-            self._authorize(event, self.state.load(before), verdict, STATUS_REJECTED, "before it")
+            self._authorize(
+                event, self.state.load(before), verdict, STATUS_REJECTED, "before it", checked
+            )
         # Soft-fail check against the room's current state, when there is one: a room
         # joined over federation has none until its first `new` event.
         if (
@@ -311,7 +320,11 @@ class Pipeline:
         the one the input names for a room not known yet."""
         raw = inp.event
         is_create = raw.get("type") == CREATE and raw.get("state_key") == ""
-        room = self.db.get_room(subject_room)
+        room = self._rooms.get(subject_room)
+        if room is None:
+            room = self.db.get_room(subject_room)
+            if room is not None:
+                self._rooms[subject_room] = room
         try:
             if is_create:
                 version = room_version_of_create(raw)
@@ -340,13 +353,16 @@ class Pipeline:
 
     def _authorize_against_auth_events(
         self, event: Event, room: RoomRow, verdict: _Verdict
-    ) -> None:
+    ) -> dict[StateKey, str] | None:
         """Checks against the event's own auth events (the first two of the spec's
-        checks on receipt); failing makes the event rejected."""
+        checks on receipt); failing makes the event rejected.
+
+        Returns the auth state that passed, as IDs, so that an identical state before
+        the event need not be checked again."""
         is_create = event.type == CREATE and event.state_key == ""
         if is_create and self._room_create_nid(room) is not None:
             verdict.reject(STATUS_REJECTED, f"room {event.room_id} already has a create event")
-            return
+            return None
         found = self.events.many_by_id(event.auth_event_ids)
         auth_events = {
             eid: (found[eid].event if eid in found else None) for eid in event.auth_event_ids
@@ -367,12 +383,25 @@ class Pipeline:
             check_auth(event, auth_state)
         except AuthError as exc:
             verdict.reject(STATUS_REJECTED, f"against its auth events: {exc.reason}")
+            return None
+        return {key: e.event_id for key, e in auth_state.items()}
 
     def _authorize(
-        self, event: Event, state: NidState, verdict: _Verdict, status: int, which: str
+        self,
+        event: Event,
+        state: NidState,
+        verdict: _Verdict,
+        status: int,
+        which: str,
+        already_passed: Mapping[StateKey, str] | None = None,
     ) -> None:
+        auth_state = self._auth_state(event, state)
+        if already_passed is not None and already_passed == {
+            key: e.event_id for key, e in auth_state.items()
+        }:
+            return  # the same auth state already passed: the rules are deterministic
         try:
-            check_auth(event, self._auth_state(event, state))
+            check_auth(event, auth_state)
         except AuthError as exc:
             verdict.reject(status, f"against the state {which}: {exc.reason}")
 
@@ -409,7 +438,7 @@ class Pipeline:
             return 0
         prevs = {
             eid: row
-            for eid, row in self.db.get_event_rows(event.prev_event_ids).items()
+            for eid, row in self.events.rows(event.prev_event_ids).items()
             if row.status != STATUS_OUTLIER
         }
         if not prevs:
@@ -431,7 +460,7 @@ class Pipeline:
         """Prev events that are unknown, or known only as outliers (no state)."""
         if not event.prev_event_ids:
             return []
-        rows = self.db.get_event_rows(event.prev_event_ids)
+        rows = self.events.rows(event.prev_event_ids)
         return [
             eid
             for eid in event.prev_event_ids
@@ -440,6 +469,8 @@ class Pipeline:
 
     def _wake_held(self, event_id: str) -> None:
         """Queue held events that were waiting only for `event_id`."""
+        if not self.held_count:
+            return
         for held_id in self.db.held_waiting_on(event_id):
             self.db.drop_held_wait(event_id, held_id)
             if not self.db.held_waits_remaining(held_id):
@@ -535,7 +566,7 @@ class Pipeline:
         type_nid = self.db.type_nid(event.type, create=True)
         sk = event.state_key
         sk_nid = self.db.state_key_nid(sk, create=True) if sk is not None else 0
-        auth_rows = self.db.get_event_rows(event.auth_event_ids)
+        auth_rows = self.events.rows(event.auth_event_ids)
         auth_nids = [auth_rows[e].nid for e in event.auth_event_ids if e in auth_rows]
         if existing is not None:
             self.db.promote_outlier(existing.nid, status, reason, before, after)
@@ -577,7 +608,7 @@ class Pipeline:
     ) -> None:
         """A `new` accepted event: forward extremities, current state, the output."""
         event = stored.event
-        prev_rows = self.db.get_event_rows(event.prev_event_ids)
+        prev_rows = self.events.rows(event.prev_event_ids)
         prev_nids = {row.nid for row in prev_rows.values()}
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
         latest.append(stored.row.nid)
@@ -589,7 +620,7 @@ class Pipeline:
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self._resolve_snapshots(room, snapshots)
         adds, removes = self._state_change(old_snapshot, new_snapshot, stored, len(latest) == 1)
-        ids = self.db.event_ids_of(
+        ids = self.events.ids_of(
             [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
         )
         self._emit(
@@ -611,6 +642,7 @@ class Pipeline:
         room.last_sent_event_nid = stored.row.nid
         room.depth = max(room.depth, event.depth)
         self.db.update_room(room)
+        self.db.on_rollback(self._rooms.clear)
 
     def _state_change(
         self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool
@@ -629,7 +661,7 @@ class Pipeline:
         else:
             added_nids = [nid for k, nid in new.items() if old.get(k) != nid]
             removed_nids = [nid for k, nid in old.items() if new.get(k) != nid]
-        ids = self.db.event_ids_of(added_nids + removed_nids)
+        ids = self.events.ids_of(added_nids + removed_nids)
         return [ids[n] for n in added_nids], [ids[n] for n in removed_nids]
 
     # -- redactions ------------------------------------------------------------------

@@ -74,6 +74,35 @@ class EventStore:
         row = self.db.get_event_row(event_id)
         return self._load(row) if row is not None else None
 
+    def rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
+        """Rows of stored events, from the cache where possible (no JSON decoding)."""
+        found: dict[str, EventRow] = {}
+        unknown: list[str] = []
+        for event_id in event_ids:
+            nid = self._by_id.get(event_id)
+            stored = self._cache.get(nid) if nid is not None else None
+            if stored is not None:
+                found[event_id] = stored.row
+            else:
+                unknown.append(event_id)
+        if unknown:
+            found.update(self.db.get_event_rows(unknown))
+        return found
+
+    def ids_of(self, nids: Iterable[int]) -> dict[int, str]:
+        """Event IDs of NIDs, from the cache where possible."""
+        found: dict[int, str] = {}
+        unknown: list[int] = []
+        for nid in nids:
+            stored = self._cache.get(nid)
+            if stored is not None:
+                found[nid] = stored.row.event_id
+            else:
+                unknown.append(nid)
+        if unknown:
+            found.update(self.db.event_ids_of(unknown))
+        return found
+
     def many_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         found: dict[str, StoredEvent] = {}
         unknown: list[str] = []
