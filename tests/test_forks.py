@@ -14,7 +14,7 @@ CAROL = "@carol:other.org"
 
 
 def _state(h: Harness, snapshot: int) -> dict[tuple[str, str], str]:
-    return h.pipeline._to_state_map(h.pipeline.state.load(snapshot))
+    return h.pipeline.to_state_map(h.pipeline.state.load(snapshot))
 
 
 def _current(h: Harness) -> dict[tuple[str, str], str]:

@@ -35,7 +35,7 @@ def test_out_of_order_events_are_released_in_order(tmp_path: Path) -> None:
     assert h.pipeline.held_count == 0
     topic = h.db.get_room(h.room_id)
     assert topic is not None
-    state = h.pipeline._to_state_map(h.pipeline.state.load(topic.snapshot_nid))
+    state = h.pipeline.to_state_map(h.pipeline.state.load(topic.snapshot_nid))
     assert state[("m.room.topic", "")] == b.event_id
 
 

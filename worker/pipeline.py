@@ -497,22 +497,27 @@ class Pipeline:
     def _resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> int:
         """Resolve several snapshots with the room version's algorithm and store the
         result as a delta on the closest of them."""
-        version = get_room_version(room.room_version)
-        nid_states = [self.state.load(s) for s in snapshots]
         if len(snapshots) == 1:
             return snapshots[0]
+        resolved = self.resolve_snapshots(room, snapshots)
+        closest = min(
+            snapshots,
+            key=lambda s: _difference_size(self.state.load(s), resolved),
+        )
+        return self.state.store_full(room.nid, resolved, closest)
+
+    def resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> NidState:
+        """The resolution of several snapshots as a NID state map; writes nothing
+        (also used by `roomserver verify`)."""
+        if len(set(snapshots)) == 1:
+            return dict(self.state.load(snapshots[0]))
         resolved = resolve_state(
-            version,
-            [self._to_state_map(s) for s in nid_states],
+            get_room_version(room.room_version),
+            [self.to_state_map(self.state.load(s)) for s in snapshots],
             self._event_for_resolution,
             is_rejected=self._is_rejected,
         )
-        resolved_nids = self._from_state_map(resolved)
-        closest = min(
-            range(len(snapshots)),
-            key=lambda i: _difference_size(nid_states[i], resolved_nids),
-        )
-        return self.state.store_full(room.nid, resolved_nids, snapshots[closest])
+        return self._from_state_map(resolved)
 
     def _event_for_resolution(self, event_id: str) -> Event | None:
         stored = self.events.by_id(event_id)
@@ -522,7 +527,8 @@ class Pipeline:
         stored = self.events.by_id(event_id)
         return stored is not None and stored.row.status == STATUS_REJECTED
 
-    def _to_state_map(self, state: NidState) -> StateMap:
+    def to_state_map(self, state: NidState) -> StateMap:
+        """A NID state map in Matrix strings: (type, state key) → event ID."""
         ids = self.db.event_ids_of(state.values())
         return {
             (self.db.type_name(t), self.db.state_key_name(s)): ids[e] for (t, s), e in state.items()

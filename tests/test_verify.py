@@ -1,0 +1,62 @@
+"""`roomserver verify` finds and names every kind of fault it promises to."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.test_bad_input import ALICE, Harness
+from worker.verify import verify
+
+BOB = "@bob:example.org"
+
+
+def _room_with_a_fork(path: Path) -> Harness:
+    h = Harness(path)
+    join = h.builder.join(BOB)
+    left = h.builder.state_event(
+        ALICE, "m.room.topic", "", {"topic": "l"}, prev_events=[join.event_id]
+    )
+    right = h.builder.state_event(
+        ALICE, "m.room.name", "", {"name": "r"}, prev_events=[join.event_id]
+    )
+    for event in (join, left, right):
+        h.send(event)
+    h.db.close()
+    return h
+
+
+def test_a_healthy_database_has_no_faults(tmp_path: Path) -> None:
+    _room_with_a_fork(tmp_path)
+    report = verify(tmp_path)
+    assert report.faults == []
+    assert report.rooms == 1 and report.events == 7 and report.snapshots > 0
+
+
+def test_a_corrupt_block_is_named(tmp_path: Path) -> None:
+    h = _room_with_a_fork(tmp_path)
+    with sqlite3.connect(h.db.path) as conn:
+        nid = conn.execute("SELECT max(nid) FROM state_blocks").fetchone()[0]
+        conn.execute("UPDATE state_blocks SET entries = x'0102' WHERE nid = ?", (nid,))
+    faults = verify(tmp_path).faults
+    assert any(f"state block {nid} does not decode" in f for f in faults)
+    assert any(f"uses block {nid}" in f for f in faults)
+
+
+def test_missing_event_json_is_named(tmp_path: Path) -> None:
+    h = _room_with_a_fork(tmp_path)
+    with sqlite3.connect(h.db.path) as conn:
+        conn.execute("DELETE FROM event_json WHERE event_nid = 2")
+    faults = verify(tmp_path).faults
+    assert any("event NID 2 has no stored JSON" in f for f in faults)
+
+
+def test_a_wrong_current_state_is_named(tmp_path: Path) -> None:
+    h = _room_with_a_fork(tmp_path)
+    with sqlite3.connect(h.db.path) as conn:
+        create_snapshot = conn.execute(
+            "SELECT after_snapshot_nid FROM events ORDER BY nid LIMIT 1"
+        ).fetchone()[0]
+        conn.execute("UPDATE rooms SET snapshot_nid = ?", (create_snapshot,))
+    faults = verify(tmp_path).faults
+    assert any("current state differs from the resolution" in f for f in faults), faults
