@@ -18,14 +18,24 @@ from worker.pipeline import Pipeline
 from worker.storage.database import Database
 from worker.synthetic import linear_room
 
+StateMap = dict[tuple[str, str], str]
 
-def _current_state(storage: Path, room_id: str) -> dict[tuple[str, str], str]:
+
+def _stored_states(
+    storage: Path, room_id: str, event_ids: list[str]
+) -> tuple[StateMap, list[StateMap]]:
+    """The room's current state and the state after each event, read from SQLite."""
     db = Database(storage)
     try:
         pipeline = Pipeline(db, Subjects())
         room = db.get_room(room_id)
         assert room is not None
-        return pipeline._to_state_map(pipeline.state.load(room.snapshot_nid))
+        rows = db.get_event_rows(event_ids)
+        after = [
+            pipeline.to_state_map(pipeline.state.load(rows[e].after_snapshot_nid))
+            for e in event_ids
+        ]
+        return pipeline.to_state_map(pipeline.state.load(room.snapshot_nid)), after
     finally:
         db.close()
 
@@ -37,7 +47,8 @@ async def test_linear_room_outputs_and_state(
     pdus = list(linear_room(room_version, members=15, events=120, seed=3))
     version = get_room_version(room_version)
     # Replay the room directly to know the expected state after each event.
-    replay: dict[tuple[str, str], str] = {}
+    replay: StateMap = {}
+    replay_after: list[StateMap] = []
     expected: list[tuple[str, list[str], list[str]]] = []
     from worker.matrix.pdu import parse_pdu
 
@@ -51,6 +62,7 @@ async def test_linear_room_outputs_and_state(
             adds = [event.event_id]
             removes = [old] if old else []
         expected.append((event.event_id, adds, removes))
+        replay_after.append(dict(replay))
 
     reader = outputs_reader(js, config)
     async with running_worker(config):
@@ -70,7 +82,12 @@ async def test_linear_room_outputs_and_state(
         assert output["_msg_id"] == f"{event_id}:new_room_event"
         last_sent = event_id
     room_id = outputs[0]["room_id"]
-    assert _current_state(Path(config.storage.path), room_id) == replay
+    current, after = _stored_states(
+        Path(config.storage.path), room_id, [event_id for event_id, _, _ in expected]
+    )
+    assert current == replay
+    # The state after every event equals the direct replay.
+    assert after == replay_after
 
 
 async def test_republished_and_redelivered_events_change_nothing(
