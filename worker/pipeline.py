@@ -508,16 +508,33 @@ class Pipeline:
 
     def resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing
-        (also used by `roomserver verify`)."""
+        (also used by `roomserver verify`).
+
+        The resolver works on Matrix strings; every event it returns comes from one of
+        the input states, so the way back to NIDs is a dictionary, not a query."""
         if len(set(snapshots)) == 1:
             return dict(self.state.load(snapshots[0]))
+        states = [self.state.load(s) for s in snapshots]
+        nids: set[int] = set()
+        for state in states:
+            nids.update(state.values())
+        ids = self.events.ids_of(nids)
+        back = {event_id: nid for nid, event_id in ids.items()}
         resolved = resolve_state(
             get_room_version(room.room_version),
-            [self.to_state_map(self.state.load(s)) for s in snapshots],
+            [self._named(state, ids) for state in states],
             self._event_for_resolution,
             is_rejected=self._is_rejected,
         )
-        return self._from_state_map(resolved)
+        type_nid, sk_nid = self.db.type_nid, self.db.state_key_nid
+        return {
+            (type_nid(t, create=False), sk_nid(k, create=False)): back[event_id]
+            for (t, k), event_id in resolved.items()
+        }
+
+    def _named(self, state: NidState, ids: Mapping[int, str]) -> StateMap:
+        type_name, sk_name = self.db.type_name, self.db.state_key_name
+        return {(type_name(t), sk_name(k)): ids[e] for (t, k), e in state.items()}
 
     def _event_for_resolution(self, event_id: str) -> Event | None:
         stored = self.events.by_id(event_id)
@@ -529,16 +546,7 @@ class Pipeline:
 
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
-        ids = self.db.event_ids_of(state.values())
-        return {
-            (self.db.type_name(t), self.db.state_key_name(s)): ids[e] for (t, s), e in state.items()
-        }
-
-    def _from_state_map(self, state: StateMap) -> NidState:
-        rows = self.db.get_event_rows(list(state.values()))
-        return {
-            (rows[eid].type_nid, rows[eid].state_key_nid): rows[eid].nid for eid in state.values()
-        }
+        return self._named(state, self.events.ids_of(state.values()))
 
     def _state_after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
         """Store the state after an event: before plus itself if it is an accepted or

@@ -35,10 +35,14 @@ class EventStore:
         self._by_id: dict[str, int] = {}
         self._cache_size = cache_size
         self._room_versions: dict[int, RoomVersion] = {}
+        #: NID → event ID, which never changes: state resolution converts whole states.
+        self._ids: dict[int, str] = {}
+        self._ids_limit = 20 * cache_size
 
     def forget_caches(self) -> None:
         self._cache.clear()
         self._by_id.clear()
+        self._ids.clear()
 
     def remember(self, stored: StoredEvent) -> None:
         """Cache an event just written, so its children find it without a read."""
@@ -93,14 +97,23 @@ class EventStore:
         """Event IDs of NIDs, from the cache where possible."""
         found: dict[int, str] = {}
         unknown: list[int] = []
+        known = self._ids
         for nid in nids:
-            stored = self._cache.get(nid)
-            if stored is not None:
-                found[nid] = stored.row.event_id
+            event_id = known.get(nid)
+            if event_id is not None:
+                found[nid] = event_id
             else:
-                unknown.append(nid)
+                stored = self._cache.get(nid)
+                if stored is not None:
+                    found[nid] = stored.row.event_id
+                else:
+                    unknown.append(nid)
         if unknown:
-            found.update(self.db.event_ids_of(unknown))
+            fetched = self.db.event_ids_of(unknown)
+            if len(known) + len(fetched) > self._ids_limit:
+                known.clear()
+            known.update(fetched)
+            found.update(fetched)
         return found
 
     def many_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
