@@ -561,11 +561,14 @@ class Database:
 
     # -- outbox -----------------------------------------------------------------
 
-    def outbox_add(self, subject: str, msg_id: str, payload: bytes) -> None:
-        self.conn.execute(
+    def outbox_add(self, subject: str, msg_id: str, payload: bytes) -> int:
+        """Queue an output; returns its outbox sequence number."""
+        cursor = self.conn.execute(
             "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
             (subject, msg_id, payload),
         )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     def outbox_pending(self, limit: int = 10_000) -> list[tuple[int, str, str, bytes]]:
         return [

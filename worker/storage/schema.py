@@ -141,7 +141,8 @@ CREATE TABLE IF NOT EXISTS held_waits (
 ) WITHOUT ROWID;
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: sequence numbers are never reused, so "published through N" is safe
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     subject TEXT NOT NULL,
     msg_id TEXT NOT NULL,
     payload BLOB NOT NULL
