@@ -1,0 +1,630 @@
+"""A Python client for the roomserver worker: what publishers and consumers import.
+
+    async with await RoomserverClient.connect(config) as client:
+        await client.publish(pdu)                            # input, with its msg ID
+        state = await client.state(room_id)                  # typed query results
+        async with client.outputs("my-consumer") as stream:  # durable, at least once
+            async for output in stream:
+                handle(output.type, output.body)
+
+It speaks the contract (docs/queries.md, /work/shared/design/contract.md) and nothing
+else: it never touches the worker's database, so it works against any worker that
+answers on the same subjects. Query failures are raised as `QueryError` subclasses
+carrying the contract's error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, NamedTuple, Self
+
+import msgpack
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from worker.bus.connection import connect
+from worker.bus.publisher import Outgoing, Publisher
+from worker.bus.subjects import Subjects
+from worker.config import Config
+from worker.matrix.hashes import compute_event_id
+from worker.matrix.pdu import PduError, room_version_of_create
+from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+
+DEFAULT_TIMEOUT: Final = 5.0
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class QueryError(Exception):
+    """The worker answered a query with an error (or nobody answered)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class BadRequestError(QueryError):
+    """The request was malformed (a client bug, or a field this worker does not know)."""
+
+
+class UnknownRoomError(QueryError):
+    pass
+
+
+class UnknownEventError(QueryError):
+    pass
+
+
+class NoStateError(QueryError):
+    """The event is an outlier: stored without the state around it."""
+
+
+class ReplyTooLargeError(QueryError):
+    """The answer would not fit in one NATS message; ask for less."""
+
+
+class UnavailableError(QueryError):
+    """No worker answered on the query subject (not running, or another prefix)."""
+
+
+_ERRORS: Final[dict[str, type[QueryError]]] = {
+    "bad_request": BadRequestError,
+    "unknown_room": UnknownRoomError,
+    "unknown_event": UnknownEventError,
+    "no_state": NoStateError,
+    "too_large": ReplyTooLargeError,
+}
+
+
+# -- typed results -------------------------------------------------------------------------
+
+
+class StateEntry(NamedTuple):
+    type: str
+    state_key: str
+    event_id: str
+
+
+def _entries(raw: Iterable[Sequence[str]]) -> list[StateEntry]:
+    # tuple.__new__ straight from each decoded [type, state_key, event_id]: half the
+    # cost of StateEntry(...), which matters when a room's state has 10,000 entries.
+    make = tuple.__new__
+    return [make(StateEntry, entry) for entry in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    room_id: str
+    #: The event the state is at; None for the room's current state.
+    event_id: str | None
+    #: `before` or `after` the event; None for the current state.
+    at: str | None
+    entries: list[StateEntry]
+
+    def as_map(self) -> dict[tuple[str, str], str]:
+        """(type, state key) → event ID."""
+        return {(e.type, e.state_key): e.event_id for e in self.entries}
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    event_id: str
+    room_id: str
+    #: The PDU as stored (redacted once a redaction applied).
+    event: dict[str, Any]
+    #: accepted, rejected, soft_failed or outlier.
+    status: str
+    #: Why the event was rejected or soft-failed (None when accepted).
+    reason: str | None
+    redacted_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    events: list[EventInfo]
+    #: Asked-for IDs the worker does not have.
+    missing: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    room_id: str
+    room_version: str
+    depth: int
+    latest_event_ids: list[str]
+    #: The current state, when asked for.
+    state: list[StateEntry] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    room_id: str
+    user_id: str
+    #: join, invite, leave, ban or knock; None when the user has no membership event.
+    membership: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    room_id: str
+    room_version: str
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    event_id: str
+    room_id: str
+    missing_prev_event_ids: list[str]
+    #: Missing prev events that have still not arrived.
+    waiting_for: list[str]
+    held_since_ms: int
+    stream_sequence: int
+
+
+# -- outputs -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Output:
+    """One output message (contract section 4) and the means to settle it."""
+
+    type: str
+    body: dict[str, Any]
+    subject: str
+    stream_sequence: int
+    msg: Msg = field(repr=False)
+    settled: bool = False
+
+    @property
+    def room_id(self) -> str | None:
+        value = self.body.get("room_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.body.get("event_id", self.body.get("redacted_event_id"))
+        return value if isinstance(value, str) else None
+
+    async def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Have it redelivered (after `delay` seconds)."""
+        if not self.settled:
+            self.settled = True
+            await self.msg.nak(delay=delay)
+
+
+class OutputStream:
+    """Outputs from a durable pull consumer, oldest first; use `async with` then
+    `async for`.
+
+    With `auto_ack` (the default) an output is acknowledged when the loop asks for the
+    next one, so an output whose handling raised or was interrupted is delivered again
+    (at least once). Outputs fetched but not yet handed out when the block ends are
+    given back at once (nak), so the next reader gets them without waiting for the
+    consumer's ack timeout.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subject: str,
+        durable: str,
+        *,
+        batch: int,
+        auto_ack: bool,
+        idle_timeout: float | None,
+        fetch_wait: float = 1.0,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._subject = subject
+        self._durable = durable
+        self._batch = batch
+        self._auto_ack = auto_ack
+        self._idle_timeout = idle_timeout
+        self._fetch_wait = fetch_wait if idle_timeout is None else min(fetch_wait, idle_timeout)
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pending: deque[Msg] = deque()
+        self._in_hand: Output | None = None
+
+    async def __aenter__(self) -> Self:
+        self._sub = await self._js.pull_subscribe(
+            self._subject,
+            durable=self._durable,
+            stream=self._stream,
+            config=api.ConsumerConfig(
+                durable_name=self._durable,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Give back what was not handled; the durable consumer stays."""
+        in_hand, self._in_hand = self._in_hand, None
+        with contextlib.suppress(nats.errors.Error):
+            if in_hand is not None:
+                await in_hand.nak()
+            while self._pending:
+                await self._pending.popleft().nak()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Output:
+        if self._in_hand is not None and self._auto_ack:
+            await self._in_hand.ack()
+        self._in_hand = None
+        if self._sub is None:
+            raise RuntimeError("use the output stream inside `async with`")
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        while not self._pending:
+            # An empty fetch raises nats-py's TimeoutError, a subclass of the builtin.
+            with contextlib.suppress(TimeoutError):
+                self._pending.extend(await self._sub.fetch(self._batch, timeout=self._fetch_wait))
+            if (
+                not self._pending
+                and self._idle_timeout is not None
+                and loop.time() - idle_since >= self._idle_timeout
+            ):
+                raise StopAsyncIteration
+        msg = self._pending.popleft()
+        body = msgpack.unpackb(msg.data, raw=False)
+        meta = msg.metadata
+        output = Output(
+            type=str(body.get("type", "")) if isinstance(body, dict) else "",
+            body=body if isinstance(body, dict) else {},
+            subject=msg.subject,
+            stream_sequence=meta.sequence.stream if meta is not None else 0,
+            msg=msg,
+        )
+        self._in_hand = output
+        return output
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+class RoomserverClient:
+    """Publish inputs, read outputs and ask queries, over one NATS connection.
+
+    `config` names the subject prefix and streams (the worker's own configuration
+    file works; only the [streams] section matters here).
+    """
+
+    def __init__(
+        self, nc: NATS, config: Config | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.nc = nc
+        self.config = config or Config()
+        self.subjects = Subjects(self.config.streams.subject_prefix)
+        self.timeout = timeout
+        self._js = nc.jetstream()
+        self._publisher = Publisher(self._js, self.config)
+        self._versions: dict[str, RoomVersion] = {}
+        self._owns_connection = False
+
+    @classmethod
+    async def connect(
+        cls, config: Config, *, name: str = "roomserver-client", timeout: float = DEFAULT_TIMEOUT
+    ) -> RoomserverClient:
+        """Connect as the configuration says: its NATS servers, or else the address
+        the worker's embedded server listens on."""
+        servers = list(config.nats.servers) or [embedded_server_url(config)]
+        nc = await connect(config.nats, servers, name=name)
+        client = cls(nc, config, timeout=timeout)
+        client._owns_connection = True
+        return client
+
+    async def close(self) -> None:
+        """Close the connection if `connect` made it (a borrowed one is left open)."""
+        if self._owns_connection and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- publishing -------------------------------------------------------------------
+
+    def remember_room_version(self, room_id: str, room_version: str) -> None:
+        """Tell the client a room's version, so events of rooms whose create event it
+        has not published still get their event ID as msg ID."""
+        self._versions[room_id] = get_room_version(room_version)
+
+    def input_message(
+        self,
+        event: Mapping[str, Any],
+        *,
+        kind: str = "new",
+        room_version: str | None = None,
+        state_event_ids: Sequence[str] | None = None,
+        origin: str | None = None,
+        send_as_server: str | None = None,
+        transaction_id: Mapping[str, Any] | None = None,
+    ) -> Outgoing:
+        """The subject, msgpack body and msg ID (the event ID) of one input.
+
+        The event ID needs the room version: from a create event, the `room_version`
+        argument, or what the client learnt earlier. Without it the input is still
+        valid but carries no msg ID, so JetStream cannot drop a duplicate publish.
+        """
+        version = self._version_for(event, room_version)
+        event_id: str | None = None
+        if version is not None:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                event_id = compute_event_id(event, version)
+        elif isinstance(event.get("event_id"), str):
+            event_id = event["event_id"]
+        room_id = event.get("room_id")
+        if room_id is None and version is not None and version.room_id_from_create and event_id:
+            room_id = "!" + event_id[1:]
+        if not isinstance(room_id, str):
+            raise ValueError("the event has no room_id, so it has no input subject")
+        if version is not None:
+            self._versions.setdefault(room_id, version)
+        body: dict[str, Any] = {"event": dict(event)}
+        if kind != "new":
+            body["kind"] = kind
+        if room_version is not None:
+            body["room_version"] = room_version
+        if state_event_ids is not None:
+            body["state_event_ids"] = list(state_event_ids)
+        if origin is not None:
+            body["origin"] = origin
+        if send_as_server is not None:
+            body["send_as_server"] = send_as_server
+        if transaction_id is not None:
+            body["transaction_id"] = dict(transaction_id)
+        payload: bytes = msgpack.packb(body, use_bin_type=True)
+        return Outgoing(self.subjects.input(room_id), payload, event_id)
+
+    def _version_for(
+        self, event: Mapping[str, Any], room_version: str | None
+    ) -> RoomVersion | None:
+        try:
+            if event.get("type") == "m.room.create" and event.get("state_key") == "":
+                return room_version_of_create(event)
+            if room_version is not None:
+                return get_room_version(room_version)
+        except (PduError, UnknownRoomVersion):
+            return None
+        room_id = event.get("room_id")
+        return self._versions.get(room_id) if isinstance(room_id, str) else None
+
+    async def publish(self, event: Mapping[str, Any], **options: Any) -> api.PubAck:
+        """Publish one input and wait for JetStream's ack (`duplicate` set if dropped).
+
+        Options are those of `input_message`: kind, room_version, state_event_ids,
+        origin, send_as_server, transaction_id.
+        """
+        subject, payload, msg_id = self.input_message(event, **options)
+        return await self._publisher.publish(subject, payload, msg_id)
+
+    async def publish_many(
+        self, events: Iterable[Mapping[str, Any]], **options: Any
+    ) -> list[api.PubAck]:
+        """Publish several inputs pipelined (one round trip), in order."""
+        return await self._publisher.publish_many(
+            [self.input_message(event, **options) for event in events]
+        )
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def outputs(
+        self,
+        durable: str,
+        *,
+        room_id: str | None = None,
+        batch: int = 100,
+        auto_ack: bool = True,
+        idle_timeout: float | None = None,
+    ) -> OutputStream:
+        """Outputs through the durable consumer `durable` (created if missing), of one
+        room or all; `idle_timeout` ends the iteration after that many quiet seconds."""
+        subject = self.subjects.output(room_id) if room_id else self.subjects.output_wildcard
+        return OutputStream(
+            self._js,
+            self.config.streams.output,
+            subject,
+            durable,
+            batch=batch,
+            auto_ack=auto_ack,
+            idle_timeout=idle_timeout,
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    async def request(self, name: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Ask query `name` with a raw request map; the raw reply map."""
+        payload = msgpack.packb(dict(body or {}), use_bin_type=True)
+        try:
+            reply = await self.nc.request(self.subjects.query(name), payload, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise UnavailableError(
+                "unavailable",
+                f"no worker answers on {self.subjects.query(name)}: is it running, with "
+                f"subject prefix {self.subjects.prefix!r}?",
+            ) from None
+        except TimeoutError:
+            raise UnavailableError(
+                "unavailable", f"no answer to {name} within {self.timeout:g} s"
+            ) from None
+        result = msgpack.unpackb(reply.data, raw=False)
+        if not isinstance(result, dict):
+            raise QueryError("bad_reply", f"the reply to {name} is not a map")
+        if "error" in result:
+            code = str(result["error"])
+            raise _ERRORS.get(code, QueryError)(code, str(result.get("message", "")))
+        return result
+
+    async def state(
+        self,
+        room_id: str,
+        *,
+        event_id: str | None = None,
+        at: str = "before",
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> State:
+        """The room's current state, or the state before/after `event_id`, optionally
+        only some types or (type, state key) pairs."""
+        body: dict[str, Any] = {"room_id": room_id}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        if types is not None:
+            body["types"] = list(types)
+        if keys is not None:
+            body["keys"] = [list(k) for k in keys]
+        reply = await self.request("state", body)
+        return State(
+            reply["room_id"], reply.get("event_id"), reply.get("at"), _entries(reply["state"])
+        )
+
+    async def events(self, event_ids: Sequence[str]) -> Events:
+        reply = await self.request("events", {"event_ids": list(event_ids)})
+        return Events(
+            [
+                EventInfo(
+                    e["event_id"],
+                    e["room_id"],
+                    e["event"],
+                    e["status"],
+                    e.get("reason"),
+                    e.get("redacted_by"),
+                )
+                for e in reply["events"]
+            ],
+            list(reply["missing"]),
+        )
+
+    async def event(self, event_id: str) -> EventInfo:
+        """One event; UnknownEventError when the worker does not have it."""
+        result = await self.events([event_id])
+        if not result.events:
+            raise UnknownEventError("unknown_event", f"event {event_id} is not stored")
+        return result.events[0]
+
+    async def latest(
+        self,
+        room_id: str,
+        *,
+        include_state: bool = False,
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> Latest:
+        """Forward extremities, depth and version; with the current state (or part
+        of it) when asked."""
+        body: dict[str, Any] = {"room_id": room_id}
+        if include_state:
+            body["include_state"] = True
+        if types is not None:
+            body["types"] = list(types)
+        if keys is not None:
+            body["keys"] = [list(k) for k in keys]
+        reply = await self.request("latest", body)
+        state = reply.get("state")
+        return Latest(
+            reply["room_id"],
+            reply["room_version"],
+            reply["depth"],
+            list(reply["latest_event_ids"]),
+            _entries(state) if state is not None else None,
+        )
+
+    async def membership(
+        self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"
+    ) -> Membership:
+        body: dict[str, Any] = {"room_id": room_id, "user_id": user_id}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        reply = await self.request("membership", body)
+        return Membership(room_id, user_id, reply.get("membership"), reply.get("event_id"))
+
+    async def members(
+        self,
+        room_id: str,
+        *,
+        membership: str = "join",
+        event_id: str | None = None,
+        at: str = "before",
+    ) -> list[str]:
+        """User IDs with `membership` (joined, by default), sorted."""
+        body: dict[str, Any] = {"room_id": room_id, "membership": membership}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        reply = await self.request("membership", body)
+        return list(reply["members"])
+
+    async def rooms(self) -> list[RoomSummary]:
+        reply = await self.request("rooms")
+        return [RoomSummary(r["room_id"], r["room_version"], r["events"]) for r in reply["rooms"]]
+
+    async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
+        reply = await self.request("auth_chain", {"event_ids": list(event_ids)})
+        return list(reply["event_ids"])
+
+    async def held(self, room_id: str | None = None) -> list[HeldEvent]:
+        """Events waiting for missing prev events (one room, or every room)."""
+        reply = await self.request("held", {"room_id": room_id} if room_id else {})
+        return [
+            HeldEvent(
+                h["event_id"],
+                h["room_id"],
+                list(h["missing_prev_event_ids"]),
+                list(h["waiting_for"]),
+                h["held_since_ms"],
+                h["stream_sequence"],
+            )
+            for h in reply["held"]
+        ]
+
+
+def embedded_server_url(config: Config) -> str:
+    """Where the worker's embedded nats-server listens, as a client URL."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(
+        config.nats.listen_host, config.nats.listen_host
+    )
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"nats://{host}:{config.nats.listen_port}"

@@ -1,0 +1,106 @@
+"""Reading query requests: msgpack maps checked field by field.
+
+A request with a field this worker does not know is refused rather than served:
+a misspelt filter (`type` for `types`) would otherwise return the unfiltered answer,
+and a client written for a newer worker would silently get less than it asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgpack
+
+#: Most IDs or filters one request may list: bounds the work one request can cause.
+MAX_ITEMS: Final = 10_000
+
+
+class BadRequest(Exception):
+    """The request cannot be read; answered with the `bad_request` code."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def decode_request(data: bytes) -> dict[str, Any]:
+    """The request map; an empty body counts as an empty map (handy with `nats req`)."""
+    if not data:
+        return {}
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise BadRequest(f"the request is not valid msgpack ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request must be a msgpack map, not {type(body).__name__}")
+    return body
+
+
+class Fields:
+    """Typed access to a request map's fields, refusing unknown ones up front."""
+
+    def __init__(self, body: Mapping[str, Any], allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        unknown = sorted(str(k) for k in body if k not in allowed)
+        if unknown:
+            raise BadRequest(
+                f"unknown field(s) {', '.join(unknown)}; this query takes "
+                f"{', '.join(sorted(allowed)) or 'no fields'}"
+            )
+        self._body = body
+
+    def has(self, key: str) -> bool:
+        return self._body.get(key) is not None
+
+    def string(self, key: str) -> str:
+        value = self._body.get(key)
+        if value is None:
+            raise BadRequest(f"{key} is required")
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{key} must be a non-empty string")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) if self.has(key) else None
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self._body.get(key, default)
+        if value not in options:
+            raise BadRequest(f"{key} must be one of {', '.join(options)}")
+        return str(value)
+
+    def flag(self, key: str) -> bool:
+        value = self._body.get(key, False)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{key} must be true or false")
+        return value
+
+    def string_list(self, key: str) -> list[str]:
+        value = self._body.get(key)
+        if value is None:
+            raise BadRequest(f"{key} is required")
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{key} must be a list of strings")
+        if len(value) > MAX_ITEMS:
+            raise BadRequest(f"{key} lists {len(value)} items; at most {MAX_ITEMS} are allowed")
+        return list(value)
+
+    def optional_string_list(self, key: str) -> list[str] | None:
+        return self.string_list(key) if self.has(key) else None
+
+    def optional_key_list(self, key: str) -> list[tuple[str, str]] | None:
+        """A list of [type, state_key] pairs."""
+        value = self._body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(part, str) for part in pair)
+            for pair in value
+        ):
+            raise BadRequest(f"{key} must be a list of [type, state_key] pairs of strings")
+        if len(value) > MAX_ITEMS:
+            raise BadRequest(f"{key} lists {len(value)} items; at most {MAX_ITEMS} are allowed")
+        return [(str(t), str(s)) for t, s in value]

@@ -1,0 +1,791 @@
+"""The read side of the database: an async, read-only view for queries and tools.
+
+It opens its own `mode=ro` connection through aiosqlite, beside the writer's: WAL lets
+it read committed data while the writer works, and a read-only connection can never
+take the write lock or change a byte. Everything it returns is committed data.
+
+What makes it fast is that almost everything it reads is immutable once committed:
+blocks and snapshots are never rewritten, a NID always names the same type, state key
+or event, and an event's auth events, state snapshots and membership never change
+(a redaction keeps `membership`). So decoded blocks, merged snapshot states and NID
+names are cached without any invalidation; only the room rows (current state, forward
+extremities) and event JSON are read fresh each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+import aiosqlite
+
+from worker.storage.blocks import NidState, unpack_entries_into, unpack_nids
+from worker.storage.database import DB_FILENAME
+from worker.storage.schema import (
+    EMPTY_STATE_KEY_NID,
+    STATUS_NAMES,
+    STATUS_OUTLIER,
+    STATUS_REJECTED,
+    STATUS_SOFT_FAILED,
+    WELL_KNOWN_TYPES,
+)
+from worker.storage.state import _LruByWeight
+
+MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
+
+#: `at` values for state at an event.
+BEFORE: Final = "before"
+AFTER: Final = "after"
+
+#: (event type, state key, event ID): one entry of a state, as queries return it.
+StateTriple = tuple[str, str, str]
+
+
+class ReadError(Exception):
+    """A question the stored data cannot answer; `code` is the contract's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    room_id: str
+    #: The event the state is at (None for the room's current state).
+    event_id: str | None
+    entries: list[StateTriple]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    event_id: str
+    room_id: str
+    #: The stored PDU (the redacted form once a redaction applied).
+    event: dict[str, Any]
+    status: str
+    reason: str | None
+    redacted_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LatestRecord:
+    room_id: str
+    room_version: str
+    depth: int
+    latest_event_ids: list[str]
+    #: The room's current state, read from the same row (for `state_entries`).
+    snapshot_nid: int
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRecord:
+    room_id: str
+    user_id: str
+    #: join, invite, leave, ban, knock; None when the user has no membership event.
+    membership: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    room_id: str
+    room_version: str
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecord:
+    event_id: str
+    room_id: str
+    #: The prev events that were missing when the event arrived.
+    missing_prev_event_ids: list[str]
+    #: Those of them still not stored.
+    waiting_for: list[str]
+    held_since_ms: int
+    stream_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    rooms: int
+    events: int
+    rejected: int
+    soft_failed: int
+    outliers: int
+    held: int
+    snapshots: int
+    blocks: int
+    block_entries: int
+    block_bytes: int
+    outbox: int
+    #: Size of the database file plus its WAL, in bytes.
+    file_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GraphEvent:
+    event_id: str
+    type: str
+    state_key: str | None
+    depth: int
+    status: str
+    reason: str | None
+    before_snapshot: int
+    after_snapshot: int
+    prev_event_ids: list[str]
+    redacted_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomGraph:
+    """What `roomserver graph` draws: the newest events of a room and their state.
+
+    Snapshot and block NIDs appear here, and only here: the graph is a tool for
+    looking inside this worker's storage, not part of the contract.
+    """
+
+    room_id: str
+    room_version: str
+    events: list[GraphEvent]
+    latest_event_ids: list[str]
+    current_snapshot: int
+    #: Snapshot NID → its block NIDs, oldest first.
+    snapshots: dict[int, list[int]]
+    #: Block NID → entry count.
+    block_sizes: dict[int, int]
+    held: list[HeldRecord]
+    #: Events stored in the room but left out by the limit.
+    omitted: int
+    #: Prev events named by the listed (or held) events that are stored but not
+    #: listed; the other prev events named are not stored at all.
+    stored_elsewhere: set[str]
+
+
+V = TypeVar("V")
+
+
+class _NidCache(Generic[V]):
+    """NID → value for immutable facts, bounded by starting afresh when full.
+
+    Whoever asked for a set of NIDs gets back a dict holding all of them; when the cache
+    is full it is *replaced*, never emptied in place, so a dict handed out before stays
+    complete for the coroutine that holds it while others carry on.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.map: dict[int, V] = {}
+        self._limit = limit
+
+    def lacking(self, nids: Iterable[int]) -> list[int]:
+        known = self.map
+        return list({nid for nid in nids if nid not in known})
+
+    def add(self, found: Mapping[int, V], needed: Iterable[int]) -> dict[int, V]:
+        known = self.map
+        if len(known) + len(found) > self._limit:
+            fresh = {nid: known[nid] for nid in needed if nid in known}
+            fresh.update(found)
+            self.map = fresh
+            return fresh
+        known.update(found)
+        return known
+
+    def clear(self) -> None:
+        self.map = {}
+
+
+def _json_list(values: Iterable[int] | Iterable[str]) -> str:
+    """A JSON array for `json_each(?)`: one statement for any number of values."""
+    return json.dumps(list(values))
+
+
+class Reader:
+    """Read-only queries over one worker's database. Use `await Reader.open(path)`.
+
+    Every public method is a coroutine; the connection's thread runs the SQL, and
+    decoding happens in the caller's event loop on cached, immutable data.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
+        self._conn = conn
+        self.path = path
+        self._states: _LruByWeight[int, NidState] = _LruByWeight(cache_entries)
+        #: Block NID → (decoded entries, including 0 = removed; whether any is 0).
+        self._blocks: _LruByWeight[int, tuple[NidState, bool]] = _LruByWeight(cache_entries)
+        self._block_lists: _LruByWeight[int, list[int]] = _LruByWeight(cache_entries // 10)
+        self._type_names: dict[int, str] = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
+        self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
+        self._sk_names: _NidCache[str] = _NidCache(cache_entries // 4)
+        self._event_ids: _NidCache[str] = _NidCache(cache_entries // 4)
+        self._memberships: _NidCache[str] = _NidCache(cache_entries // 4)
+        self._auth: _NidCache[list[int]] = _NidCache(cache_entries // 4)
+        #: Queries share one connection; the few that need a read transaction (so that
+        #: several statements agree) take turns.
+        self._txn = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
+        """Open the database under `storage_path` read-only.
+
+        Raises ReadError(`no_database`) when there is none: the worker creates it on
+        its first start, and a reader must never create an empty one by mistake.
+        """
+        path = Path(storage_path) / DB_FILENAME
+        if not path.exists():
+            raise ReadError(
+                "no_database",
+                f"there is no database at {path}: has the worker run with this storage path?",
+            )
+        conn = await aiosqlite.connect(
+            path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
+        )
+        try:
+            await conn.execute("PRAGMA query_only=1")
+            await conn.execute("PRAGMA busy_timeout=10000")
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path, cache_entries)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def clear_caches(self) -> None:
+        """Forget everything decoded (the benchmark measures cold queries with this)."""
+        self._states.clear()
+        self._blocks.clear()
+        self._block_lists.clear()
+        self._type_names = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
+        self._type_nids = dict(WELL_KNOWN_TYPES)
+        for cache in (self._sk_names, self._event_ids, self._memberships, self._auth):
+            cache.clear()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._txn:
+            await self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                await self._conn.execute("COMMIT")
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    # -- rooms and events ----------------------------------------------------------------
+
+    async def _room(self, room_id: str) -> tuple[int, str, int, bytes, int]:
+        """(room NID, version, current snapshot NID, packed latest NIDs, depth)."""
+        rows = await self._rows(
+            "SELECT nid, room_version, snapshot_nid, latest_event_nids, depth "
+            "FROM rooms WHERE room_id = ?",
+            (room_id,),
+        )
+        if not rows:
+            raise ReadError("unknown_room", f"room {room_id} is not known to this worker")
+        nid, version, snapshot, latest, depth = rows[0]
+        return int(nid), str(version), int(snapshot), bytes(latest), int(depth)
+
+    async def snapshot_at(
+        self, room_id: str, event_id: str | None = None, at: str = BEFORE
+    ) -> tuple[int, str | None]:
+        """The snapshot NID of a room's current state, or of the state before/after one
+        of its events; and that event's ID. A snapshot never changes, so what is
+        derived from one may be cached under its NID."""
+        room_nid, _, current, _, _ = await self._room(room_id)
+        if event_id is None:
+            return current, None
+        rows = await self._rows(
+            "SELECT room_nid, status, before_snapshot_nid, after_snapshot_nid "
+            "FROM events WHERE event_id = ?",
+            (event_id,),
+        )
+        if not rows or rows[0][0] != room_nid:
+            raise ReadError("unknown_event", f"event {event_id} is not stored in room {room_id}")
+        _, status, before, after = rows[0]
+        if status == STATUS_OUTLIER:
+            raise ReadError(
+                "no_state",
+                f"event {event_id} is an outlier: it is stored without the state around it",
+            )
+        return int(after if at == AFTER else before), event_id
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def _state(self, snapshot_nid: int) -> NidState:
+        """The snapshot's state map (shared with the cache: read-only)."""
+        if snapshot_nid == 0:
+            return {}
+        cached = self._states.get(snapshot_nid)
+        if cached is not None:
+            return cached
+        block_nids = self._block_lists.get(snapshot_nid)
+        if block_nids is None:
+            rows = await self._rows(
+                "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
+            )
+            if not rows:
+                raise ReadError(
+                    "internal_error", f"state snapshot {snapshot_nid} is referenced but not stored"
+                )
+            block_nids = unpack_nids(rows[0][0])
+            self._block_lists.put(snapshot_nid, block_nids, len(block_nids) + 1)
+        blocks = await self._decoded_blocks(block_nids)
+        state: NidState = {}
+        removals = False
+        for block_nid in block_nids:
+            entries, has_removals = blocks[block_nid]
+            state.update(entries)
+            removals = removals or has_removals
+        if removals:
+            state = {key: event_nid for key, event_nid in state.items() if event_nid}
+        self._states.put(snapshot_nid, state, len(state) + 1)
+        return state
+
+    async def _decoded_blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[NidState, bool]]:
+        found: dict[int, tuple[NidState, bool]] = {}
+        missing: list[int] = []
+        for block_nid in block_nids:
+            cached = self._blocks.get(block_nid)
+            if cached is None:
+                missing.append(block_nid)
+            else:
+                found[block_nid] = cached
+        if missing:
+            for block_nid, packed in await self._rows(
+                "SELECT nid, entries FROM state_blocks "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (_json_list(missing),),
+            ):
+                entries: NidState = {}
+                unpack_entries_into(packed, entries, drop_removed=False)
+                decoded = (entries, 0 in entries.values())
+                self._blocks.put(block_nid, decoded, len(entries) + 1)
+                found[block_nid] = decoded
+            lost = [nid for nid in missing if nid not in found]
+            if lost:
+                raise ReadError(
+                    "internal_error", f"state blocks {lost} are referenced but not stored"
+                )
+        return found
+
+    async def _names(
+        self, state: Mapping[tuple[int, int], int]
+    ) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+        """Type, state key and event ID maps that cover every NID in `state`."""
+        types = self._type_names
+        if any(t not in types for t, _ in state):
+            await self._load_type_names({t for t, _ in state})
+            types = self._type_names
+        keys = await self._fill(
+            self._sk_names,
+            [s for _, s in state],
+            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
+        )
+        ids = await self._event_id_map(state.values())
+        return types, keys, ids
+
+    async def _fill(self, cache: _NidCache[str], nids: Iterable[int], sql: str) -> dict[int, str]:
+        needed = list(nids)
+        lacking = cache.lacking(needed)
+        if not lacking:
+            return cache.map
+        found = {
+            int(nid): str(value) for nid, value in await self._rows(sql, (_json_list(lacking),))
+        }
+        absent = [nid for nid in lacking if nid not in found]
+        if absent:
+            raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
+        return cache.add(found, needed)
+
+    async def _event_id_map(self, nids: Iterable[int]) -> dict[int, str]:
+        return await self._fill(
+            self._event_ids,
+            nids,
+            "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
+        )
+
+    async def _load_type_names(self, nids: Iterable[int]) -> None:
+        lacking = [nid for nid in nids if nid not in self._type_names]
+        rows = await self._rows(
+            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
+            (_json_list(lacking),),
+        )
+        for nid, name in rows:
+            self._type_names[int(nid)] = str(name)
+            self._type_nids[str(name)] = int(nid)
+
+    async def _type_nid_map(self, names: Iterable[str]) -> dict[str, int]:
+        """Type name → NID for the names that have one (unknown types match nothing)."""
+        wanted = set(names)
+        lacking = [name for name in wanted if name not in self._type_nids]
+        if lacking:
+            for nid, name in await self._rows(
+                "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
+                (_json_list(lacking),),
+            ):
+                self._type_nids[str(name)] = int(nid)
+                self._type_names[int(nid)] = str(name)
+        return {name: self._type_nids[name] for name in wanted if name in self._type_nids}
+
+    async def _state_key_nid_map(self, keys: Iterable[str]) -> dict[str, int]:
+        wanted = set(keys)
+        result = {"": EMPTY_STATE_KEY_NID} if "" in wanted else {}
+        lacking = [key for key in wanted if key != ""]
+        if lacking:
+            for nid, key in await self._rows(
+                "SELECT nid, state_key FROM state_keys "
+                "WHERE state_key IN (SELECT value FROM json_each(?))",
+                (_json_list(lacking),),
+            ):
+                result[str(key)] = int(nid)
+        return result
+
+    async def _filtered(
+        self,
+        state: NidState,
+        types: Sequence[str] | None,
+        keys: Sequence[tuple[str, str]] | None,
+    ) -> NidState:
+        """The part of `state` matching any of the types or (type, state key) pairs."""
+        if types is None and keys is None:
+            return state
+        result: NidState = {}
+        if types:
+            type_nids = set((await self._type_nid_map(types)).values())
+            if type_nids:
+                result.update({k: v for k, v in state.items() if k[0] in type_nids})
+        if keys:
+            type_map = await self._type_nid_map(t for t, _ in keys)
+            key_map = await self._state_key_nid_map(s for _, s in keys)
+            for event_type, state_key in keys:
+                nid_key = (type_map.get(event_type, 0), key_map.get(state_key, 0))
+                event_nid = state.get(nid_key)
+                if event_nid:
+                    result[nid_key] = event_nid
+        return result
+
+    async def _triples(self, state: NidState) -> list[StateTriple]:
+        types, keys, ids = self._type_names, self._sk_names.map, self._event_ids.map
+        try:
+            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+        except KeyError:
+            types, keys, ids = await self._names(state)
+            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+
+    async def nid_state(self, snapshot_nid: int) -> NidState:
+        """A snapshot's state as NIDs, `(type NID, state key NID) → event NID`, for
+        tools and tests inside the worker (shared with the cache: do not change it)."""
+        return await self._state(snapshot_nid)
+
+    async def state(
+        self,
+        room_id: str,
+        *,
+        event_id: str | None = None,
+        at: str = BEFORE,
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> StateView:
+        """The room's current state, or the state before/after one of its events,
+        optionally only the given types and (type, state key) pairs."""
+        snapshot_nid, at_event = await self.snapshot_at(room_id, event_id, at)
+        return StateView(room_id, at_event, await self.state_entries(snapshot_nid, types, keys))
+
+    async def state_entries(
+        self,
+        snapshot_nid: int,
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> list[StateTriple]:
+        """A snapshot's entries (those of the given types and keys, if any are given),
+        in no particular order."""
+        state = await self._filtered(await self._state(snapshot_nid), types, keys)
+        return await self._triples(state)
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def events(self, event_ids: Sequence[str]) -> tuple[list[EventRecord], list[str]]:
+        """Stored events with their status, in the order asked; and the unknown IDs."""
+        rows = await self._rows(
+            "SELECT e.event_id, r.room_id, e.status, e.reason, e.redacted_by, j.json "
+            "FROM events e JOIN rooms r ON r.nid = e.room_nid "
+            "JOIN event_json j ON j.event_nid = e.nid "
+            "WHERE e.event_id IN (SELECT value FROM json_each(?))",
+            (_json_list(event_ids),),
+        )
+        by_id = {
+            str(event_id): EventRecord(
+                event_id=str(event_id),
+                room_id=str(room_id),
+                event=json.loads(pdu),
+                status=STATUS_NAMES.get(int(status), "unknown"),
+                reason=reason,
+                redacted_by=redacted_by,
+            )
+            for event_id, room_id, status, reason, redacted_by, pdu in rows
+        }
+        found = [by_id[e] for e in dict.fromkeys(event_ids) if e in by_id]
+        missing = [e for e in dict.fromkeys(event_ids) if e not in by_id]
+        return found, missing
+
+    async def latest(self, room_id: str) -> LatestRecord:
+        """Forward extremities, depth, version and current snapshot, from one row so
+        they agree with each other."""
+        _, version, snapshot_nid, packed, depth = await self._room(room_id)
+        latest_nids = unpack_nids(packed)
+        ids = await self._event_id_map(latest_nids)
+        return LatestRecord(room_id, version, depth, [ids[n] for n in latest_nids], snapshot_nid)
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def _membership_map(self, event_nids: Iterable[int]) -> dict[int, str]:
+        return await self._fill(
+            self._memberships,
+            event_nids,
+            "SELECT event_nid, coalesce(json_extract(CAST(json AS TEXT), "
+            "'$.content.membership'), '') FROM event_json "
+            "WHERE event_nid IN (SELECT value FROM json_each(?))",
+        )
+
+    async def membership(
+        self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = BEFORE
+    ) -> MembershipRecord:
+        """One user's membership in the room's current state (or at an event)."""
+        snapshot_nid, _ = await self.snapshot_at(room_id, event_id, at)
+        state = await self._state(snapshot_nid)
+        sk_nid = (await self._state_key_nid_map([user_id])).get(user_id, 0)
+        member_nid = state.get((MEMBER_TYPE_NID, sk_nid), 0) if sk_nid else 0
+        if not member_nid:
+            return MembershipRecord(room_id, user_id, None, None)
+        membership = (await self._membership_map([member_nid]))[member_nid]
+        ids = await self._event_id_map([member_nid])
+        return MembershipRecord(room_id, user_id, membership or None, ids[member_nid])
+
+    async def members(
+        self,
+        room_id: str,
+        *,
+        membership: str = "join",
+        event_id: str | None = None,
+        at: str = BEFORE,
+    ) -> list[str]:
+        """User IDs whose membership is `membership` (joined, by default), sorted."""
+        snapshot_nid, _ = await self.snapshot_at(room_id, event_id, at)
+        state = await self._state(snapshot_nid)
+        members = {s: e for (t, s), e in state.items() if t == MEMBER_TYPE_NID}
+        if not members:
+            return []
+        memberships = await self._membership_map(members.values())
+        chosen = [s for s, e in members.items() if memberships[e] == membership]
+        names = await self._fill(
+            self._sk_names,
+            chosen,
+            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
+        )
+        return sorted(names[s] for s in chosen)
+
+    # -- rooms, auth chains, held events ----------------------------------------------------
+
+    async def rooms(self) -> list[RoomRecord]:
+        rows = await self._rows(
+            "SELECT r.room_id, r.room_version, "
+            "(SELECT count(*) FROM events e WHERE e.room_nid = r.nid) "
+            "FROM rooms r ORDER BY r.room_id"
+        )
+        return [RoomRecord(str(r), str(v), int(n)) for r, v, n in rows]
+
+    async def _auth_map(self, nids: Iterable[int]) -> dict[int, list[int]]:
+        needed = list(nids)
+        lacking = self._auth.lacking(needed)
+        if not lacking:
+            return self._auth.map
+        found = {
+            int(nid): unpack_nids(packed)
+            for nid, packed in await self._rows(
+                "SELECT nid, auth_event_nids FROM events "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (_json_list(lacking),),
+            )
+        }
+        for nid in lacking:
+            found.setdefault(nid, [])
+        return self._auth.add(found, needed)
+
+    async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
+        """The union of the events' auth chains (their auth events, recursively; not
+        the events themselves unless one is in another's chain), sorted."""
+        rows = await self._rows(
+            "SELECT nid, event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
+            (_json_list(event_ids),),
+        )
+        known = {str(event_id): int(nid) for nid, event_id in rows}
+        missing = [e for e in dict.fromkeys(event_ids) if e not in known]
+        if missing:
+            raise ReadError("unknown_event", f"events not stored: {', '.join(missing[:20])}")
+        chain: set[int] = set()
+        frontier = set(known.values())
+        while frontier:
+            auth = await self._auth_map(frontier)
+            step = {a for nid in frontier for a in auth[nid]}
+            frontier = step - chain
+            chain |= frontier
+        ids = await self._event_id_map(chain)
+        return sorted(ids[nid] for nid in chain)
+
+    async def held(self, room_id: str | None = None) -> list[HeldRecord]:
+        """Events waiting for missing prev events, oldest first (one room, or all)."""
+        sql = (
+            "SELECT h.event_id, r.room_id, h.missing_prev_event_ids, h.held_since_ms, "
+            "h.stream_sequence, (SELECT json_group_array(w.missing_event_id) FROM held_waits w "
+            "WHERE w.held_event_id = h.event_id) "
+            "FROM held_events h JOIN rooms r ON r.nid = h.room_nid "
+        )
+        if room_id is None:
+            rows = await self._rows(sql + "ORDER BY h.held_since_ms, h.stream_sequence")
+        else:
+            room_nid, *_ = await self._room(room_id)
+            rows = await self._rows(
+                sql + "WHERE h.room_nid = ? ORDER BY h.held_since_ms, h.stream_sequence",
+                (room_nid,),
+            )
+        return [
+            HeldRecord(
+                event_id=str(event_id),
+                room_id=str(room),
+                missing_prev_event_ids=list(json.loads(missing)),
+                waiting_for=sorted(json.loads(waits)),
+                held_since_ms=int(since),
+                stream_sequence=int(sequence),
+            )
+            for event_id, room, missing, since, sequence, waits in rows
+        ]
+
+    # -- tools: stats and graph -------------------------------------------------------------
+
+    async def stats(self) -> StoreStats:
+        """Counts for `roomserver stats`, from one read transaction so they agree."""
+        async with self._transaction():
+            (row,) = await self._rows(
+                "SELECT (SELECT count(*) FROM rooms), (SELECT count(*) FROM events), "
+                "(SELECT count(*) FROM events WHERE status = ?), "
+                "(SELECT count(*) FROM events WHERE status = ?), "
+                "(SELECT count(*) FROM events WHERE status = ?), "
+                "(SELECT count(*) FROM held_events), (SELECT count(*) FROM state_snapshots), "
+                "(SELECT count(*) FROM state_blocks), "
+                "(SELECT coalesce(sum(entry_count), 0) FROM state_blocks), "
+                "(SELECT coalesce(sum(length(entries)), 0) FROM state_blocks), "
+                "(SELECT count(*) FROM outbox)",
+                (STATUS_REJECTED, STATUS_SOFT_FAILED, STATUS_OUTLIER),
+            )
+        file_bytes = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                file_bytes += os.stat(str(self.path) + suffix).st_size
+        counts = [int(v) for v in row]
+        return StoreStats(
+            rooms=counts[0],
+            events=counts[1],
+            rejected=counts[2],
+            soft_failed=counts[3],
+            outliers=counts[4],
+            held=counts[5],
+            snapshots=counts[6],
+            blocks=counts[7],
+            block_entries=counts[8],
+            block_bytes=counts[9],
+            outbox=counts[10],
+            file_bytes=file_bytes,
+        )
+
+    async def graph(self, room_id: str, *, limit: int = 1000) -> RoomGraph:
+        """The room's newest `limit` events (0: all) with their prev events and the
+        snapshots and blocks their state uses, read in one transaction."""
+        async with self._transaction():
+            room_nid, version, current, packed_latest, _ = await self._room(room_id)
+            (total,) = (
+                await self._rows("SELECT count(*) FROM events WHERE room_nid = ?", (room_nid,))
+            )[0]
+            rows = await self._rows(
+                "SELECT e.nid, e.event_id, t.name, k.state_key, e.depth, e.status, e.reason, "
+                "e.before_snapshot_nid, e.after_snapshot_nid, e.redacted_by, "
+                "(SELECT json_group_array(g.prev_event_id) FROM event_edges g "
+                "WHERE g.event_nid = e.nid) "
+                "FROM events e JOIN event_types t ON t.nid = e.type_nid "
+                "LEFT JOIN state_keys k ON k.nid = e.state_key_nid "
+                "WHERE e.room_nid = ? ORDER BY e.nid DESC LIMIT ?",
+                (room_nid, limit if limit > 0 else -1),
+            )
+            latest_nids = unpack_nids(packed_latest)
+            latest = await self._event_id_map(latest_nids)
+            events = [_graph_event(row) for row in reversed(rows)]
+            snapshot_nids = (
+                {current} | {e.before_snapshot for e in events} | {e.after_snapshot for e in events}
+            )
+            snapshot_nids.discard(0)
+            snapshots = {
+                int(nid): unpack_nids(blob)
+                for nid, blob in await self._rows(
+                    "SELECT nid, block_nids FROM state_snapshots "
+                    "WHERE nid IN (SELECT value FROM json_each(?))",
+                    (_json_list(snapshot_nids),),
+                )
+            }
+            block_nids = {b for blocks in snapshots.values() for b in blocks}
+            block_sizes = {
+                int(nid): int(count)
+                for nid, count in await self._rows(
+                    "SELECT nid, entry_count FROM state_blocks "
+                    "WHERE nid IN (SELECT value FROM json_each(?))",
+                    (_json_list(block_nids),),
+                )
+            }
+            held = await self.held(room_id)
+            listed = {e.event_id for e in events}
+            named = {p for e in events for p in e.prev_event_ids} | {
+                m for h in held for m in h.missing_prev_event_ids
+            }
+            stored_elsewhere = {
+                str(row[0])
+                for row in await self._rows(
+                    "SELECT event_id FROM events "
+                    "WHERE event_id IN (SELECT value FROM json_each(?))",
+                    (_json_list(named - listed),),
+                )
+            }
+        return RoomGraph(
+            room_id=room_id,
+            room_version=version,
+            events=events,
+            latest_event_ids=[latest[n] for n in latest_nids],
+            current_snapshot=current,
+            snapshots=snapshots,
+            block_sizes=block_sizes,
+            held=held,
+            omitted=int(total) - len(events),
+            stored_elsewhere=stored_elsewhere,
+        )
+
+
+def _graph_event(row: Sequence[Any]) -> GraphEvent:
+    _, event_id, type_name, state_key, depth, status, reason, before, after, redacted, prevs = row
+    return GraphEvent(
+        event_id=str(event_id),
+        type=str(type_name),
+        state_key=None if state_key is None else str(state_key),
+        depth=int(depth),
+        status=STATUS_NAMES.get(int(status), "unknown"),
+        reason=reason,
+        before_snapshot=int(before),
+        after_snapshot=int(after),
+        prev_event_ids=list(json.loads(prevs)),
+        redacted_by=redacted,
+    )
