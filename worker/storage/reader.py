@@ -35,7 +35,7 @@ from worker.storage.schema import (
     STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
-from worker.storage.state import _LruByWeight
+from worker.storage.state import LruByWeight
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
@@ -217,10 +217,10 @@ class Reader:
     def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
         self._conn = conn
         self.path = path
-        self._states: _LruByWeight[int, NidState] = _LruByWeight(cache_entries)
+        self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
         #: Block NID → (decoded entries, including 0 = removed; whether any is 0).
-        self._blocks: _LruByWeight[int, tuple[NidState, bool]] = _LruByWeight(cache_entries)
-        self._block_lists: _LruByWeight[int, list[int]] = _LruByWeight(cache_entries // 10)
+        self._blocks: LruByWeight[int, tuple[NidState, bool]] = LruByWeight(cache_entries)
+        self._block_lists: LruByWeight[int, list[int]] = LruByWeight(cache_entries // 10)
         self._type_names: dict[int, str] = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
         self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
         self._sk_names: _NidCache[str] = _NidCache(cache_entries // 4)

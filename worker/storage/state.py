@@ -38,7 +38,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _LruByWeight(Generic[K, V]):
+class LruByWeight(Generic[K, V]):
     """An LRU map bounded by a total weight (state entries), not an item count, so
     one huge room and many small ones share the same memory budget."""
 
@@ -84,9 +84,9 @@ class StateStore:
     def __init__(self, db: Database, cache_entries: int = 2_000_000) -> None:
         self.db = db
         self.stats = WriteStats()
-        self._states: _LruByWeight[int, NidState] = _LruByWeight(cache_entries)
-        self._block_lists: _LruByWeight[int, list[tuple[int, int]]] = _LruByWeight(200_000)
-        self._block_bytes: _LruByWeight[int, bytes] = _LruByWeight(cache_entries)
+        self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
+        self._block_lists: LruByWeight[int, list[tuple[int, int]]] = LruByWeight(200_000)
+        self._block_bytes: LruByWeight[int, bytes] = LruByWeight(cache_entries)
 
     def forget_caches(self) -> None:
         """Drop everything cached; used after a rollback, when NIDs may be reused."""
