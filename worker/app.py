@@ -10,25 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from worker.bus.connection import connect
 from worker.bus.consumer import PullConsumer
 from worker.bus.publisher import Outgoing, Publisher
+from worker.bus.rewind import rewind_to_ack_floor
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Config
+from worker.metrics import MetricsServer, TimedDatabase, WorkerMetrics
 from worker.pipeline import Disposition, InboundMessage, Pipeline
-from worker.storage.database import Database, is_transient
+from worker.query import QueryService
+from worker.storage.database import is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +44,15 @@ R = TypeVar("R")
 
 #: Outbox rows published per round trip when draining a backlog.
 OUTBOX_CHUNK = 2000
-#: Seconds before a batch that hit a transient fault is redelivered.
-TRANSIENT_RETRY_DELAY = 1.0
+#: Back-off (seconds) between retries of a batch that hit a transient database fault.
+TRANSIENT_RETRY_DELAY = 0.05
+TRANSIENT_RETRY_MAX_DELAY = 2.0
+#: How often the worker looks whether NATS is back while it is away.
+NATS_POLL_INTERVAL = 0.1
+#: Errors of the NATS client and JetStream API that pass when the connection returns.
+NATS_ERRORS = (nats.errors.Error, APIError, TimeoutError)
+#: nats-server version from which a consumer can be rewound (ADR-60).
+REWIND_SERVER_VERSION = (2, 14)
 
 
 class Worker:
@@ -48,14 +62,32 @@ class Worker:
         self.config = config
         self.subjects = Subjects(config.streams.subject_prefix)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomserver-db")
-        self._db: Database | None = None
+        self._db: TimedDatabase | None = None
         self._pipeline: Pipeline | None = None
         self._publisher: Publisher | None = None
         self.nc: NATS | None = None
+        #: The query service (worker.query), running while the worker runs.
+        self.queries: QueryService | None = None
         #: Set once streams exist and the consumer is running (tests and health wait on it).
         self.ready = asyncio.Event()
         self.batches = 0
         self._progress = asyncio.Condition()
+        self._consumer_running = False
+        self._warned_no_rewind = False
+        self.metrics = WorkerMetrics(
+            counters=lambda: self._pipeline.counters if self._pipeline else None,
+            held=lambda: self._pipeline.held_count if self._pipeline else None,
+            health=self.health,
+        )
+        self.metrics_server: MetricsServer | None = None
+
+    def health(self) -> dict[str, bool]:
+        """Readiness: all must hold for the worker to make progress."""
+        return {
+            "nats_connected": self.nc is not None and self.nc.is_connected,
+            "consumer_running": self._consumer_running,
+            "database_open": self._db is not None,
+        }
 
     @property
     def pipeline(self) -> Pipeline:
@@ -69,27 +101,42 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then finish the batch in hand, flush and close."""
         async with AsyncExitStack() as stack:
+            await self._start_metrics(stack)
             servers: list[str] | None = None
             if self.config.nats.embedded:
                 server = EmbeddedNatsServer.from_config(self.config)
                 await stack.enter_async_context(server)
                 servers = [server.url]
                 log.info("embedded nats-server started", url=server.url)
-            self.nc = await connect(self.config.nats, servers)
+            nc = await _unless_stopped(connect(self.config.nats, servers), stop)
+            if nc is None:
+                log.info("stopped before NATS could be reached")
+                return
+            self.nc = nc
             stack.push_async_callback(self._close_nats)
             js = self.nc.jetstream()
             await ensure_streams(js, self.config)
-            self._db = await self._in_db(Database, Path(self.config.storage.path))
+            self._db = await self._in_db(TimedDatabase, Path(self.config.storage.path))
+            self._db.commit_histogram = self.metrics.commit_seconds
             stack.push_async_callback(self._close_db)
             problems = await self._in_db(self._db.integrity_check)
             if problems:
                 raise RuntimeError(f"database integrity check failed: {'; '.join(problems)}")
             self._pipeline = Pipeline(self._db, self.subjects)
+            # Queries read the same file through their own read-only connection; they
+            # stop before the database closes (the exit stack unwinds in reverse).
+            self.queries = await QueryService.start(
+                self.nc, Path(self.config.storage.path), self.subjects
+            )
+            stack.push_async_callback(self.queries.stop)
             self._publisher = Publisher(js, self.config)
             consumer = PullConsumer(js, self.config)
-            await consumer.start()
             stack.push_async_callback(consumer.close)
-            await self._flush_outbox()
+            await self._resume_consumer(js, consumer, stop)
+            left = await self._flush_outbox(stop)
+            if left:
+                log.info("published outputs a previous run had committed but not sent", count=left)
+            self._consumer_running = not stop.is_set()
             self.ready.set()
             log.info(
                 "worker ready",
@@ -99,34 +146,71 @@ class Worker:
             )
             # Stop is checked between batches: a fetch waits at most fetch_timeout, and
             # a batch in hand is always finished, so shutdown never strands a message.
+            reconnects = nc.stats["reconnects"]
             while not stop.is_set():
-                messages = await consumer.fetch_batch()
+                if not nc.is_connected:
+                    await self._wait_for_nats(stop)
+                    continue
+                if nc.stats["reconnects"] != reconnects:
+                    # Anything in flight when the connection dropped may be lost.
+                    reconnects = nc.stats["reconnects"]
+                    await self._resume_consumer(js, consumer, stop)
+                    await self._flush_outbox(stop)
+                    continue
+                try:
+                    messages = await consumer.fetch_batch()
+                except NATS_ERRORS as exc:
+                    log.warning("fetching inputs failed; retrying", error=repr(exc))
+                    await _sleep_unless_stopped(self.config.consumer.fetch_timeout, stop)
+                    continue
                 if messages:
-                    await self._handle(messages)
+                    await self._handle(messages, stop)
+                elif nc.is_connected:
+                    self.metrics.consumer_lag.set(0)
+            self._consumer_running = False
             log.info("worker stopping")
 
-    async def _handle(self, messages: list[Msg]) -> None:
-        """Process one fetched batch and settle every message in it."""
+    async def _handle(self, messages: list[Msg], stop: asyncio.Event) -> None:
+        """Process one fetched batch and settle every message in it.
+
+        A transient database fault retries the same batch in place: handing it back
+        (nak) would let the inputs after it overtake it, and a room's inputs must be
+        processed in stream order.
+        """
         inbound = [
             InboundMessage(m.subject, m.data, m.metadata.sequence.stream if m.metadata else 0)
             for m in messages
         ]
-        try:
-            dispositions = await self._in_db(self.pipeline.process_batch, inbound)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("transient database fault; batch will be redelivered", error=str(exc))
-            for m in messages:
-                await m.nak(delay=TRANSIENT_RETRY_DELAY)
-            return
+        self.metrics.batch_messages.observe(len(messages))
+        delay = TRANSIENT_RETRY_DELAY
+        while True:
+            started = time.perf_counter()
+            try:
+                dispositions = await self._in_db(self.pipeline.process_batch, inbound)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.metrics.transient_retries.inc()
+                if stop.is_set():
+                    log.warning("transient database fault while stopping; batch handed back")
+                    await _settle_all(messages, Msg.nak)
+                    return
+                log.warning("transient database fault; retrying the batch", error=str(exc))
+                await _settle_all(messages, Msg.in_progress)
+                await _sleep_unless_stopped(delay, stop)
+                delay = min(delay * 2, TRANSIENT_RETRY_MAX_DELAY)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        last = messages[-1].metadata
+        if last is not None and last.num_pending is not None:
+            self.metrics.consumer_lag.set(last.num_pending)
+        # A failed ack loses nothing: the input comes back (after a rewind or ack_wait)
+        # and is recognised as a duplicate.
         for m, disposition in zip(messages, dispositions, strict=True):
-            if disposition is Disposition.ACK:
-                await m.ack()
-            else:
-                await m.term()
+            with contextlib.suppress(*NATS_ERRORS):
+                await (m.ack() if disposition is Disposition.ACK else m.term())
         self.batches += 1
-        await self._flush_outbox()
+        await self._flush_outbox(stop)
         async with self._progress:
             self._progress.notify_all()
 
@@ -136,37 +220,175 @@ class Worker:
         async with self._progress:
             await asyncio.wait_for(self._progress.wait_for(predicate), timeout)
 
-    async def _flush_outbox(self) -> None:
-        """Publish everything committed but not yet published, oldest first.
+    async def _flush_outbox(self, stop: asyncio.Event) -> int:
+        """Publish everything committed but not yet published, oldest first; returns
+        how many outputs were published.
 
-        Retries while NATS is away; nothing new is fetched meanwhile, so memory stays
-        bounded by one batch.
+        While NATS is away it waits instead of publishing into the client's buffer, and
+        nothing new is fetched meanwhile, so memory stays bounded by one batch. When
+        stopping it gives up after one failed attempt: the outbox is durable, and the
+        next start publishes what is left.
         """
-        assert self._db is not None and self._publisher is not None
-        db, publisher = self._db, self._publisher
+        assert self._db is not None and self._publisher is not None and self.nc is not None
+        db, publisher, nc = self._db, self._publisher, self.nc
         delay = 0.2
+        published = 0
         while True:
             rows = await self._in_db(db.outbox_pending, OUTBOX_CHUNK)
+            depth = len(rows)
+            if depth == OUTBOX_CHUNK:
+                depth = await self._in_db(db.outbox_depth)
+            self.metrics.outbox_depth.set(depth)
             if not rows:
-                return
+                return published
+            if not nc.is_connected and not await self._wait_for_nats(stop):
+                return published
+            started = time.perf_counter()
             try:
-                await publisher.publish_many(
-                    Outgoing(subject, payload, msg_id) for _, subject, msg_id, payload in rows
+                await self._while_connected(
+                    publisher.publish_many(
+                        Outgoing(subject, payload, msg_id) for _, subject, msg_id, payload in rows
+                    )
                 )
             except Exception as exc:
+                self.metrics.publish_retries.inc()
                 log.warning("publishing outputs failed; retrying", error=repr(exc), delay=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if stop.is_set() or nc.is_closed:
+                    return published
+                await _sleep_unless_stopped(delay, stop)
+                delay = min(delay * 2, 2.0)
                 continue
+            self.metrics.publish_seconds.observe(time.perf_counter() - started)
             delay = 0.2
+            published += len(rows)
             await self._in_db(db.outbox_delete_through, rows[-1][0])
 
+    async def _while_connected(self, awaitable: Awaitable[R]) -> R:
+        """Await ``awaitable``, giving up as soon as the connection drops: JetStream's
+        acks for publishes in flight then never come, and waiting out their timeout
+        would only delay the retry after the reconnection."""
+        assert self.nc is not None
+        task = asyncio.ensure_future(awaitable)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=NATS_POLL_INTERVAL)
+            if done:
+                return task.result()
+            if not self.nc.is_connected:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise nats.errors.ConnectionReconnectingError
+
+    async def _resume_consumer(
+        self, js: JetStreamContext, consumer: PullConsumer, stop: asyncio.Event
+    ) -> None:
+        """(Re)bind the consumer so that delivery starts at the oldest unacknowledged
+        input (see worker.bus.rewind); retried until JetStream answers.
+
+        The old subscription goes first: messages it had buffered predate the rewind
+        and would otherwise be taken before the older ones the rewind brings back. The
+        new one fetches nothing until the rewind is done.
+        """
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                await consumer.close()
+                # Created (or updated) first: the server answers a reset of a consumer
+                # that does not exist with silence, not an error.
+                await consumer.start()
+                if self._can_rewind():
+                    await rewind_to_ack_floor(js, consumer.stream, consumer.durable)
+                    self.metrics.consumer_rewinds.inc()
+                return
+            except NATS_ERRORS as exc:
+                if isinstance(exc, nats.errors.ConnectionClosedError):
+                    raise
+                log.warning("input consumer not available yet; retrying", error=repr(exc))
+                await _sleep_unless_stopped(delay, stop)
+                delay = min(delay * 2, 5.0)
+
+    def _can_rewind(self) -> bool:
+        assert self.nc is not None
+        version = self.nc.connected_server_version
+        if (version.major, version.minor) >= REWIND_SERVER_VERSION:
+            return True
+        if not self._warned_no_rewind:
+            self._warned_no_rewind = True
+            log.warning(
+                "nats-server is older than 2.14 and cannot rewind consumers: after a crash "
+                "or a lost connection, unacknowledged inputs come back only after ack_wait, "
+                "possibly after later inputs of their room",
+                server_version=str(version),
+            )
+        return False
+
+    async def _wait_for_nats(self, stop: asyncio.Event) -> bool:
+        """Wait until NATS is connected (True) or the worker is stopped (False)."""
+        assert self.nc is not None
+        nc = self.nc
+        if not nc.is_connected:
+            log.warning("NATS unavailable; waiting for the connection to return")
+        while not nc.is_connected and not nc.is_closed and not stop.is_set():
+            await _sleep_unless_stopped(NATS_POLL_INTERVAL, stop)
+        return nc.is_connected
+
+    async def _start_metrics(self, stack: AsyncExitStack) -> None:
+        settings = self.config.metrics
+        if not settings.enabled:
+            return
+        server = MetricsServer(self.metrics, settings.listen_host, settings.listen_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            # Monitoring must never keep the worker from processing events.
+            log.error(
+                "metrics endpoint could not listen; running without it",
+                host=settings.listen_host,
+                port=settings.listen_port,
+                error=str(exc),
+            )
+            return
+        self.metrics_server = server
+        stack.push_async_callback(server.close)
+
     async def _close_nats(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            # Draining needs the server; without it, pending acks are lost anyway and
+            # their inputs come back as duplicates.
+            await (nc.drain() if nc.is_connected else nc.close())
 
     async def _close_db(self) -> None:
         if self._db is not None:
             await self._in_db(self._db.close)
+            self._db = None
         self._executor.shutdown(wait=True)
+
+
+async def _settle_all(messages: list[Msg], action: Callable[[Msg], Awaitable[None]]) -> None:
+    for message in messages:
+        with contextlib.suppress(*NATS_ERRORS):
+            await action(message)
+
+
+async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _unless_stopped(awaitable: Awaitable[R], stop: asyncio.Event) -> R | None:
+    """The result of ``awaitable``, or None if ``stop`` is set first (it is cancelled)."""
+    task = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None

@@ -1,4 +1,4 @@
-"""The `roomserver` command: run the worker, feed it, generate demo rooms.
+"""The `roomserver` command: run the worker, feed it, generate demo rooms, ask it.
 
 Each subcommand is a small function over the same configuration loader, so the CLI
 and the daemon always agree on subjects, stream names and storage paths.
@@ -28,6 +28,7 @@ from worker.logs import configure_logging
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+from worker.query.commands import add_query_commands
 from worker.synthetic import linear_room
 
 log = structlog.get_logger(__name__)
@@ -93,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=1)
     generate.add_argument("--out", default="-", help="output file (default stdout)")
     generate.set_defaults(func=cmd_generate)
+
+    # state, event, rooms, members, held, stats, graph (worker.query.commands)
+    add_query_commands(sub, common)
     return parser
 
 

@@ -98,12 +98,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where `/metrics` and `/healthz` are served; port 0 turns the endpoint off."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9464
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen_port != 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _SECTIONS: Final[dict[str, type[Any]]] = {
@@ -399,3 +412,11 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
 
     check.one_of("log.level", config.log.level, _LOG_LEVELS)
     check.one_of("log.format", config.log.format, _LOG_FORMATS)
+
+    if not config.metrics.listen_host:
+        check.fail("metrics.listen_host", "must not be empty")
+    if not 0 <= config.metrics.listen_port <= 65535:
+        check.fail(
+            "metrics.listen_port",
+            f"must be 0 (no endpoint) to 65535, got {config.metrics.listen_port}",
+        )

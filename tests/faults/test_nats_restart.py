@@ -1,0 +1,66 @@
+"""The nats-server goes away in the middle of a feed (killed, stopped, restarted on the
+same port and store), several times, while the worker runs.
+
+The worker must notice, report itself not ready, wait without piling up requests,
+reconnect, rewind its consumer and carry on, ending exactly like an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+
+from tests.faults.conftest import RunResult, compare, site
+from tests.faults.feed import Feed
+from tests.faults.procs import free_port, http_get, stream_count
+
+#: How each outage begins.
+OUTAGES = (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGINT)
+
+
+async def test_nats_server_restarts_mid_feed(
+    reference: RunResult, feed: Feed, tmp_path: Path
+) -> None:
+    rng = random.Random(4222)
+    metrics_port = free_port()
+    total = len(reference.outputs)
+    async with site(tmp_path) as test_site:
+        await test_site.publish(feed)
+        js, output = test_site.js, test_site.config.streams.output
+        worker = test_site.worker(metrics_listen_port=str(metrics_port))
+
+        async def health_is(status: int) -> bool:
+            return (await http_get(metrics_port, "/healthz"))[0] == status
+
+        try:
+            await worker.until(lambda: health_is(200), "the worker to report itself ready")
+            restarts = 0
+            for sig in OUTAGES:
+                target = min(total - 1, await stream_count(js, output) + rng.randint(20, 120))
+
+                async def reached(target: int = target) -> bool:
+                    return await stream_count(js, output) >= target
+
+                await worker.until(reached, f"{target} outputs")
+                await test_site.server.stop(sig)
+                await worker.until(lambda: health_is(503), "the worker to report NATS away")
+                status, metrics = await http_get(metrics_port, "/metrics")
+                assert status == 200
+                assert b'roomserver_health_check{check="nats_connected"} 0.0' in metrics
+                await test_site.server.start()
+                restarts += 1
+                await worker.until(lambda: health_is(200), "the worker to be ready again")
+            assert await stream_count(js, output) < total, "the feed ended before the last outage"
+            await worker.until(test_site.settled, "every input acknowledged", 90)
+            status, metrics = await http_get(metrics_port, "/metrics")
+            assert b"roomserver_consumer_rewinds_total" in metrics
+            assert worker.logged("reconnected to NATS") >= len(OUTAGES)
+            assert await worker.stop(signal.SIGTERM) == 0
+        finally:
+            worker.ensure_dead()
+        figures = compare(await test_site.result(), reference, feed)
+    print(
+        f"\nnats-server restarts: {restarts} outages survived; {figures.stored} events stored, "
+        f"lost {figures.lost}, duplicate outputs {figures.duplicate_outputs}"
+    )

@@ -1,0 +1,280 @@
+"""What the worker shows its operators: Prometheus metrics and a health endpoint.
+
+One tiny HTTP server on the worker's own event loop serves both `/metrics` and
+`/healthz`. prometheus_client's own servers run in a thread and know nothing of health,
+and a web framework would be a large dependency for two fixed pages; reading the
+registry and the worker's state from the loop thread also needs no locking.
+
+Pipeline counters are read at scrape time from `Pipeline.counters` rather than pushed
+from the hot path, so counting costs the pipeline nothing beyond its own `+= 1`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.pipeline import Counters
+from worker.storage.database import Database
+
+log = structlog.get_logger(__name__)
+
+#: Seconds; a batch is one SQLite transaction of up to consumer.batch_size inputs.
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_HEALTH_PATHS: Final = ("/healthz", "/readyz")
+#: A request line and headers beyond this are refused (the endpoint is for scrapers).
+_MAX_REQUEST_BYTES: Final = 8192
+_REQUEST_TIMEOUT: Final = 5.0
+
+#: Pipeline counter field → (metric name without `_total`, help).
+_PIPELINE_COUNTERS: Final = (
+    (
+        "processed",
+        "roomserver_inputs_processed",
+        "Inputs processed to a stored result (accepted, rejected, soft-failed, held or duplicate)",
+    ),
+    ("rejected", "roomserver_events_rejected", "Events stored as rejected"),
+    ("soft_failed", "roomserver_events_soft_failed", "Events stored as soft-failed"),
+    ("dead_lettered", "roomserver_inputs_dead_lettered", "Inputs sent to the dead letter stream"),
+    ("duplicates", "roomserver_inputs_duplicate", "Inputs recognised as already processed"),
+)
+
+
+class _PipelineCollector(Collector):
+    """Reads the pipeline's counters (plain ints, updated in the database thread)."""
+
+    def __init__(
+        self, counters: Callable[[], Counters | None], held: Callable[[], int | None]
+    ) -> None:
+        self._counters = counters
+        self._held = held
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self._counters()
+        for field, name, text in _PIPELINE_COUNTERS:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], getattr(counters, field) if counters is not None else 0)
+            yield family
+        held = self._held()
+        gauge = GaugeMetricFamily(
+            "roomserver_held_events", "Events waiting for their prev events to arrive"
+        )
+        gauge.add_metric([], held or 0)
+        yield gauge
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the worker's health checks."""
+
+    def __init__(self, health: Callable[[], Mapping[str, bool]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        checks = self._health()
+        ready = GaugeMetricFamily(
+            "roomserver_ready", "1 when NATS is connected, the consumer runs and the DB is open"
+        )
+        ready.add_metric([], int(all(checks.values())))
+        yield ready
+        check = GaugeMetricFamily(
+            "roomserver_health_check", "Each readiness check", labels=["check"]
+        )
+        for name, ok in checks.items():
+            check.add_metric([name], int(ok))
+        yield check
+
+
+class WorkerMetrics:
+    """The worker's registry: its own, so several workers in one process never clash."""
+
+    def __init__(
+        self,
+        *,
+        counters: Callable[[], Counters | None],
+        held: Callable[[], int | None],
+        health: Callable[[], Mapping[str, bool]],
+    ) -> None:
+        self.health = health
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_PipelineCollector(counters, held))
+        self.registry.register(_StateCollector(health))
+        self.batch_seconds = Histogram(
+            "roomserver_batch_seconds",
+            "Time to process one fetched batch in its transaction, commit included",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_messages = Histogram(
+            "roomserver_batch_messages",
+            "Input messages per fetched batch",
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "roomserver_commit_seconds",
+            "Time of the SQLite COMMIT that makes a batch durable",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "roomserver_outbox_publish_seconds",
+            "Time to publish one chunk of the outbox and get JetStream's acks",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "roomserver_consumer_lag",
+            "Input messages in the stream not yet delivered to the worker",
+            registry=self.registry,
+        )
+        self.outbox_depth = Gauge(
+            "roomserver_outbox_depth",
+            "Outputs committed but not yet acknowledged by JetStream",
+            registry=self.registry,
+        )
+        self.transient_retries = Counter(
+            "roomserver_transient_retries",
+            "Batches retried after a transient fault (database busy or locked)",
+            registry=self.registry,
+        )
+        self.publish_retries = Counter(
+            "roomserver_outbox_publish_retries",
+            "Outbox publishes retried because NATS did not acknowledge them",
+            registry=self.registry,
+        )
+        self.consumer_rewinds = Counter(
+            "roomserver_consumer_rewinds",
+            "Times the input consumer was rewound to its ack floor (start-up, reconnection)",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class TimedDatabase(Database):
+    """A Database that reports how long each COMMIT takes.
+
+    The COMMIT is the fsync that makes a batch durable, the one cost a faster disk
+    changes; timing it here, around the parent's transaction, needs no hook in the
+    storage layer and costs two clock reads per batch.
+    """
+
+    commit_histogram: Histogram | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        started = 0.0
+        with super().transaction():
+            yield
+            started = time.perf_counter()
+        if self.commit_histogram is not None:
+            self.commit_histogram.observe(time.perf_counter() - started)
+
+
+class MetricsServer:
+    """`GET /metrics` (Prometheus text format) and `GET /healthz` (200 ready, 503 not)."""
+
+    def __init__(self, metrics: WorkerMetrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._requested_port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the metrics server is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._requested_port, limit=_MAX_REQUEST_BYTES
+        )
+        log.info("metrics and health endpoint listening", host=self._host, port=self.port)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, content_type, body, head = await asyncio.wait_for(
+                self._respond(reader), _REQUEST_TIMEOUT
+            )
+            header = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(header.encode("ascii") + (b"" if head else body))
+            await writer.drain()
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass  # a client that hangs up or sends garbage gets no answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes, bool]:
+        request_line = await reader.readuntil(b"\n")
+        while (await reader.readuntil(b"\n")).strip():
+            pass  # headers: nothing in them changes the answer
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3:
+            return "400 Bad Request", "text/plain", b"bad request\n", False
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET or HEAD\n", False
+        head = method == "HEAD"
+        path = target.split("?", 1)[0]
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, self._metrics.render(), head
+        if path in _HEALTH_PATHS:
+            checks = dict(self._metrics.health())
+            ready = all(checks.values())
+            body = json.dumps({"ready": ready, "checks": checks}).encode() + b"\n"
+            status = "200 OK" if ready else "503 Service Unavailable"
+            return status, "application/json", body, head
+        return "404 Not Found", "text/plain", b"/metrics or /healthz\n", head
