@@ -57,6 +57,8 @@ def config(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Config:
         "ROOMSERVER_CONSUMER_DURABLE": f"rs{tag}",
         "ROOMSERVER_CONSUMER_FETCH_TIMEOUT": "0.5",
         "ROOMSERVER_LOG_LEVEL": "debug",
+        # In-process workers must not compete for the default metrics port.
+        "ROOMSERVER_METRICS_LISTEN_PORT": "0",
     }
     return load_config(None, env)
 

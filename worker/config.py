@@ -110,6 +110,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """How inputs are processed beyond what the contract fixes."""
+
+    #: Seconds an event whose prev events are unknown waits for them before it is
+    #: processed with the state that is known.
+    held_max_wait: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -117,6 +126,7 @@ class Config:
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 _SECTIONS: Final[dict[str, type[Any]]] = {
@@ -413,6 +423,8 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     check.one_of("log.level", config.log.level, _LOG_LEVELS)
     check.one_of("log.format", config.log.format, _LOG_FORMATS)
 
+    if config.pipeline.held_max_wait < 0:
+        check.fail("pipeline.held_max_wait", "must be 0 or more seconds")
     if not config.metrics.listen_host:
         check.fail("metrics.listen_host", "must not be empty")
     if not 0 <= config.metrics.listen_port <= 65535:

@@ -157,6 +157,16 @@ class Pipeline:
         transaction rather than in one of their own (one fsync fewer per batch)."""
         self._published_through = max(self._published_through, through_seq)
 
+    def forget_published(self) -> None:
+        """Delete published outbox rows now, in a transaction of their own.
+
+        Called when the worker is idle or stopping: a published row left behind would be
+        published again at the next start, which JetStream drops as a duplicate only
+        inside its duplicate window."""
+        if self._published_through:
+            with self.db.transaction():
+                self._forget_published()
+
     def _forget_published(self) -> None:
         if self._published_through:
             self.db.outbox_delete_through(self._published_through)
