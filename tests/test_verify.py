@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.test_bad_input import ALICE, Harness
@@ -60,3 +64,29 @@ def test_a_wrong_current_state_is_named(tmp_path: Path) -> None:
         conn.execute("UPDATE rooms SET snapshot_nid = ?", (create_snapshot,))
     faults = verify(tmp_path).faults
     assert any("current state differs from the resolution" in f for f in faults), faults
+
+
+def _cli(storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ROOMSERVER_STORAGE_PATH": str(storage)}
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", "verify", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    missing = _cli(tmp_path / "nothing")
+    assert missing.returncode == 2 and "no roomserver database" in missing.stderr
+    h = _room_with_a_fork(tmp_path)
+    healthy = _cli(tmp_path)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "1 rooms, 7 events" in healthy.stdout and "0 faults" in healthy.stdout
+    with sqlite3.connect(h.db.path) as conn:
+        conn.execute("DELETE FROM event_json WHERE event_nid = 3")
+    broken = _cli(tmp_path, "--json")
+    assert broken.returncode == 1
+    assert "event NID 3 has no stored JSON" in json.loads(broken.stdout)["faults"]

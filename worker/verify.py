@@ -13,7 +13,7 @@ from pathlib import Path
 from worker.bus.subjects import Subjects
 from worker.pipeline import Pipeline
 from worker.storage.blocks import MAX_BLOCKS, NidState, unpack_entries_into
-from worker.storage.database import Database
+from worker.storage.database import DB_FILENAME, Database
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
 
 #: Bytes per packed (type NID, state key NID, event NID) triple.
@@ -33,6 +33,10 @@ class Report:
 
 
 def verify(storage_path: Path) -> Report:
+    """Check the database under `storage_path`; FileNotFoundError if there is none
+    (creating an empty one would report a healthy nothing)."""
+    if not (storage_path / DB_FILENAME).exists():
+        raise FileNotFoundError(f"no roomserver database under {storage_path}")
     db = Database(storage_path)
     try:
         return _verify(db)
