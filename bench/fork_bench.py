@@ -15,6 +15,7 @@ snapshot, so the triples stay few in a large room.
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.subjects import Subjects
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.events import Event
@@ -56,6 +58,8 @@ def _timed(pipeline: Pipeline, event: Event, subject: str, seq: list[int]) -> di
 
 
 def bench_fork(members: int = 10_000, room_version: str = "10") -> dict[str, Any]:
+    # The worker process runs with this collector setting (worker.app); so does this.
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     with tempfile.TemporaryDirectory(prefix="fork-bench-") as tmp:
         db = Database(Path(tmp))
         pipeline = Pipeline(db, Subjects())

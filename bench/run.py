@@ -5,6 +5,8 @@ Scenarios (inputs are published before the clock starts, then drained):
   stream, same batch size, no processing: the yardstick.
 - linear: one room, 2,000 members join, then 50,000 mixed events.
 - small rooms: many rooms of a few dozen events each.
+- fork: a fork in a 10,000-member room through the pipeline (bench/fork_bench.py).
+- queries: state-query latency in a room with 10,000 state entries (bench/query_bench.py).
 
 The worker runs as its own process (`roomserver run`), so its peak RSS is its own; its
 RSS is sampled through the run to show whether memory stays flat. Figures are printed
@@ -31,6 +33,8 @@ from typing import Any
 import msgpack
 from nats.js import JetStreamContext, api
 
+from bench.fork_bench import bench_fork
+from bench.query_bench import bench_queries
 from worker.bus.connection import connect
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.server import EmbeddedNatsServer
@@ -259,6 +263,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             small_result = await bench_worker(
                 server.url, "small_rooms", small_items, _count_state(small), workdir, "small"
             )
+            queries = await bench_queries(
+                server.url, workdir, entries=args.query_entries, samples=args.query_samples
+            )
+    fork = await asyncio.to_thread(bench_fork, args.fork_members, version)
     for result in (linear_result, small_result):
         result["relay_ratio"] = result["events_per_s"] / relay["events_per_s"]
     return {
@@ -273,6 +281,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         },
         "relay": relay,
         "scenarios": [linear_result, small_result],
+        "fork": fork,
+        "queries": queries,
     }
 
 
@@ -293,6 +303,31 @@ def _table(report: dict[str, Any]) -> str:
         )
         if s["dead_letters"]:
             lines.append(f"  !! {s['dead_letters']} dead letters: {s['worker_stderr_tail'][-500:]}")
+    fork = report["fork"]
+    lines += [
+        "",
+        f"fork in a {fork['members']:,}-member room ({fork['state_entries']:,} state entries), "
+        "through the pipeline:",
+    ]
+    for name, label in (
+        ("fork_event", "event creating the second extremity"),
+        ("event_while_forked", "event on one branch while forked"),
+        ("merge_event", "event merging the branches"),
+    ):
+        figures = fork[name]
+        lines.append(
+            f"  {label:<40} {figures['milliseconds']:>8.1f} ms "
+            f"{figures['triples_written']:>5} triples written"
+        )
+    q = report["queries"]
+    lines += [
+        "",
+        f"state query, {q['entries']:,}-entry room ({q['reply_bytes']:,} byte reply):",
+        f"  cold p50 {q['cold']['p50_ms']:.1f} ms, p99 {q['cold']['p99_ms']:.1f} ms; "
+        f"warm p50 {q['warm']['p50_ms']:.1f} ms, p99 {q['warm']['p99_ms']:.1f} ms; "
+        f"one key p50 {q['filtered']['p50_ms']:.2f} ms; "
+        f"service time (warm) {q['service_warm_avg_ms']:.1f} ms",
+    ]
     return "\n".join(lines)
 
 
@@ -302,10 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--small-rooms", type=int, default=300)
+    parser.add_argument("--fork-members", type=int, default=10_000)
+    parser.add_argument("--query-entries", type=int, default=10_000)
+    parser.add_argument("--query-samples", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         args.members, args.events, args.small_rooms = 200, 2000, 20
+        args.fork_members, args.query_entries, args.query_samples = 500, 500, 20
     report = asyncio.run(main_async(args))
     print(_table(report))
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,9 @@ class Worker:
         #: outbox has been drained, new outputs must wait behind them (order matters).
         self._outbox_backlog = True
         self._held_checked = 0.0
+        #: Acknowledging and publishing the last batch, running while the next one is
+        #: processed (the database thread is the bottleneck; this keeps it busy).
+        self._settling: asyncio.Task[None] | None = None
         self.metrics = WorkerMetrics(
             counters=lambda: self._pipeline.counters if self._pipeline else None,
             held=lambda: self._pipeline.held_count if self._pipeline else None,
@@ -169,6 +172,7 @@ class Worker:
                 if nc.stats["reconnects"] != reconnects:
                     # Anything in flight when the connection dropped may be lost.
                     reconnects = nc.stats["reconnects"]
+                    await self._settled()
                     await self._resume_consumer(js, consumer, stop)
                     await self._flush_outbox(stop)
                     continue
@@ -181,11 +185,13 @@ class Worker:
                 if messages:
                     await self._handle(messages, stop)
                 else:
+                    await self._settled()
                     if nc.is_connected:
                         self.metrics.consumer_lag.set(0)
                     await self._forget_published()
                 await self._release_held(stop)
             self._consumer_running = False
+            await self._settled()
             await self._forget_published()
             log.info("worker stopping")
 
@@ -223,13 +229,32 @@ class Worker:
         last = messages[-1].metadata
         if last is not None and last.num_pending is not None:
             self.metrics.consumer_lag.set(last.num_pending)
+        # The batch is committed: settling it (acks, outputs) overlaps the next batch's
+        # processing, but never the settling of the batch before (outputs keep order).
+        await self._settled()
+        rows = self.pipeline.emitted
+        self._settling = asyncio.create_task(self._settle(messages, dispositions, rows, stop))
+
+    async def _settled(self) -> None:
+        """Wait for the last batch's acks and outputs; raises what settling raised."""
+        task, self._settling = self._settling, None
+        if task is not None:
+            await task
+
+    async def _settle(
+        self,
+        messages: list[Msg],
+        dispositions: list[Disposition],
+        rows: list[tuple[int, str, str, bytes]],
+        stop: asyncio.Event,
+    ) -> None:
         # A failed ack loses nothing: the input comes back (after a rewind or ack_wait)
         # and is recognised as a duplicate.
         for m, disposition in zip(messages, dispositions, strict=True):
             with contextlib.suppress(*NATS_ERRORS):
                 await (m.ack() if disposition is Disposition.ACK else m.term())
         self.batches += 1
-        await self._publish_emitted(stop)
+        await self._publish_emitted(rows, stop)
         async with self._progress:
             self._progress.notify_all()
 
@@ -252,11 +277,14 @@ class Worker:
         released = await self._in_db(self.pipeline.release_expired)
         if released:
             log.info("processed held events that waited too long", count=released)
-            await self._publish_emitted(stop)
+            await self._settled()
+            await self._publish_emitted(self.pipeline.emitted, stop)
             async with self._progress:
                 self._progress.notify_all()
 
-    async def _publish_emitted(self, stop: asyncio.Event) -> None:
+    async def _publish_emitted(
+        self, rows: list[tuple[int, str, str, bytes]], stop: asyncio.Event
+    ) -> None:
         """Publish the outputs the last transaction committed.
 
         The pipeline hands them over, so the usual case costs no read of the outbox;
@@ -264,7 +292,6 @@ class Worker:
         older outputs are still waiting, the outbox itself is drained instead, oldest
         first, so outputs never overtake each other.
         """
-        rows = self.pipeline.emitted
         if not rows:
             return
         if self._outbox_backlog or self._publisher is None:

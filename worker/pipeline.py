@@ -94,7 +94,11 @@ class Pipeline:
         self._rooms: dict[str, RoomRow] = {}
         #: Outbox rows (seq, subject, msg ID, payload) written by the last batch.
         self.emitted: list[tuple[int, str, str, bytes]] = []
+        #: Written only by the caller's thread (mark_published) and only read here, and
+        #: `_deleted_through` only by the database thread, so neither update is lost
+        #: while a batch runs beside the publishing of the one before.
         self._published_through = 0
+        self._deleted_through = 0
         self.subjects = subjects
         self.state = StateStore(db)
         self.events = EventStore(db)
@@ -155,7 +159,8 @@ class Pipeline:
     def mark_published(self, through_seq: int) -> None:
         """Outbox rows up to `through_seq` are published; they are deleted in the next
         transaction rather than in one of their own (one fsync fewer per batch)."""
-        self._published_through = max(self._published_through, through_seq)
+        if through_seq > self._published_through:
+            self._published_through = through_seq
 
     def forget_published(self) -> None:
         """Delete published outbox rows now, in a transaction of their own.
@@ -163,14 +168,15 @@ class Pipeline:
         Called when the worker is idle or stopping: a published row left behind would be
         published again at the next start, which JetStream drops as a duplicate only
         inside its duplicate window."""
-        if self._published_through:
+        if self._published_through > self._deleted_through:
             with self.db.transaction():
                 self._forget_published()
 
     def _forget_published(self) -> None:
-        if self._published_through:
-            self.db.outbox_delete_through(self._published_through)
-            self._published_through = 0
+        through = self._published_through
+        if through > self._deleted_through:
+            self.db.outbox_delete_through(through)
+            self._deleted_through = through
 
     def _process_message(self, message: InboundMessage, *, force: bool = False) -> Disposition:
         emitted_before = len(self.emitted)

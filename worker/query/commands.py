@@ -346,7 +346,7 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
             ("state blocks", f"{stats.blocks:,}"),
             ("block entries", f"{stats.block_entries:,}"),
             ("block bytes", _size(stats.block_bytes)),
-            ("unpublished outputs", f"{stats.outbox:,}"),
+            ("outbox rows", f"{stats.outbox:,}"),
             ("database file", _size(stats.file_bytes)),
         ]
         print(f"storage {reader.path}")
