@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
+import nats.errors
 import pytest
 from nats.aio.client import Server
 
@@ -100,8 +102,18 @@ async def test_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
         restarted = EmbeddedNatsServer(tmp_path, port=port)
         await restarted.start()
         try:
-            # The request waits in the client's buffer until the reconnection completes.
-            ack = await js.publish("r.x", b"after restart", timeout=10)
+            # The request waits in the client's buffer until the reconnection completes;
+            # JetStream may still be recovering its streams then and answer "no
+            # responders", so the publish is retried until a deadline.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while True:
+                try:
+                    ack = await js.publish("r.x", b"after restart", timeout=2)
+                    break
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    if loop.time() > deadline:
+                        raise
             assert ack.stream == "R"
             assert nc.stats["reconnects"] >= 1
         finally:

@@ -138,7 +138,10 @@ class PullConsumer:
                 cause=str(cause),
             )
             try:
-                await self._create_consumer()
+                # A fresh subscription too: the old one may still hold messages of the
+                # deleted consumer, which would come before the redelivered older ones.
+                await self.close()
+                await self.start()
             except (APIError, TimeoutError) as exc:
                 log.warning("could not recreate the input consumer", error=str(exc))
                 return False

@@ -29,7 +29,10 @@ def encode_event_json(pdu: object) -> bytes:
 
 
 class EventStore:
-    def __init__(self, db: Database, cache_size: int = 50_000) -> None:
+    #: Parsed events cost 1–3 KB each; the hot ones are auth events and recent events.
+    CACHE_SIZE = 10_000
+
+    def __init__(self, db: Database, cache_size: int = CACHE_SIZE) -> None:
         self.db = db
         self._cache: OrderedDict[int, StoredEvent] = OrderedDict()
         self._by_id: dict[str, int] = {}

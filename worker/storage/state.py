@@ -81,12 +81,24 @@ class StateStore:
     read-only and copy before changing it.
     """
 
-    def __init__(self, db: Database, cache_entries: int = 2_000_000) -> None:
+    #: Decoded states cost ~100 bytes an entry. Every state change makes a new state, so
+    #: this bounds memory, not the working set: the hot states are the rooms' heads and
+    #: fork points, a few per active room. ~300,000 entries is ~30 MB.
+    STATE_CACHE_ENTRIES = 300_000
+    #: Packed blocks cost 24 bytes an entry and are what a cold state is rebuilt from.
+    BLOCK_CACHE_ENTRIES = 1_000_000
+
+    def __init__(
+        self,
+        db: Database,
+        cache_entries: int = STATE_CACHE_ENTRIES,
+        block_cache_entries: int = BLOCK_CACHE_ENTRIES,
+    ) -> None:
         self.db = db
         self.stats = WriteStats()
         self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
-        self._block_lists: LruByWeight[int, list[tuple[int, int]]] = LruByWeight(200_000)
-        self._block_bytes: LruByWeight[int, bytes] = LruByWeight(cache_entries)
+        self._block_lists: LruByWeight[int, list[tuple[int, int]]] = LruByWeight(100_000)
+        self._block_bytes: LruByWeight[int, bytes] = LruByWeight(block_cache_entries)
 
     def forget_caches(self) -> None:
         """Drop everything cached; used after a rollback, when NIDs may be reused."""
