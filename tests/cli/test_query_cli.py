@@ -4,67 +4,18 @@ worker (or, for `stats` and `graph`, the database file it wrote)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, publish_inputs
+from tests.e2e.harness import cli, input_for, publish_inputs
 from tests.query.scenario import ALICE, BOB, CAROL, DAVE, EVE, VERSION, served_story, wait_processed
 from worker.config import Config
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def environment(config: Config) -> dict[str, str]:
-    """The ROOMSERVER_* variables that give the CLI the test's configuration."""
-    streams = config.streams
-    return {
-        "ROOMSERVER_STORAGE_PATH": config.storage.path,
-        "ROOMSERVER_NATS_SERVERS": ",".join(config.nats.servers),
-        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": streams.subject_prefix,
-        "ROOMSERVER_STREAMS_INPUT": streams.input,
-        "ROOMSERVER_STREAMS_OUTPUT": streams.output,
-        "ROOMSERVER_STREAMS_DEADLETTER": streams.deadletter,
-        "ROOMSERVER_STREAMS_STORAGE": streams.storage,
-        "ROOMSERVER_CONSUMER_DURABLE": config.consumer.durable,
-    }
-
-
-async def cli(config: Config, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("ROOMSERVER_")
-    } | environment(config)
-    full_env |= env or {}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        *args,
-        cwd=cwd,
-        env=full_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 async def test_state_command(config: Config, js: JetStreamContext, tmp_path: Path) -> None:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -128,3 +133,48 @@ def deadletter_reader(js: JetStreamContext, config: Config) -> StreamReader:
     return StreamReader(
         js, config.streams.deadletter, f"{config.streams.subject_prefix}.deadletter.>"
     )
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def environment(config: Config) -> dict[str, str]:
+    """The ROOMSERVER_* variables that give the CLI the test's configuration."""
+    streams = config.streams
+    return {
+        "ROOMSERVER_STORAGE_PATH": config.storage.path,
+        "ROOMSERVER_NATS_SERVERS": ",".join(config.nats.servers),
+        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": streams.subject_prefix,
+        "ROOMSERVER_STREAMS_INPUT": streams.input,
+        "ROOMSERVER_STREAMS_OUTPUT": streams.output,
+        "ROOMSERVER_STREAMS_DEADLETTER": streams.deadletter,
+        "ROOMSERVER_STREAMS_STORAGE": streams.storage,
+        "ROOMSERVER_CONSUMER_DURABLE": config.consumer.durable,
+    }
+
+
+async def cli(config: Config, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ROOMSERVER_")
+    } | environment(config)
+    full_env |= env or {}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        *args,
+        cwd=cwd,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
