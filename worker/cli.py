@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -49,7 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roomserver: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log)
-    result: int = args.func(config, args)
+    try:
+        result: int = args.func(config, args)
+    except BrokenPipeError:
+        # The reader went away (`roomserver state ... | head`): not a failure of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 
