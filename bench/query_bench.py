@@ -37,6 +37,7 @@ from typing import IO, Any
 import msgpack
 from nats.aio.client import Client as NATS
 
+from bench.common import worker_env
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
@@ -48,23 +49,6 @@ from worker.synthetic import linear_room
 ROOM_VERSION = "10"
 #: State entries of the bootstrap: create, the creator's join, power levels, join rules.
 BOOTSTRAP_STATE = 4
-
-
-def _env(url: str, storage: Path, tag: str) -> dict[str, str]:
-    return {
-        "ROOMSERVER_STORAGE_PATH": str(storage),
-        "ROOMSERVER_NATS_SERVERS": url,
-        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": f"q{tag}",
-        "ROOMSERVER_STREAMS_INPUT": f"Q{tag}_INPUT",
-        "ROOMSERVER_STREAMS_OUTPUT": f"Q{tag}_OUTPUT",
-        "ROOMSERVER_STREAMS_DEADLETTER": f"Q{tag}_DEADLETTER",
-        "ROOMSERVER_STREAMS_STORAGE": "memory",
-        "ROOMSERVER_CONSUMER_DURABLE": f"q{tag}",
-        "ROOMSERVER_LOG_LEVEL": "warning",
-        "ROOMSERVER_LOG_FORMAT": "json",
-        # No metrics endpoint: the restarted workers must not fight over its port.
-        "ROOMSERVER_METRICS_LISTEN_PORT": "0",
-    }
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -148,7 +132,9 @@ async def bench_queries(
     if restarts < 1 or samples < 1:
         raise ValueError("restarts and samples must be at least 1")
     tag = uuid.uuid4().hex[:10]
-    env = _env(url, workdir / f"query-{tag}", tag)
+    env = worker_env(
+        url, workdir / f"query-{tag}", f"q{tag}", streams_storage="memory", log_level="warning"
+    )
     config = load_config(None, env)
     pdus = list(linear_room(ROOM_VERSION, members=entries - BOOTSTRAP_STATE, events=0, seed=7))
     room_id = pdus[1]["room_id"]

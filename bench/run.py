@@ -33,6 +33,7 @@ from typing import Any
 import msgpack
 from nats.js import JetStreamContext, api
 
+from bench.common import worker_env
 from bench.fork_bench import bench_fork
 from bench.query_bench import bench_queries
 from worker.bus.connection import connect
@@ -68,18 +69,7 @@ def _config(url: str, storage: Path, tag: str) -> Config:
 
 
 def _env(url: str, storage: Path, tag: str) -> dict[str, str]:
-    return {
-        "ROOMSERVER_STORAGE_PATH": str(storage),
-        "ROOMSERVER_NATS_SERVERS": url,
-        "ROOMSERVER_STREAMS_SUBJECT_PREFIX": f"b{tag}",
-        "ROOMSERVER_STREAMS_INPUT": f"B{tag}_INPUT",
-        "ROOMSERVER_STREAMS_OUTPUT": f"B{tag}_OUTPUT",
-        "ROOMSERVER_STREAMS_DEADLETTER": f"B{tag}_DEADLETTER",
-        "ROOMSERVER_CONSUMER_DURABLE": f"b{tag}",
-        "ROOMSERVER_CONSUMER_BATCH_SIZE": str(BATCH),
-        "ROOMSERVER_LOG_LEVEL": "info",
-        "ROOMSERVER_LOG_FORMAT": "json",
-    }
+    return worker_env(url, storage, f"b{tag}", consumer_batch_size=str(BATCH), log_level="info")
 
 
 async def _ensure(js: JetStreamContext, name: str, subject: str) -> None:
