@@ -57,11 +57,11 @@ class BadRequestError(QueryError):
 
 
 class UnknownRoomError(QueryError):
-    pass
+    """The worker has never seen the room (`unknown_room`)."""
 
 
 class UnknownEventError(QueryError):
-    pass
+    """The worker has no such event (`unknown_event`)."""
 
 
 class NoStateError(QueryError):
