@@ -207,3 +207,15 @@ def test_redaction_from_another_server_without_power_is_not_applied(tmp_path: Pa
     assert "redacted_event" not in [b["type"] for _, b in h.outbox()]
     stored = h.pipeline.events.by_id(message.event_id)
     assert stored is not None and stored.event.content["body"] == "mine"
+
+
+def test_redaction_waiting_for_its_target_survives_a_restart(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    target = h.builder.message(ALICE, "later")
+    redaction = h.builder.redaction(ALICE, target.event_id, prev_events=[h.head])
+    assert h.send(redaction) is Disposition.ACK
+    h.outbox()
+    # A new pipeline over the same database: it must still know the target is awaited.
+    h.pipeline = Pipeline(h.db, SUBJECTS)
+    assert h.send(target) is Disposition.ACK
+    assert [b["type"] for _, b in h.outbox()] == ["new_room_event", "redacted_event"]

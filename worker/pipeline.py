@@ -94,6 +94,10 @@ class Pipeline:
         self._rooms: dict[str, RoomRow] = {}
         #: Outbox rows (seq, subject, msg ID, payload) written by the last batch.
         self.emitted: list[tuple[int, str, str, bytes]] = []
+        #: Events named by a redaction before they were stored: only these need a look
+        #: in the redactions table when they arrive. Entries are never removed (a
+        #: rolled-back application must be found again), so a stale one costs a query.
+        self._late_redaction_targets: set[str] = set(db.redaction_targets_not_stored())
         #: Written only by the caller's thread (mark_published) and only read here, and
         #: `_deleted_through` only by the database thread, so neither update is lost
         #: while a batch runs beside the publishing of the one before.
@@ -736,8 +740,12 @@ class Pipeline:
         target_stored = self.events.by_id(target)
         if target_stored is not None:
             self._apply_redaction(target_stored, stored, may_redact_any, room)
+        else:
+            self._late_redaction_targets.add(target)
 
     def _apply_pending_redactions(self, stored: StoredEvent, room: RoomRow) -> None:
+        if stored.event.event_id not in self._late_redaction_targets:
+            return
         for redaction_nid, may_redact_any in self.db.redactions_of(stored.event.event_id):
             redaction = self.events.by_nid(redaction_nid)
             if redaction.row.nid != stored.row.nid:

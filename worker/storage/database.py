@@ -404,6 +404,16 @@ class Database:
             (target_event_id, redaction_nid, int(may_redact_any)),
         )
 
+    def redaction_targets_not_stored(self) -> list[str]:
+        """Targets of accepted redactions that have not arrived yet."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT target_event_id FROM redactions WHERE target_event_id "
+                "NOT IN (SELECT event_id FROM events)"
+            )
+        ]
+
     def redactions_of(self, target_event_id: str) -> list[tuple[int, bool]]:
         """(redaction NID, may redact any) for accepted redactions naming the target."""
         return [
