@@ -53,3 +53,24 @@ def test_held_event_is_processed_with_known_state_after_the_wait(tmp_path: Path)
     assert (kind, event_id) == ("new_room_event", orphan.event_id)
     assert h.pipeline.held_count == 0
     assert h.db.get_event_row(lost.event_id) is None
+
+
+def test_a_late_parent_of_a_released_event_is_no_forward_extremity(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.outbox()
+    late = h.builder.message(ALICE, "late parent")
+    child = h.builder.message(ALICE, "child")
+    assert h.send(child) is Disposition.ACK
+    wait = h.pipeline.held_max_wait_ms + 1000
+    assert h.pipeline.release_expired(int(time.time() * 1000) + wait) == 1
+    [(_, released)] = [(t, e) for t, e in _types(h)]
+    assert released == child.event_id
+    # The parent arrives after its child was processed without it: it is stored and
+    # published, but the child, not the parent, stays a forward extremity.
+    assert h.send(late) is Disposition.ACK
+    bodies = [body for _, body in h.outbox()]
+    assert [b["event_id"] for b in bodies] == [late.event_id]
+    assert bodies[0]["latest_event_ids"] == [child.event_id]
+    room = h.db.get_room(h.room_id)
+    assert room is not None
+    assert list(h.db.event_ids_of(room.latest_event_nids).values()) == [child.event_id]

@@ -98,6 +98,10 @@ class Pipeline:
         #: in the redactions table when they arrive. Entries are never removed (a
         #: rolled-back application must be found again), so a stale one costs a query.
         self._late_redaction_targets: set[str] = set(db.redaction_targets_not_stored())
+        #: Prev events that stored events named while they were unknown. When one
+        #: arrives it may already have children, and then it is no forward extremity.
+        #: Stale entries (after a rollback) only cost a query.
+        self._awaited_prevs: set[str] = set(db.awaited_prev_events())
         #: Written only by the caller's thread (mark_published) and only read here, and
         #: `_deleted_through` only by the database thread, so neither update is lost
         #: while a batch runs beside the publishing of the one before.
@@ -323,6 +327,12 @@ class Pipeline:
         stored = self._state_after(stored, room)
         after = stored.row.after_snapshot_nid
         self._wake_held(event.event_id)
+        if force or inp.state_event_ids is not None:
+            # Processed without all its prev events: remember the ones still unknown.
+            awaited = self._prevs_without_state(event)
+            if awaited:
+                self.db.add_awaited_prev_events(awaited)
+                self._awaited_prevs.update(awaited)
 
         if verdict.status == STATUS_REJECTED or verdict.status == STATUS_SOFT_FAILED:
             soft = verdict.status == STATUS_SOFT_FAILED
@@ -670,15 +680,17 @@ class Pipeline:
         prev_rows = self.events.rows(event.prev_event_ids)
         prev_nids = {row.nid for row in prev_rows.values()}
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
-        latest.append(stored.row.nid)
+        if not latest or not self._has_accepted_children(event.event_id):
+            latest.append(stored.row.nid)
         old_snapshot = room.snapshot_nid
-        if len(latest) == 1:
+        linear = latest == [stored.row.nid]
+        if linear:
             new_snapshot = after
         else:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self._resolve_snapshots(room, snapshots)
-        adds, removes = self._state_change(old_snapshot, new_snapshot, stored, len(latest) == 1)
+        adds, removes = self._state_change(old_snapshot, new_snapshot, stored, linear)
         ids = self.events.ids_of(
             [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
         )
@@ -702,6 +714,16 @@ class Pipeline:
         room.depth = max(room.depth, event.depth)
         self.db.update_room(room)
         self.db.on_rollback(self._rooms.clear)
+
+    def _has_accepted_children(self, event_id: str) -> bool:
+        """Whether accepted events already name this one as a prev event (it arrived
+        after children that were processed without it). Like Synapse, rejected,
+        soft-failed and outlier children do not count."""
+        if event_id not in self._awaited_prevs:
+            return False
+        self.db.remove_awaited_prev_event(event_id)
+        children = self.db.children_of(event_id)
+        return any(self.events.by_nid(nid).row.status == STATUS_ACCEPTED for nid in children)
 
     def _state_change(
         self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool

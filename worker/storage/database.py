@@ -404,6 +404,18 @@ class Database:
             (target_event_id, redaction_nid, int(may_redact_any)),
         )
 
+    def add_awaited_prev_events(self, event_ids: Sequence[str]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO awaited_prev_events (event_id) VALUES (?)",
+            [(event_id,) for event_id in event_ids],
+        )
+
+    def awaited_prev_events(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT event_id FROM awaited_prev_events")]
+
+    def remove_awaited_prev_event(self, event_id: str) -> None:
+        self.conn.execute("DELETE FROM awaited_prev_events WHERE event_id = ?", (event_id,))
+
     def redaction_targets_not_stored(self) -> list[str]:
         """Targets of accepted redactions that have not arrived yet."""
         return [

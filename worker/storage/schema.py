@@ -139,6 +139,11 @@ CREATE TABLE IF NOT EXISTS held_waits (
     held_event_id TEXT NOT NULL,
     PRIMARY KEY (missing_event_id, held_event_id)
 ) WITHOUT ROWID;
+-- prev events that stored timeline events named while they were unknown (processed
+-- after the wait, or with supplied state): when one arrives, it may already have children
+CREATE TABLE IF NOT EXISTS awaited_prev_events (
+    event_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
     -- AUTOINCREMENT: sequence numbers are never reused, so "published through N" is safe
