@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Final
 
 import structlog
 
@@ -44,6 +45,9 @@ from worker.storage.schema import (
 from worker.storage.state import StateStore
 
 log = structlog.get_logger(__name__)
+
+#: Input subjects remembered with their room (one per active room).
+_SUBJECT_CACHE_SIZE: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,7 @@ class Pipeline:
         #: arrives it may already have children, and then it is no forward extremity.
         #: Stale entries (after a rollback) only cost a query.
         self._awaited_prevs: set[str] = set(db.awaited_prev_events())
+        self._subject_rooms: dict[str, str | None] = {}
         #: Written only by the caller's thread (mark_published) and only read here, and
         #: `_deleted_through` only by the database thread, so neither update is lost
         #: while a batch runs beside the publishing of the one before.
@@ -235,10 +240,18 @@ class Pipeline:
         )
 
     def _room_of_subject(self, subject: str) -> str | None:
+        """The room an input subject names (None if it names none); remembered, since
+        a room's inputs all share one subject."""
+        if subject in self._subject_rooms:
+            return self._subject_rooms[subject]
         try:
-            return self.subjects.room_of_input(subject)
+            room_id: str | None = self.subjects.room_of_input(subject)
         except ValueError:
-            return None
+            room_id = None
+        if len(self._subject_rooms) >= _SUBJECT_CACHE_SIZE:
+            self._subject_rooms.clear()
+        self._subject_rooms[subject] = room_id
+        return room_id
 
     def _emit(self, output: Output) -> None:
         seq = self.db.outbox_add(output.subject, output.msg_id, output.payload)
@@ -270,14 +283,15 @@ class Pipeline:
                 f"the subject names room {subject_room} but event {event.event_id} "
                 f"is in {event.room_id}",
             )
-        bound = log.bind(room_id=event.room_id, event_id=event.event_id)
+        # Log lines carry the IDs; binding them eagerly would cost on every event.
+        ids = {"room_id": event.room_id, "event_id": event.event_id}
         existing = self.db.get_event_row(event.event_id)
         if (
             existing is not None
             and not (existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER)
         ) or (self.held_count and self.db.is_held(event.event_id)):
             self.counters.duplicates += 1
-            bound.debug("duplicate event ignored", kind=inp.kind.value)
+            log.debug("duplicate event ignored", kind=inp.kind.value, **ids)
             return
         if room is None:
             room = self.db.create_room(event.room_id, version.identifier)
@@ -296,7 +310,7 @@ class Pipeline:
                     now_ms=int(time.time() * 1000),
                 )
                 self.held_count += 1
-                bound.info("holding event until its prev events arrive", missing=missing)
+                log.info("holding event until its prev events arrive", missing=missing, **ids)
                 return
 
         verdict = _Verdict()
@@ -304,7 +318,7 @@ class Pipeline:
         if inp.kind is Kind.OUTLIER:
             status = STATUS_OUTLIER if verdict.status == STATUS_ACCEPTED else verdict.status
             self._store(event, room, status, verdict.reason, 0, 0, existing)
-            bound.debug("stored outlier", status=status, reason=verdict.reason)
+            log.debug("stored outlier", status=status, reason=verdict.reason, **ids)
             return
 
         before = self._state_before(event, inp, room)
@@ -340,7 +354,7 @@ class Pipeline:
                 self.counters.soft_failed += 1
             else:
                 self.counters.rejected += 1
-            bound.info("event not accepted", soft_failed=soft, reason=verdict.reason)
+            log.info("event not accepted", soft_failed=soft, reason=verdict.reason, **ids)
             self._emit(
                 self.outputs.rejected_event(
                     room_id=event.room_id,
