@@ -57,7 +57,6 @@ class Publisher:
     def __init__(self, js: JetStreamContext, config: Config, *, timeout: float = 10.0) -> None:
         self._js = js
         self._timeout = timeout
-        self._input_stream = config.streams.input
         self.subjects = Subjects(config.streams.subject_prefix)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None = None) -> api.PubAck:

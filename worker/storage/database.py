@@ -437,12 +437,6 @@ class Database:
             )
         ]
 
-    def auth_event_nids(self, nid: int) -> list[int]:
-        row = self.conn.execute(
-            "SELECT auth_event_nids FROM events WHERE nid = ?", (nid,)
-        ).fetchone()
-        return unpack_nids(row[0]) if row is not None else []
-
     def children_of(self, event_id: str) -> list[int]:
         """NIDs of stored events naming `event_id` as a prev event."""
         return [

@@ -35,7 +35,6 @@ WELL_KNOWN_TYPES: dict[str, int] = {
 #: Types that get NIDs later start here, leaving room for more well-known ones.
 FIRST_DYNAMIC_TYPE_NID = 256
 EMPTY_STATE_KEY_NID = 1
-FIRST_DYNAMIC_STATE_KEY_NID = 2
 
 #: Event status values stored in `events.status`.
 STATUS_ACCEPTED = 0

@@ -99,10 +99,6 @@ class PowerLevels:
             else frozenset()
         )
 
-    def is_creator(self, user_id: str) -> bool:
-        """True for a v12 room creator (always False before v12)."""
-        return user_id in self._creators
-
     def user_level(self, user_id: str) -> Level:
         if user_id in self._creators:
             return CREATOR_LEVEL
