@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.bus.server import find_nats_server_binary
+from worker.bus.server import accepts_connections, find_nats_server_binary
 from worker.storage.database import DB_FILENAME, Database
 from worker.storage.schema import STATUS_NAMES
 from worker.storage.state import StateStore
@@ -187,14 +187,7 @@ class NatsProcess:
             await asyncio.sleep(POLL)
 
     async def _accepts_connections(self) -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+        return await accepts_connections("127.0.0.1", self.port)
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None

@@ -86,6 +86,18 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+async def accepts_connections(host: str, port: int) -> bool:
+    """Whether something listens on host:port: a TCP connect, closed at once."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 class EmbeddedNatsServer:
     """A nats-server child process with JetStream storing under ``store_dir``.
 
@@ -284,14 +296,7 @@ class EmbeddedNatsServer:
 
     async def _accepts_connections(self) -> bool:
         host = self.url.removeprefix("nats://").rsplit(":", 1)[0].strip("[]")
-        try:
-            _, writer = await asyncio.open_connection(host, self.port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+        return await accepts_connections(host, self.port)
 
     def _pump_log(self, stream: IO[bytes]) -> None:
         """Forward the server's log lines to structlog (runs in a thread until EOF)."""

@@ -108,10 +108,22 @@ class Database:
         self.path = storage_path / DB_FILENAME
         self.conn = open_connection(self.path)
         create_schema(self.conn)
-        self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
-        self._type_names: dict[int, str] = {v: k for k, v in WELL_KNOWN_TYPES.items()}
-        self._sk_nids: dict[str, int] = {"": EMPTY_STATE_KEY_NID}
-        self._sk_names: dict[int, str] = {EMPTY_STATE_KEY_NID: ""}
+        self._types = _NidTable(
+            self,
+            "event type",
+            WELL_KNOWN_TYPES,
+            select_nid="SELECT nid FROM event_types WHERE name = ?",
+            select_name="SELECT name FROM event_types WHERE nid = ?",
+            insert="INSERT INTO event_types (name) VALUES (?) RETURNING nid",
+        )
+        self._state_keys = _NidTable(
+            self,
+            "state key",
+            {"": EMPTY_STATE_KEY_NID},
+            select_nid="SELECT nid FROM state_keys WHERE state_key = ?",
+            select_name="SELECT state_key FROM state_keys WHERE nid = ?",
+            insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
+        )
         self._in_txn = False
         self._rollback_hooks: list[Callable[[], None]] = []
 
@@ -172,76 +184,16 @@ class Database:
     # -- NIDs -----------------------------------------------------------------
 
     def type_nid(self, name: str, *, create: bool) -> int:
-        nid = self._type_nids.get(name)
-        if nid is not None:
-            return nid
-        row = self.conn.execute("SELECT nid FROM event_types WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            if not create:
-                return 0
-            nid = self.conn.execute(
-                "INSERT INTO event_types (name) VALUES (?) RETURNING nid", (name,)
-            ).fetchone()[0]
-            self.on_rollback(lambda: self._forget_type(name))
-        else:
-            nid = row[0]
-        assert nid is not None
-        self._type_nids[name] = nid
-        self._type_names[nid] = name
-        return int(nid)
-
-    def _forget_type(self, name: str) -> None:
-        nid = self._type_nids.pop(name, None)
-        if nid is not None:
-            self._type_names.pop(nid, None)
+        return self._types.nid(name, create=create)
 
     def type_name(self, nid: int) -> str:
-        name = self._type_names.get(nid)
-        if name is None:
-            row = self.conn.execute("SELECT name FROM event_types WHERE nid = ?", (nid,)).fetchone()
-            if row is None:
-                raise StorageError(f"event type NID {nid} is referenced but not stored")
-            name = str(row[0])
-            self._type_names[nid] = name
-            self._type_nids[name] = nid
-        return name
+        return self._types.name(nid)
 
     def state_key_nid(self, key: str, *, create: bool) -> int:
-        nid = self._sk_nids.get(key)
-        if nid is not None:
-            return nid
-        row = self.conn.execute("SELECT nid FROM state_keys WHERE state_key = ?", (key,)).fetchone()
-        if row is None:
-            if not create:
-                return 0
-            nid = self.conn.execute(
-                "INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid", (key,)
-            ).fetchone()[0]
-            self.on_rollback(lambda: self._forget_state_key(key))
-        else:
-            nid = row[0]
-        assert nid is not None
-        self._sk_nids[key] = nid
-        self._sk_names[nid] = key
-        return int(nid)
-
-    def _forget_state_key(self, key: str) -> None:
-        nid = self._sk_nids.pop(key, None)
-        if nid is not None:
-            self._sk_names.pop(nid, None)
+        return self._state_keys.nid(key, create=create)
 
     def state_key_name(self, nid: int) -> str:
-        name = self._sk_names.get(nid)
-        if name is None:
-            row = self.conn.execute(
-                "SELECT state_key FROM state_keys WHERE nid = ?", (nid,)
-            ).fetchone()
-            if row is None:
-                raise StorageError(f"state key NID {nid} is referenced but not stored")
-            name = str(row[0])
-            self._sk_names[nid] = name
-            self._sk_nids[name] = nid
-        return name
+        return self._state_keys.name(nid)
 
     # -- rooms ------------------------------------------------------------------
 
@@ -602,6 +554,67 @@ class Database:
 
     def outbox_depth(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+class _NidTable:
+    """One string ↔ NID table (event types or state keys) with its two-way cache.
+
+    A NID made inside a transaction is forgotten if that transaction rolls back, since
+    SQLite may hand the same rowid to a different string afterwards.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        what: str,
+        preassigned: dict[str, int],
+        *,
+        select_nid: str,
+        select_name: str,
+        insert: str,
+    ) -> None:
+        self._db = db
+        self._what = what
+        self._nids: dict[str, int] = dict(preassigned)
+        self._names: dict[int, str] = {nid: name for name, nid in preassigned.items()}
+        self._select_nid = select_nid
+        self._select_name = select_name
+        self._insert = insert
+
+    def nid(self, name: str, *, create: bool) -> int:
+        nid = self._nids.get(name)
+        if nid is not None:
+            return nid
+        conn = self._db.conn
+        row = conn.execute(self._select_nid, (name,)).fetchone()
+        if row is None:
+            if not create:
+                return 0
+            nid = int(conn.execute(self._insert, (name,)).fetchone()[0])
+            self._db.on_rollback(lambda: self._forget(name))
+        else:
+            nid = int(row[0])
+        self._remember(name, nid)
+        return nid
+
+    def name(self, nid: int) -> str:
+        name = self._names.get(nid)
+        if name is None:
+            row = self._db.conn.execute(self._select_name, (nid,)).fetchone()
+            if row is None:
+                raise StorageError(f"{self._what} NID {nid} is referenced but not stored")
+            name = str(row[0])
+            self._remember(name, nid)
+        return name
+
+    def _remember(self, name: str, nid: int) -> None:
+        self._nids[name] = nid
+        self._names[nid] = name
+
+    def _forget(self, name: str) -> None:
+        nid = self._nids.pop(name, None)
+        if nid is not None:
+            self._names.pop(nid, None)
 
 
 def _chunks(items: list[int] | list[str], size: int) -> Iterator[list[int] | list[str]]:
