@@ -8,8 +8,9 @@ canonical JSON where the version demands it, the size limits, the event ID and t
 hash. Every failure is a `PduError` whose `code` is a stable dead-letter code.
 
 Failures of the *format* make the event unusable and are raised (a content hash that is
-not base64 among them). A content hash that does not match is not a failure: the spec says the event is then processed in redacted form, so
-`parse_pdu` returns the redacted event with `redacted=True`.
+not base64 among them). A content hash that does not match is not a failure: the spec
+says the event is then processed in redacted form, so `parse_pdu` returns the redacted
+event with `redacted=True`.
 
 Type checks are exact (`type(x) is int`): msgpack decodes to dict, list, str, int, float,
 bytes, bool and None, and a bool must not pass for an integer, nor bytes for a string.
