@@ -5,8 +5,8 @@
    v2.1 the conflicted subgraph), and the spec's iterative auth checks may admit one of
    those events while rejecting the events the states hold. The pipeline must map such
    an event back to its NID instead of failing the input.
-2. An accepted event whose prev event is soft-failed or rejected ends the forward
-   extremity of that event's own prev events too, as Synapse computes extremities.
+2. An accepted event whose prev event is soft-failed ends the forward extremity of
+   that event's own prev events too, as Synapse computes extremities.
 """
 
 from __future__ import annotations
@@ -149,14 +149,16 @@ def test_an_event_built_on_a_soft_failed_event_ends_its_parents_extremity(
 
 
 @pytest.mark.parametrize("version", ["2", "10", "12"])
-def test_an_event_built_on_a_rejected_event_ends_its_parents_extremity(
+def test_an_event_built_on_a_rejected_event_leaves_its_parents_extremity(
     tmp_path: Path, version: str
 ) -> None:
     """Bob (power 0) sets the topic after `side`: rejected (needs the state default,
-    50). Alice's next event names it as its prev event. Synapse walks through rejected
-    prev events as through soft-failed ones (`_get_prevs_before_rejected`: "Given a set
-    of events, find all those that have been soft-failed or rejected"), so `side` is
-    no extremity any more: {ban, Alice's message}."""
+    50). Alice's next event names it as its prev event. Synapse's
+    `_get_prevs_before_rejected` reads "find all those that have been soft-failed or
+    rejected", but it walks the `event_edges` table, and Synapse writes no edges for a
+    rejected event (`_store_rejected_events_txn` filters rejected events out before
+    `_handle_mult_prev_events`). So the walk stops at a rejected event, and `side`, whose
+    only child is rejected, stays an extremity: {side, ban, Alice's message}."""
     fork = _Fork(tmp_path, version)
     h, b = fork.h, fork.h.builder
     topic = b.state_event(
@@ -167,7 +169,7 @@ def test_an_event_built_on_a_rejected_event_ends_its_parents_extremity(
         assert h.send(event) is Disposition.ACK
     assert fork.status(topic) == STATUS_REJECTED
     assert fork.status(after) == 0
-    assert _room_latest(h) == {fork.ban.event_id, after.event_id}
+    assert _room_latest(h) == {fork.side.event_id, fork.ban.event_id, after.event_id}
 
 
 def test_an_accepted_prev_event_is_not_walked_through(tmp_path: Path) -> None:
