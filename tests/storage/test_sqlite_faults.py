@@ -18,9 +18,8 @@ def test_busy_is_transient(tmp_path: Path) -> None:
     db = Database(tmp_path)
     other = sqlite3.connect(db.path, isolation_level=None, timeout=0)
     try:
-        with db.transaction():
-            with pytest.raises(sqlite3.OperationalError) as caught:
-                other.execute("BEGIN IMMEDIATE")
+        with db.transaction(), pytest.raises(sqlite3.OperationalError) as caught:
+            other.execute("BEGIN IMMEDIATE")
         assert is_transient(caught.value)
         assert storage_fault(caught.value, db.path) is None
     finally:
