@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+import msgpack
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
@@ -37,7 +39,8 @@ from worker.config import Config
 from worker.metrics import MetricsServer, TimedDatabase, WorkerMetrics
 from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import QueryService
-from worker.storage.database import is_transient
+from worker.storage.database import DB_FILENAME, is_transient, storage_fault
+from worker.storage.lock import StorageLock
 
 log = structlog.get_logger(__name__)
 
@@ -89,9 +92,12 @@ class Worker:
         #: Acknowledging and publishing the last batch, running while the next one is
         #: processed (the database thread is the bottleneck; this keeps it busy).
         self._settling: asyncio.Task[None] | None = None
+        #: `roomserver retry` requests waiting for the loop: (room ID, the request).
+        self._retry_requests: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
         self.metrics = WorkerMetrics(
             counters=lambda: self._pipeline.counters if self._pipeline else None,
             held=lambda: self._pipeline.held_count if self._pipeline else None,
+            parked=lambda: self._pipeline.parked_count if self._pipeline else 0,
             health=self.health,
         )
         self.metrics_server: MetricsServer | None = None
@@ -114,9 +120,26 @@ class Worker:
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; then finish the batch in hand, flush and close."""
+        """Run until `stop` is set; then finish the batch in hand, flush and close.
+
+        Raises StorageLocked if another worker holds the storage directory, and
+        StorageFault (one line naming the cause and the file) when the disk or the
+        database fails: no input is to blame, so none is dead-lettered or parked."""
+        try:
+            await self._run(stop)
+        except sqlite3.Error as exc:
+            fault = storage_fault(exc, Path(self.config.storage.path) / DB_FILENAME)
+            if fault is None:
+                raise
+            log.error("stopping on a storage fault", error=str(fault), sqlite_error=str(exc))
+            raise fault from exc
+
+    async def _run(self, stop: asyncio.Event) -> None:
         gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         async with AsyncExitStack() as stack:
+            # Before anything else, the embedded nats-server above all: it stores under
+            # the same directory.
+            stack.enter_context(StorageLock(Path(self.config.storage.path)))
             await self._start_metrics(stack)
             servers: list[str] | None = None
             if self.config.nats.embedded:
@@ -154,6 +177,13 @@ class Worker:
             left = await self._flush_outbox(stop)
             if left:
                 log.info("published outputs a previous run had committed but not sent", count=left)
+            # A restart (after an upgrade, say) retries every parked room first.
+            for room_id in self.pipeline.parked_room_ids():
+                await self._retry_room(room_id, stop)
+            retry_subscription = await nc.subscribe(
+                self.subjects.admin("retry"), cb=self._on_retry_request
+            )
+            stack.push_async_callback(_unsubscribe, retry_subscription)
             self._consumer_running = not stop.is_set()
             self.ready.set()
             log.info(
@@ -190,6 +220,7 @@ class Worker:
                         self.metrics.consumer_lag.set(0)
                     await self._forget_published()
                 await self._release_held(stop)
+                await self._answer_retry_requests(stop)
             self._consumer_running = False
             await self._settled()
             await self._forget_published()
@@ -266,6 +297,69 @@ class Worker:
                 raise
             # The rows stay; the next transaction deletes them.
             log.warning("could not delete published outputs yet", error=str(exc))
+
+    async def _on_retry_request(self, msg: Msg) -> None:
+        """`<prefix>.admin.retry` with {"room_id": ...}: queued for the loop, which owns
+        the database thread's transactions and the order of outputs."""
+        try:
+            body = msgpack.unpackb(msg.data, raw=False) if msg.data else {}
+            room_id = body.get("room_id") if isinstance(body, dict) else None
+        except Exception:
+            room_id = None
+        if not isinstance(room_id, str) or not room_id:
+            await _reply(msg, {"error": "bad_request", "message": "room_id is required"})
+            return
+        self._retry_requests.put_nowait((room_id, msg))
+
+    async def _answer_retry_requests(self, stop: asyncio.Event) -> None:
+        while not self._retry_requests.empty() and not stop.is_set():
+            room_id, msg = self._retry_requests.get_nowait()
+            if room_id not in self.pipeline.parked_room_ids():
+                answer: dict[str, Any] = {
+                    "error": "not_parked",
+                    "message": f"room {room_id} is not parked",
+                }
+            else:
+                answer = await self._retry_room(room_id, stop)
+            await _reply(msg, answer)
+
+    async def _retry_room(self, room_id: str, stop: asyncio.Event) -> dict[str, Any]:
+        """Process a parked room's inputs from the one that failed, a transaction at a
+        time, publishing each one's outputs; the reply map of `roomserver retry`."""
+        log.info("retrying a parked room", room_id=room_id)
+        processed = 0
+        while True:
+            step = await self._in_db_retrying(lambda: self.pipeline.retry_parked(room_id), stop)
+            rows = self.pipeline.emitted
+            await self._settled()
+            await self._publish_emitted(rows, stop)
+            processed += step.processed
+            if step.error is not None or step.unparked or stop.is_set():
+                break
+        async with self._progress:
+            self._progress.notify_all()
+        if step.unparked:
+            log.info("parked room retried; it runs again", room_id=room_id, inputs=processed)
+        return {
+            "room_id": room_id,
+            "processed": processed,
+            "parked": not step.unparked,
+            "error": step.error,
+        }
+
+    async def _in_db_retrying(self, fn: Callable[[], R], stop: asyncio.Event) -> R:
+        """`_in_db`, retried with back-off while the database is busy or locked."""
+        delay = TRANSIENT_RETRY_DELAY
+        while True:
+            try:
+                return await self._in_db(fn)
+            except Exception as exc:
+                if not is_transient(exc) or stop.is_set():
+                    raise
+                self.metrics.transient_retries.inc()
+                log.warning("transient database fault; retrying", error=str(exc))
+                await _sleep_unless_stopped(delay, stop)
+                delay = min(delay * 2, TRANSIENT_RETRY_MAX_DELAY)
 
     async def _release_held(self, stop: asyncio.Event) -> None:
         """Process held events that have waited `pipeline.held_max_wait` (at most once a
@@ -466,6 +560,18 @@ class Worker:
             await self._in_db(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
+
+
+async def _reply(msg: Msg, body: dict[str, Any]) -> None:
+    """Answer a request (a request published without a reply subject gets none)."""
+    if msg.reply:
+        with contextlib.suppress(*NATS_ERRORS):
+            await msg.respond(msgpack.packb(body, use_bin_type=True))
+
+
+async def _unsubscribe(subscription: Any) -> None:
+    with contextlib.suppress(*NATS_ERRORS):
+        await subscription.unsubscribe()
 
 
 async def _settle_all(messages: list[Msg], action: Callable[[Msg], Awaitable[None]]) -> None:

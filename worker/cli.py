@@ -30,12 +30,22 @@ from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.query.commands import add_query_commands
+from worker.query.operator import add_operator_commands
+from worker.storage.database import StorageFault
+from worker.storage.lock import StorageLocked
 from worker.synthetic import linear_room
 from worker.verify import verify
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_CONFIG = "config/roomserver.toml"
+
+#: Exit statuses of `roomserver run` (docs/operations.md): a supervisor can tell a fault
+#: to fix from one a restart cures.
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STORAGE_FAULT = 4
+EXIT_STORAGE_LOCKED = 5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print(f"roomserver: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging(config.log)
     try:
         result: int = args.func(config, args)
@@ -113,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # state, event, rooms, members, held, stats, graph (worker.query.commands)
     add_query_commands(sub, common)
+    # parked, retry, deadletters, replay (worker.query.operator)
+    add_operator_commands(sub, common)
     return parser
 
 
@@ -129,11 +141,17 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(go())
+    except StorageLocked as exc:
+        print(f"roomserver: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_LOCKED
+    except StorageFault as exc:
+        print(f"roomserver: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_FAULT
     except Exception as exc:
         # One clear line for the operator; the traceback is in the log at debug level.
         log.debug("the worker failed", exc_info=True)
         print(f"roomserver: the worker stopped: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 

@@ -70,6 +70,7 @@ _PIPELINE_COUNTERS: Final = (
     ("soft_failed", "roomserver_events_soft_failed", "Events stored as soft-failed"),
     ("dead_lettered", "roomserver_inputs_dead_lettered", "Inputs sent to the dead letter stream"),
     ("duplicates", "roomserver_inputs_duplicate", "Inputs recognised as already processed"),
+    ("parked", "roomserver_inputs_parked", "Inputs kept whole for a parked room"),
 )
 
 
@@ -77,10 +78,14 @@ class _PipelineCollector(Collector):
     """Reads the pipeline's counters (plain ints, updated in the database thread)."""
 
     def __init__(
-        self, counters: Callable[[], Counters | None], held: Callable[[], int | None]
+        self,
+        counters: Callable[[], Counters | None],
+        held: Callable[[], int | None],
+        parked: Callable[[], int],
     ) -> None:
         self._counters = counters
         self._held = held
+        self._parked = parked
 
     def collect(self) -> Iterator[Metric]:
         counters = self._counters()
@@ -94,6 +99,12 @@ class _PipelineCollector(Collector):
         )
         gauge.add_metric([], held or 0)
         yield gauge
+        parked = GaugeMetricFamily(
+            "roomserver_parked_rooms",
+            "Rooms stopped by an unexpected error; their inputs wait for a retry",
+        )
+        parked.add_metric([], self._parked())
+        yield parked
 
 
 class _StateCollector(Collector):
@@ -125,12 +136,14 @@ class WorkerMetrics:
         *,
         counters: Callable[[], Counters | None],
         held: Callable[[], int | None],
+        parked: Callable[[], int],
         health: Callable[[], Mapping[str, bool]],
     ) -> None:
         self.health = health
+        self.parked = parked
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.registry.register(_PipelineCollector(counters, held))
+        self.registry.register(_PipelineCollector(counters, held, parked))
         self.registry.register(_StateCollector(health))
         self.batch_seconds = Histogram(
             "roomserver_batch_seconds",
@@ -207,7 +220,8 @@ class TimedDatabase(Database):
 
 
 class MetricsServer:
-    """`GET /metrics` (Prometheus text format) and `GET /healthz` (200 ready, 503 not)."""
+    """`GET /metrics` (Prometheus text format) and `GET /healthz` (200 ready, 503 not;
+    the body says `degraded` while rooms are parked)."""
 
     def __init__(self, metrics: WorkerMetrics, host: str, port: int) -> None:
         self._metrics = metrics
@@ -274,7 +288,11 @@ class MetricsServer:
         if path in _HEALTH_PATHS:
             checks = dict(self._metrics.health())
             ready = all(checks.values())
-            body = json.dumps({"ready": ready, "checks": checks}).encode() + b"\n"
+            parked = self._metrics.parked()
+            # Parked rooms do not stop the others: still ready (200), but degraded.
+            state = "unavailable" if not ready else "degraded" if parked else "ok"
+            answer = {"ready": ready, "status": state, "parked_rooms": parked, "checks": checks}
+            body = json.dumps(answer).encode() + b"\n"
             status = "200 OK" if ready else "503 Service Unavailable"
             return status, "application/json", body, head
         return "404 Not Found", "text/plain", b"/metrics or /healthz\n", head

@@ -12,8 +12,8 @@ duplicate, and unpublished outputs are still in the outbox at start-up.
 
 from __future__ import annotations
 
-import sqlite3
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,13 +29,22 @@ from worker.input.outputs import Output, OutputBuilder
 from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, validate_auth_events
 from worker.matrix.auth.power_levels import PowerLevels
 from worker.matrix.events import CREATE, REDACTION, Event, StateKey, StateMap
+from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
 from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
 from worker.storage.blocks import NidState, NidStateKey
-from worker.storage.database import Database, EventRow, RoomRow, StorageError, is_transient
+from worker.storage.database import (
+    Database,
+    EventRow,
+    RoomRow,
+    StorageError,
+    is_transient,
+    storage_fault,
+)
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
+from worker.storage.parked import ParkedStore
 from worker.storage.schema import (
     STATUS_ACCEPTED,
     STATUS_OUTLIER,
@@ -48,6 +57,8 @@ log = structlog.get_logger(__name__)
 
 #: Input subjects remembered with their room (one per active room).
 _SUBJECT_CACHE_SIZE: Final = 100_000
+#: Parked inputs retried in one transaction.
+RETRY_CHUNK: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,22 @@ class InboundMessage:
     subject: str
     data: bytes
     stream_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why a room is parked: what worker.storage.parked records."""
+
+    room_id: str
+    event_id: str | None
+    stream_sequence: int
+    error: str
+    traceback: str
+    now_ms: int
+
+
+class _RetryFailed(Exception):
+    """Undoes a parked room's retry transaction after one of its inputs failed again."""
 
 
 class Disposition(Enum):
@@ -73,6 +100,28 @@ class Counters:
     soft_failed: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    #: Inputs kept whole for a parked room (the failed one included).
+    parked: int = 0
+
+    def add(self, other: Counters) -> None:
+        self.processed += other.processed
+        self.rejected += other.rejected
+        self.soft_failed += other.soft_failed
+        self.dead_lettered += other.dead_lettered
+        self.duplicates += other.duplicates
+        self.parked += other.parked
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStep:
+    """What one transaction of a parked room's retry did."""
+
+    #: Parked inputs processed (and removed from the room's waiting inputs).
+    processed: int
+    #: The room has no waiting inputs left and is no longer parked.
+    unparked: bool
+    #: The error that parked the room again, if one did.
+    error: str | None
 
 
 @dataclass(slots=True)
@@ -116,7 +165,17 @@ class Pipeline:
         self.state = StateStore(db)
         self.events = EventStore(db)
         self.outputs = OutputBuilder(subjects)
+        #: Totals over committed transactions (what metrics show).
         self.counters = Counters()
+        #: The open transaction's counts, added to the totals only once it commits, so
+        #: that a batch retried after a transient fault is counted once.
+        self.batch_counters = Counters()
+        self.parked = ParkedStore(db)
+        #: Rooms whose inputs wait for a retry (see worker.storage.parked).
+        self._parked: set[str] = set(self.parked.room_ids())
+        #: The parked room being retried, and how its retry failed.
+        self._retrying: str | None = None
+        self._retry_failure: _Failure | None = None
 
     # -- the batch --------------------------------------------------------------
 
@@ -126,6 +185,7 @@ class Pipeline:
         Afterwards `emitted` holds the outbox rows the batch committed, so the caller
         can publish them without reading them back."""
         self.emitted = []
+        self.batch_counters = Counters()
         try:
             with self.db.transaction():
                 self._forget_published()
@@ -133,7 +193,8 @@ class Pipeline:
                 for message in messages:
                     results.append(self._process_message(message))
                     self._process_released()
-                return results
+            self.counters.add(self.batch_counters)
+            return results
         finally:
             self._releasable.clear()
             self.held_count = self.db.held_count()
@@ -145,6 +206,7 @@ class Pipeline:
             return 0
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.emitted = []
+        self.batch_counters = Counters()
         try:
             with self.db.transaction():
                 self._forget_published()
@@ -152,6 +214,7 @@ class Pipeline:
                 for event_id in expired:
                     self._release(event_id, force=True)
                     self._process_released()
+            self.counters.add(self.batch_counters)
         finally:
             self._releasable.clear()
             self.held_count = self.db.held_count()
@@ -192,34 +255,169 @@ class Pipeline:
             self._deleted_through = through
 
     def _process_message(self, message: InboundMessage, *, force: bool = False) -> Disposition:
+        room_id = self._room_of_subject(message.subject)
+        if room_id is not None and room_id == self._retrying and self._retry_failure:
+            return Disposition.ACK  # the failed retry is undone as a whole
+        if room_id is not None and room_id in self._parked and room_id != self._retrying:
+            # After the input that failed, in order, until the room is retried.
+            self.parked.keep(room_id, message.subject, message.stream_sequence, message.data)
+            self.batch_counters.parked += 1
+            log.debug(
+                "input kept for a parked room",
+                room_id=room_id,
+                stream_sequence=message.stream_sequence,
+            )
+            return Disposition.ACK
         emitted_before = len(self.emitted)
         try:
             with self.db.savepoint():
                 self._process(message, force=force)
-            self.counters.processed += 1
+            self.batch_counters.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:
             del self.emitted[emitted_before:]
             self._dead_letter(message, dead.code, dead.message)
-        except sqlite3.Error as exc:
-            if is_transient(exc):
-                raise
-            log.exception("database error on one input", stream_sequence=message.stream_sequence)
-            del self.emitted[emitted_before:]
-            self._dead_letter(message, "internal_error", f"the database refused the input: {exc}")
+            disposition = Disposition.TERM
         except Exception as exc:
-            log.exception("unexpected error on one input", stream_sequence=message.stream_sequence)
+            # Busy or locked: the batch is retried. A full or failing disk: the worker
+            # stops. Neither is the input's fault, and the transaction may be gone.
+            if (
+                is_transient(exc)
+                or storage_fault(exc, self.db.path) is not None
+                or not self.db.in_transaction
+            ):
+                raise
             del self.emitted[emitted_before:]
-            self._dead_letter(
-                message, "internal_error", f"the worker failed on this input: {exc!r}"
-            )
+            if room_id is None:
+                # No room to fork: the subject was unreadable before anything ran.
+                log.exception("unexpected error on one input", subject=message.subject)
+                self._dead_letter(
+                    message, "internal_error", f"the worker failed on this input: {exc!r}"
+                )
+                disposition = Disposition.TERM
+            else:
+                self._park(room_id, message, exc)
+                disposition = Disposition.ACK
         self.state.forget_caches()
         self.events.forget_caches()
         self._rooms.clear()
-        return Disposition.TERM
+        return disposition
+
+    # -- parked rooms -----------------------------------------------------------------
+
+    @property
+    def parked_count(self) -> int:
+        return len(self._parked)
+
+    def parked_room_ids(self) -> list[str]:
+        return sorted(self._parked)
+
+    def _park(self, room_id: str, message: InboundMessage, exc: Exception) -> None:
+        """A bug, not bad input: keep the input whole and stop the room (its savepoint
+        is already rolled back), so that nothing is built on a missing event."""
+        event_id = self._event_id_of(message)
+        failure = _Failure(
+            room_id=room_id,
+            event_id=event_id,
+            stream_sequence=message.stream_sequence,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+            now_ms=int(time.time() * 1000),
+        )
+        log.error(
+            "room parked: an unexpected error on one of its inputs; the room's inputs are "
+            "kept and wait for `roomserver retry` or a restart",
+            room_id=room_id,
+            event_id=event_id,
+            stream_sequence=message.stream_sequence,
+            error=failure.error,
+            retry=room_id == self._retrying,
+            exc_info=exc,
+        )
+        if room_id == self._retrying:
+            # The retry's transaction is undone as a whole (see retry_parked).
+            self._retry_failure = failure
+            return
+        self._record_failure(failure)
+        self.parked.keep(room_id, message.subject, message.stream_sequence, message.data)
+        self.batch_counters.parked += 1
+        if room_id not in self._parked:
+            self._parked.add(room_id)
+            self.db.on_rollback(lambda: self._parked.discard(room_id))
+
+    def _record_failure(self, failure: _Failure) -> None:
+        self.parked.park(
+            room_id=failure.room_id,
+            event_id=failure.event_id,
+            stream_sequence=failure.stream_sequence,
+            error=failure.error,
+            traceback=failure.traceback,
+            now_ms=failure.now_ms,
+        )
+
+    def _event_id_of(self, message: InboundMessage) -> str | None:
+        """The input's event ID for the operator, if it can be read at all."""
+        try:
+            inp = decode_input(message.data)
+            room_id = self._room_of_subject(message.subject)
+            if room_id is None:
+                return None
+            version, _ = self._room_version(inp, room_id)
+            return compute_event_id(inp.event, version)
+        except Exception:
+            return None
+
+    def retry_parked(self, room_id: str, limit: int = RETRY_CHUNK) -> RetryStep:
+        """Process up to `limit` of a parked room's inputs, in order, in one transaction;
+        the room is unparked with its last input. Transient faults propagate.
+
+        If one fails again, the whole transaction is undone (events released from hold
+        on the way included, so the order stays the one the room would have had) and
+        only the new error is recorded: the room stays parked from the same input."""
+        self.emitted = []
+        self.batch_counters = Counters()
+        self._retrying, self._retry_failure = room_id, None
+        processed = 0
+        unparked = False
+        try:
+            try:
+                with self.db.transaction():
+                    self._forget_published()
+                    for parked in self.parked.inputs(room_id, limit):
+                        message = InboundMessage(
+                            parked.subject, parked.payload, parked.stream_sequence
+                        )
+                        self._process_message(message)
+                        self.parked.remove_input(parked.seq)
+                        processed += 1
+                        self._process_released()
+                        if self._retry_failure is not None:
+                            raise _RetryFailed
+                    if not self.parked.inputs(room_id, 1):
+                        self.parked.unpark(room_id)
+                        self._parked.discard(room_id)
+                        self.db.on_rollback(lambda: self._parked.add(room_id))
+                        unparked = True
+                self.counters.add(self.batch_counters)
+                return RetryStep(processed, unparked, None)
+            except _RetryFailed:
+                pass
+            failure = self._retry_failure
+            assert failure is not None
+            self.emitted = []
+            self.state.forget_caches()
+            self.events.forget_caches()
+            self._rooms.clear()
+            with self.db.transaction():
+                self._record_failure(failure)
+            return RetryStep(0, False, failure.error)
+        finally:
+            self._retrying = None
+            self._releasable.clear()
+            self.held_count = self.db.held_count()
 
     def _dead_letter(self, message: InboundMessage, code: str, text: str) -> None:
-        self.counters.dead_lettered += 1
+        self.batch_counters.dead_lettered += 1
         room_id = self._room_of_subject(message.subject)
         log.warning(
             "dead letter",
@@ -290,7 +488,7 @@ class Pipeline:
             existing is not None
             and not (existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER)
         ) or (self.held_count and self.db.is_held(event.event_id)):
-            self.counters.duplicates += 1
+            self.batch_counters.duplicates += 1
             log.debug("duplicate event ignored", kind=inp.kind.value, **ids)
             return
         if room is None:
@@ -351,9 +549,9 @@ class Pipeline:
         if verdict.status == STATUS_REJECTED or verdict.status == STATUS_SOFT_FAILED:
             soft = verdict.status == STATUS_SOFT_FAILED
             if soft:
-                self.counters.soft_failed += 1
+                self.batch_counters.soft_failed += 1
             else:
-                self.counters.rejected += 1
+                self.batch_counters.rejected += 1
             log.info("event not accepted", soft_failed=soft, reason=verdict.reason, **ids)
             self._emit(
                 self.outputs.rejected_event(

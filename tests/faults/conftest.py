@@ -27,6 +27,7 @@ from tests.faults.procs import (
     NatsProcess,
     StoredMessage,
     WorkerProcess,
+    cli,
     consumer_settled,
     dump_database,
     nats_cluster,
@@ -78,8 +79,12 @@ class Site:
         replicas = {"streams_replicas": str(len(self.servers))}
         return worker_env(self.urls, self.storage, **replicas, **overrides)
 
-    def worker(self, **overrides: str) -> WorkerProcess:
-        return WorkerProcess(self.env(**overrides), self.base / "cwd")
+    def worker(self, module: str = "worker.cli", **overrides: str) -> WorkerProcess:
+        return WorkerProcess(self.env(**overrides), self.base / "cwd", module)
+
+    def cli(self, *args: str, timeout: float = 60) -> tuple[int, str]:
+        """`roomserver ARGS` against this site; (exit status, output)."""
+        return cli(self.env(), self.base / "cwd", *args, timeout=timeout)
 
     async def publish(self, feed: Feed, timeout: float = 30.0) -> None:
         # A new cluster answers only once it has elected its JetStream leaders.

@@ -63,11 +63,12 @@ def worker_env(nats_url: str, storage: Path, **overrides: str) -> dict[str, str]
 class WorkerProcess:
     """One `roomserver run` child process and the JSON log lines it wrote."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, module: str = "worker.cli") -> None:
         cwd.mkdir(parents=True, exist_ok=True)
         # The working directory has no config/roomserver.toml: the environment is all.
+        # `module` may be a test wrapper around the CLI (tests/faults/inject.py).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"],
+            [sys.executable, "-m", module, "run"],
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -136,6 +137,10 @@ class WorkerProcess:
         code = await asyncio.to_thread(self.process.wait, timeout)
         await asyncio.to_thread(self._reader.join, 5)
         return code
+
+    def stderr_text(self) -> str:
+        """The lines the worker wrote that are not JSON log lines (the CLI's own)."""
+        return "\n".join(str(line["event"]) for line in list(self.lines) if line.get("raw"))
 
     async def stop_when_exited(self, timeout: float = 30.0) -> int:
         """Wait for the worker to exit by itself; its exit status."""
@@ -225,6 +230,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def cli(env: Mapping[str, str], cwd: Path, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run `roomserver ARGS` as the operator would; (exit status, stdout + stderr)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode() + done.stderr.decode()
 
 
 def outbox_rows(storage: Path) -> int:

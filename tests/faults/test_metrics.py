@@ -50,6 +50,8 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         assert status == 200
         assert json.loads(body) == {
             "ready": True,
+            "status": "ok",
+            "parked_rooms": 0,
             "checks": {"nats_connected": True, "consumer_running": True, "database_open": True},
         }
         await publish_inputs(js, config, [input_for(p) for p in pdus], room_version="10")
@@ -70,6 +72,8 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         assert metric_value(text, "roomserver_events_soft_failed_total") == 0
         assert metric_value(text, "roomserver_inputs_duplicate_total") == 0
         assert metric_value(text, "roomserver_held_events") == 0
+        assert metric_value(text, "roomserver_parked_rooms") == 0
+        assert metric_value(text, "roomserver_inputs_parked_total") == 0
         assert metric_value(text, "roomserver_batch_seconds_count") >= 1
         assert metric_value(text, "roomserver_batch_messages_sum") == len(pdus) + 1
         assert metric_value(text, "roomserver_commit_seconds_count") >= 1

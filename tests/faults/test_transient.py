@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
@@ -21,9 +22,29 @@ from worker.synthetic import linear_room
 FAILING_CALLS = (2, 3, 4)
 
 
+def real_busy_error(directory: Path) -> sqlite3.OperationalError:
+    """A genuine SQLITE_BUSY from SQLite: a write while another connection holds the
+    write lock, with no busy timeout."""
+    path = directory / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            assert exc.sqlite_errorname == "SQLITE_BUSY"
+            return exc
+        raise AssertionError("the second writer was not refused")
+    finally:
+        other.close()
+        holder.close()
+
+
 async def test_locked_database_is_retried_in_order(
-    config: Config, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    config: Config, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    busy = real_busy_error(tmp_path)
     calls = 0
     original = Pipeline.process_batch
 
@@ -31,7 +52,7 @@ async def test_locked_database_is_retried_in_order(
         nonlocal calls
         calls += 1
         if calls in FAILING_CALLS:
-            raise sqlite3.OperationalError("database is locked")
+            raise busy
         return original(self, messages)
 
     monkeypatch.setattr(Pipeline, "process_batch", flaky)

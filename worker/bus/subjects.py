@@ -65,6 +65,12 @@ class Subjects:
     def query_wildcard(self) -> str:
         return f"{self.prefix}.query.*"
 
+    def admin(self, name: str) -> str:
+        """Requests to the running worker that change what it does (`retry`)."""
+        if not name or not _TOKEN_RE.match(name):
+            raise ValueError(f"not an admin request name: {name!r}")
+        return f"{self.prefix}.admin.{name}"
+
     def input(self, room_id: str) -> str:
         return f"{self.prefix}.input.{room_token(room_id)}"
 

@@ -15,9 +15,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.schema import (
@@ -34,12 +35,67 @@ class StorageError(RuntimeError):
     """A fault in the stored data itself (not a transient database condition)."""
 
 
+#: SQLite's primary result codes (https://sqlite.org/rescode.html) that the worker tells
+#: apart; an extended code carries its primary one in the low byte.
+SQLITE_READONLY: Final = 8
+SQLITE_IOERR: Final = 10
+SQLITE_CORRUPT: Final = 11
+SQLITE_FULL: Final = 13
+SQLITE_CANTOPEN: Final = 14
+SQLITE_NOTADB: Final = 26
+_TRANSIENT_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+#: Faults of the disk or the file, not of an input: what the operator must fix, in words.
+_STORAGE_FAULTS: Final = {
+    SQLITE_FULL: ("the disk is full", "free space and restart"),
+    SQLITE_IOERR: ("the disk failed to read or write", "check the disk and restart"),
+    SQLITE_CORRUPT: (
+        "the database is damaged",
+        "restore a backup or rebuild it (docs/operations.md) and restart",
+    ),
+    SQLITE_NOTADB: (
+        "the file is not an SQLite database",
+        "restore a backup or rebuild it (docs/operations.md) and restart",
+    ),
+    SQLITE_CANTOPEN: ("the database cannot be opened", "check the path and its permissions"),
+    SQLITE_READONLY: ("the database is read-only", "make it writable and restart"),
+}
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of an sqlite3 error (None for anything else)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or not isinstance(code, int):
+        return None
+    return code & 0xFF
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether an SQLite error is worth retrying (busy/locked), not a data fault."""
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        return "locked" in text or "busy" in text
-    return False
+    """Whether an error is worth retrying as it is: SQLITE_BUSY or SQLITE_LOCKED (another
+    connection holds a lock), never a fault of the data or the disk."""
+    return _primary_code(exc) in _TRANSIENT_CODES
+
+
+class StorageFault(RuntimeError):
+    """The disk or the database file failed (full, I/O error, damaged, unreadable): no
+    input is to blame and none may be dead-lettered for it; the worker stops."""
+
+    def __init__(self, cause: str, code_name: str, path: Path, advice: str) -> None:
+        super().__init__(f"storage fault: {cause} ({code_name}) writing {path}; {advice}")
+        self.code_name = code_name
+        self.path = path
+
+
+def storage_fault(exc: BaseException, path: Path) -> StorageFault | None:
+    """The StorageFault an sqlite3 error stands for, or None if it is not one."""
+    if isinstance(exc, StorageFault):
+        return exc
+    code = _primary_code(exc)
+    if code not in _STORAGE_FAULTS:
+        return None
+    cause, advice = _STORAGE_FAULTS[code]
+    # The extended name (SQLITE_IOERR_WRITE) starts with the primary one.
+    name = getattr(exc, "sqlite_errorname", None) or f"SQLite result code {code}"
+    return StorageFault(cause, name, path, advice)
 
 
 @dataclass(slots=True)
@@ -125,6 +181,7 @@ class Database:
             insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
         )
         self._in_txn = False
+        self._broken = False
         self._rollback_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
@@ -144,29 +201,49 @@ class Database:
             raise RuntimeError("nested transaction")
         self.conn.execute("BEGIN IMMEDIATE")
         self._in_txn = True
+        self._broken = False
         self._rollback_hooks = []
         try:
             yield
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # After some faults (a full disk, an I/O error) SQLite has already rolled the
+            # transaction back itself, and a ROLLBACK would only fail with "no transaction
+            # is active", hiding the error that matters: the one being raised.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             self._forget_uncommitted()
             raise
         finally:
             self._in_txn = False
             self._rollback_hooks = []
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the batch's transaction is still open (SQLite may have ended it)."""
+        return self._in_txn and not self._broken and self.conn.in_transaction
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo one input's writes on failure while keeping the batch's transaction."""
+        """Undo one input's writes on failure while keeping the batch's transaction.
+
+        If SQLite ended the whole transaction (see `transaction`), there is nothing to
+        roll back to: the error goes up as it is and the batch fails."""
         hooks_before = len(self._rollback_hooks)
         self.conn.execute("SAVEPOINT one_input")
         try:
             yield
             self.conn.execute("RELEASE one_input")
         except BaseException:
-            self.conn.execute("ROLLBACK TO one_input")
-            self.conn.execute("RELEASE one_input")
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK TO one_input")
+                    self.conn.execute("RELEASE one_input")
+                except sqlite3.Error:
+                    # The input's writes could not be undone: the batch must not go on
+                    # (see `in_transaction`); the error being raised is the one to report.
+                    self._broken = True
             for hook in self._rollback_hooks[hooks_before:]:
                 hook()
             del self._rollback_hooks[hooks_before:]
@@ -517,11 +594,15 @@ class Database:
         )
 
     def held_expired(self, before_ms: int, limit: int = 1000) -> list[str]:
-        """Held events waiting since before `before_ms`, oldest first."""
+        """Held events waiting since before `before_ms`, oldest first (none of parked
+        rooms)."""
         return [
             row[0]
             for row in self.conn.execute(
                 "SELECT event_id FROM held_events WHERE held_since_ms < ? "
+                # A parked room's held events wait for the room (worker.storage.parked).
+                "AND room_nid NOT IN (SELECT r.nid FROM rooms r "
+                "JOIN parked_rooms p ON p.room_id = r.room_id) "
                 "ORDER BY held_since_ms, stream_sequence LIMIT ?",
                 (before_ms, limit),
             )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+#: 2: parked rooms and their inputs. A worker of version 1 would not know that a room is
+#: parked and would process its later inputs without the one that failed.
+SCHEMA_VERSION = 2
 
 #: Well-known event types with fixed NIDs (never 0: 0 means "none").
 WELL_KNOWN_TYPES: dict[str, int] = {
@@ -143,6 +145,31 @@ CREATE TABLE IF NOT EXISTS held_waits (
 CREATE TABLE IF NOT EXISTS awaited_prev_events (
     event_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
+-- rooms whose processing failed unexpectedly (a bug, not bad input): nothing more of
+-- the room is processed until it is retried, so a bug never forks it silently
+CREATE TABLE IF NOT EXISTS parked_rooms (
+    room_id TEXT PRIMARY KEY,
+    -- the input that failed (its event ID when it could be read)
+    event_id TEXT,
+    stream_sequence INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    -- the latest failure; failures counts the first and every failed retry
+    parked_at_ms INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 1
+);
+-- the failed input and every later input of a parked room, whole, in arrival order
+CREATE TABLE IF NOT EXISTS parked_inputs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    stream_sequence INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parked_inputs_room ON parked_inputs(room_id, seq);
+-- a redelivered input (its ack was lost) is kept once
+CREATE UNIQUE INDEX IF NOT EXISTS parked_inputs_stream
+    ON parked_inputs(stream_sequence) WHERE stream_sequence > 0;
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
     -- AUTOINCREMENT: sequence numbers are never reused, so "published through N" is safe

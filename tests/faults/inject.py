@@ -1,0 +1,54 @@
+"""Test-only entry point: the normal `roomserver` CLI with one fault injected.
+
+The worker has no test hooks; this wrapper patches one of its functions in the child
+process and then calls `worker.cli.main` as `python -m worker.cli` would.
+
+- ROOMSERVER_TEST_FAIL_FILE: a file holding an event ID. While it exists, storing the
+  state after that event raises RuntimeError (after the event's own rows are written,
+  so the rollback of its savepoint is exercised too). Deleting the file removes the
+  fault without a restart.
+- ROOMSERVER_TEST_MAX_PAGE_COUNT: `PRAGMA max_page_count` on the worker's connection,
+  so the database is "full" at that size: a real SQLITE_FULL from SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import worker.storage.database as database
+from worker import cli
+from worker.pipeline import Pipeline
+from worker.storage.events import StoredEvent
+
+
+def _inject_failure(path: Path) -> None:
+    original = Pipeline._state_after
+
+    def failing(self: Pipeline, stored: StoredEvent, room: database.RoomRow) -> StoredEvent:
+        if path.exists() and stored.event.event_id == path.read_text().strip():
+            raise RuntimeError(f"injected fault on {stored.event.event_id}")
+        return original(self, stored, room)
+
+    Pipeline._state_after = failing  # type: ignore[method-assign]
+
+
+def _limit_pages(pages: int) -> None:
+    original = database.open_connection
+
+    def limited(path: Path) -> sqlite3.Connection:
+        conn = original(path)
+        conn.execute(f"PRAGMA max_page_count = {pages:d}")
+        return conn
+
+    database.open_connection = limited
+
+
+if __name__ == "__main__":
+    if fail_file := os.environ.get("ROOMSERVER_TEST_FAIL_FILE"):
+        _inject_failure(Path(fail_file))
+    if pages := os.environ.get("ROOMSERVER_TEST_MAX_PAGE_COUNT"):
+        _limit_pages(int(pages))
+    sys.exit(cli.main())

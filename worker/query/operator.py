@@ -1,0 +1,276 @@
+"""The operator's repair commands: `roomserver parked|retry|deadletters|replay`.
+
+`parked` reads the database file (read-only, beside the worker or without one), so a
+parked room is visible even while the worker is stopped. `retry` asks the running
+worker over NATS (`<prefix>.admin.retry`), which processes the room's waiting inputs
+between two batches. `deadletters` and `replay` work on the dead-letter stream alone,
+through NATS; the worker processes a replayed input like any other.
+
+Exit status as for the query commands: 0 done, 1 failed (or nothing matched, or the
+room is still parked), 2 bad arguments, 3 no NATS or no worker answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats.errors
+
+from worker.bus.deadletters import DeadLetterRecord, read_dead_letters, replay, select
+from worker.client import QueryError, RoomserverClient, UnavailableError
+from worker.config import Config
+from worker.query.commands import FAILED, OK, _ask, _when, table
+from worker.storage.database import DB_FILENAME
+from worker.storage.parked import ParkedRoom, list_parked
+
+#: Seconds `roomserver retry` waits by default: a room may have many waiting inputs.
+RETRY_TIMEOUT = 120.0
+
+
+def add_operator_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Register the commands on the `roomserver` parser."""
+    parked = sub.add_parser(
+        "parked",
+        parents=[common],
+        help="rooms stopped by an unexpected error, with the input and the error "
+        "(reads the database file; no worker needed)",
+    )
+    parked.add_argument("room", nargs="?", help="only this room")
+    parked.add_argument("--json", action="store_true", help="print them as JSON")
+    parked.add_argument("--traceback", action="store_true", help="also print each traceback")
+    parked.set_defaults(func=cmd_parked)
+
+    retry = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="process a parked room's waiting inputs now, from the one that failed "
+        "(asks the running worker)",
+    )
+    retry.add_argument("room", help="room ID")
+    retry.add_argument("--json", action="store_true", help="print the reply as JSON")
+    retry.add_argument(
+        "--timeout", type=float, default=RETRY_TIMEOUT, help="seconds to wait for the worker"
+    )
+    retry.set_defaults(func=cmd_retry)
+
+    selection = argparse.ArgumentParser(add_help=False, parents=[common])
+    selection.add_argument("--code", help="only dead letters with this error code")
+    selection.add_argument("--room", help="only dead letters of this room")
+    selection.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for NATS")
+
+    deadletters = sub.add_parser(
+        "deadletters",
+        parents=[selection],
+        help="list the dead-letter stream: time, sequence, code, room, message",
+    )
+    deadletters.add_argument("--json", action="store_true", help="print them as JSON")
+    deadletters.set_defaults(func=cmd_deadletters)
+
+    replay_parser = sub.add_parser(
+        "replay",
+        parents=[selection],
+        help="publish dead letters' original inputs again, to their original subjects",
+    )
+    replay_parser.add_argument(
+        "sequences",
+        nargs="*",
+        type=int,
+        metavar="SEQUENCE",
+        help="dead-letter stream sequences (as `roomserver deadletters` shows them)",
+    )
+    replay_parser.add_argument(
+        "--all", action="store_true", help="every dead letter matching the filters, or all"
+    )
+    replay_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    replay_parser.set_defaults(func=cmd_replay)
+
+
+# -- parked ------------------------------------------------------------------------------------
+
+
+def _parked_map(room: ParkedRoom, with_traceback: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "room_id": room.room_id,
+        "event_id": room.event_id,
+        "stream_sequence": room.stream_sequence,
+        "error": room.error,
+        "parked_at_ms": room.parked_at_ms,
+        "failures": room.failures,
+        "waiting_inputs": room.inputs,
+    }
+    if with_traceback:
+        result["traceback"] = room.traceback
+    return result
+
+
+def cmd_parked(config: Config, args: argparse.Namespace) -> int:
+    path = Path(config.storage.path) / DB_FILENAME
+    if not path.exists():
+        print(f"roomserver: no database at {path}", file=sys.stderr)
+        return FAILED
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rooms = list_parked(conn, args.room)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"parked": [_parked_map(r, True) for r in rooms]}, indent=2))
+        return OK
+    if not rooms:
+        print("no parked rooms")
+        return OK
+    rows = [
+        (
+            r.room_id,
+            r.event_id or "-",
+            r.stream_sequence,
+            _when(r.parked_at_ms),
+            r.failures,
+            r.inputs,
+            r.error,
+        )
+        for r in rooms
+    ]
+    headers = ["room", "event", "stream seq", "since", "failures", "inputs", "error"]
+    print(table(headers, rows))
+    if args.traceback:
+        for r in rooms:
+            print(f"\n{r.room_id}:\n{r.traceback.rstrip()}")
+    return OK
+
+
+# -- retry -------------------------------------------------------------------------------------
+
+
+async def _admin(client: RoomserverClient, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    subject = client.subjects.admin(name)
+    try:
+        reply = await client.nc.request(
+            subject, msgpack.packb(body, use_bin_type=True), timeout=client.timeout
+        )
+    except nats.errors.NoRespondersError:
+        raise UnavailableError(
+            "unavailable", f"no worker answers on {subject}: is it running?"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise UnavailableError(
+            "unavailable", f"no answer on {subject} within {client.timeout:g} s"
+        ) from None
+    result = msgpack.unpackb(reply.data, raw=False)
+    if not isinstance(result, dict):
+        raise QueryError("bad_reply", f"the reply on {subject} is not a map")
+    if result.get("error") and "room_id" not in result:
+        raise QueryError(str(result["error"]), str(result.get("message", "")))
+    return result
+
+
+def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    def show(reply: dict[str, Any]) -> int:
+        room, count = reply["room_id"], reply["processed"]
+        if reply["parked"]:
+            print(f"{room}: still parked after {count} inputs: {reply['error']}")
+            return FAILED
+        print(f"{room}: {count} waiting inputs processed; the room runs again")
+        return OK
+
+    return _ask(config, args, lambda c: _admin(c, "retry", {"room_id": args.room}), show)
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+async def _dead_letters(
+    client: RoomserverClient, args: argparse.Namespace
+) -> list[DeadLetterRecord]:
+    records = await read_dead_letters(
+        client.nc.jetstream(), client.config.streams.deadletter, client.subjects, args.room
+    )
+    return select(records, code=args.code, room_id=args.room)
+
+
+def _record_row(r: DeadLetterRecord) -> tuple[object, ...]:
+    when = r.time.strftime("%Y-%m-%d %H:%M:%S UTC") if r.time else "-"
+    return (r.sequence, when, r.code, r.room_id or "-", r.message)
+
+
+def cmd_deadletters(config: Config, args: argparse.Namespace) -> int:
+    async def ask(client: RoomserverClient) -> dict[str, Any]:
+        records = await _dead_letters(client, args)
+        return {"dead_letters": [r.as_map() for r in records]}
+
+    def show(reply: dict[str, Any]) -> int:
+        records = reply["dead_letters"]
+        if not records:
+            print("no dead letters")
+            return OK
+        rows = [
+            (r["sequence"], r["time"] or "-", r["code"], r["room_id"] or "-", r["message"])
+            for r in records
+        ]
+        print(table(["seq", "time", "code", "room", "message"], rows))
+        return OK
+
+    return _ask(config, args, ask, show)
+
+
+def cmd_replay(config: Config, args: argparse.Namespace) -> int:
+    if not (args.sequences or args.code or args.room or args.all):
+        print(
+            "roomserver: name dead letters to replay: SEQUENCE..., --code, --room or --all",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def ask(client: RoomserverClient) -> dict[str, Any]:
+        records = select(await _dead_letters(client, args), sequences=args.sequences)
+        missing = sorted(set(args.sequences) - {r.sequence for r in records})
+        results = await replay(client.nc.jetstream(), records)
+        return {
+            "replayed": [
+                {
+                    "sequence": r.record.sequence,
+                    "code": r.record.code,
+                    "room_id": r.record.room_id,
+                    "subject": r.record.subject,
+                    "msg_id": r.msg_id,
+                    "input_sequence": r.input_sequence,
+                    "duplicate": r.duplicate,
+                    "error": r.error,
+                }
+                for r in results
+            ],
+            "missing": missing,
+        }
+
+    def show(reply: dict[str, Any]) -> int:
+        return _show_replayed(reply["replayed"], reply["missing"])
+
+    return _ask(config, args, ask, show)
+
+
+def _show_replayed(replayed: Sequence[dict[str, Any]], missing: Sequence[int]) -> int:
+    failed = bool(missing)
+    for sequence in missing:
+        print(f"roomserver: no dead letter {sequence} matches", file=sys.stderr)
+    if not replayed and not missing:
+        print("no dead letters match")
+        return FAILED
+    for r in replayed:
+        what = f"dead letter {r['sequence']} ({r['code']}, room {r['room_id'] or '-'})"
+        if r["error"]:
+            failed = True
+            print(f"{what}: not replayed: {r['error']}")
+        elif r["duplicate"]:
+            print(f"{what}: already replayed (JetStream dropped it as {r['msg_id']})")
+        else:
+            print(f"{what}: replayed to {r['subject']} as input {r['input_sequence']}")
+    return FAILED if failed else OK
