@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Final
 
@@ -73,6 +73,8 @@ class Counters:
     soft_failed: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    #: Dead letters by their code (`bad_msgpack`, `internal_error`, ...).
+    dead_letter_codes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -220,6 +222,7 @@ class Pipeline:
 
     def _dead_letter(self, message: InboundMessage, code: str, text: str) -> None:
         self.counters.dead_lettered += 1
+        self.counters.dead_letter_codes[code] = self.counters.dead_letter_codes.get(code, 0) + 1
         room_id = self._room_of_subject(message.subject)
         log.warning(
             "dead letter",
