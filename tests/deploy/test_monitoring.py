@@ -31,7 +31,7 @@ import yaml
 from nats.js import JetStreamContext
 
 from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
-from tests.faults.procs import free_port, http_get
+from tests.faults.procs import NatsProcess, free_port, http_get
 from worker.bus.subjects import Subjects
 from worker.cli import EXIT_CONFIG
 from worker.config import Config, MetricsConfig
@@ -295,3 +295,22 @@ async def run_healthcheck(code: str, port: int) -> int:
         subprocess.run, [sys.executable, "-c", code], env=env, capture_output=True, timeout=30
     )
     return result.returncode
+
+
+@pytest.mark.skipif(shutil.which("wget") is None, reason="wget is not installed")
+async def test_nats_healthcheck_command(tmp_path: Path) -> None:
+    """compose's NATS health check, run against a real nats-server's monitoring port."""
+    test = load_yaml(DEPLOY / "compose.yaml")["services"]["nats"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    monitoring = free_port()
+    command = [arg.replace(":8222/", f":{monitoring}/") for arg in test[1:]]
+    server = NatsProcess(tmp_path / "nats", extra_args=["--http_port", str(monitoring)])
+    await server.start()
+    try:
+        deadline = time.monotonic() + 20
+        while (await asyncio.to_thread(subprocess.run, command, capture_output=True)).returncode:
+            assert time.monotonic() < deadline, "nats /healthz never answered 200"
+            await asyncio.sleep(0.05)
+    finally:
+        await server.stop()
+    assert (await asyncio.to_thread(subprocess.run, command, capture_output=True)).returncode != 0
