@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
-from worker.bus.connection import connect
+from worker.bus.connection import NatsHealth, connect
 from worker.bus.consumer import PullConsumer
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.rewind import rewind_to_ack_floor
@@ -77,6 +77,7 @@ class Worker:
         self._pipeline: Pipeline | None = None
         self._publisher: Publisher | None = None
         self.nc: NATS | None = None
+        self._nats_health: NatsHealth | None = None
         #: The query service (worker.query), running while the worker runs.
         self.queries: QueryService | None = None
         #: Set once streams exist and the consumer is running (tests and health wait on it).
@@ -104,8 +105,9 @@ class Worker:
 
     def health(self) -> dict[str, bool]:
         """Readiness: all must hold for the worker to make progress."""
+        nats = self._nats_health
         return {
-            "nats_connected": self.nc is not None and self.nc.is_connected,
+            **(nats.checks() if nats else {"nats_connected": False, "nats_answering": False}),
             "consumer_running": self._consumer_running,
             "database_open": self._db is not None,
         }
@@ -140,19 +142,23 @@ class Worker:
             # Before anything else, the embedded nats-server above all: it stores under
             # the same directory.
             stack.enter_context(StorageLock(Path(self.config.storage.path)))
-            await self._start_metrics(stack)
             servers: list[str] | None = None
             if self.config.nats.embedded:
                 server = EmbeddedNatsServer.from_config(self.config)
                 await stack.enter_async_context(server)
                 servers = [server.url]
                 log.info("embedded nats-server started", url=server.url)
+            # After the embedded server: a server that cannot start is then the only line.
+            await self._start_metrics(stack)
             nc = await _unless_stopped(connect(self.config.nats, servers), stop)
             if nc is None:
                 log.info("stopped before NATS could be reached")
                 return
             self.nc = nc
             stack.push_async_callback(self._close_nats)
+            self._nats_health = await stack.enter_async_context(
+                NatsHealth(nc, self.config.nats.ready_grace)
+            )
             js = self.nc.jetstream()
             await ensure_streams(js, self.config)
             self._db = await self._in_db(TimedDatabase, Path(self.config.storage.path))

@@ -21,10 +21,10 @@ import structlog
 from tqdm import tqdm
 
 from worker.app import Worker
-from worker.bus.connection import connect
+from worker.bus.connection import connect, tls_context
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.subjects import Subjects
-from worker.config import Config, ConfigError, load_config
+from worker.config import Config, ConfigError, check_storage_writable, load_config
 from worker.logs import configure_logging
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
@@ -40,12 +40,21 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_CONFIG = "config/roomserver.toml"
 
-#: Exit statuses of `roomserver run` (docs/operations.md): a supervisor can tell a fault
-#: to fix from one a restart cures.
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+# Exit statuses (docs/operations.md has the table): a supervisor can tell a fault to fix
+# from one a restart cures. The systemd unit sets RestartPreventExitStatus=78 and
+# restarts on 4 and 5 with a back-off (a full disk resumes by itself once space is back).
+EXIT_OK = 0
+#: The worker failed while running (or a command found faults): a restart may help.
+EXIT_FAILURE = 1
+#: The command line is wrong (argparse uses 2 too).
+EXIT_USAGE = 2
+#: The disk or the database failed (full, I/O error, corrupt): fix it, then restart.
 EXIT_STORAGE_FAULT = 4
+#: Another worker holds the storage directory.
 EXIT_STORAGE_LOCKED = 5
+#: A configuration fault (sysexits.h EX_CONFIG): a bad value, or a setting the machine
+#: cannot honour (storage.path not writable, nats.listen_port taken, a TLS file unusable).
+EXIT_CONFIG = 78
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = DEFAULT_CONFIG
         config = load_config(path)
     except ConfigError as exc:
-        print(f"roomserver: {exc}", file=sys.stderr)
+        _config_fault(exc)
         return EXIT_CONFIG
     configure_logging(config.log)
     try:
@@ -131,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 # -- run ------------------------------------------------------------------------------
 
 
+def _config_fault(exc: ConfigError) -> None:
+    print(f"roomserver: configuration: {exc}", file=sys.stderr)
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     async def go() -> None:
         stop = asyncio.Event()
@@ -140,6 +153,9 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         await Worker(config).run(stop)
 
     try:
+        # Settings the machine must honour, checked before anything starts or logs.
+        check_storage_writable(config.storage.path)
+        tls_context(config.nats)
         asyncio.run(go())
     except StorageLocked as exc:
         print(f"roomserver: {exc}", file=sys.stderr)
@@ -147,12 +163,17 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     except StorageFault as exc:
         print(f"roomserver: {exc}", file=sys.stderr)
         return EXIT_STORAGE_FAULT
+    except ConfigError as exc:
+        log.debug("the configuration cannot be used", exc_info=True)
+        _config_fault(exc)
+        return EXIT_CONFIG
     except Exception as exc:
         # One clear line for the operator; the traceback is in the log at debug level.
         log.debug("the worker failed", exc_info=True)
-        print(f"roomserver: the worker stopped: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+        first_line = (str(exc) or type(exc).__name__).splitlines()[0]
+        print(f"roomserver: the worker stopped: {first_line}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:

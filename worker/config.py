@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import tomllib
 import types
 import typing
@@ -57,6 +58,14 @@ class NatsConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: Seconds between the client's keep-alive pings; with max_outstanding_pings
+    #: unanswered, the client drops the connection as stale and reconnects.
+    ping_interval: int = 2
+    max_outstanding_pings: int = 2
+    #: Seconds NATS may be disconnected or silent before the worker reports itself not
+    #: ready: long enough to ride out a restart or a failover, short enough to notice
+    #: a frozen server.
+    ready_grace: float = 5.0
 
     @property
     def embedded(self) -> bool:
@@ -311,8 +320,17 @@ class _Checker:
             )
 
     def file(self, key: str, value: str | None) -> None:
-        if value is not None and not os.path.isfile(value):
+        if value is None:
+            return
+        if not os.path.exists(value):
             self.fail(key, f"file {value!r} does not exist")
+        if not os.path.isfile(value):
+            self.fail(key, f"{value!r} is not a file")
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            self.fail(key, f"file {value!r} is not readable ({exc.strerror})")
 
 
 def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> None:
@@ -365,6 +383,10 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
                 )
     for key in ("credentials", "nkey_seed", "tls_ca", "tls_cert", "tls_key"):
         check.file(f"nats.{key}", getattr(nats, key))
+    check.at_least("nats.ping_interval", nats.ping_interval, 1)
+    check.at_least("nats.max_outstanding_pings", nats.max_outstanding_pings, 1)
+    if nats.ready_grace <= 0:
+        check.fail("nats.ready_grace", f"must be positive, got {nats.ready_grace:g}")
 
     streams = config.streams
     prefix = streams.subject_prefix
@@ -432,3 +454,24 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             "metrics.listen_port",
             f"must be 0 (no endpoint) to 65535, got {config.metrics.listen_port}",
         )
+
+
+def check_storage_writable(path: str | os.PathLike[str]) -> None:
+    """Raise ConfigError unless the worker can create files in ``path`` (created if missing).
+
+    Checked before anything starts, so that a wrong `storage.path` is one line naming
+    the setting rather than a failure deep inside SQLite or nats-server. A file is
+    created and removed, because permission bits alone do not tell (root, ACLs,
+    read-only mounts).
+    """
+    directory = Path(path)
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"storage.path {directory} is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"storage.path {directory} is not writable ({reason})") from None

@@ -1,7 +1,11 @@
-"""What the worker shows its operators: Prometheus metrics and a health endpoint.
+"""What the worker shows its operators: Prometheus metrics and health endpoints.
 
-One tiny HTTP server on the worker's own event loop serves both `/metrics` and
-`/healthz`. prometheus_client's own servers run in a thread and know nothing of health,
+One tiny HTTP server on the worker's own event loop serves `/metrics`, `/livez` and
+`/readyz` (`/healthz` is the same as `/readyz`). Liveness is answered by the event loop
+itself, so any answer proves the loop turns; readiness is the worker's checks (NATS
+connected and answering pings, the consumer running, the database open), which a
+supervisor uses to route traffic or raise an alarm, never to restart the process.
+prometheus_client's own servers run in a thread and know nothing of health,
 and a web framework would be a large dependency for two fixed pages; reading the
 registry and the worker's state from the loop thread also needs no locking.
 
@@ -54,7 +58,8 @@ _LATENCY_BUCKETS: Final = (
     10.0,
 )
 _BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_HEALTH_PATHS: Final = ("/healthz", "/readyz")
+_READY_PATHS: Final = ("/readyz", "/healthz")
+_LIVE_PATH: Final = "/livez"
 #: A request line and headers beyond this are refused (the endpoint is for scrapers).
 _MAX_REQUEST_BYTES: Final = 8192
 _REQUEST_TIMEOUT: Final = 5.0
@@ -93,6 +98,16 @@ class _PipelineCollector(Collector):
             family = CounterMetricFamily(name, text)
             family.add_metric([], getattr(counters, field) if counters is not None else 0)
             yield family
+        by_code = CounterMetricFamily(
+            "roomserver_inputs_dead_lettered_by_code",
+            "Inputs sent to the dead letter stream, by the dead letter's code",
+            labels=["code"],
+        )
+        # A copy made in one step: the database thread may add a code meanwhile.
+        codes = dict(counters.dead_letter_codes) if counters is not None else {}
+        for code, count in sorted(codes.items()):
+            by_code.add_metric([code], count)
+        yield by_code
         held = self._held()
         gauge = GaugeMetricFamily(
             "roomserver_held_events", "Events waiting for their prev events to arrive"
@@ -116,7 +131,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         checks = self._health()
         ready = GaugeMetricFamily(
-            "roomserver_ready", "1 when NATS is connected, the consumer runs and the DB is open"
+            "roomserver_ready",
+            "1 when NATS is connected and answering, the consumer runs and the DB is open",
         )
         ready.add_metric([], int(all(checks.values())))
         yield ready
@@ -220,8 +236,9 @@ class TimedDatabase(Database):
 
 
 class MetricsServer:
-    """`GET /metrics` (Prometheus text format) and `GET /healthz` (200 ready, 503 not;
-    the body says `degraded` while rooms are parked)."""
+    """`GET /metrics` (Prometheus text format), `GET /livez` (200 while the event loop
+    answers) and `GET /readyz` or `/healthz` (200 ready, 503 not, with the checks; the
+    body says `degraded` while rooms are parked)."""
 
     def __init__(self, metrics: WorkerMetrics, host: str, port: int) -> None:
         self._metrics = metrics
@@ -285,7 +302,9 @@ class MetricsServer:
         path = target.split("?", 1)[0]
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, self._metrics.render(), head
-        if path in _HEALTH_PATHS:
+        if path == _LIVE_PATH:
+            return "200 OK", "application/json", b'{"alive": true}\n', head
+        if path in _READY_PATHS:
             checks = dict(self._metrics.health())
             ready = all(checks.values())
             parked = self._metrics.parked()
@@ -295,4 +314,4 @@ class MetricsServer:
             body = json.dumps(answer).encode() + b"\n"
             status = "200 OK" if ready else "503 Service Unavailable"
             return status, "application/json", body, head
-        return "404 Not Found", "text/plain", b"/metrics or /healthz\n", head
+        return "404 Not Found", "text/plain", b"/metrics, /livez, /readyz or /healthz\n", head

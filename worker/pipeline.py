@@ -16,7 +16,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Final
 
@@ -102,6 +102,8 @@ class Counters:
     duplicates: int = 0
     #: Inputs kept whole for a parked room (the failed one included).
     parked: int = 0
+    #: Dead letters by their code (`bad_msgpack`, `internal_error`, ...).
+    dead_letter_codes: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Counters) -> None:
         self.processed += other.processed
@@ -110,6 +112,8 @@ class Counters:
         self.dead_lettered += other.dead_lettered
         self.duplicates += other.duplicates
         self.parked += other.parked
+        for code, count in other.dead_letter_codes.items():
+            self.dead_letter_codes[code] = self.dead_letter_codes.get(code, 0) + count
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +422,8 @@ class Pipeline:
 
     def _dead_letter(self, message: InboundMessage, code: str, text: str) -> None:
         self.batch_counters.dead_lettered += 1
+        codes = self.batch_counters.dead_letter_codes
+        codes[code] = codes.get(code, 0) + 1
         room_id = self._room_of_subject(message.subject)
         log.warning(
             "dead letter",

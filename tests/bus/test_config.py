@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import Config, ConfigError, env_var, load_config
+from worker.config import Config, ConfigError, check_storage_writable, env_var, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,6 +177,9 @@ def test_files_must_exist(tmp_path: Path) -> None:
         ("[nats]\ntls_ca = '/x'\n", {}, r"nats\.tls_ca .*needs nats\.servers"),
         ("[nats]\nservers = ['a:1']\ntls_cert = '/x'\n", {}, r"tls_cert and nats\.tls_key"),
         ("[storage]\npath = ''\n", {}, r"storage\.path"),
+        ("[nats]\nping_interval = 0\n", {}, r"nats\.ping_interval .*at least 1"),
+        ("[nats]\nmax_outstanding_pings = 0\n", {}, r"max_outstanding_pings .*at least 1"),
+        ("[nats]\nready_grace = 0\n", {}, r"nats\.ready_grace .*positive"),
     ],
 )
 def test_validation_errors(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
@@ -194,3 +197,28 @@ def test_error_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[streams]\nretention = 'forever'\n")
     with pytest.raises(ConfigError, match=str(path)):
         load_config(path, {})
+
+
+def test_keep_alive_and_readiness_defaults() -> None:
+    nats = load_config(None, {}).nats
+    assert (nats.ping_interval, nats.max_outstanding_pings, nats.ready_grace) == (2, 2, 5.0)
+    env = {"ROOMSERVER_NATS_PING_INTERVAL": "5", "ROOMSERVER_NATS_READY_GRACE": "0.5"}
+    nats = load_config(None, env).nats
+    assert (nats.ping_interval, nats.ready_grace) == (5, 0.5)
+
+
+def test_storage_writable_check(tmp_path: Path) -> None:
+    fresh = tmp_path / "a" / "b"
+    check_storage_writable(fresh)
+    assert fresh.is_dir() and list(fresh.iterdir()) == []  # the probe file is gone
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^storage\.path .*/file is not a directory$"):
+        check_storage_writable(tmp_path / "file")
+    with pytest.raises(ConfigError, match=r"/file/sub is not writable \(Not a directory\)$"):
+        check_storage_writable(tmp_path / "file" / "sub")
+
+
+def test_a_directory_is_not_a_credentials_file(tmp_path: Path) -> None:
+    env = {"ROOMSERVER_NATS_SERVERS": "nats://a:1", "ROOMSERVER_NATS_CREDENTIALS": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"nats\.credentials .*is not a file"):
+        load_config(None, env)

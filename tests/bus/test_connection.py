@@ -23,7 +23,7 @@ from worker.bus.connection import (
     tls_context,
 )
 from worker.bus.server import EmbeddedNatsServer
-from worker.config import NatsConfig
+from worker.config import ConfigError, NatsConfig
 
 
 def test_reconnect_delay_backs_off_with_jitter() -> None:
@@ -117,6 +117,9 @@ async def test_reconnects_after_the_server_restarts(tmp_path: Path) -> None:
             assert ack.stream == "R"
             assert nc.stats["reconnects"] >= 1
         finally:
+            # Closed before the server goes: nats-py's close() can fail with a stray
+            # CancelledError while it is reconnecting to a server that has just left.
+            await nc.close()
             await restarted.stop()
     finally:
         await nc.close()
@@ -144,3 +147,25 @@ def test_tls_context_loads_ca_and_client_certificate(tmp_path: Path) -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert any(c.get("subject") for c in context.get_ca_certs())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl tool")
+def test_a_key_of_another_certificate_is_a_configuration_fault(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-subj", f"/CN={name}", "-keyout", str(tmp_path / f"{name}.key")),
+                *("-out", str(tmp_path / f"{name}.pem")),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    cert, key = tmp_path / "one.pem", tmp_path / "two.key"
+    config = NatsConfig(servers=("tls://a:1",), tls_cert=str(cert), tls_key=str(key))
+    with pytest.raises(ConfigError) as info:
+        tls_context(config)
+    assert str(info.value) == (
+        f"nats.tls_cert {cert} with nats.tls_key {key} is not a usable certificate and key "
+        "(KEY_VALUES_MISMATCH)"
+    )

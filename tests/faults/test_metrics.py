@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from nats.js import JetStreamContext
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
 from tests.faults.procs import free_port, http_get, metric_value
@@ -40,6 +41,14 @@ async def scrape_until(port: int, condition: Callable[[bytes], bool]) -> bytes:
         await asyncio.sleep(0.01)
 
 
+def labelled_value(exposition: bytes, sample: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(exposition.decode()):
+        for found in family.samples:
+            if found.name == sample and found.labels == labels:
+                return float(found.value)
+    raise AssertionError(f"{sample}{labels} is not in the metrics")
+
+
 async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
     port = free_port()
     config = dataclasses.replace(config, metrics=MetricsConfig(listen_port=port))
@@ -52,8 +61,15 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
             "ready": True,
             "status": "ok",
             "parked_rooms": 0,
-            "checks": {"nats_connected": True, "consumer_running": True, "database_open": True},
+            "checks": {
+                "nats_connected": True,
+                "nats_answering": True,
+                "consumer_running": True,
+                "database_open": True,
+            },
         }
+        assert await http_get(port, "/readyz") == (status, body)
+        assert await http_get(port, "/livez") == (200, b'{"alive": true}\n')
         await publish_inputs(js, config, [input_for(p) for p in pdus], room_version="10")
         room_id = pdus[0]["room_id"]
         await js.publish(Subjects(config.streams.subject_prefix).input(room_id), b"\xc1")
@@ -68,6 +84,12 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         )
         assert metric_value(text, "roomserver_inputs_processed_total") == len(pdus)
         assert metric_value(text, "roomserver_inputs_dead_lettered_total") == 1
+        assert (
+            labelled_value(
+                text, "roomserver_inputs_dead_lettered_by_code_total", code="bad_msgpack"
+            )
+            == 1
+        )
         assert metric_value(text, "roomserver_events_rejected_total") == 0
         assert metric_value(text, "roomserver_events_soft_failed_total") == 0
         assert metric_value(text, "roomserver_inputs_duplicate_total") == 0
@@ -107,6 +129,7 @@ async def test_a_taken_port_does_not_stop_the_worker(config: Config, js: JetStre
             assert worker.metrics_server is None
             assert worker.health() == {
                 "nats_connected": True,
+                "nats_answering": True,
                 "consumer_running": True,
                 "database_open": True,
             }

@@ -28,7 +28,9 @@ async def test_nats_server_restarts_mid_feed(
     async with site(tmp_path) as test_site:
         await test_site.publish(feed)
         js, output = test_site.js, test_site.config.streams.output
-        worker = test_site.worker(metrics_listen_port=str(metrics_port))
+        # A short readiness grace, so that each outage shows as 503 at once (the grace
+        # itself is tested in test_readiness.py).
+        worker = test_site.worker(metrics_listen_port=str(metrics_port), nats_ready_grace="0.5")
 
         async def health_is(status: int) -> bool:
             return (await http_get(metrics_port, "/healthz"))[0] == status
@@ -45,15 +47,20 @@ async def test_nats_server_restarts_mid_feed(
                 await worker.until(reached, f"{target} outputs")
                 await test_site.server.stop(sig)
                 await worker.until(lambda: health_is(503), "the worker to report NATS away")
-                status, metrics = await http_get(metrics_port, "/metrics")
-                assert status == 200
-                assert b'roomserver_health_check{check="nats_connected"} 0.0' in metrics
+
+                async def metrics_say_disconnected() -> bool:
+                    status, metrics = await http_get(metrics_port, "/metrics")
+                    assert status == 200
+                    return b'roomserver_health_check{check="nats_connected"} 0.0' in metrics
+
+                await worker.until(metrics_say_disconnected, "the metrics to show NATS away")
                 await test_site.server.start()
                 restarts += 1
                 await worker.until(lambda: health_is(200), "the worker to be ready again")
             assert await stream_count(js, output) < total, "the feed ended before the last outage"
             await worker.until(test_site.settled, "every input acknowledged", 90)
             status, metrics = await http_get(metrics_port, "/metrics")
+            assert status == 200
             assert b"roomserver_consumer_rewinds_total" in metrics
             assert worker.logged("reconnected to NATS") >= len(OUTAGES)
             assert await worker.stop(signal.SIGTERM) == 0

