@@ -47,7 +47,7 @@ def test_deny_is_evaluated_before_allow() -> None:
 
 
 def test_ports_are_not_considered() -> None:
-    """"`evil.com`, `evil.com:8448`, and `evil.com:1234` would all match rules that apply
+    """ "`evil.com`, `evil.com:8448`, and `evil.com:1234` would all match rules that apply
     to `evil.com`"."""
     content = {"allow": ["*"], "deny": ["evil.com"]}
     for name in ("evil.com", "evil.com:8448", "evil.com:1234"):

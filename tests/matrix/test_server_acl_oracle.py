@@ -76,3 +76,25 @@ def test_same_verdict_on_well_formed_acls(
                 content,
                 name,
             )
+
+
+TRICKY_NAMES = [
+    "1.2.3.4", "01.2.3.4", "1.2.3.04", "256.1.1.1", "255.255.255.255", "0.0.0.0",
+    "1.2.3", "1.2.3.4.5", "1.2.3.4:8448", "01.2.3.4:80", "[::1]", "[::1]:8448",
+    "[1.2.3.4]", "example.com", "EXAMPLE.com:443", "1.2.3.4.example.com", "a", "",
+]  # fmt: skip
+TRICKY_CONTENTS: list[dict[str, Any]] = [
+    {"allow": ["*"], "allow_ip_literals": False},
+    {"allow": ["*"], "allow_ip_literals": True},
+    {"allow": ["*"], "deny": ["1.2.3.*", "*.COM"]},
+    {"allow": ["?.?.?.?", "[*]", "example.*"], "allow_ip_literals": "no"},
+    {"allow": ["*"], "deny": ["*:*"], "allow_ip_literals": False},
+]
+
+
+@pytest.mark.parametrize("content", TRICKY_CONTENTS)
+def test_same_verdict_on_ip_literal_edges(content: dict[str, Any]) -> None:
+    """Leading zeros, out-of-range octets, ports and brackets: what counts as an IP
+    literal must be the same on both sides."""
+    for name in TRICKY_NAMES:
+        assert server_allowed(content, name) == synapse_server_allowed(content, name), name

@@ -93,9 +93,7 @@ def _segment_at(segment: tuple[str, ...], text: tuple[str, ...], start: int) -> 
     """Whether `segment` (literals and `?`) matches `text` at `start`."""
     if start < 0 or start + len(segment) > len(text):
         return False
-    return all(
-        want == "?" or want == text[start + offset] for offset, want in enumerate(segment)
-    )
+    return all(want == "?" or want == text[start + offset] for offset, want in enumerate(segment))
 
 
 def glob_matches(pattern: str, host: str) -> bool:
