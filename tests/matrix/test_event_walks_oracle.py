@@ -95,7 +95,7 @@ def test_missing_events_like_synapse(seed: int) -> None:
         events = _graph(rng)
         nodes = _lookup(events, outliers=True)
         ids = [e.event_id for e in events]
-        latest = rng.sample(ids, rng.randint(1, min(3, len(ids)))) + ["$unknown"]
+        latest = [*rng.sample(ids, rng.randint(1, min(3, len(ids)))), "$unknown"]
         earliest = rng.sample(ids, rng.randint(0, min(4, len(ids))))
         distance = _distances(nodes, earliest, latest)
         # Room for every reachable event plus Synapse's per-step slack (see the module
