@@ -55,8 +55,10 @@ class DagNode:
         return (self.depth, self.stream_ordering)
 
 
-#: `get_node(event_id)`: the event as a `DagNode`, or None if this server cannot serve it
-#: (unknown here, in another room, or an outlier whose place in the graph is not known).
+#: `get_node(event_id)`: the event as a `DagNode`, or None if this server cannot serve it:
+#: unknown here or in another room. Synapse walks outliers (events stored without their
+#: state) in `/get_missing_events` but not in `/backfill`, whose answers it cannot check
+#: for visibility; a lookup for `backfill_events` should answer None for them.
 NodeLookup = Callable[[str], DagNode | None]
 
 
