@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Final
@@ -33,8 +33,8 @@ from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
 from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
-from worker.storage.blocks import NidState
-from worker.storage.database import Database, EventRow, RoomRow, is_transient
+from worker.storage.blocks import NidState, NidStateKey
+from worker.storage.database import Database, EventRow, RoomRow, StorageError, is_transient
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
 from worker.storage.schema import (
     STATUS_ACCEPTED,
@@ -579,8 +579,11 @@ class Pipeline:
         """The resolution of several snapshots as a NID state map; writes nothing
         (also used by `roomserver verify`).
 
-        The resolver works on Matrix strings; every event it returns comes from one of
-        the input states, so the way back to NIDs is a dictionary, not a query."""
+        The resolver works on Matrix strings. Most events it returns come from one of
+        the input states, whose NIDs are at hand; but v2 and v2.1 may also admit an
+        event from the auth difference or the conflicted subgraph that is in none of
+        them (a state the room passed through on one branch), which is looked up in
+        the event store, keys included, since every event it can return is stored."""
         if len(set(snapshots)) == 1:
             return dict(self.state.load(snapshots[0]))
         states = [self.state.load(s) for s in snapshots]
@@ -588,18 +591,27 @@ class Pipeline:
         for state in states:
             nids.update(state.values())
         ids = self.events.ids_of(nids)
-        back = {event_id: nid for nid, event_id in ids.items()}
+        back: dict[str, tuple[NidStateKey, int]] = {}
+        for state in states:
+            for key, nid in state.items():
+                back[ids[nid]] = (key, nid)
         resolved = resolve_state(
             get_room_version(room.room_version),
             [self._named(state, ids) for state in states],
             self._event_for_resolution,
             is_rejected=self._is_rejected,
         )
-        type_nid, sk_nid = self.db.type_nid, self.db.state_key_nid
-        return {
-            (type_nid(t, create=False), sk_nid(k, create=False)): back[event_id]
-            for (t, k), event_id in resolved.items()
-        }
+        elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
+        if elsewhere:
+            rows = self.events.rows(elsewhere)
+            for event_id in elsewhere:
+                row = rows.get(event_id)
+                if row is None or not row.state_key_nid:
+                    raise StorageError(
+                        f"state resolution chose {event_id}, which is not a stored state event"
+                    )
+                back[event_id] = ((row.type_nid, row.state_key_nid), row.nid)
+        return dict(back[event_id] for event_id in resolved.values())
 
     def _named(self, state: NidState, ids: Mapping[int, str]) -> StateMap:
         type_name, sk_name = self.db.type_name, self.db.state_key_name
@@ -693,6 +705,7 @@ class Pipeline:
         event = stored.event
         prev_rows = self.events.rows(event.prev_event_ids)
         prev_nids = {row.nid for row in prev_rows.values()}
+        prev_nids |= self._behind_unaccepted(prev_rows.values())
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
         if not latest or not self._has_accepted_children(event.event_id):
             latest.append(stored.row.nid)
@@ -728,6 +741,27 @@ class Pipeline:
         room.depth = max(room.depth, event.depth)
         self.db.update_room(room)
         self.db.on_rollback(self._rooms.clear)
+
+    def _behind_unaccepted(self, prev_rows: Iterable[EventRow]) -> set[int]:
+        """NIDs of the events an accepted event reaches back to through soft-failed or
+        rejected prev events: they are no forward extremities any more either.
+
+        Synapse's rule (`_get_prevs_before_rejected`, used when it calculates new
+        extremities): from the new event's prev events, every soft-failed or rejected
+        one adds its own prev events, recursively, stopping at the first events that
+        are neither; events without state (outliers, rejected ones included) are not
+        walked through. Without it, an event built on a soft-failed one would leave
+        the soft-failed event's parent as an extremity beside it, its own ancestor."""
+        found: set[int] = set()
+        seen: set[str] = set()
+        frontier = [row.nid for row in prev_rows if _walked_through(row)]
+        while frontier:
+            prev_ids = [p for p in self.db.prev_event_ids_of(frontier) if p not in seen]
+            seen.update(prev_ids)
+            rows = self.events.rows(prev_ids).values()
+            found.update(row.nid for row in rows)
+            frontier = [row.nid for row in rows if _walked_through(row)]
+        return found
 
     def _has_accepted_children(self, event_id: str) -> bool:
         """Whether accepted events already name this one as a prev event (it arrived
@@ -810,6 +844,12 @@ class Pipeline:
     def _sender_may_redact_any(self, event: Event, state: NidState) -> bool:
         levels = PowerLevels(self._auth_state(event, state), event.room_version)
         return levels.user_level(event.sender) >= levels.named("redact")
+
+
+def _walked_through(row: EventRow) -> bool:
+    """Whether extremity bookkeeping looks past this event to its prev events: a
+    soft-failed or rejected event that has state (a rejected outlier has none)."""
+    return row.status in (STATUS_SOFT_FAILED, STATUS_REJECTED) and row.before_snapshot_nid != 0
 
 
 def _domain(user_id: str) -> str:

@@ -398,6 +398,19 @@ class Database:
             )
         ]
 
+    def prev_event_ids_of(self, nids: Sequence[int]) -> list[str]:
+        """The prev event IDs the stored events with these NIDs name (known or not)."""
+        found: list[str] = []
+        for chunk in _chunks(list(nids), 500):
+            marks = ",".join("?" * len(chunk))
+            found.extend(
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT prev_event_id FROM event_edges WHERE event_nid IN ({marks})", chunk
+                )
+            )
+        return found
+
     # -- state blocks and snapshots ----------------------------------------------
 
     def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
