@@ -158,14 +158,6 @@ def test_unfederated_room_rejects_other_servers(version: str) -> None:
     room.check(room.make("m.room.message", CAROL, {"body": "x"}))
 
 
-@pytest.mark.parametrize("federate", [True, "false", 0])
-def test_only_a_literal_false_stops_federation(federate: object) -> None:
-    room = Room("10", create_content={"m.federate": federate})
-    room.join(ALICE)
-    room.set_state("m.room.join_rules", {"join_rule": "public"})
-    room.join(BOB)
-
-
 # -- m.room.aliases ------------------------------------------------------------------
 
 
@@ -261,8 +253,7 @@ def test_v1_v2_redaction_needs_redact_level_or_same_server(version: str) -> None
     room.check(room.make(redaction, ALICE, {}, redacts="$1:b"))
     room.check(room.make(redaction, BOB, {}, redacts="$99:b"))
     rejected(room, room.make(redaction, BOB, {}, redacts="$99:a"), "needs 50 (the redact level)")
-    rejected(room, room.make(redaction, ALICE, {}), "redacts")
-    rejected(room, room.make(redaction, ALICE, {}, redacts="not_an_event_id"), "redacts")
+    # Missing or malformed `redacts`: tests/matrix/test_spec_departures.py.
 
 
 @pytest.mark.parametrize("version", versions(3, 12))

@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from worker.matrix.auth.identifiers import is_valid_user_id
 from worker.matrix.canonical_json import (
     CanonicalJsonError,
     check_json,
@@ -58,6 +59,7 @@ TOO_LARGE = "too_large"
 TOO_MANY_EDGES = "too_many_edges"
 NOT_CANONICAL = "not_canonical"
 BAD_EVENT_ID = "bad_event_id"
+BAD_SENDER = "bad_sender"
 UNKNOWN_ROOM_VERSION = "unknown_room_version"
 
 
@@ -138,6 +140,20 @@ def _check_edges(pdu: Mapping[str, Any], key: str, limit: int, pairs: bool) -> N
             raise _bad(f"each `{key}` entry must be an event ID string from room version 3 on")
 
 
+def _check_sender(sender: str) -> None:
+    """The sender must be a user ID, `@localpart:domain` (spec appendices, "User
+    Identifiers", and the historical grammar servers must still accept).
+
+    The auth rules compare the sender's domain with others' and look its membership
+    and power level up; a sender with no domain would, as a v12 create event's sender,
+    become a room creator with infinite power. Synapse cannot process such an event
+    either: taking the domain of an ID without `:` fails."""
+    if not is_valid_user_id(sender):
+        raise PduError(
+            BAD_SENDER, f"`sender` {_show(sender)} is not a user ID of the form @localpart:domain"
+        )
+
+
 def _check_signatures(pdu: Mapping[str, Any]) -> None:
     for server, keys in _object(pdu, "signatures").items():
         if type(keys) is not dict or any(type(sig) is not str for sig in keys.values()):
@@ -147,7 +163,7 @@ def _check_signatures(pdu: Mapping[str, Any]) -> None:
 def _check_format(pdu: Mapping[str, Any], room_version: RoomVersion) -> None:
     """The event format of the room version, except the event ID."""
     event_type = _string(pdu, "type", limit=True)
-    _string(pdu, "sender", limit=True)
+    _check_sender(_string(pdu, "sender", limit=True))
     if "state_key" in pdu:
         _string(pdu, "state_key", limit=True)
     _object(pdu, "content")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from worker.matrix.auth.errors import AuthError
+from worker.matrix.auth.identifiers import domain_of
 from worker.matrix.auth.power_levels import Level, PowerLevels, creator_of, describe_level
 from worker.matrix.auth.selection import JOIN_RULES_KEY
 from worker.matrix.auth.third_party_invite import signed_by_invite_keys
@@ -29,6 +30,15 @@ def membership_of(state: State, user_id: str) -> str | None:
 
 def _shown(membership: str | None) -> str:
     return membership if membership is not None else "none (never joined)"
+
+
+def federates(create: Event) -> bool:
+    """Whether users of other servers may take part in the room.
+
+    The spec blocks them when the create event's `m.federate` is "set to `false`";
+    Synapse, and so this server, blocks them unless it is absent or exactly `true`
+    (docs/matrix.md)."""
+    return create.content.get("m.federate", True) is True
 
 
 def join_rule_of(state: State) -> object:
@@ -50,6 +60,16 @@ def check_membership(event: Event, state: State, create: Event, levels: PowerLev
             f"{event.sender}'s m.room.member event for {target} has no string content.membership"
         )
     version = event.room_version
+    if membership == "join" and _is_creators_first_join(event, target, create):
+        return
+    # Beyond the spec, as Synapse does: a room that does not federate takes no member
+    # of another server than the creator's, whoever sends the event (docs/matrix.md).
+    if not federates(create) and domain_of(target) != domain_of(create.sender):
+        raise AuthError(
+            f"{event.sender} cannot make {target} a member: the room's m.room.create sets "
+            f"m.federate to {create.content.get('m.federate')!r} and {target} is not on the "
+            "creator's server"
+        )
     if membership == "join":
         _check_join(event, target, state, create, levels)
     elif membership == "invite":
@@ -72,8 +92,6 @@ def _check_join(
 ) -> None:
     version = event.room_version
     sender = event.sender
-    if event.prev_event_ids == (create.event_id,) and target == creator_of(create):
-        return  # the creator's own first join, straight after the create event
     if sender != target:
         raise AuthError(
             f"{sender} cannot join {target} to the room: only a user can join themselves"
@@ -102,6 +120,11 @@ def _check_join(
         f"{sender} cannot join: the join rule is {join_rule!r}, which does not let users "
         f"join freely in room version {version.identifier}"
     )
+
+
+def _is_creators_first_join(event: Event, target: str, create: Event) -> bool:
+    """The creator's own first join, straight after the create event."""
+    return event.prev_event_ids == (create.event_id,) and target == creator_of(create)
 
 
 def _check_join_authoriser(

@@ -138,17 +138,26 @@ def check_power_levels_event(
 ) -> None:
     """The `m.room.power_levels` rule (rule 10 in v1–v5, 9 in v6–v11, 10 in v12).
 
-    Beyond the spec's explicit shape checks, v1–v9 also reject a level anywhere in the
-    event that is neither an integer nor a string holding one: such a value has no
-    meaning to compare, and accepting it would leave later checks nothing to read.
-    Keys are visited in sorted order so that the reason for a rejection is the same on
-    every run.
+    Which values are validated before "If there is no previous m.room.power_levels
+    event in the room, allow" depends on the version: v1–v9 only `users`, v10+ also the
+    named levels and the `events` and `notifications` maps (as Synapse's
+    `_check_power_levels` does). So in v1–v9 a room's first power levels event may hold
+    any value outside `users`; such a value is read as absent.
+
+    Once there is a previous event, v1–v9 also reject a level anywhere in the event
+    that is neither an integer nor a string holding one: the spec is silent, such a
+    value has no meaning to compare, and Synapse fails on it (docs/matrix.md). Keys are
+    visited in sorted order so that the reason for a rejection is the same on every run.
     """
     version = event.room_version
     content = event.content
     sender = event.sender
-    new_named = _parse_named(content, event)
-    new_maps = {name: _parse_map(content, name, event) for name in _limited_maps(version)}
+    if version.enforce_int_power_levels:
+        # v10+ 1. Named levels present and not an integer: reject.
+        new_named = _parse_named(content, event)
+        # v10+ 2. `events` or `notifications` present and not an object of integers: reject.
+        new_maps = {name: _parse_map(content, name, event) for name in _limited_maps(version)}
+    # `users` not an object with valid user IDs for keys and integers for values: reject.
     new_users = _parse_users(content, event)
     if version.room_id_from_create:
         create = state.get(CREATE_KEY)
@@ -163,6 +172,9 @@ def check_power_levels_event(
     current = levels.event
     if current is None:
         return  # the room's first power levels event
+    if not version.enforce_int_power_levels:
+        new_named = _parse_named(content, event)
+        new_maps = {name: _parse_map(content, name, event) for name in _limited_maps(version)}
     old = current.content
     old_named = _lenient_named(old, version)
     for name in NAMED_LEVELS:
