@@ -747,11 +747,11 @@ class Pipeline:
         rejected prev events: they are no forward extremities any more either.
 
         Synapse's rule (`_get_prevs_before_rejected`, used when it calculates new
-        extremities): from the new event's prev events, every soft-failed or rejected
-        one adds its own prev events, recursively, stopping at the first events that
-        are neither; events without state (outliers, rejected ones included) are not
-        walked through. Without it, an event built on a soft-failed one would leave
-        the soft-failed event's parent as an extremity beside it, its own ancestor."""
+        extremities): from the new event's prev events, every soft-failed one adds its
+        own prev events, recursively, stopping at the first events that are not
+        soft-failed; rejected events are not walked through (see `_walked_through`).
+        Without it, an event built on a soft-failed one would leave the soft-failed
+        event's parent as an extremity beside it, its own ancestor."""
         found: set[int] = set()
         seen: set[str] = set()
         frontier = [row.nid for row in prev_rows if _walked_through(row)]
@@ -848,8 +848,9 @@ class Pipeline:
 
 def _walked_through(row: EventRow) -> bool:
     """Whether extremity bookkeeping looks past this event to its prev events: a
-    soft-failed or rejected event that has state (a rejected outlier has none)."""
-    return row.status in (STATUS_SOFT_FAILED, STATUS_REJECTED) and row.before_snapshot_nid != 0
+    soft-failed event. Not a rejected one: Synapse stores no prev-event edges for
+    rejected events, so its walk (`_get_prevs_before_rejected`) stops at them."""
+    return row.status == STATUS_SOFT_FAILED and row.before_snapshot_nid != 0
 
 
 def _domain(user_id: str) -> str:
