@@ -48,13 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", default=",".join(ALL_VERSIONS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print every mismatch")
+    parser.add_argument(
+        "--tmp",
+        default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where the rooms' SQLite files go (default: /dev/shm when there is one, so "
+        "that commits do not wait for a disk)",
+    )
     args = parser.parse_args(argv)
     versions = args.versions.split(",")
     started = time.monotonic()
     totals: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     failures = []
-    with tempfile.TemporaryDirectory(prefix="oracle-sweep-") as directory:
+    with tempfile.TemporaryDirectory(prefix="oracle-sweep-", dir=args.tmp) as directory:
         jobs = [(versions[i % len(versions)], args.seed + i, directory) for i in range(args.rooms)]
         with ProcessPoolExecutor(args.jobs, initializer=_quiet) as pool:
             for done, r in enumerate(pool.map(_one, jobs, chunksize=4), 1):
