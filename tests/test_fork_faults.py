@@ -5,9 +5,8 @@
    v2.1 the conflicted subgraph), and the spec's iterative auth checks may admit one of
    those events while rejecting the events the states hold. The pipeline must map such
    an event back to its NID instead of failing the input.
-2. An accepted event whose prev event is soft-failed ends the forward extremity of that
-   event's own prev events too, as Synapse computes extremities (a rejected prev event
-   is not looked past: Synapse stores no prev-event edges for rejected events).
+2. An accepted event whose prev event is soft-failed ends the forward extremity of
+   that event's own prev events too, as Synapse computes extremities.
 """
 
 from __future__ import annotations
@@ -154,12 +153,12 @@ def test_an_event_built_on_a_rejected_event_leaves_its_parents_extremity(
     tmp_path: Path, version: str
 ) -> None:
     """Bob (power 0) sets the topic after `side`: rejected (needs the state default,
-    50). Alice's next event names it as its prev event. `_get_prevs_before_rejected`
-    reads the rejected event's prev events from `event_edges`, but Synapse writes no
-    edges for rejected events (`_store_rejected_events_txn` drops them from the list
-    `_update_metadata_tables_txn` inserts edges for), so it finds none and `side` stays
-    an extremity: {ban, side, Alice's message} (tests/test_pipeline_oracle.py checks the
-    same against Synapse's persister)."""
+    50). Alice's next event names it as its prev event. Synapse's
+    `_get_prevs_before_rejected` reads "find all those that have been soft-failed or
+    rejected", but it walks the `event_edges` table, and Synapse writes no edges for a
+    rejected event (`_store_rejected_events_txn` filters rejected events out before
+    `_handle_mult_prev_events`). So the walk stops at a rejected event, and `side`, whose
+    only child is rejected, stays an extremity: {side, ban, Alice's message}."""
     fork = _Fork(tmp_path, version)
     h, b = fork.h, fork.h.builder
     topic = b.state_event(
@@ -170,11 +169,11 @@ def test_an_event_built_on_a_rejected_event_leaves_its_parents_extremity(
         assert h.send(event) is Disposition.ACK
     assert fork.status(topic) == STATUS_REJECTED
     assert fork.status(after) == 0
-    assert _room_latest(h) == {fork.ban.event_id, fork.side.event_id, after.event_id}
+    assert _room_latest(h) == {fork.side.event_id, fork.ban.event_id, after.event_id}
 
 
 def test_an_accepted_prev_event_is_not_walked_through(tmp_path: Path) -> None:
-    """Only soft-failed events are looked past: an event built on `side`
+    """Only soft-failed and rejected events are looked past: an event built on `side`
     itself ends `side` and nothing behind it (here the two branches' parent, which is
     no extremity anyway), and `ban` stays."""
     fork = _Fork(tmp_path, "10")

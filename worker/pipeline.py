@@ -705,7 +705,7 @@ class Pipeline:
         event = stored.event
         prev_rows = self.events.rows(event.prev_event_ids)
         prev_nids = {row.nid for row in prev_rows.values()}
-        prev_nids |= self._behind_unaccepted(prev_rows.values())
+        prev_nids |= self._behind_soft_failed(prev_rows.values())
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
         if not latest or not self._has_accepted_children(event.event_id):
             latest.append(stored.row.nid)
@@ -742,25 +742,27 @@ class Pipeline:
         self.db.update_room(room)
         self.db.on_rollback(self._rooms.clear)
 
-    def _behind_unaccepted(self, prev_rows: Iterable[EventRow]) -> set[int]:
-        """NIDs of the events an accepted event reaches back to through soft-failed or
-        rejected prev events: they are no forward extremities any more either.
+    def _behind_soft_failed(self, prev_rows: Iterable[EventRow]) -> set[int]:
+        """NIDs of the events an accepted event reaches back to through soft-failed
+        prev events: they are no forward extremities any more either.
 
         Synapse's rule (`_get_prevs_before_rejected`, used when it calculates new
         extremities): from the new event's prev events, every soft-failed one adds its
         own prev events, recursively, stopping at the first events that are not
-        soft-failed; rejected events are not walked through (see `_walked_through`).
-        Without it, an event built on a soft-failed one would leave the soft-failed
-        event's parent as an extremity beside it, its own ancestor."""
+        soft-failed; outliers are not walked through. Its query would walk through
+        rejected events as well, but Synapse stores no prev edges for a rejected
+        event, so in effect a rejected prev event ends the walk, and so it does here.
+        Without the walk, an event built on a soft-failed one would leave the
+        soft-failed event's parent as an extremity beside it, its own ancestor."""
         found: set[int] = set()
         seen: set[str] = set()
-        frontier = [row.nid for row in prev_rows if _walked_through(row)]
+        frontier = [row.nid for row in prev_rows if row.status == STATUS_SOFT_FAILED]
         while frontier:
             prev_ids = [p for p in self.db.prev_event_ids_of(frontier) if p not in seen]
             seen.update(prev_ids)
             rows = self.events.rows(prev_ids).values()
             found.update(row.nid for row in rows)
-            frontier = [row.nid for row in rows if _walked_through(row)]
+            frontier = [row.nid for row in rows if row.status == STATUS_SOFT_FAILED]
         return found
 
     def _has_accepted_children(self, event_id: str) -> bool:
@@ -844,13 +846,6 @@ class Pipeline:
     def _sender_may_redact_any(self, event: Event, state: NidState) -> bool:
         levels = PowerLevels(self._auth_state(event, state), event.room_version)
         return levels.user_level(event.sender) >= levels.named("redact")
-
-
-def _walked_through(row: EventRow) -> bool:
-    """Whether extremity bookkeeping looks past this event to its prev events: a
-    soft-failed event. Not a rejected one: Synapse stores no prev-event edges for
-    rejected events, so its walk (`_get_prevs_before_rejected`) stops at them."""
-    return row.status == STATUS_SOFT_FAILED and row.before_snapshot_nid != 0
 
 
 def _domain(user_id: str) -> str:

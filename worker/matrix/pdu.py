@@ -7,9 +7,10 @@ types, the v1–2 versus v3+ shapes of `prev_events`/`auth_events`, the v12 room
 canonical JSON where the version demands it, the size limits, the event ID and the content
 hash. Every failure is a `PduError` whose `code` is a stable dead-letter code.
 
-Failures of the *format* make the event unusable and are raised. A content hash that does
-not match is not a failure: the spec says the event is then processed in redacted form, so
-`parse_pdu` returns the redacted event with `redacted=True`.
+Failures of the *format* make the event unusable and are raised (a content hash that is
+not base64 among them). A content hash that does not match is not a failure: the spec
+says the event is then processed in redacted form, so `parse_pdu` returns the redacted
+event with `redacted=True`.
 
 Type checks are exact (`type(x) is int`): msgpack decodes to dict, list, str, int, float,
 bytes, bool and None, and a bool must not pass for an integer, nor bytes for a string.
@@ -283,7 +284,11 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
             )
 
     expected = expected_content_hash(body)
-    if expected is None or expected != hashlib.sha256(view_bytes).digest():
+    if expected is None:
+        # A hash that is not base64 is no hash at all: Synapse refuses such a PDU
+        # rather than process it redacted (docs/matrix.md).
+        raise _bad(f"`hashes.sha256` {_show(body['hashes']['sha256'])} is not base64")
+    if expected != hashlib.sha256(view_bytes).digest():
         return Event(event_id, room_version, redact(body, room_version), redacted=True)
     return Event(event_id, room_version, body)
 
