@@ -8,6 +8,16 @@ events in the same order (`tests/oracle/synapse_room.py` drives `_check_event_au
 the generator is `tests/oracle/forked_rooms.py`). `make oracle-sweep` runs thousands of
 rooms over room versions 1–12; these are a few seeds per version.
 
+The spec's checks on receipt (server-server API, "Checks performed on receipt of a PDU"):
+"4. Passes authorisation rules based on the event's auth events, otherwise it is
+rejected. 5. Passes authorisation rules based on the state before the event, otherwise it
+is rejected. 6. Passes authorisation rules based on the current state of the room,
+otherwise it is "soft failed"." And ("Soft failure"): the current state is "the resolved
+state across all forward extremities"; a soft-failed event should not "be added to the
+server's list of forward extremities of the room. Soft failed events are otherwise
+handled as usual." Where the spec leaves details open (which extremities an event built
+on soft-failed or rejected events ends), Synapse's persister is the truth.
+
 Documented difference, not compared: Synapse prunes forward extremities
 (`_prune_extremities`) and sends dummy events to merge them; the worker keeps every
 forward extremity until an event names it as a prev event. `SynapseRoom` calls
