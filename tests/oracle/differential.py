@@ -17,6 +17,7 @@ counts how often Synapse would have pruned (`prunable`).
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,15 +109,22 @@ class _Worker:
 
 
 def run_room(
-    room_version: str, seed: int, directory: Path, *, events: int | None = None
+    room_version: str,
+    seed: int,
+    directory: Path,
+    *,
+    events: int | None = None,
+    keep: bool = True,
 ) -> RoomResult:
-    """Build, process and compare one room; `events` defaults to a random 60–160."""
+    """Build, process and compare one room; `events` defaults to a random 60–160.
+    The worker's storage goes under `directory`, and is deleted afterwards unless `keep`."""
     result = RoomResult(room_version, seed)
     room = ForkedRoom(room_version, seed)
     truth = SynapseRoom(room_version)
     room.resolve = truth.state_before
     total = events if events is not None else random.Random(seed).randint(60, 160)
-    worker = _Worker(directory / f"v{room_version}-{seed}.sqlite3")
+    storage = directory / f"v{room_version}-{seed}"
+    worker = _Worker(storage)
     where = f"room version {room_version}, seed {seed}"
     verdicts: dict[str, Verdict] = {}
     index: dict[str, int] = {}
@@ -162,6 +170,8 @@ def run_room(
         result.prunable = truth.prunable
     finally:
         worker.close()
+        if not keep:
+            shutil.rmtree(storage, ignore_errors=True)
     return result
 
 

@@ -38,7 +38,7 @@ def _quiet() -> None:
 
 def _one(job: tuple[str, int, str]) -> RoomResult:
     version, seed, directory = job
-    return run_room(version, seed, Path(directory))
+    return run_room(version, seed, Path(directory), keep=False)
 
 
 def main(argv: list[str] | None = None) -> int:
