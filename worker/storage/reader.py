@@ -27,6 +27,7 @@ import aiosqlite
 
 from worker.storage.blocks import NidState, unpack_entries_into, unpack_nids
 from worker.storage.database import DB_FILENAME
+from worker.storage.lru import LruByWeight
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
@@ -35,7 +36,6 @@ from worker.storage.schema import (
     STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
-from worker.storage.state import LruByWeight
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 

@@ -7,10 +7,8 @@ the hot path never touches strings for state it does not look at.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from worker.storage.blocks import (
     NidState,
@@ -22,6 +20,7 @@ from worker.storage.blocks import (
     unpack_entries_into,
 )
 from worker.storage.database import Database, StorageError
+from worker.storage.lru import LruByWeight
 
 
 @dataclass(slots=True)
@@ -32,46 +31,6 @@ class WriteStats:
     blocks_written: int = 0
     triples_written: int = 0
     merges: int = 0
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LruByWeight(Generic[K, V]):
-    """An LRU map bounded by a total weight (state entries), not an item count, so
-    one huge room and many small ones share the same memory budget."""
-
-    def __init__(self, budget: int) -> None:
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._budget = budget
-        self._weight = 0
-
-    def get(self, key: K) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
-
-    def put(self, key: K, value: V, weight: int) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._weight -= old[1]
-        self._items[key] = (value, weight)
-        self._weight += weight
-        while self._weight > self._budget and len(self._items) > 1:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self._weight -= dropped
-
-    def discard(self, key: K) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._weight -= old[1]
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._weight = 0
 
 
 class StateStore:
