@@ -12,12 +12,9 @@ from pathlib import Path
 
 from worker.bus.subjects import Subjects
 from worker.pipeline import Pipeline
-from worker.storage.blocks import MAX_BLOCKS, NidState, unpack_entries_into
+from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
-
-#: Bytes per packed (type NID, state key NID, event NID) triple.
-_TRIPLE_BYTES = 24
 
 
 @dataclass(slots=True)
@@ -65,12 +62,11 @@ def _verify(db: Database) -> Report:
     for nid, count, entries in conn.execute("SELECT nid, entry_count, entries FROM state_blocks"):
         report.blocks += 1
         data = bytes(entries)
-        if len(data) % _TRIPLE_BYTES or len(data) // _TRIPLE_BYTES != count:
+        if len(data) % TRIPLE_BYTES or len(data) // TRIPLE_BYTES != count:
             report.fault(f"state block {nid} does not decode to its {count} entries")
             continue
         blocks[nid] = data
-        state: NidState = {}
-        unpack_entries_into(data, state, drop_removed=False)
+        state = merge_blocks([data], keep_removed=True)
         for (type_nid, sk_nid), event_nid in state.items():
             if type_nid not in types or sk_nid not in state_keys:
                 report.fault(f"state block {nid} names an unknown type or state key NID")
@@ -91,13 +87,11 @@ def _verify(db: Database) -> Report:
     ):
         report.snapshots += 1
         snapshots[nid] = room_nid
-        data = bytes(packed)
-        if len(data) % 8:
+        try:
+            block_nids = unpack_nids(bytes(packed))
+        except ValueError:
             report.fault(f"state snapshot {nid} has a block list that does not decode")
             continue
-        block_nids = [
-            int.from_bytes(data[i : i + 8], "little", signed=True) for i in range(0, len(data), 8)
-        ]
         if len(block_nids) > MAX_BLOCKS:
             report.fault(f"state snapshot {nid} has {len(block_nids)} blocks (limit {MAX_BLOCKS})")
         for block_nid in block_nids:

@@ -408,16 +408,16 @@ class Database:
             raise StorageError(f"state snapshot {snapshot_nid} is referenced but not stored")
         return unpack_nids(row[0])
 
-    def blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[int, bytes]]:
-        """Block NID → (entry count, packed entries)."""
-        found: dict[int, tuple[int, bytes]] = {}
+    def blocks(self, block_nids: Sequence[int]) -> dict[int, bytes]:
+        """Block NID → packed entries."""
+        found: dict[int, bytes] = {}
         for chunk in _chunks(list(set(block_nids)), 500):
             marks = ",".join("?" * len(chunk))
-            for nid, count, entries in self.conn.execute(
-                f"SELECT nid, entry_count, entries FROM state_blocks WHERE nid IN ({marks})",
+            for nid, entries in self.conn.execute(
+                f"SELECT nid, entries FROM state_blocks WHERE nid IN ({marks})",
                 chunk,
             ):
-                found[nid] = (count, bytes(entries))
+                found[nid] = bytes(entries)
         return found
 
     def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:

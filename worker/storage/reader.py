@@ -7,7 +7,7 @@ take the write lock or change a byte. Everything it returns is committed data.
 What makes it fast is that almost everything it reads is immutable once committed:
 blocks and snapshots are never rewritten, a NID always names the same type, state key
 or event, and an event's auth events, state snapshots and membership never change
-(a redaction keeps `membership`). So decoded blocks, merged snapshot states and NID
+(a redaction keeps `membership`). So packed blocks, merged snapshot states and NID
 names are cached without any invalidation; only the room rows (current state, forward
 extremities) and event JSON are read fresh each time.
 """
@@ -25,9 +25,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import aiosqlite
 
-from worker.storage.blocks import NidState, unpack_entries_into, unpack_nids
-from worker.storage.database import DB_FILENAME
-from worker.storage.lru import LruByWeight
+from worker.storage.blocks import NidState, unpack_nids
+from worker.storage.database import DB_FILENAME, StorageError
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
@@ -36,6 +35,7 @@ from worker.storage.schema import (
     STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
+from worker.storage.snapshots import SnapshotCache
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
@@ -217,10 +217,7 @@ class Reader:
     def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
         self._conn = conn
         self.path = path
-        self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
-        #: Block NID → (decoded entries, including 0 = removed; whether any is 0).
-        self._blocks: LruByWeight[int, tuple[NidState, bool]] = LruByWeight(cache_entries)
-        self._block_lists: LruByWeight[int, list[int]] = LruByWeight(cache_entries // 10)
+        self._snapshots = SnapshotCache(cache_entries, cache_entries, cache_entries // 10)
         self._type_names: dict[int, str] = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
         self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
         self._sk_names: _NidCache[str] = _NidCache(cache_entries // 4)
@@ -260,9 +257,7 @@ class Reader:
 
     def clear_caches(self) -> None:
         """Forget everything decoded (the benchmark measures cold queries with this)."""
-        self._states.clear()
-        self._blocks.clear()
-        self._block_lists.clear()
+        self._snapshots.clear()
         self._type_names = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
         self._type_nids = dict(WELL_KNOWN_TYPES)
         for cache in (self._sk_names, self._event_ids, self._memberships, self._auth):
@@ -321,13 +316,15 @@ class Reader:
     # -- state -----------------------------------------------------------------------------
 
     async def _state(self, snapshot_nid: int) -> NidState:
-        """The snapshot's state map (shared with the cache: read-only)."""
+        """The snapshot's state map (shared with the cache: read-only); loaded as the
+        writer's `StateStore.load` does, through the same `SnapshotCache`."""
         if snapshot_nid == 0:
             return {}
-        cached = self._states.get(snapshot_nid)
-        if cached is not None:
-            return cached
-        block_nids = self._block_lists.get(snapshot_nid)
+        cache = self._snapshots
+        state = cache.state(snapshot_nid)
+        if state is not None:
+            return state
+        block_nids = cache.block_nids(snapshot_nid)
         if block_nids is None:
             rows = await self._rows(
                 "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
@@ -336,46 +333,19 @@ class Reader:
                 raise ReadError(
                     "internal_error", f"state snapshot {snapshot_nid} is referenced but not stored"
                 )
-            block_nids = unpack_nids(rows[0][0])
-            self._block_lists.put(snapshot_nid, block_nids, len(block_nids) + 1)
-        blocks = await self._decoded_blocks(block_nids)
-        state: NidState = {}
-        removals = False
-        for block_nid in block_nids:
-            entries, has_removals = blocks[block_nid]
-            state.update(entries)
-            removals = removals or has_removals
-        if removals:
-            state = {key: event_nid for key, event_nid in state.items() if event_nid}
-        self._states.put(snapshot_nid, state, len(state) + 1)
-        return state
-
-    async def _decoded_blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[NidState, bool]]:
-        found: dict[int, tuple[NidState, bool]] = {}
-        missing: list[int] = []
-        for block_nid in block_nids:
-            cached = self._blocks.get(block_nid)
-            if cached is None:
-                missing.append(block_nid)
-            else:
-                found[block_nid] = cached
+            block_nids = cache.remember_block_nids(snapshot_nid, unpack_nids(rows[0][0]))
+        held, missing = cache.held_blocks(block_nids)
         if missing:
             for block_nid, packed in await self._rows(
                 "SELECT nid, entries FROM state_blocks "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
                 (_json_list(missing),),
             ):
-                entries: NidState = {}
-                unpack_entries_into(packed, entries, drop_removed=False)
-                decoded = (entries, 0 in entries.values())
-                self._blocks.put(block_nid, decoded, len(entries) + 1)
-                found[block_nid] = decoded
-            lost = [nid for nid in missing if nid not in found]
-            if lost:
-                raise ReadError(
-                    "internal_error", f"state blocks {lost} are referenced but not stored"
-                )
-        return found
+                held[int(block_nid)] = bytes(packed)
+        try:
+            return cache.assemble(snapshot_nid, block_nids, held)
+        except StorageError as exc:
+            raise ReadError("internal_error", str(exc)) from exc
 
     async def _names(
         self, state: Mapping[tuple[int, int], int]
