@@ -249,25 +249,24 @@ class Database:
         ).fetchone()
         return EventRow(*row) if row is not None else None
 
-    def get_event_rows(self, event_ids: Sequence[str]) -> dict[str, EventRow]:
-        found: dict[str, EventRow] = {}
-        for chunk in _chunks(list(event_ids), 500):
-            marks = ",".join("?" * len(chunk))
+    def get_event_rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
+        return {
+            row[1]: EventRow(*row)
             for row in self.conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
-            ):
-                found[row[1]] = EventRow(*row)
-        return found
+                f"SELECT {_EVENT_COLUMNS} FROM events "
+                "WHERE event_id IN (SELECT value FROM json_each(?))",
+                (json_list(event_ids),),
+            )
+        }
 
     def event_ids_of(self, nids: Iterable[int]) -> dict[int, str]:
-        result: dict[int, str] = {}
-        for chunk in _chunks(list(nids), 500):
-            marks = ",".join("?" * len(chunk))
+        return {
+            nid: event_id
             for nid, event_id in self.conn.execute(
-                f"SELECT nid, event_id FROM events WHERE nid IN ({marks})", chunk
-            ):
-                result[nid] = event_id
-        return result
+                "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(nids),),
+            )
+        }
 
     def insert_event(
         self,
@@ -408,17 +407,16 @@ class Database:
             raise StorageError(f"state snapshot {snapshot_nid} is referenced but not stored")
         return unpack_nids(row[0])
 
-    def blocks(self, block_nids: Sequence[int]) -> dict[int, bytes]:
+    def blocks(self, block_nids: Iterable[int]) -> dict[int, bytes]:
         """Block NID → packed entries."""
-        found: dict[int, bytes] = {}
-        for chunk in _chunks(list(set(block_nids)), 500):
-            marks = ",".join("?" * len(chunk))
+        return {
+            nid: bytes(entries)
             for nid, entries in self.conn.execute(
-                f"SELECT nid, entries FROM state_blocks WHERE nid IN ({marks})",
-                chunk,
-            ):
-                found[nid] = bytes(entries)
-        return found
+                "SELECT nid, entries FROM state_blocks "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(block_nids),),
+            )
+        }
 
     def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:
         """Store a block unless an identical one exists; returns (NID, newly written)."""
@@ -617,6 +615,10 @@ class _NidTable:
             self._names.pop(nid, None)
 
 
-def _chunks(items: list[int] | list[str], size: int) -> Iterator[list[int] | list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def json_list(values: Iterable[int] | Iterable[str]) -> str:
+    """A list of IDs as one SQL parameter, for `x IN (SELECT value FROM json_each(?))`.
+
+    The one way storage passes ID lists to SQL: one statement for any number of values
+    (no chunking under SQLite's variable limit), and one cached statement text.
+    """
+    return json.dumps(list(values))

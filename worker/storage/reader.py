@@ -26,7 +26,7 @@ from typing import Any, Final, Generic, TypeVar
 import aiosqlite
 
 from worker.storage.blocks import NidState, unpack_nids
-from worker.storage.database import DB_FILENAME, StorageError
+from worker.storage.database import DB_FILENAME, StorageError, json_list
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
@@ -202,11 +202,6 @@ class _NidCache(Generic[V]):
         self.map = {}
 
 
-def _json_list(values: Iterable[int] | Iterable[str]) -> str:
-    """A JSON array for `json_each(?)`: one statement for any number of values."""
-    return json.dumps(list(values))
-
-
 class Reader:
     """Read-only queries over one worker's database. Use `await Reader.open(path)`.
 
@@ -339,7 +334,7 @@ class Reader:
             for block_nid, packed in await self._rows(
                 "SELECT nid, entries FROM state_blocks "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
-                (_json_list(missing),),
+                (json_list(missing),),
             ):
                 held[int(block_nid)] = bytes(packed)
         try:
@@ -369,7 +364,7 @@ class Reader:
         if not lacking:
             return cache.map
         found = {
-            int(nid): str(value) for nid, value in await self._rows(sql, (_json_list(lacking),))
+            int(nid): str(value) for nid, value in await self._rows(sql, (json_list(lacking),))
         }
         absent = [nid for nid in lacking if nid not in found]
         if absent:
@@ -387,7 +382,7 @@ class Reader:
         lacking = [nid for nid in nids if nid not in self._type_names]
         rows = await self._rows(
             "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
-            (_json_list(lacking),),
+            (json_list(lacking),),
         )
         for nid, name in rows:
             self._type_names[int(nid)] = str(name)
@@ -400,7 +395,7 @@ class Reader:
         if lacking:
             for nid, name in await self._rows(
                 "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             ):
                 self._type_nids[str(name)] = int(nid)
                 self._type_names[int(nid)] = str(name)
@@ -414,7 +409,7 @@ class Reader:
             for nid, key in await self._rows(
                 "SELECT nid, state_key FROM state_keys "
                 "WHERE state_key IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             ):
                 result[str(key)] = int(nid)
         return result
@@ -490,7 +485,7 @@ class Reader:
             "FROM events e JOIN rooms r ON r.nid = e.room_nid "
             "JOIN event_json j ON j.event_nid = e.nid "
             "WHERE e.event_id IN (SELECT value FROM json_each(?))",
-            (_json_list(event_ids),),
+            (json_list(event_ids),),
         )
         by_id = {
             str(event_id): EventRecord(
@@ -583,7 +578,7 @@ class Reader:
             for nid, packed in await self._rows(
                 "SELECT nid, auth_event_nids FROM events "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             )
         }
         for nid in lacking:
@@ -595,7 +590,7 @@ class Reader:
         the events themselves unless one is in another's chain), sorted."""
         rows = await self._rows(
             "SELECT nid, event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
-            (_json_list(event_ids),),
+            (json_list(event_ids),),
         )
         known = {str(event_id): int(nid) for nid, event_id in rows}
         missing = [e for e in dict.fromkeys(event_ids) if e not in known]
@@ -706,7 +701,7 @@ class Reader:
                 for nid, blob in await self._rows(
                     "SELECT nid, block_nids FROM state_snapshots "
                     "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (_json_list(snapshot_nids),),
+                    (json_list(snapshot_nids),),
                 )
             }
             block_nids = {b for blocks in snapshots.values() for b in blocks}
@@ -715,7 +710,7 @@ class Reader:
                 for nid, count in await self._rows(
                     "SELECT nid, entry_count FROM state_blocks "
                     "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (_json_list(block_nids),),
+                    (json_list(block_nids),),
                 )
             }
             held = await self.held(room_id)
@@ -728,7 +723,7 @@ class Reader:
                 for row in await self._rows(
                     "SELECT event_id FROM events "
                     "WHERE event_id IN (SELECT value FROM json_each(?))",
-                    (_json_list(named - listed),),
+                    (json_list(named - listed),),
                 )
             }
         return RoomGraph(
