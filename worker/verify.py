@@ -14,6 +14,7 @@ from worker.bus.subjects import Subjects
 from worker.pipeline import Pipeline
 from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
+from worker.storage.inspection import Inspector
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
 
 
@@ -34,34 +35,29 @@ def verify(storage_path: Path) -> Report:
     (creating an empty one would report a healthy nothing)."""
     if not (storage_path / DB_FILENAME).exists():
         raise FileNotFoundError(f"no roomserver database under {storage_path}")
-    db = Database(storage_path)
-    try:
-        return _verify(db)
-    finally:
-        db.close()
+    with Inspector.open(storage_path) as inspector:
+        db = Database(storage_path)
+        try:
+            return _verify(inspector, db)
+        finally:
+            db.close()
 
 
-def _verify(db: Database) -> Report:
+def _verify(inspector: Inspector, db: Database) -> Report:
+    """Every check reads through the read-only `inspector`; `db` serves only the
+    resolution of each room's forward extremities."""
     report = Report()
-    for problem in db.integrity_check():
+    for problem in inspector.integrity_problems():
         report.fault(f"SQLite integrity: {problem}")
-    conn = db.conn
-    events: dict[int, tuple[int, int, int, int, int, int]] = {
-        row[0]: row[1:]
-        for row in conn.execute(
-            "SELECT nid, room_nid, type_nid, state_key_nid, status, before_snapshot_nid, "
-            "after_snapshot_nid FROM events"
-        )
-    }
+    events = inspector.event_facts()
     report.events = len(events)
-    types = {row[0] for row in conn.execute("SELECT nid FROM event_types")}
-    state_keys = {row[0] for row in conn.execute("SELECT nid FROM state_keys")}
-    with_json = {row[0] for row in conn.execute("SELECT event_nid FROM event_json")}
+    types = inspector.type_nids()
+    state_keys = inspector.state_key_nids()
+    with_json = inspector.event_nids_with_json()
 
     blocks: dict[int, bytes] = {}
-    for nid, count, entries in conn.execute("SELECT nid, entry_count, entries FROM state_blocks"):
+    for nid, count, data in inspector.blocks():
         report.blocks += 1
-        data = bytes(entries)
         if len(data) % TRIPLE_BYTES or len(data) // TRIPLE_BYTES != count:
             report.fault(f"state block {nid} does not decode to its {count} entries")
             continue
@@ -82,13 +78,11 @@ def _verify(db: Database) -> Report:
                     report.fault(f"state block {nid} holds rejected event NID {event_nid}")
 
     snapshots: dict[int, int] = {}
-    for nid, room_nid, packed in conn.execute(
-        "SELECT nid, room_nid, block_nids FROM state_snapshots"
-    ):
+    for nid, room_nid, packed in inspector.snapshots():
         report.snapshots += 1
         snapshots[nid] = room_nid
         try:
-            block_nids = unpack_nids(bytes(packed))
+            block_nids = unpack_nids(packed)
         except ValueError:
             report.fault(f"state snapshot {nid} has a block list that does not decode")
             continue
@@ -110,10 +104,9 @@ def _verify(db: Database) -> Report:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
 
     pipeline = Pipeline(db, Subjects())
-    for room_nid, room_id in conn.execute("SELECT nid, room_id FROM rooms").fetchall():
+    for room in inspector.rooms():
+        room_nid, room_id = room.nid, room.room_id
         report.rooms += 1
-        room = db.get_room(room_id)
-        assert room is not None
         if room.snapshot_nid and snapshots.get(room.snapshot_nid) != room_nid:
             report.fault(f"room {room_id}: current snapshot {room.snapshot_nid} is missing")
             continue

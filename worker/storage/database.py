@@ -96,6 +96,14 @@ def open_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """SQLite's own check of a connection's database: the problems found (empty when
+    healthy). The worker runs it at start-up, `roomserver verify` on its read-only
+    connection."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    return [] if problems == ["ok"] else problems
+
+
 class Database:
     """Every SQL statement of the write path, and the NID caches that front them.
 
@@ -132,9 +140,7 @@ class Database:
 
     def integrity_check(self) -> list[str]:
         """SQLite's own check; returns the problems found (empty when healthy)."""
-        rows = self.conn.execute("PRAGMA quick_check").fetchall()
-        problems = [row[0] for row in rows]
-        return [] if problems == ["ok"] else problems
+        return quick_check(self.conn)
 
     # -- transactions -------------------------------------------------------
 

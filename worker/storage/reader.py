@@ -1,4 +1,7 @@
-"""The read side of the database: an async, read-only view for queries and tools.
+"""The read side of the database: an async, read-only view for the query service.
+
+Operator tools (`roomserver stats`, `graph`, `verify`) read through
+`worker.storage.inspection` instead; what is here is what the service answers.
 
 It opens its own `mode=ro` connection through aiosqlite, beside the writer's: WAL lets
 it read committed data while the writer works, and a read-only connection can never
@@ -14,11 +17,8 @@ extremities) and event JSON are read fresh each time.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
@@ -31,8 +31,6 @@ from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
     STATUS_OUTLIER,
-    STATUS_REJECTED,
-    STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
 from worker.storage.snapshots import SnapshotCache
@@ -113,62 +111,6 @@ class HeldRecord:
     stream_sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    rooms: int
-    events: int
-    rejected: int
-    soft_failed: int
-    outliers: int
-    held: int
-    snapshots: int
-    blocks: int
-    block_entries: int
-    block_bytes: int
-    outbox: int
-    #: Size of the database file plus its WAL, in bytes.
-    file_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class GraphEvent:
-    event_id: str
-    type: str
-    state_key: str | None
-    depth: int
-    status: str
-    reason: str | None
-    before_snapshot: int
-    after_snapshot: int
-    prev_event_ids: list[str]
-    redacted_by: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RoomGraph:
-    """What `roomserver graph` draws: the newest events of a room and their state.
-
-    Snapshot and block NIDs appear here, and only here: the graph is a tool for
-    looking inside this worker's storage, not part of the contract.
-    """
-
-    room_id: str
-    room_version: str
-    events: list[GraphEvent]
-    latest_event_ids: list[str]
-    current_snapshot: int
-    #: Snapshot NID → its block NIDs, oldest first.
-    snapshots: dict[int, list[int]]
-    #: Block NID → entry count.
-    block_sizes: dict[int, int]
-    held: list[HeldRecord]
-    #: Events stored in the room but left out by the limit.
-    omitted: int
-    #: Prev events named by the listed (or held) events that are stored but not
-    #: listed; the other prev events named are not stored at all.
-    stored_elsewhere: set[str]
-
-
 V = TypeVar("V")
 
 
@@ -202,6 +144,57 @@ class _NidCache(Generic[V]):
         self.map = {}
 
 
+#: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
+#: wait for the writer's checkpoints rather than fail.
+READ_ONLY_PRAGMAS: Final = ("PRAGMA query_only=1", "PRAGMA busy_timeout=10000")
+
+
+def existing_database(storage_path: Path) -> Path:
+    """The database file under `storage_path`; ReadError(`no_database`) when there is
+    none: the worker creates it on its first start, and a reader must never create an
+    empty one by mistake."""
+    path = Path(storage_path) / DB_FILENAME
+    if not path.exists():
+        raise ReadError(
+            "no_database",
+            f"there is no database at {path}: has the worker run with this storage path?",
+        )
+    return path
+
+
+def read_only_uri(path: Path) -> str:
+    """A URI that opens `path` read-only: such a connection can never take the write
+    lock or change a byte."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
+#: Held events with their rooms and the prev events they still wait for; the reader and
+#: `roomserver graph` (`worker.storage.inspection`) both list them with this.
+HELD_SQL: Final = (
+    "SELECT h.event_id, r.room_id, h.missing_prev_event_ids, h.held_since_ms, "
+    "h.stream_sequence, (SELECT json_group_array(w.missing_event_id) FROM held_waits w "
+    "WHERE w.held_event_id = h.event_id) "
+    "FROM held_events h JOIN rooms r ON r.nid = h.room_nid "
+)
+HELD_IN_ROOM: Final = "WHERE h.room_nid = ? "
+HELD_ORDER: Final = "ORDER BY h.held_since_ms, h.stream_sequence"
+
+
+def held_records(rows: Iterable[Sequence[Any]]) -> list[HeldRecord]:
+    """`HELD_SQL` rows as records."""
+    return [
+        HeldRecord(
+            event_id=str(event_id),
+            room_id=str(room),
+            missing_prev_event_ids=list(json.loads(missing)),
+            waiting_for=sorted(json.loads(waits)),
+            held_since_ms=int(since),
+            stream_sequence=int(sequence),
+        )
+        for event_id, room, missing, since, sequence, waits in rows
+    ]
+
+
 class Reader:
     """Read-only queries over one worker's database. Use `await Reader.open(path)`.
 
@@ -219,29 +212,16 @@ class Reader:
         self._event_ids: _NidCache[str] = _NidCache(cache_entries // 4)
         self._memberships: _NidCache[str] = _NidCache(cache_entries // 4)
         self._auth: _NidCache[list[int]] = _NidCache(cache_entries // 4)
-        #: Queries share one connection; the few that need a read transaction (so that
-        #: several statements agree) take turns.
-        self._txn = asyncio.Lock()
 
     @classmethod
     async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
-        """Open the database under `storage_path` read-only.
-
-        Raises ReadError(`no_database`) when there is none: the worker creates it on
-        its first start, and a reader must never create an empty one by mistake.
-        """
-        path = Path(storage_path) / DB_FILENAME
-        if not path.exists():
-            raise ReadError(
-                "no_database",
-                f"there is no database at {path}: has the worker run with this storage path?",
-            )
-        conn = await aiosqlite.connect(
-            path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
-        )
+        """Open the database under `storage_path` read-only (ReadError `no_database`
+        when there is none)."""
+        path = existing_database(storage_path)
+        conn = await aiosqlite.connect(read_only_uri(path), uri=True, isolation_level=None)
         try:
-            await conn.execute("PRAGMA query_only=1")
-            await conn.execute("PRAGMA busy_timeout=10000")
+            for pragma in READ_ONLY_PRAGMAS:
+                await conn.execute(pragma)
         except BaseException:
             await conn.close()
             raise
@@ -257,15 +237,6 @@ class Reader:
         self._type_nids = dict(WELL_KNOWN_TYPES)
         for cache in (self._sk_names, self._event_ids, self._memberships, self._auth):
             cache.clear()
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        async with self._txn:
-            await self._conn.execute("BEGIN")
-            try:
-                yield
-            finally:
-                await self._conn.execute("COMMIT")
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._conn.execute_fetchall(sql, params))
@@ -608,149 +579,7 @@ class Reader:
 
     async def held(self, room_id: str | None = None) -> list[HeldRecord]:
         """Events waiting for missing prev events, oldest first (one room, or all)."""
-        sql = (
-            "SELECT h.event_id, r.room_id, h.missing_prev_event_ids, h.held_since_ms, "
-            "h.stream_sequence, (SELECT json_group_array(w.missing_event_id) FROM held_waits w "
-            "WHERE w.held_event_id = h.event_id) "
-            "FROM held_events h JOIN rooms r ON r.nid = h.room_nid "
-        )
         if room_id is None:
-            rows = await self._rows(sql + "ORDER BY h.held_since_ms, h.stream_sequence")
-        else:
-            room_nid, *_ = await self._room(room_id)
-            rows = await self._rows(
-                sql + "WHERE h.room_nid = ? ORDER BY h.held_since_ms, h.stream_sequence",
-                (room_nid,),
-            )
-        return [
-            HeldRecord(
-                event_id=str(event_id),
-                room_id=str(room),
-                missing_prev_event_ids=list(json.loads(missing)),
-                waiting_for=sorted(json.loads(waits)),
-                held_since_ms=int(since),
-                stream_sequence=int(sequence),
-            )
-            for event_id, room, missing, since, sequence, waits in rows
-        ]
-
-    # -- tools: stats and graph -------------------------------------------------------------
-
-    async def stats(self) -> StoreStats:
-        """Counts for `roomserver stats`, from one read transaction so they agree."""
-        async with self._transaction():
-            (row,) = await self._rows(
-                "SELECT (SELECT count(*) FROM rooms), (SELECT count(*) FROM events), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM held_events), (SELECT count(*) FROM state_snapshots), "
-                "(SELECT count(*) FROM state_blocks), "
-                "(SELECT coalesce(sum(entry_count), 0) FROM state_blocks), "
-                "(SELECT coalesce(sum(length(entries)), 0) FROM state_blocks), "
-                "(SELECT count(*) FROM outbox)",
-                (STATUS_REJECTED, STATUS_SOFT_FAILED, STATUS_OUTLIER),
-            )
-        file_bytes = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(FileNotFoundError):
-                file_bytes += os.stat(str(self.path) + suffix).st_size
-        counts = [int(v) for v in row]
-        return StoreStats(
-            rooms=counts[0],
-            events=counts[1],
-            rejected=counts[2],
-            soft_failed=counts[3],
-            outliers=counts[4],
-            held=counts[5],
-            snapshots=counts[6],
-            blocks=counts[7],
-            block_entries=counts[8],
-            block_bytes=counts[9],
-            outbox=counts[10],
-            file_bytes=file_bytes,
-        )
-
-    async def graph(self, room_id: str, *, limit: int = 1000) -> RoomGraph:
-        """The room's newest `limit` events (0: all) with their prev events and the
-        snapshots and blocks their state uses, read in one transaction."""
-        async with self._transaction():
-            room_nid, version, current, packed_latest, _ = await self._room(room_id)
-            (total,) = (
-                await self._rows("SELECT count(*) FROM events WHERE room_nid = ?", (room_nid,))
-            )[0]
-            rows = await self._rows(
-                "SELECT e.nid, e.event_id, t.name, k.state_key, e.depth, e.status, e.reason, "
-                "e.before_snapshot_nid, e.after_snapshot_nid, e.redacted_by, "
-                "(SELECT json_group_array(g.prev_event_id) FROM event_edges g "
-                "WHERE g.event_nid = e.nid) "
-                "FROM events e JOIN event_types t ON t.nid = e.type_nid "
-                "LEFT JOIN state_keys k ON k.nid = e.state_key_nid "
-                "WHERE e.room_nid = ? ORDER BY e.nid DESC LIMIT ?",
-                (room_nid, limit if limit > 0 else -1),
-            )
-            latest_nids = unpack_nids(packed_latest)
-            latest = await self._event_id_map(latest_nids)
-            events = [_graph_event(row) for row in reversed(rows)]
-            snapshot_nids = (
-                {current} | {e.before_snapshot for e in events} | {e.after_snapshot for e in events}
-            )
-            snapshot_nids.discard(0)
-            snapshots = {
-                int(nid): unpack_nids(blob)
-                for nid, blob in await self._rows(
-                    "SELECT nid, block_nids FROM state_snapshots "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (json_list(snapshot_nids),),
-                )
-            }
-            block_nids = {b for blocks in snapshots.values() for b in blocks}
-            block_sizes = {
-                int(nid): int(count)
-                for nid, count in await self._rows(
-                    "SELECT nid, entry_count FROM state_blocks "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (json_list(block_nids),),
-                )
-            }
-            held = await self.held(room_id)
-            listed = {e.event_id for e in events}
-            named = {p for e in events for p in e.prev_event_ids} | {
-                m for h in held for m in h.missing_prev_event_ids
-            }
-            stored_elsewhere = {
-                str(row[0])
-                for row in await self._rows(
-                    "SELECT event_id FROM events "
-                    "WHERE event_id IN (SELECT value FROM json_each(?))",
-                    (json_list(named - listed),),
-                )
-            }
-        return RoomGraph(
-            room_id=room_id,
-            room_version=version,
-            events=events,
-            latest_event_ids=[latest[n] for n in latest_nids],
-            current_snapshot=current,
-            snapshots=snapshots,
-            block_sizes=block_sizes,
-            held=held,
-            omitted=int(total) - len(events),
-            stored_elsewhere=stored_elsewhere,
-        )
-
-
-def _graph_event(row: Sequence[Any]) -> GraphEvent:
-    _, event_id, type_name, state_key, depth, status, reason, before, after, redacted, prevs = row
-    return GraphEvent(
-        event_id=str(event_id),
-        type=str(type_name),
-        state_key=None if state_key is None else str(state_key),
-        depth=int(depth),
-        status=STATUS_NAMES.get(int(status), "unknown"),
-        reason=reason,
-        before_snapshot=int(before),
-        after_snapshot=int(after),
-        prev_event_ids=list(json.loads(prevs)),
-        redacted_by=redacted,
-    )
+            return held_records(await self._rows(HELD_SQL + HELD_ORDER))
+        room_nid, *_ = await self._room(room_id)
+        return held_records(await self._rows(HELD_SQL + HELD_IN_ROOM + HELD_ORDER, (room_nid,)))
