@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.lru import LruByWeight
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_REJECTED,
@@ -28,6 +30,9 @@ from worker.storage.schema import (
 )
 
 DB_FILENAME = "roomserver.db"
+#: Names cached per NID table (event types, state keys), in each direction. A state key
+#: is mostly a user ID (~40 bytes); 200,000 of them cost some 40 MB at most.
+NID_CACHE_ENTRIES = 200_000
 
 
 class StorageError(RuntimeError):
@@ -112,7 +117,7 @@ class Database:
     rolled-back rowids, so a stale NID mapping would point at the wrong row).
     """
 
-    def __init__(self, storage_path: Path) -> None:
+    def __init__(self, storage_path: Path, nid_cache_entries: int = NID_CACHE_ENTRIES) -> None:
         self.path = storage_path / DB_FILENAME
         self.conn = open_connection(self.path)
         create_schema(self.conn)
@@ -123,6 +128,7 @@ class Database:
             select_nid="SELECT nid FROM event_types WHERE name = ?",
             select_name="SELECT name FROM event_types WHERE nid = ?",
             insert="INSERT INTO event_types (name) VALUES (?) RETURNING nid",
+            limit=nid_cache_entries,
         )
         self._state_keys = _NidTable(
             self,
@@ -131,6 +137,7 @@ class Database:
             select_nid="SELECT nid FROM state_keys WHERE state_key = ?",
             select_name="SELECT state_key FROM state_keys WHERE nid = ?",
             insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
+            limit=nid_cache_entries,
         )
         self._in_txn = False
         self._rollback_hooks: list[Callable[[], None]] = []
@@ -200,6 +207,15 @@ class Database:
 
     def state_key_name(self, nid: int) -> str:
         return self._state_keys.name(nid)
+
+    def nid_caches(self) -> dict[str, LruByWeight[Any, Any]]:
+        """The NID tables' caches by name (for the tests of their bounds)."""
+        return {
+            "type_nids": self._types._nids,
+            "type_names": self._types._names,
+            "state_key_nids": self._state_keys._nids,
+            "state_key_names": self._state_keys._names,
+        }
 
     # -- rooms ------------------------------------------------------------------
 
@@ -576,11 +592,16 @@ class _NidTable:
         select_nid: str,
         select_name: str,
         insert: str,
+        limit: int,
     ) -> None:
         self._db = db
         self._what = what
-        self._nids: dict[str, int] = dict(preassigned)
-        self._names: dict[int, str] = {nid: name for name, nid in preassigned.items()}
+        # Each direction is an LRU of `limit` names; one evicted is read again (the
+        # preassigned ones are rows too).
+        self._nids: LruByWeight[str, int] = LruByWeight(limit)
+        self._names: LruByWeight[int, str] = LruByWeight(limit)
+        for name, nid in preassigned.items():
+            self._remember(name, nid)
         self._select_nid = select_nid
         self._select_name = select_name
         self._insert = insert
@@ -594,8 +615,9 @@ class _NidTable:
         if row is None:
             if not create:
                 return 0
-            nid = int(conn.execute(self._insert, (name,)).fetchone()[0])
-            self._db.on_rollback(lambda: self._forget(name))
+            created = int(conn.execute(self._insert, (name,)).fetchone()[0])
+            self._db.on_rollback(lambda: self._forget(name, created))
+            nid = created
         else:
             nid = int(row[0])
         self._remember(name, nid)
@@ -612,13 +634,13 @@ class _NidTable:
         return name
 
     def _remember(self, name: str, nid: int) -> None:
-        self._nids[name] = nid
-        self._names[nid] = name
+        self._nids.put(name, nid)
+        self._names.put(nid, name)
 
-    def _forget(self, name: str) -> None:
-        nid = self._nids.pop(name, None)
-        if nid is not None:
-            self._names.pop(nid, None)
+    def _forget(self, name: str, nid: int) -> None:
+        """Both directions go, even if one was already evicted (the NID is passed in)."""
+        self._nids.discard(name)
+        self._names.discard(nid)
 
 
 def json_list(values: Iterable[int] | Iterable[str]) -> str:

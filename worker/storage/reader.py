@@ -21,12 +21,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 
 from worker.storage.blocks import NidState, unpack_nids
 from worker.storage.database import DB_FILENAME, StorageError, json_list
+from worker.storage.lru import LruByWeight
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
@@ -111,37 +112,22 @@ class HeldRecord:
     stream_sequence: int
 
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _NidCache(Generic[V]):
-    """NID → value for immutable facts, bounded by starting afresh when full.
-
-    Whoever asked for a set of NIDs gets back a dict holding all of them; when the cache
-    is full it is *replaced*, never emptied in place, so a dict handed out before stays
-    complete for the coroutine that holds it while others carry on.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.map: dict[int, V] = {}
-        self._limit = limit
-
-    def lacking(self, nids: Iterable[int]) -> list[int]:
-        known = self.map
-        return list({nid for nid in nids if nid not in known})
-
-    def add(self, found: Mapping[int, V], needed: Iterable[int]) -> dict[int, V]:
-        known = self.map
-        if len(known) + len(found) > self._limit:
-            fresh = {nid: known[nid] for nid in needed if nid in known}
-            fresh.update(found)
-            self.map = fresh
-            return fresh
-        known.update(found)
-        return known
-
-    def clear(self) -> None:
-        self.map = {}
+def _cached(cache: LruByWeight[K, V], keys: Iterable[K]) -> tuple[dict[K, V], list[K]]:
+    """What `cache` holds of `keys` (as a dict of its own, which stays complete for the
+    coroutine that asked while others evict), and the keys it lacks."""
+    found: dict[K, V] = {}
+    lacking: list[K] = []
+    for key in set(keys):
+        value = cache.get(key)
+        if value is None:
+            lacking.append(key)
+        else:
+            found[key] = value
+    return found, lacking
 
 
 #: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
@@ -206,12 +192,15 @@ class Reader:
         self._conn = conn
         self.path = path
         self._snapshots = SnapshotCache(cache_entries, cache_entries, cache_entries // 10)
-        self._type_names: dict[int, str] = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
-        self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
-        self._sk_names: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._event_ids: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._memberships: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._auth: _NidCache[list[int]] = _NidCache(cache_entries // 4)
+        #: NID facts, one entry each (an auth list weighs its length): each a quarter
+        #: of the budget.
+        names = max(cache_entries // 4, 1)
+        self._type_names: LruByWeight[int, str] = LruByWeight(names)
+        self._type_nids: LruByWeight[str, int] = LruByWeight(names)
+        self._sk_names: LruByWeight[int, str] = LruByWeight(names)
+        self._event_ids: LruByWeight[int, str] = LruByWeight(names)
+        self._memberships: LruByWeight[int, str] = LruByWeight(names)
+        self._auth: LruByWeight[int, list[int]] = LruByWeight(names)
 
     @classmethod
     async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
@@ -232,11 +221,20 @@ class Reader:
 
     def clear_caches(self) -> None:
         """Forget everything decoded (the benchmark measures cold queries with this)."""
-        self._snapshots.clear()
-        self._type_names = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
-        self._type_nids = dict(WELL_KNOWN_TYPES)
-        for cache in (self._sk_names, self._event_ids, self._memberships, self._auth):
+        for cache in self.caches().values():
             cache.clear()
+
+    def caches(self) -> dict[str, LruByWeight[Any, Any]]:
+        """Every cache, by name (for `clear_caches` and the tests of their bounds)."""
+        return {
+            **self._snapshots.caches(),
+            "type_names": self._type_names,
+            "type_nids": self._type_nids,
+            "state_key_names": self._sk_names,
+            "event_ids": self._event_ids,
+            "memberships": self._memberships,
+            "auth_events": self._auth,
+        }
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._conn.execute_fetchall(sql, params))
@@ -317,30 +315,29 @@ class Reader:
         self, state: Mapping[tuple[int, int], int]
     ) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
         """Type, state key and event ID maps that cover every NID in `state`."""
-        types = self._type_names
-        if any(t not in types for t, _ in state):
-            await self._load_type_names({t for t, _ in state})
-            types = self._type_names
-        keys = await self._fill(
-            self._sk_names,
-            [s for _, s in state],
-            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
-        )
+        types = await self._type_name_map(t for t, _ in state)
+        keys = await self._state_key_names(s for _, s in state)
         ids = await self._event_id_map(state.values())
         return types, keys, ids
 
-    async def _fill(self, cache: _NidCache[str], nids: Iterable[int], sql: str) -> dict[int, str]:
-        needed = list(nids)
-        lacking = cache.lacking(needed)
+    async def _fill(
+        self, cache: LruByWeight[int, str], nids: Iterable[int], sql: str
+    ) -> dict[int, str]:
+        """NID → value for every NID given: cached, or read with `sql` (which takes the
+        lacking NIDs as one JSON list) and cached."""
+        found, lacking = _cached(cache, nids)
         if not lacking:
-            return cache.map
-        found = {
+            return found
+        fetched = {
             int(nid): str(value) for nid, value in await self._rows(sql, (json_list(lacking),))
         }
-        absent = [nid for nid in lacking if nid not in found]
+        absent = [nid for nid in lacking if nid not in fetched]
         if absent:
             raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
-        return cache.add(found, needed)
+        for nid, value in fetched.items():
+            cache.put(nid, value)
+        found.update(fetched)
+        return found
 
     async def _event_id_map(self, nids: Iterable[int]) -> dict[int, str]:
         return await self._fill(
@@ -349,28 +346,35 @@ class Reader:
             "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
         )
 
-    async def _load_type_names(self, nids: Iterable[int]) -> None:
-        lacking = [nid for nid in nids if nid not in self._type_names]
-        rows = await self._rows(
-            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
-            (json_list(lacking),),
+    async def _state_key_names(self, nids: Iterable[int]) -> dict[int, str]:
+        return await self._fill(
+            self._sk_names,
+            nids,
+            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
         )
-        for nid, name in rows:
-            self._type_names[int(nid)] = str(name)
-            self._type_nids[str(name)] = int(nid)
+
+    async def _type_name_map(self, nids: Iterable[int]) -> dict[int, str]:
+        names = await self._fill(
+            self._type_names,
+            nids,
+            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
+        )
+        for nid, name in names.items():
+            self._type_nids.put(name, nid)
+        return names
 
     async def _type_nid_map(self, names: Iterable[str]) -> dict[str, int]:
         """Type name → NID for the names that have one (unknown types match nothing)."""
-        wanted = set(names)
-        lacking = [name for name in wanted if name not in self._type_nids]
+        found, lacking = _cached(self._type_nids, names)
         if lacking:
             for nid, name in await self._rows(
                 "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
                 (json_list(lacking),),
             ):
-                self._type_nids[str(name)] = int(nid)
-                self._type_names[int(nid)] = str(name)
-        return {name: self._type_nids[name] for name in wanted if name in self._type_nids}
+                found[str(name)] = int(nid)
+                self._type_nids.put(str(name), int(nid))
+                self._type_names.put(int(nid), str(name))
+        return found
 
     async def _state_key_nid_map(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = set(keys)
@@ -410,12 +414,8 @@ class Reader:
         return result
 
     async def _triples(self, state: NidState) -> list[StateTriple]:
-        types, keys, ids = self._type_names, self._sk_names.map, self._event_ids.map
-        try:
-            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
-        except KeyError:
-            types, keys, ids = await self._names(state)
-            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+        types, keys, ids = await self._names(state)
+        return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
 
     async def nid_state(self, snapshot_nid: int) -> NidState:
         """A snapshot's state as NIDs, `(type NID, state key NID) → event NID`, for
@@ -522,11 +522,7 @@ class Reader:
             return []
         memberships = await self._membership_map(members.values())
         chosen = [s for s, e in members.items() if memberships[e] == membership]
-        names = await self._fill(
-            self._sk_names,
-            chosen,
-            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
-        )
+        names = await self._state_key_names(chosen)
         return sorted(names[s] for s in chosen)
 
     # -- rooms, auth chains, held events ----------------------------------------------------
@@ -540,11 +536,10 @@ class Reader:
         return [RoomRecord(str(r), str(v), int(n)) for r, v, n in rows]
 
     async def _auth_map(self, nids: Iterable[int]) -> dict[int, list[int]]:
-        needed = list(nids)
-        lacking = self._auth.lacking(needed)
+        found, lacking = _cached(self._auth, nids)
         if not lacking:
-            return self._auth.map
-        found = {
+            return found
+        fetched = {
             int(nid): unpack_nids(packed)
             for nid, packed in await self._rows(
                 "SELECT nid, auth_event_nids FROM events "
@@ -553,8 +548,10 @@ class Reader:
             )
         }
         for nid in lacking:
-            found.setdefault(nid, [])
-        return self._auth.add(found, needed)
+            auth = fetched.setdefault(nid, [])
+            self._auth.put(nid, auth, len(auth) + 1)
+        found.update(fetched)
+        return found
 
     async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
         """The union of the events' auth chains (their auth events, recursively; not
