@@ -77,20 +77,24 @@ class SnapshotCache:
                 held[block_nid] = packed
         return held, missing
 
-    def assemble(
-        self, snapshot_nid: int, block_nids: Sequence[int], blocks: Mapping[int, bytes]
-    ) -> NidState:
-        """Merge the snapshot's blocks (the held ones and the fetched ones), cache the
-        blocks and the state, and return the state.
+    def keep_blocks(self, block_nids: Sequence[int], blocks: Mapping[int, bytes]) -> None:
+        """Cache the listed blocks (the held ones and the fetched ones).
 
-        Raises StorageError naming the blocks that `blocks` lacks: the snapshot refers
-        to blocks that are not stored.
+        Raises StorageError naming the blocks that `blocks` lacks: a snapshot refers to
+        blocks that are not stored.
         """
         lost = [block_nid for block_nid in block_nids if block_nid not in blocks]
         if lost:
             raise StorageError(f"state blocks {lost} are referenced but not stored")
         for block_nid in block_nids:
             self.remember_block(block_nid, blocks[block_nid])
+
+    def assemble(
+        self, snapshot_nid: int, block_nids: Sequence[int], blocks: Mapping[int, bytes]
+    ) -> NidState:
+        """Merge the snapshot's blocks (the held ones and the fetched ones), cache the
+        blocks and the state, and return the state (StorageError as `keep_blocks`)."""
+        self.keep_blocks(block_nids, blocks)
         state = merge_blocks(blocks[block_nid] for block_nid in block_nids)
         self.remember_state(snapshot_nid, state)
         return state

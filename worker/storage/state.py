@@ -74,17 +74,25 @@ class StateStore:
         state = self.cache.state(snapshot_nid)
         if state is None:
             block_nids = self._block_nids(snapshot_nid)
-            held, missing = self.cache.held_blocks(block_nids)
-            if missing:
-                held.update(self.db.blocks(missing))
-            state = self.cache.assemble(snapshot_nid, block_nids, held)
+            state = self.cache.assemble(snapshot_nid, block_nids, self._blocks(block_nids))
         return state
 
     def block_list(self, snapshot_nid: int) -> list[tuple[int, int]]:
         """The snapshot's (block NID, entry count) pairs, oldest first."""
         if not snapshot_nid:
             return []
-        return [(nid, entry_count(self._block(nid))) for nid in self._block_nids(snapshot_nid)]
+        block_nids = self._block_nids(snapshot_nid)
+        blocks = self._blocks(block_nids)
+        self.cache.keep_blocks(block_nids, blocks)
+        return [(nid, entry_count(blocks[nid])) for nid in block_nids]
+
+    def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
+        """The blocks, from the cache or else in one query (not yet checked: the
+        cache's `keep_blocks` or `assemble` names any that are missing)."""
+        held, missing = self.cache.held_blocks(block_nids)
+        if missing:
+            held.update(self.db.blocks(missing))
+        return held
 
     def _block_nids(self, snapshot_nid: int) -> list[int]:
         block_nids = self.cache.block_nids(snapshot_nid)
