@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import aiosqlite
 
@@ -110,24 +110,6 @@ class HeldRecord:
     waiting_for: list[str]
     held_since_ms: int
     stream_sequence: int
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _cached(cache: LruByWeight[K, V], keys: Iterable[K]) -> tuple[dict[K, V], list[K]]:
-    """What `cache` holds of `keys` (as a dict of its own, which stays complete for the
-    coroutine that asked while others evict), and the keys it lacks."""
-    found: dict[K, V] = {}
-    lacking: list[K] = []
-    for key in set(keys):
-        value = cache.get(key)
-        if value is None:
-            lacking.append(key)
-        else:
-            found[key] = value
-    return found, lacking
 
 
 #: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
@@ -325,17 +307,16 @@ class Reader:
     ) -> dict[int, str]:
         """NID → value for every NID given: cached, or read with `sql` (which takes the
         lacking NIDs as one JSON list) and cached."""
-        found, lacking = _cached(cache, nids)
+        found, lacking = cache.get_many(nids)
         if not lacking:
             return found
         fetched = {
             int(nid): str(value) for nid, value in await self._rows(sql, (json_list(lacking),))
         }
-        absent = [nid for nid in lacking if nid not in fetched]
-        if absent:
+        if len(fetched) < len(lacking):
+            absent = [nid for nid in lacking if nid not in fetched]
             raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
-        for nid, value in fetched.items():
-            cache.put(nid, value)
+        cache.put_many(fetched)
         found.update(fetched)
         return found
 
@@ -365,7 +346,7 @@ class Reader:
 
     async def _type_nid_map(self, names: Iterable[str]) -> dict[str, int]:
         """Type name → NID for the names that have one (unknown types match nothing)."""
-        found, lacking = _cached(self._type_nids, names)
+        found, lacking = self._type_nids.get_many(names)
         if lacking:
             for nid, name in await self._rows(
                 "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
@@ -414,8 +395,15 @@ class Reader:
         return result
 
     async def _triples(self, state: NidState) -> list[StateTriple]:
-        types, keys, ids = await self._names(state)
-        return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+        # The hot path: every name already cached, looked up in the caches' live views
+        # (no await in between, so nothing is evicted under it).
+        types, keys = self._type_names.view(), self._sk_names.view()
+        ids = self._event_ids.view()
+        try:
+            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+        except KeyError:
+            named = await self._names(state)
+            return [(named[0][t], named[1][s], named[2][e]) for (t, s), e in state.items()]
 
     async def nid_state(self, snapshot_nid: int) -> NidState:
         """A snapshot's state as NIDs, `(type NID, state key NID) → event NID`, for
@@ -536,7 +524,7 @@ class Reader:
         return [RoomRecord(str(r), str(v), int(n)) for r, v, n in rows]
 
     async def _auth_map(self, nids: Iterable[int]) -> dict[int, list[int]]:
-        found, lacking = _cached(self._auth, nids)
+        found, lacking = self._auth.get_many(nids)
         if not lacking:
             return found
         fetched = {
