@@ -282,16 +282,16 @@ class Reader:
             block_nids = cache.remember_block_nids(snapshot_nid, unpack_nids(rows[0][0]))
         held, missing = cache.held_blocks(block_nids)
         if missing:
-            for block_nid, packed in await self._rows(
+            rows = await self._rows(
                 "SELECT nid, entries FROM state_blocks "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
                 (json_list(missing),),
-            ):
-                held[int(block_nid)] = bytes(packed)
-        try:
-            return cache.assemble(snapshot_nid, block_nids, held)
-        except StorageError as exc:
-            raise ReadError("internal_error", str(exc)) from exc
+            )
+            try:
+                cache.add_fetched(held, missing, {int(n): bytes(b) for n, b in rows})
+            except StorageError as exc:
+                raise ReadError("internal_error", str(exc)) from exc
+        return cache.assemble(snapshot_nid, block_nids, held)
 
     async def _names(
         self, state: Mapping[tuple[int, int], int]

@@ -2,10 +2,10 @@
 
 A snapshot's state is its blocks merged in order. How the bytes are fetched differs
 (the writer's synchronous connection, the reader's aiosqlite one), so this module does
-no I/O: `SnapshotCache` says which blocks it lacks, the caller fetches them its own way,
-and `SnapshotCache.assemble` merges and caches. Both sides therefore cache the same
-things (merged states, block lists, packed blocks, each bounded by entries) and decode
-them with the same `merge_blocks`.
+no I/O: `SnapshotCache` says which blocks it lacks, the caller fetches them its own way
+and hands them back (`add_fetched`), and `SnapshotCache.assemble` merges and caches.
+Both sides therefore cache the same things (merged states, block lists, packed blocks,
+each bounded by entries) and decode them with the same `merge_blocks`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class SnapshotCache:
         self._blocks.put(block_nid, packed, entry_count(packed) + 1)
 
     def held_blocks(self, block_nids: Sequence[int]) -> tuple[dict[int, bytes], list[int]]:
-        """The blocks cached now, and the NIDs of those to fetch.
+        """The blocks cached now, and the NIDs of those to fetch (then `add_fetched`).
 
         The caller keeps the first dict until `assemble`: a block evicted meanwhile (by
         another coroutine on the read side) is then still at hand.
@@ -77,24 +77,26 @@ class SnapshotCache:
                 held[block_nid] = packed
         return held, missing
 
-    def keep_blocks(self, block_nids: Sequence[int], blocks: Mapping[int, bytes]) -> None:
-        """Cache the listed blocks (the held ones and the fetched ones).
+    def add_fetched(
+        self, held: dict[int, bytes], missing: Sequence[int], fetched: Mapping[int, bytes]
+    ) -> None:
+        """Cache the blocks fetched for `missing` and add them to `held`.
 
-        Raises StorageError naming the blocks that `blocks` lacks: a snapshot refers to
-        blocks that are not stored.
+        Raises StorageError naming those not fetched: a snapshot refers to blocks that
+        are not stored.
         """
-        lost = [block_nid for block_nid in block_nids if block_nid not in blocks]
+        lost = [block_nid for block_nid in missing if block_nid not in fetched]
         if lost:
             raise StorageError(f"state blocks {lost} are referenced but not stored")
-        for block_nid in block_nids:
-            self.remember_block(block_nid, blocks[block_nid])
+        for block_nid, packed in fetched.items():
+            self.remember_block(block_nid, packed)
+        held.update(fetched)
 
     def assemble(
         self, snapshot_nid: int, block_nids: Sequence[int], blocks: Mapping[int, bytes]
     ) -> NidState:
-        """Merge the snapshot's blocks (the held ones and the fetched ones), cache the
-        blocks and the state, and return the state (StorageError as `keep_blocks`)."""
-        self.keep_blocks(block_nids, blocks)
+        """Merge the snapshot's blocks (all of them in `blocks`: the held ones and the
+        fetched ones), cache the state and return it."""
         state = merge_blocks(blocks[block_nid] for block_nid in block_nids)
         self.remember_state(snapshot_nid, state)
         return state

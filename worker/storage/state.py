@@ -83,15 +83,13 @@ class StateStore:
             return []
         block_nids = self._block_nids(snapshot_nid)
         blocks = self._blocks(block_nids)
-        self.cache.keep_blocks(block_nids, blocks)
         return [(nid, entry_count(blocks[nid])) for nid in block_nids]
 
     def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
-        """The blocks, from the cache or else in one query (not yet checked: the
-        cache's `keep_blocks` or `assemble` names any that are missing)."""
+        """Every listed block: from the cache, the others in one query."""
         held, missing = self.cache.held_blocks(block_nids)
         if missing:
-            held.update(self.db.blocks(missing))
+            self.cache.add_fetched(held, missing, self.db.blocks(missing))
         return held
 
     def _block_nids(self, snapshot_nid: int) -> list[int]:
