@@ -35,12 +35,14 @@ def verify(storage_path: Path) -> Report:
     (creating an empty one would report a healthy nothing)."""
     if not (storage_path / DB_FILENAME).exists():
         raise FileNotFoundError(f"no roomserver database under {storage_path}")
-    with Inspector.open(storage_path) as inspector:
-        db = Database(storage_path)
-        try:
+    db = Database(storage_path)
+    try:
+        # The inspector closes first, so that the writer's connection is the last one
+        # and leaves no WAL behind, as before.
+        with Inspector.open(storage_path) as inspector:
             return _verify(inspector, db)
-        finally:
-            db.close()
+    finally:
+        db.close()
 
 
 def _verify(inspector: Inspector, db: Database) -> Report:
