@@ -29,7 +29,8 @@ from typing import Any
 from worker.client import QueryError, RoomserverClient, UnavailableError, embedded_server_url
 from worker.config import Config
 from worker.query.graph import render_dot, write_graph
-from worker.storage.reader import Reader, ReadError
+from worker.storage.inspection import Inspector
+from worker.storage.reader import ReadError
 
 #: Exit statuses.
 OK, FAILED, UNREACHABLE = 0, 1, 3
@@ -314,24 +315,18 @@ def cmd_held(config: Config, args: argparse.Namespace) -> int:
 # -- commands on the database file ----------------------------------------------------------------
 
 
-def _read(config: Config, work: Callable[[Reader], Awaitable[int]]) -> int:
-    async def go() -> int:
-        reader = await Reader.open(Path(config.storage.path))
-        try:
-            return await work(reader)
-        finally:
-            await reader.close()
-
+def _read(config: Config, work: Callable[[Inspector], int]) -> int:
     try:
-        return asyncio.run(go())
+        with Inspector.open(Path(config.storage.path)) as inspector:
+            return work(inspector)
     except ReadError as exc:
         print(f"roomserver: {exc.message} ({exc.code})", file=sys.stderr)
         return FAILED
 
 
 def cmd_stats(config: Config, args: argparse.Namespace) -> int:
-    async def work(reader: Reader) -> int:
-        stats = await reader.stats()
+    def work(inspector: Inspector) -> int:
+        stats = inspector.stats()
         if args.json:
             print(json.dumps(dataclasses.asdict(stats), indent=2))
             return OK
@@ -349,7 +344,7 @@ def cmd_stats(config: Config, args: argparse.Namespace) -> int:
             ("outbox rows", f"{stats.outbox:,}"),
             ("database file", _size(stats.file_bytes)),
         ]
-        print(f"storage {reader.path}")
+        print(f"storage {inspector.path}")
         print(table(["what", "count"], rows))
         return OK
 
@@ -361,8 +356,8 @@ def _file_name(room_id: str) -> str:
 
 
 def cmd_graph(config: Config, args: argparse.Namespace) -> int:
-    async def work(reader: Reader) -> int:
-        graph = await reader.graph(args.room, limit=args.limit)
+    def work(inspector: Inspector) -> int:
+        graph = inspector.graph(args.room, limit=args.limit)
         if args.out == "-":
             sys.stdout.write(render_dot(graph))
             return OK
