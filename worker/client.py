@@ -9,8 +9,10 @@
 
 It speaks the contract (docs/queries.md, /work/shared/design/contract.md) and nothing
 else: it never touches the worker's database, so it works against any worker that
-answers on the same subjects. Query failures are raised as `QueryError` subclasses
-carrying the contract's error code.
+answers on the same subjects. Query failures are raised as
+`worker.errors.RoomserverError` carrying the contract's error code (`unavailable` when
+no worker answers); the typed results are the reply dataclasses of
+`worker.query.schema`, which the service builds its replies with.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Self
 
 import msgpack
 import nats.errors
@@ -33,143 +35,42 @@ from worker.bus.connection import connect
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.subjects import Subjects
 from worker.config import Config
+from worker.errors import BAD_REPLY, UNAVAILABLE, UNKNOWN_EVENT, RoomserverError, is_error_reply
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+from worker.query.schema import (
+    AuthChain,
+    EventInfo,
+    Events,
+    Held,
+    HeldEvent,
+    Latest,
+    Members,
+    Membership,
+    Rooms,
+    RoomSummary,
+    State,
+    StateEntry,
+)
+
+__all__ = [
+    "EventInfo",
+    "Events",
+    "HeldEvent",
+    "Latest",
+    "Membership",
+    "Output",
+    "OutputStream",
+    "RoomSummary",
+    "RoomserverClient",
+    "RoomserverError",
+    "State",
+    "StateEntry",
+    "embedded_server_url",
+]
 
 DEFAULT_TIMEOUT: Final = 5.0
-
-
-# -- errors ------------------------------------------------------------------------------
-
-
-class QueryError(Exception):
-    """The worker answered a query with an error (or nobody answered)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class BadRequestError(QueryError):
-    """The request was malformed (a client bug, or a field this worker does not know)."""
-
-
-class UnknownRoomError(QueryError):
-    """The worker has never seen the room (`unknown_room`)."""
-
-
-class UnknownEventError(QueryError):
-    """The worker has no such event (`unknown_event`)."""
-
-
-class NoStateError(QueryError):
-    """The event is an outlier: stored without the state around it."""
-
-
-class ReplyTooLargeError(QueryError):
-    """The answer would not fit in one NATS message; ask for less."""
-
-
-class UnavailableError(QueryError):
-    """No worker answered on the query subject (not running, or another prefix)."""
-
-
-_ERRORS: Final[dict[str, type[QueryError]]] = {
-    "bad_request": BadRequestError,
-    "unknown_room": UnknownRoomError,
-    "unknown_event": UnknownEventError,
-    "no_state": NoStateError,
-    "too_large": ReplyTooLargeError,
-}
-
-
-# -- typed results -------------------------------------------------------------------------
-
-
-class StateEntry(NamedTuple):
-    type: str
-    state_key: str
-    event_id: str
-
-
-def _entries(raw: Iterable[Sequence[str]]) -> list[StateEntry]:
-    # tuple.__new__ straight from each decoded [type, state_key, event_id]: half the
-    # cost of StateEntry(...), which matters when a room's state has 10,000 entries.
-    make = tuple.__new__
-    return [make(StateEntry, entry) for entry in raw]
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    room_id: str
-    #: The event the state is at; None for the room's current state.
-    event_id: str | None
-    #: `before` or `after` the event; None for the current state.
-    at: str | None
-    entries: list[StateEntry]
-
-    def as_map(self) -> dict[tuple[str, str], str]:
-        """(type, state key) → event ID."""
-        return {(e.type, e.state_key): e.event_id for e in self.entries}
-
-
-@dataclass(frozen=True, slots=True)
-class EventInfo:
-    event_id: str
-    room_id: str
-    #: The PDU as stored (redacted once a redaction applied).
-    event: dict[str, Any]
-    #: accepted, rejected, soft_failed or outlier.
-    status: str
-    #: Why the event was rejected or soft-failed (None when accepted).
-    reason: str | None
-    redacted_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Events:
-    events: list[EventInfo]
-    #: Asked-for IDs the worker does not have.
-    missing: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Latest:
-    room_id: str
-    room_version: str
-    depth: int
-    latest_event_ids: list[str]
-    #: The current state, when asked for.
-    state: list[StateEntry] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    room_id: str
-    user_id: str
-    #: join, invite, leave, ban or knock; None when the user has no membership event.
-    membership: str | None
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RoomSummary:
-    room_id: str
-    room_version: str
-    events: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeldEvent:
-    event_id: str
-    room_id: str
-    missing_prev_event_ids: list[str]
-    #: Missing prev events that have still not arrived.
-    waiting_for: list[str]
-    held_since_ms: int
-    stream_sequence: int
 
 
 # -- outputs -----------------------------------------------------------------------------
@@ -478,21 +379,20 @@ class RoomserverClient:
         try:
             reply = await self.nc.request(self.subjects.query(name), payload, timeout=self.timeout)
         except nats.errors.NoRespondersError:
-            raise UnavailableError(
-                "unavailable",
+            raise RoomserverError(
+                UNAVAILABLE,
                 f"no worker answers on {self.subjects.query(name)}: is it running, with "
                 f"subject prefix {self.subjects.prefix!r}?",
             ) from None
         except TimeoutError:
-            raise UnavailableError(
-                "unavailable", f"no answer to {name} within {self.timeout:g} s"
+            raise RoomserverError(
+                UNAVAILABLE, f"no answer to {name} within {self.timeout:g} s"
             ) from None
         result = msgpack.unpackb(reply.data, raw=False)
         if not isinstance(result, dict):
-            raise QueryError("bad_reply", f"the reply to {name} is not a map")
-        if "error" in result:
-            code = str(result["error"])
-            raise _ERRORS.get(code, QueryError)(code, str(result.get("message", "")))
+            raise RoomserverError(BAD_REPLY, f"the reply to {name} is not a map")
+        if is_error_reply(result):
+            raise RoomserverError.from_wire(result)
         return result
 
     async def state(
@@ -514,33 +414,16 @@ class RoomserverClient:
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        reply = await self.request("state", body)
-        return State(
-            reply["room_id"], reply.get("event_id"), reply.get("at"), _entries(reply["state"])
-        )
+        return State.from_wire(await self.request("state", body))
 
     async def events(self, event_ids: Sequence[str]) -> Events:
-        reply = await self.request("events", {"event_ids": list(event_ids)})
-        return Events(
-            [
-                EventInfo(
-                    e["event_id"],
-                    e["room_id"],
-                    e["event"],
-                    e["status"],
-                    e.get("reason"),
-                    e.get("redacted_by"),
-                )
-                for e in reply["events"]
-            ],
-            list(reply["missing"]),
-        )
+        return Events.from_wire(await self.request("events", {"event_ids": list(event_ids)}))
 
     async def event(self, event_id: str) -> EventInfo:
-        """One event; UnknownEventError when the worker does not have it."""
+        """One event; RoomserverError `unknown_event` when the worker does not have it."""
         result = await self.events([event_id])
         if not result.events:
-            raise UnknownEventError("unknown_event", f"event {event_id} is not stored")
+            raise RoomserverError(UNKNOWN_EVENT, f"event {event_id} is not stored")
         return result.events[0]
 
     async def latest(
@@ -560,15 +443,7 @@ class RoomserverClient:
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        reply = await self.request("latest", body)
-        state = reply.get("state")
-        return Latest(
-            reply["room_id"],
-            reply["room_version"],
-            reply["depth"],
-            list(reply["latest_event_ids"]),
-            _entries(state) if state is not None else None,
-        )
+        return Latest.from_wire(await self.request("latest", body))
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"
@@ -577,8 +452,7 @@ class RoomserverClient:
         if event_id is not None:
             body["event_id"] = event_id
             body["at"] = at
-        reply = await self.request("membership", body)
-        return Membership(room_id, user_id, reply.get("membership"), reply.get("event_id"))
+        return Membership.from_wire(await self.request("membership", body))
 
     async def members(
         self,
@@ -593,31 +467,20 @@ class RoomserverClient:
         if event_id is not None:
             body["event_id"] = event_id
             body["at"] = at
-        reply = await self.request("membership", body)
-        return list(reply["members"])
+        return Members.from_wire(await self.request("membership", body)).members
 
     async def rooms(self) -> list[RoomSummary]:
-        reply = await self.request("rooms")
-        return [RoomSummary(r["room_id"], r["room_version"], r["events"]) for r in reply["rooms"]]
+        return Rooms.from_wire(await self.request("rooms")).rooms
 
     async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
         reply = await self.request("auth_chain", {"event_ids": list(event_ids)})
-        return list(reply["event_ids"])
+        return AuthChain.from_wire(reply).event_ids
 
     async def held(self, room_id: str | None = None) -> list[HeldEvent]:
         """Events waiting for missing prev events (one room, or every room)."""
-        reply = await self.request("held", {"room_id": room_id} if room_id else {})
-        return [
-            HeldEvent(
-                h["event_id"],
-                h["room_id"],
-                list(h["missing_prev_event_ids"]),
-                list(h["waiting_for"]),
-                h["held_since_ms"],
-                h["stream_sequence"],
-            )
-            for h in reply["held"]
-        ]
+        return Held.from_wire(
+            await self.request("held", {"room_id": room_id} if room_id else {})
+        ).held
 
 
 def embedded_server_url(config: Config) -> str:

@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.client import QueryError, RoomserverClient, UnavailableError, embedded_server_url
+from worker.client import RoomserverClient, embedded_server_url
 from worker.config import Config
+from worker.errors import UNAVAILABLE, RoomserverError
 from worker.query.graph import render_dot, write_graph
 from worker.storage.reader import Reader, ReadError
 
@@ -138,8 +139,8 @@ def _ask(config: Config, args: argparse.Namespace, ask: Ask, show: Show) -> int:
                 args.timeout,
             )
         except TimeoutError:
-            raise UnavailableError(
-                "unavailable", f"cannot reach NATS at {target} within {args.timeout:g} s"
+            raise RoomserverError(
+                UNAVAILABLE, f"cannot reach NATS at {target} within {args.timeout:g} s"
             ) from None
         try:
             return await ask(client)
@@ -148,12 +149,12 @@ def _ask(config: Config, args: argparse.Namespace, ask: Ask, show: Show) -> int:
 
     try:
         reply = asyncio.run(go())
-    except QueryError as exc:
+    except RoomserverError as exc:
         if args.json:
             print(json.dumps({"error": exc.code, "message": exc.message}))
         else:
             print(f"roomserver: {exc.message} ({exc.code})", file=sys.stderr)
-        return UNREACHABLE if isinstance(exc, UnavailableError) else FAILED
+        return UNREACHABLE if exc.code == UNAVAILABLE else FAILED
     if args.json:
         print(json.dumps(reply, ensure_ascii=False, indent=2))
         return OK if not reply.get("missing") else FAILED

@@ -24,8 +24,9 @@ import msgpack
 import nats.errors
 
 from worker.bus.deadletters import DeadLetterRecord, read_dead_letters, replay, select
-from worker.client import QueryError, RoomserverClient, UnavailableError
+from worker.client import RoomserverClient
 from worker.config import Config
+from worker.errors import BAD_REPLY, UNAVAILABLE, RoomserverError, is_error_reply
 from worker.query.commands import FAILED, OK, _ask, _when, table
 from worker.storage.database import DB_FILENAME
 from worker.storage.parked import ParkedRoom, list_parked
@@ -158,18 +159,18 @@ async def _admin(client: RoomserverClient, name: str, body: dict[str, Any]) -> d
             subject, msgpack.packb(body, use_bin_type=True), timeout=client.timeout
         )
     except nats.errors.NoRespondersError:
-        raise UnavailableError(
-            "unavailable", f"no worker answers on {subject}: is it running?"
+        raise RoomserverError(
+            UNAVAILABLE, f"no worker answers on {subject}: is it running?"
         ) from None
     except nats.errors.TimeoutError:
-        raise UnavailableError(
-            "unavailable", f"no answer on {subject} within {client.timeout:g} s"
+        raise RoomserverError(
+            UNAVAILABLE, f"no answer on {subject} within {client.timeout:g} s"
         ) from None
     result = msgpack.unpackb(reply.data, raw=False)
     if not isinstance(result, dict):
-        raise QueryError("bad_reply", f"the reply on {subject} is not a map")
-    if result.get("error") and "room_id" not in result:
-        raise QueryError(str(result["error"]), str(result.get("message", "")))
+        raise RoomserverError(BAD_REPLY, f"the reply on {subject} is not a map")
+    if is_error_reply(result):
+        raise RoomserverError.from_wire(result)
     return result
 
 
