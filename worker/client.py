@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from worker.bus.connection import connect
+from worker.bus.deadletters import (
+    DeadLetterRecord,
+    Replayed,
+    read_dead_letters,
+    select,
+)
+from worker.bus.deadletters import replay as replay_records
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.subjects import Subjects
 from worker.config import Config
@@ -40,6 +48,8 @@ from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.query.schema import (
+    SERVICE_NAME,
+    WORKER_HEADER,
     AuthChain,
     EventInfo,
     Events,
@@ -48,6 +58,7 @@ from worker.query.schema import (
     Latest,
     Members,
     Membership,
+    Retried,
     Rooms,
     RoomSummary,
     State,
@@ -224,28 +235,63 @@ class RoomserverClient:
     """
 
     def __init__(
-        self, nc: NATS, config: Config | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        nc: NATS,
+        config: Config | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        default_room_version: str | None = None,
     ) -> None:
         self.nc = nc
         self.config = config or Config()
         self.subjects = Subjects(self.config.streams.subject_prefix)
         self.timeout = timeout
+        #: The version of rooms whose version the client has not learnt (from a create
+        #: event, `remember_room_version` or `room_version=`): sent with their inputs.
+        self.default_room_version = default_room_version
         self._js = nc.jetstream()
-        self._publisher = Publisher(self._js, self.config)
+        self._publisher = Publisher(self._js, self.config, timeout=timeout)
         self._versions: dict[str, RoomVersion] = {}
         self._owns_connection = False
+        #: The query service instance (micro service ID) that gave the last answer.
+        self.answered_by: str | None = None
 
     @classmethod
     async def connect(
-        cls, config: Config, *, name: str = "roomserver-client", timeout: float = DEFAULT_TIMEOUT
+        cls,
+        config: Config,
+        *,
+        name: str = "roomserver-client",
+        timeout: float = DEFAULT_TIMEOUT,
+        servers: Sequence[str] | None = None,
+        connect_timeout: float | None = None,
     ) -> RoomserverClient:
-        """Connect as the configuration says: its NATS servers, or else the address
-        the worker's embedded server listens on."""
-        servers = list(config.nats.servers) or [embedded_server_url(config)]
-        nc = await connect(config.nats, servers, name=name)
+        """Connect to `servers`, or as the configuration says (`server_urls`).
+
+        NATS reconnects forever, also for the first connection (a worker must outlive
+        a NATS restart); with `connect_timeout` the client gives up after that many
+        seconds instead, raising RoomserverError `unavailable`.
+        """
+        targets = list(servers) if servers else server_urls(config)
+        attempt = connect(config.nats, targets, name=name)
+        try:
+            nc = await asyncio.wait_for(attempt, connect_timeout)
+        except TimeoutError:
+            raise RoomserverError(
+                UNAVAILABLE,
+                f"cannot reach NATS at {', '.join(targets)} within {connect_timeout:g} s",
+            ) from None
         client = cls(nc, config, timeout=timeout)
         client._owns_connection = True
         return client
+
+    @property
+    def server_url(self) -> str | None:
+        """The NATS server this client is connected to (nats://host:port)."""
+        url = self.nc.connected_url
+        if url is None:
+            return None
+        return f"{url.scheme}://{url.netloc}"
 
     async def close(self) -> None:
         """Close the connection if `connect` made it (a borrowed one is left open)."""
@@ -280,13 +326,21 @@ class RoomserverClient:
         origin: str | None = None,
         send_as_server: str | None = None,
         transaction_id: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Outgoing:
         """The subject, msgpack body and msg ID (the event ID) of one input.
 
-        The event ID needs the room version: from a create event, the `room_version`
-        argument, or what the client learnt earlier. Without it the input is still
-        valid but carries no msg ID, so JetStream cannot drop a duplicate publish.
+        The event ID needs the room version, chosen in this order: a create event's
+        own, the `room_version` argument, what the client learnt earlier for the room,
+        then `default_room_version` (sent in the input, since the worker may not know
+        the room either). Without one the input is still valid but carries no msg ID,
+        so JetStream cannot drop a duplicate publish. `extra` holds input fields this
+        client does not know, passed on as they are (the worker ignores unknown ones).
         """
+        if room_version is None and not _is_create(event):
+            room_id = event.get("room_id")
+            if not (isinstance(room_id, str) and room_id in self._versions):
+                room_version = self.default_room_version
         version = self._version_for(event, room_version)
         event_id: str | None = None
         if version is not None:
@@ -301,7 +355,7 @@ class RoomserverClient:
             raise ValueError("the event has no room_id, so it has no input subject")
         if version is not None:
             self._versions.setdefault(room_id, version)
-        body: dict[str, Any] = {"event": dict(event)}
+        body: dict[str, Any] = {**(extra or {}), "event": dict(event)}
         if kind != "new":
             body["kind"] = kind
         if room_version is not None:
@@ -321,7 +375,7 @@ class RoomserverClient:
         self, event: Mapping[str, Any], room_version: str | None
     ) -> RoomVersion | None:
         try:
-            if event.get("type") == "m.room.create" and event.get("state_key") == "":
+            if _is_create(event):
                 return room_version_of_create(event)
             if room_version is not None:
                 return get_room_version(room_version)
@@ -343,9 +397,14 @@ class RoomserverClient:
         self, events: Iterable[Mapping[str, Any]], **options: Any
     ) -> list[api.PubAck]:
         """Publish several inputs pipelined (one round trip), in order."""
-        return await self._publisher.publish_many(
+        return await self.publish_messages(
             [self.input_message(event, **options) for event in events]
         )
+
+    async def publish_messages(self, messages: Sequence[Outgoing]) -> list[api.PubAck]:
+        """Publish inputs made by `input_message` pipelined, in order (each input
+        with its own options: what `roomserver publish` does with a file)."""
+        return await self._publisher.publish_many(messages)
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -375,25 +434,66 @@ class RoomserverClient:
 
     async def request(self, name: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Ask query `name` with a raw request map; the raw reply map."""
+        return await self._request(self.subjects.query(name), name, body, self.timeout)
+
+    async def _request(
+        self, subject: str, name: str, body: Mapping[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
         try:
-            reply = await self.nc.request(self.subjects.query(name), payload, timeout=self.timeout)
+            reply = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise RoomserverError(
                 UNAVAILABLE,
-                f"no worker answers on {self.subjects.query(name)}: is it running, with "
+                f"no worker answers on {subject}: is it running, with "
                 f"subject prefix {self.subjects.prefix!r}?",
             ) from None
         except TimeoutError:
             raise RoomserverError(
-                UNAVAILABLE, f"no answer to {name} within {self.timeout:g} s"
+                UNAVAILABLE, f"no answer to {name} within {timeout:g} s"
             ) from None
+        self.answered_by = (reply.headers or {}).get(WORKER_HEADER)
         result = msgpack.unpackb(reply.data, raw=False)
         if not isinstance(result, dict):
             raise RoomserverError(BAD_REPLY, f"the reply to {name} is not a map")
         if is_error_reply(result):
             raise RoomserverError.from_wire(result)
         return result
+
+    async def worker_info(self, service_id: str) -> dict[str, Any] | None:
+        """The micro service INFO of the query service instance `service_id` (its
+        metadata names the worker's storage, host and subject prefix); None when it
+        does not answer."""
+        subject = f"$SRV.INFO.{SERVICE_NAME}.{service_id}"
+        try:
+            reply = await self.nc.request(subject, b"", timeout=self.timeout)
+        except (nats.errors.NoRespondersError, TimeoutError):
+            return None
+        info = json.loads(reply.data)
+        return info if isinstance(info, dict) else None
+
+    # -- operator requests -------------------------------------------------------------------
+
+    async def retry(self, room_id: str, *, timeout: float | None = None) -> Retried:
+        """Have the worker process a parked room's waiting inputs now (it may take a
+        while: `timeout` defaults to the client's)."""
+        reply = await self._request(
+            self.subjects.admin("retry"), "retry", {"room_id": room_id}, timeout or self.timeout
+        )
+        return Retried.from_wire(reply)
+
+    async def dead_letters(
+        self, *, room_id: str | None = None, code: str | None = None
+    ) -> list[DeadLetterRecord]:
+        """The dead-letter stream's records (of one room, with one code), oldest first."""
+        records = await read_dead_letters(
+            self._js, self.config.streams.deadletter, self.subjects, room_id
+        )
+        return select(records, code=code, room_id=room_id)
+
+    async def replay(self, records: Iterable[DeadLetterRecord]) -> list[Replayed]:
+        """Publish dead letters' original inputs again, in order."""
+        return await replay_records(self._js, records)
 
     async def state(
         self,
@@ -483,6 +583,10 @@ class RoomserverClient:
         ).held
 
 
+def _is_create(event: Mapping[str, Any]) -> bool:
+    return event.get("type") == "m.room.create" and event.get("state_key") == ""
+
+
 def embedded_server_url(config: Config) -> str:
     """Where the worker's embedded nats-server listens, as a client URL."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(
@@ -491,3 +595,16 @@ def embedded_server_url(config: Config) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"nats://{host}:{config.nats.listen_port}"
+
+
+def server_urls(config: Config, override: str | None = None) -> list[str]:
+    """The NATS servers to connect to: `override` (a comma-separated list, as the
+    `nats` CLI takes with -s or NATS_URL), else the configured servers, else the
+    embedded server's address. A bare host:port gets the nats:// scheme."""
+    if override:
+        return [
+            u if "://" in u else f"nats://{u}"
+            for u in (p.strip() for p in override.split(","))
+            if u
+        ]
+    return list(config.nats.servers) or [embedded_server_url(config)]

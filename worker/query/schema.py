@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self
 
 import msgpack
 
 Wire = dict[str, Any]
+
+#: The micro service's name: `$SRV.INFO.roomserver` lists every worker's instance.
+SERVICE_NAME: Final = "roomserver"
+#: Reply header naming the service instance (micro ID) that answered, so a client can
+#: say which worker it heard from (and ask `$SRV.INFO.roomserver.<id>` for its storage).
+WORKER_HEADER: Final = "Roomserver-Worker"
 
 
 class RawMsgpack(bytes):

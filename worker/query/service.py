@@ -14,6 +14,8 @@ its stats put them in each endpoint's `data`: `{"errors": {code: count}}`.
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import socket
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,6 +40,8 @@ from worker.errors import (
 )
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
+    SERVICE_NAME,
+    WORKER_HEADER,
     AuthChain,
     EventInfo,
     Events,
@@ -59,7 +63,6 @@ from worker.storage.reader import AFTER, BEFORE, Reader, ReadError
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME: Final = "roomserver"
 
 #: Error codes → the status code micro's error header carries (HTTP's, by convention).
 _STATUS: Final = {
@@ -282,7 +285,13 @@ class QueryService:
             name=SERVICE_NAME,
             version=_version(),
             description="Matrix roomserver queries (msgpack request/reply)",
-            metadata={"subject_prefix": self.subjects.prefix},
+            # What `roomserver` prints as "answered by": which worker, which files.
+            metadata={
+                "subject_prefix": self.subjects.prefix,
+                "storage": str(self.reader.path),
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+            },
             stats_handler=self._endpoint_data,
         )
         for name, handler in self.queries.handlers().items():
@@ -354,8 +363,9 @@ class QueryService:
     async def _respond(
         self, request: Request, body: bytes, headers: dict[str, str] | None = None
     ) -> None:
+        named = {**(headers or {}), WORKER_HEADER: self.service_id or ""}
         try:
-            await request.respond(body, headers=headers)
+            await request.respond(body, headers=named)
         except ValueError:
             # Published without a reply subject: there is no one to answer.
             log.debug("query without a reply subject ignored", subject=request.subject)

@@ -1,0 +1,150 @@
+"""Commands on the database file: `roomserver stats|graph|verify`.
+
+They open the database under `storage.path` read-only and need no running worker:
+`stats` counts whole tables, which is not a question for the hot path's query service;
+`graph` shows NIDs (snapshots and blocks), which never leave the worker; `verify`
+checks the invariants the write path keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from worker.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, error, size, table
+from worker.config import Config
+from worker.query.graph import render_dot, write_graph
+from worker.storage.reader import Reader, ReadError
+from worker.verify import verify
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Register the commands on the `roomserver` parser."""
+    stats = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="storage counts (reads the database file directly; no worker needed)",
+    )
+    stats.add_argument("--json", action="store_true", help="print the counts as JSON")
+    stats.set_defaults(func=cmd_stats)
+
+    graph = sub.add_parser(
+        "graph",
+        parents=[common],
+        help="a room's event graph as Graphviz DOT, and SVG when `dot` is installed "
+        "(reads the database file directly; no worker needed)",
+    )
+    graph.add_argument("room", help="room ID")
+    graph.add_argument(
+        "--out", help="DOT file to write (default: the room ID made file-safe, .dot); - for stdout"
+    )
+    graph.add_argument(
+        "--limit", type=int, default=1000, help="newest events to draw (0: all; default 1000)"
+    )
+    graph.add_argument("--no-svg", action="store_true", help="do not run `dot`")
+    graph.set_defaults(func=cmd_graph)
+
+    check = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="check the database (reads the file directly; run it with the worker stopped "
+        "or beside it); exits 1 and names every fault found",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    check.set_defaults(func=cmd_verify)
+
+
+def _read(config: Config, work: Callable[[Reader], Awaitable[int]]) -> int:
+    async def go() -> int:
+        reader = await Reader.open(Path(config.storage.path))
+        try:
+            return await work(reader)
+        finally:
+            await reader.close()
+
+    try:
+        return asyncio.run(go())
+    except ReadError as exc:
+        error(f"{exc.message} ({exc.code})")
+        return EXIT_FAILURE
+
+
+def cmd_stats(config: Config, args: argparse.Namespace) -> int:
+    async def work(reader: Reader) -> int:
+        stats = await reader.stats()
+        if args.json:
+            print(json.dumps(dataclasses.asdict(stats), indent=2))
+            return EXIT_OK
+        rows = [
+            ("rooms", f"{stats.rooms:,}"),
+            ("events", f"{stats.events:,}"),
+            ("  rejected", f"{stats.rejected:,}"),
+            ("  soft-failed", f"{stats.soft_failed:,}"),
+            ("  outliers", f"{stats.outliers:,}"),
+            ("held events", f"{stats.held:,}"),
+            ("state snapshots", f"{stats.snapshots:,}"),
+            ("state blocks", f"{stats.blocks:,}"),
+            ("block entries", f"{stats.block_entries:,}"),
+            ("block bytes", size(stats.block_bytes)),
+            ("outbox rows", f"{stats.outbox:,}"),
+            ("database file", size(stats.file_bytes)),
+        ]
+        print(f"storage {reader.path}")
+        print(table(["what", "count"], rows))
+        return EXIT_OK
+
+    return _read(config, work)
+
+
+def _file_name(room_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", room_id).strip("._") or "room"
+
+
+def cmd_graph(config: Config, args: argparse.Namespace) -> int:
+    async def work(reader: Reader) -> int:
+        graph = await reader.graph(args.room, limit=args.limit)
+        if args.out == "-":
+            sys.stdout.write(render_dot(graph))
+            return EXIT_OK
+        path = Path(args.out) if args.out else Path(_file_name(args.room) + ".dot")
+        try:
+            written = write_graph(graph, path, svg=not args.no_svg)
+        except subprocess.CalledProcessError as exc:
+            detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else ""
+            print(f"wrote {path}; `dot` failed on it: {detail}", file=sys.stderr)
+            return EXIT_FAILURE
+        shown = f"{len(graph.events)} events" + (
+            f" (the newest; {graph.omitted} older not drawn)" if graph.omitted else ""
+        )
+        print(f"{shown}: wrote {', '.join(map(str, written))}")
+        return EXIT_OK
+
+    return _read(config, work)
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    try:
+        report = verify(Path(config.storage.path))
+    except FileNotFoundError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    summary = (
+        f"{report.rooms} rooms, {report.events} events, {report.snapshots} snapshots, "
+        f"{report.blocks} blocks"
+    )
+    if args.json:
+        print(json.dumps({"summary": summary, "faults": report.faults}))
+    else:
+        for fault in report.faults:
+            print(f"FAULT: {fault}")
+        print(f"checked {summary}: {len(report.faults)} faults")
+    return 1 if report.faults else 0
