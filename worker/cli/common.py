@@ -111,11 +111,7 @@ async def answered_by(client: RoomserverClient) -> str:
         return via
     info = await client.worker_info(client.answered_by)
     metadata = (info or {}).get("metadata") or {}
-    where = ", ".join(
-        f"{label} {metadata[key]}"
-        for key, label in (("storage", "storage"), ("host", "host"))
-        if metadata.get(key)
-    )
+    where = ", ".join(f"{key} {metadata[key]}" for key in ("storage", "host") if metadata.get(key))
     worker = f"worker {client.answered_by}" + (f" ({where})" if where else "")
     return f"answered by {worker} {via}"
 
