@@ -12,16 +12,17 @@ from typing import Any, Final
 
 import msgpack
 
+from worker.errors import BAD_REQUEST, RoomserverError
+
 #: Most IDs or filters one request may list: bounds the work one request can cause.
 MAX_ITEMS: Final = 10_000
 
 
-class BadRequest(Exception):
-    """The request cannot be read; answered with the `bad_request` code."""
+class BadRequest(RoomserverError):
+    """The request cannot be read: a RoomserverError whose code is `bad_request`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(BAD_REQUEST, message)
 
 
 def decode_request(data: bytes) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import aiosqlite
 
+from worker.errors import RoomserverError
 from worker.storage.blocks import NidState, unpack_nids
 from worker.storage.database import DB_FILENAME, StorageError, json_list
 from worker.storage.lru import LruByWeight
@@ -46,13 +47,9 @@ AFTER: Final = "after"
 StateTriple = tuple[str, str, str]
 
 
-class ReadError(Exception):
-    """A question the stored data cannot answer; `code` is the contract's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ReadError(RoomserverError):
+    """A question the stored data cannot answer: the one boundary error, raised by the
+    read side (`code` is the contract's error code)."""
 
 
 @dataclass(frozen=True, slots=True)
