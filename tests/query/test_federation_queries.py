@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from tests.e2e.harness import deadletter_reader, input_for, publish_inputs, running_worker
+from tests.query.federation_scenario import ACL, ALICE, BOB, RITA, VERSION, ZED, Rooms, build_rooms
 from tests.query.scenario import wait_processed
 from worker.client import RoomserverClient, RoomserverError
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
-from worker.matrix.events import Event
 from worker.storage.database import DB_FILENAME, Database
 
 pytest.importorskip("synapse")
@@ -38,73 +37,6 @@ from tests.oracle.synapse_restricted import synapse_restricted_join
 from tests.oracle.synapse_state import resolve, synapse_event
 from tests.oracle.synapse_visibility import synapse_filter_events_for_server
 from tests.oracle.synapse_walks import StoredEvent, SynapseWalks
-
-VERSION = "10"
-ALICE = "@alice:example.org"
-BOB = "@bob:example.org"
-RITA = "@rita:remote.org"
-ZED = "@zed:remote.org"
-ACL = {"allow": ["*"], "deny": ["evil.org"], "allow_ip_literals": False}
-
-
-@dataclass
-class Rooms:
-    main: RoomBuilder
-    restricted: RoomBuilder
-    named: dict[str, Event]
-    #: Every input in publishing order (the arrival order of the worker).
-    inputs: list[dict[str, Any]]
-    #: The two forward extremities of the main room.
-    heads: tuple[str, str]
-
-    def id(self, name: str) -> str:
-        return self.named[name].event_id
-
-
-def build_rooms() -> Rooms:
-    b = RoomBuilder(VERSION, ALICE)
-    named: dict[str, Event] = {}
-    inputs: list[dict[str, Any]] = []
-
-    def add(name: str, event: Event) -> Event:
-        named[name] = event
-        inputs.append(input_for(event.pdu))
-        return event
-
-    for index, event in enumerate(b.bootstrap()):
-        add(f"boot{index}", event)
-    add("join_bob", b.join(BOB))
-    add("acl", b.state_event(ALICE, "m.room.server_acl", "", ACL))
-    add(
-        "hv",
-        b.state_event(ALICE, "m.room.history_visibility", "", {"history_visibility": "joined"}),
-    )
-    add("before1", b.message(ALICE, "before rita"))
-    add("before2", b.message(BOB, "still before rita"))
-    add("join_rita", b.join(RITA))
-    add("after1", b.message(RITA, "hello from remote"))
-    fork = add("after2", b.message(ALICE, "welcome"))
-    # Two branches from `after2`, left unmerged: a topic on one, a name and Bob's exit
-    # on the other, so the extremities' states differ.
-    add(
-        "topic",
-        b.state_event(ALICE, "m.room.topic", "", {"topic": "t"}, prev_events=[fork.event_id]),
-    )
-    add("name", b.state_event(ALICE, "m.room.name", "", {"name": "n"}, prev_events=[fork.event_id]))
-    add("bob_leaves", b.leave(BOB, prev_events=[named["name"].event_id]))
-
-    r = RoomBuilder(VERSION, BOB, start_ts=2_000_000_000_000)
-    for index, event in enumerate([r.create(), r.join(BOB), r.power_levels(BOB)]):
-        add(f"r{index}", event)
-    add(
-        "r_rules",
-        r.join_rules(
-            BOB, "restricted", allow=[{"type": "m.room_membership", "room_id": b.room_id}]
-        ),
-    )
-    add("r_alice", r.invite(BOB, ALICE))
-    add("r_alice_join", r.join(ALICE))
-    return Rooms(b, r, named, inputs, (named["topic"].event_id, named["bob_leaves"].event_id))
 
 
 def plain(pdu: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.cli import generate, inspect, operator, publish, queries, run
+from worker.cli import federation, generate, inspect, operator, publish, queries, run
 from worker.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -70,6 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="roomserver", description=__doc__, parents=[common])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for group in (run, inspect, publish, generate, queries, operator):
+    for group in (run, inspect, publish, generate, queries, federation, operator):
         group.add_commands(sub, common)
     return parser
