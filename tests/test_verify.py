@@ -80,7 +80,8 @@ def _cli(storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_exit_codes(tmp_path: Path) -> None:
     missing = _cli(tmp_path / "nothing")
-    assert missing.returncode == 2 and "no roomserver database" in missing.stderr
+    # Not found (6), as for `roomserver stats`.
+    assert missing.returncode == 6 and "no roomserver database" in missing.stderr
     h = _room_with_a_fork(tmp_path)
     healthy = _cli(tmp_path)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr

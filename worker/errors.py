@@ -23,6 +23,8 @@ NO_STATE: Final = "no_state"
 TOO_LARGE: Final = "too_large"
 #: Anything else that failed on the worker.
 INTERNAL_ERROR: Final = "internal_error"
+#: Reading the database file: there is none under storage.path.
+NO_DATABASE: Final = "no_database"
 #: Client side: no worker answered (none running, another subject prefix, a timeout),
 #: or NATS itself could not be reached.
 UNAVAILABLE: Final = "unavailable"

@@ -35,12 +35,12 @@ async def test_federation_commands(config: Config, js: JetStreamContext, tmp_pat
         assert none.json()["room_ids"] == []
 
         join = await cli(
-            config, tmp_path, "restricted-join", restricted, RITA, "--server", "example.org"
+            config, tmp_path, "restricted-join", restricted, RITA, "--server-name", "example.org"
         )
         assert join.code == 0, join.err
         assert dict(line.split(None, 1) for line in join.out.splitlines())["outcome"] == "allowed"
         refused = await cli(
-            config, tmp_path, "restricted-join", restricted, ZED, "--server", "example.org"
+            config, tmp_path, "restricted-join", restricted, ZED, "--server-name", "example.org"
         )
         assert refused.code == 1
         assert "M_FORBIDDEN" in refused.out

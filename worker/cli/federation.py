@@ -22,7 +22,7 @@ def add_commands(
         "acl", parents=[asks], help="whether a server may take part in a room (its server ACL)"
     )
     acl.add_argument("room", help="room ID")
-    acl.add_argument("server", help="server name (a port is ignored)")
+    acl.add_argument("server_name", metavar="SERVER", help="server name (a port is ignored)")
     acl.set_defaults(func=cmd_acl)
 
     user_rooms = sub.add_parser(
@@ -40,7 +40,7 @@ def add_commands(
     restricted.add_argument("room", help="room ID")
     restricted.add_argument("user", help="the joining user's ID")
     restricted.add_argument(
-        "--server", required=True, help="this (resident) server's name: whose users may vouch"
+        "--server-name", required=True, help="this (resident) server's name: whose users may vouch"
     )
     restricted.set_defaults(func=cmd_restricted_join)
 
@@ -48,7 +48,7 @@ def add_commands(
         "visible", parents=[asks], help="which events a server may see (history visibility)"
     )
     visible.add_argument("room", help="room ID")
-    visible.add_argument("server", help="the asking server's name")
+    visible.add_argument("server_name", metavar="SERVER", help="the asking server's name")
     visible.add_argument("event_ids", nargs="+", metavar="EVENT", help="event ID")
     visible.set_defaults(func=cmd_visible)
 
@@ -58,12 +58,12 @@ def add_commands(
     backfill.add_argument("room", help="room ID")
     backfill.add_argument("event_ids", nargs="+", metavar="EVENT", help="event ID to start from")
     backfill.add_argument("--limit", type=int, default=20, help="at most this many (max 100)")
-    backfill.add_argument("--server", help="filter for this server's history visibility")
+    backfill.add_argument("--server-name", help="filter for this server's history visibility")
     backfill.set_defaults(func=cmd_backfill)
 
 
 def cmd_acl(config: Config, args: argparse.Namespace) -> int:
-    body = {"room_id": args.room, "server_name": args.server}
+    body = {"room_id": args.room, "server_name": args.server_name}
 
     def show(reply: dict[str, Any]) -> int:
         verdict = "allowed" if reply["allowed"] else "denied"
@@ -88,7 +88,7 @@ def cmd_user_rooms(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_restricted_join(config: Config, args: argparse.Namespace) -> int:
-    body = {"room_id": args.room, "user_id": args.user, "server_name": args.server}
+    body = {"room_id": args.room, "user_id": args.user, "server_name": args.server_name}
 
     def show(reply: dict[str, Any]) -> int:
         rows = [
@@ -105,7 +105,7 @@ def cmd_restricted_join(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_visible(config: Config, args: argparse.Namespace) -> int:
-    body = {"room_id": args.room, "server_name": args.server, "event_ids": args.event_ids}
+    body = {"room_id": args.room, "server_name": args.server_name, "event_ids": args.event_ids}
 
     def show(reply: dict[str, Any]) -> int:
         verdicts = {e: "visible" for e in reply["visible"]}
@@ -119,8 +119,8 @@ def cmd_visible(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_backfill(config: Config, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"room_id": args.room, "event_ids": args.event_ids, "limit": args.limit}
-    if args.server:
-        body["server_name"] = args.server
+    if args.server_name:
+        body["server_name"] = args.server_name
 
     def show(reply: dict[str, Any]) -> int:
         rows = [

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from worker.cli.common import EXIT_OK
+from worker.cli.common import EXIT_OK, room_version
 from worker.config import Config
 from worker.synthetic import linear_room
 
@@ -18,7 +18,7 @@ def add_commands(
     generate = sub.add_parser(
         "generate", parents=[common], help="write a synthetic linear room as JSONL PDUs"
     )
-    generate.add_argument("--room-version", default="10")
+    generate.add_argument("--room-version", type=room_version, default="10")
     generate.add_argument("--members", type=int, default=20)
     generate.add_argument("--events", type=int, default=100)
     generate.add_argument("--seed", type=int, default=1)

@@ -12,14 +12,27 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from worker.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, error, size, table
+from worker.cli.common import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_STORAGE_FAULT,
+    error,
+    exit_status,
+    size,
+    table,
+)
 from worker.config import Config
+from worker.errors import NO_DATABASE, RoomserverError
 from worker.query.graph import render_dot, write_graph
 from worker.storage.reader import Reader, ReadError
 from worker.verify import verify
@@ -45,7 +58,10 @@ def add_commands(
     )
     graph.add_argument("room", help="room ID")
     graph.add_argument(
-        "--out", help="DOT file to write (default: the room ID made file-safe, .dot); - for stdout"
+        "--out",
+        metavar="FILE|DIR|-",
+        help="DOT file to write, or a directory to write it in (default: the current "
+        "directory; the file is named after the room); - for stdout",
     )
     graph.add_argument(
         "--limit", type=int, default=1000, help="newest events to draw (0: all; default 1000)"
@@ -75,7 +91,15 @@ def _read(config: Config, work: Callable[[Reader], Awaitable[int]]) -> int:
         return asyncio.run(go())
     except ReadError as exc:
         error(f"{exc.message} ({exc.code})")
-        return EXIT_FAILURE
+        return exit_status(RoomserverError(exc.code, exc.message))
+    except sqlite3.DatabaseError as exc:
+        return _unreadable(config, exc)
+
+
+def _unreadable(config: Config, exc: sqlite3.DatabaseError) -> int:
+    """The file is there but SQLite cannot read it (corrupt, not a database, I/O)."""
+    error(f"cannot read the database under {config.storage.path}: {exc}")
+    return EXIT_STORAGE_FAULT
 
 
 def cmd_stats(config: Config, args: argparse.Namespace) -> int:
@@ -109,15 +133,33 @@ def _file_name(room_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", room_id).strip("._") or "room"
 
 
+def _dot_path(out: str | None, room_id: str) -> Path:
+    """--out as given; a directory (existing, or ending in /) gets the room's file name."""
+    name = _file_name(room_id) + ".dot"
+    if out is None:
+        return Path(name)
+    if out.endswith(("/", os.sep)):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out)
+    return path / name if path.is_dir() else path
+
+
 def cmd_graph(config: Config, args: argparse.Namespace) -> int:
     async def work(reader: Reader) -> int:
         graph = await reader.graph(args.room, limit=args.limit)
         if args.out == "-":
             sys.stdout.write(render_dot(graph))
             return EXIT_OK
-        path = Path(args.out) if args.out else Path(_file_name(args.room) + ".dot")
+        path = _dot_path(args.out, args.room)
+        svg = not args.no_svg
+        if svg and shutil.which("dot") is None:
+            error(
+                "Graphviz `dot` is not on PATH: SVG skipped "
+                f"(install graphviz, or run `dot -Tsvg -O {path}` elsewhere)"
+            )
+            svg = False
         try:
-            written = write_graph(graph, path, svg=not args.no_svg)
+            written = write_graph(graph, path, svg=svg)
         except subprocess.CalledProcessError as exc:
             detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else ""
             print(f"wrote {path}; `dot` failed on it: {detail}", file=sys.stderr)
@@ -135,16 +177,21 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     try:
         report = verify(Path(config.storage.path))
     except FileNotFoundError as exc:
-        error(str(exc))
-        return EXIT_USAGE
-    summary = (
-        f"{report.rooms} rooms, {report.events} events, {report.snapshots} snapshots, "
-        f"{report.blocks} blocks"
-    )
+        error(f"{exc} ({NO_DATABASE})")
+        return EXIT_NOT_FOUND
+    except sqlite3.DatabaseError as exc:
+        return _unreadable(config, exc)
+    counts = {
+        "rooms": report.rooms,
+        "events": report.events,
+        "snapshots": report.snapshots,
+        "blocks": report.blocks,
+    }
     if args.json:
-        print(json.dumps({"summary": summary, "faults": report.faults}))
+        print(json.dumps({"summary": counts, "faults": report.faults}))
     else:
         for fault in report.faults:
             print(f"FAULT: {fault}")
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items())
         print(f"checked {summary}: {len(report.faults)} faults")
-    return 1 if report.faults else 0
+    return EXIT_FAILURE if report.faults else EXIT_OK

@@ -20,6 +20,7 @@ from typing import Any, Final
 from worker.bus.deadletters import DeadLetterRecord
 from worker.cli.common import (
     EXIT_FAILURE,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
     ask,
@@ -111,8 +112,8 @@ def _parked_map(room: ParkedRoom, with_traceback: bool) -> dict[str, Any]:
 def cmd_parked(config: Config, args: argparse.Namespace) -> int:
     path = Path(config.storage.path) / DB_FILENAME
     if not path.exists():
-        error(f"no database at {path}")
-        return EXIT_FAILURE
+        error(f"there is no database at {path} (no_database)")
+        return EXIT_NOT_FOUND
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         rooms = list_parked(conn, args.room)
@@ -226,12 +227,12 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show_replayed(replayed: Sequence[dict[str, Any]], missing: Sequence[int]) -> int:
-    failed = bool(missing)
+    failed = False
     for sequence in missing:
         error(f"no dead letter {sequence} matches")
     if not replayed and not missing:
-        print("no dead letters match")
-        return EXIT_FAILURE
+        error("no dead letters match")
+        return EXIT_NOT_FOUND
     for r in replayed:
         what = f"dead letter {r['sequence']} ({r['code']}, room {r['room_id'] or '-'})"
         if r["error"]:
@@ -241,4 +242,6 @@ def _show_replayed(replayed: Sequence[dict[str, Any]], missing: Sequence[int]) -
             print(f"{what}: already replayed (JetStream dropped it as {r['msg_id']})")
         else:
             print(f"{what}: replayed to {r['subject']} as input {r['input_sequence']}")
+    if missing:
+        return EXIT_NOT_FOUND
     return EXIT_FAILURE if failed else EXIT_OK

@@ -12,19 +12,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from tqdm import tqdm
 
 from worker.bus.publisher import Outgoing
-from worker.cli.common import EXIT_FAILURE, EXIT_OK, error, exit_status
+from worker.cli.common import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    add_server_option,
+    connect,
+    error,
+    exit_status,
+    room_version,
+)
 from worker.client import RoomserverClient
 from worker.config import Config
-from worker.errors import RoomserverError
+from worker.errors import UNAVAILABLE, RoomserverError
 
 #: Inputs published per round trip.
 BATCH: Final = 500
@@ -55,8 +63,10 @@ def add_commands(
         default=None,
         help="input kind for bare PDUs (default new)",
     )
+    add_server_option(publish)
     publish.add_argument(
         "--room-version",
+        type=room_version,
         default=None,
         help="room version for rooms whose create event is not in the file",
     )
@@ -78,12 +88,9 @@ class _Counts:
     unreadable: int = 0
 
 
-def _read_lines(path: str) -> Iterator[str]:
-    if path == "-":
-        yield from sys.stdin
-    else:
-        with open(path, encoding="utf-8") as fh:
-            yield from fh
+def _lines(lines: TextIO) -> Iterator[str]:
+    with lines:
+        yield from lines
 
 
 def _input(client: RoomserverClient, line: str, kind: str | None) -> Outgoing:
@@ -106,16 +113,19 @@ def _input(client: RoomserverClient, line: str, kind: str | None) -> Outgoing:
 
 
 def cmd_publish(config: Config, args: argparse.Namespace) -> int:
-    logging.getLogger("worker.bus.connection").setLevel(logging.ERROR)
     counts = _Counts()
+    # The file first: a wrong name is reported at once, without waiting for NATS.
+    try:
+        source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        error(f"cannot read {args.file}: {exc.strerror or exc}")
+        return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_FAILURE
+    via = ""
 
     async def go() -> None:
-        client = await RoomserverClient.connect(
-            config,
-            name="roomserver-publish",
-            timeout=args.timeout,
-            connect_timeout=args.timeout,
-        )
+        nonlocal via
+        client = await connect(config, args, "publish")
+        via = f"via {client.server_url}"
         client.default_room_version = args.room_version
         batch: list[Outgoing] = []
         progress = tqdm(unit=" events", disable=args.no_progress, file=sys.stderr)
@@ -126,6 +136,12 @@ def cmd_publish(config: Config, args: argparse.Namespace) -> int:
             try:
                 acks = await client.publish_messages(batch)
             except Exception as exc:
+                if not client.nc.is_connected:
+                    raise RoomserverError(
+                        UNAVAILABLE,
+                        f"lost NATS at {client.server_url} after publishing "
+                        f"{counts.published + counts.duplicates} inputs",
+                    ) from None
                 counts.refused += len(batch)
                 print(f"NATS refused a batch of {len(batch)}: {exc!r}", file=sys.stderr)
             else:
@@ -138,7 +154,7 @@ def cmd_publish(config: Config, args: argparse.Namespace) -> int:
             batch.clear()
 
         try:
-            for number, line in enumerate(_read_lines(args.file), start=1):
+            for number, line in enumerate(_lines(source), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -162,4 +178,5 @@ def cmd_publish(config: Config, args: argparse.Namespace) -> int:
         f"published {counts.published}, duplicates dropped by NATS {counts.duplicates}, "
         f"refused by NATS {counts.refused}, unreadable lines {counts.unreadable}"
     )
+    print(via, file=sys.stderr)
     return EXIT_OK if counts.refused == 0 and counts.unreadable == 0 else EXIT_FAILURE

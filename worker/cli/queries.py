@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from worker.cli.common import (
-    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
     ask,
@@ -134,7 +134,7 @@ def cmd_event(config: Config, args: argparse.Namespace) -> int:
                 print(json.dumps(pdu, ensure_ascii=False, indent=2, sort_keys=True))
         for event_id in reply["missing"]:
             print(f"roomserver: event {event_id} is not stored (unknown_event)", file=sys.stderr)
-        return EXIT_FAILURE if reply["missing"] else EXIT_OK
+        return EXIT_NOT_FOUND if reply["missing"] else EXIT_OK
 
     return ask(config, args, lambda c: c.request("events", {"event_ids": args.event_ids}), show)
 
