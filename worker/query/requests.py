@@ -105,3 +105,25 @@ class Fields:
         if len(value) > MAX_ITEMS:
             raise BadRequest(f"{key} lists {len(value)} items; at most {MAX_ITEMS} are allowed")
         return [(str(t), str(s)) for t, s in value]
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value = self._body.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{key} must be an integer")
+        if minimum is not None and value < minimum:
+            raise BadRequest(f"{key} must be at least {minimum}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A map field; absent counts as empty."""
+        value = self._body.get(key, {})
+        if not isinstance(value, dict):
+            raise BadRequest(f"{key} must be a map")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        """A string that may be empty (a state key), or None when absent."""
+        value = self._body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{key} must be a string")
+        return value

@@ -330,3 +330,217 @@ class Retried:
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Self:
         return cls(wire["room_id"], wire["processed"], bool(wire["parked"]), wire.get("error"))
+
+
+# -- what the rest of a homeserver asks (docs/queries.md, "Federation queries") ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAllowed:
+    """Reply to `server_allowed`: may the server take part in the room (its ACL)."""
+
+    room_id: str
+    server_name: str
+    allowed: bool
+    #: The `m.room.server_acl` event of the current state; None when there is none.
+    acl_event_id: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "server_name": self.server_name,
+            "allowed": self.allowed,
+            "acl_event_id": self.acl_event_id,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"], wire["server_name"], bool(wire["allowed"]), wire.get("acl_event_id")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleEvents:
+    """Reply to `visible_to_server`."""
+
+    room_id: str
+    server_name: str
+    #: PDUs in the order asked: in full when visible; redacted when hidden and the
+    #: request asked for redaction (else hidden events are left out).
+    events: list[dict[str, Any]]
+    #: IDs the server may see in full.
+    visible: list[str]
+    #: IDs it may not (sent redacted, or withheld).
+    hidden: list[str]
+    #: IDs not served: not stored in this room, or rejected.
+    missing: list[str]
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "server_name": self.server_name,
+            "events": self.events,
+            "visible": self.visible,
+            "hidden": self.hidden,
+            "missing": self.missing,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["server_name"],
+            list(wire["events"]),
+            list(wire["visible"]),
+            list(wire["hidden"]),
+            list(wire["missing"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventList:
+    """Reply to `missing_events` and `backfill`: the PDUs, in the endpoint's order."""
+
+    room_id: str
+    events: list[dict[str, Any]]
+    #: The events' IDs, in the same order (PDUs of room versions 3+ carry none).
+    event_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"room_id": self.room_id, "events": self.events, "event_ids": self.event_ids}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], list(wire["events"]), list(wire["event_ids"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StateAndAuthChain:
+    """Reply to `state_and_auth_chain`: what `/state`, `/state_ids` and `/send_join` send."""
+
+    room_id: str
+    #: The event whose state before it this is; None for a prospective event.
+    event_id: str | None
+    #: The prev events of the prospective event; None with `event_id`.
+    prev_event_ids: list[str] | None
+    state_event_ids: list[str]
+    #: The union of the state events' auth chains (without the state events, unless one
+    #: is in another's chain).
+    auth_chain_ids: list[str]
+    #: The PDUs, unless only IDs were asked for.
+    state: list[dict[str, Any]] | None
+    auth_chain: list[dict[str, Any]] | None
+
+    def to_wire(self) -> Wire:
+        wire: Wire = {"room_id": self.room_id}
+        if self.event_id is not None:
+            wire["event_id"] = self.event_id
+        if self.prev_event_ids is not None:
+            wire["prev_event_ids"] = self.prev_event_ids
+        wire["state_event_ids"] = self.state_event_ids
+        wire["auth_chain_ids"] = self.auth_chain_ids
+        if self.state is not None:
+            wire["state"] = self.state
+        if self.auth_chain is not None:
+            wire["auth_chain"] = self.auth_chain
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        prevs = wire.get("prev_event_ids")
+        state = wire.get("state")
+        chain = wire.get("auth_chain")
+        return cls(
+            wire["room_id"],
+            wire.get("event_id"),
+            list(prevs) if prevs is not None else None,
+            list(wire["state_event_ids"]),
+            list(wire["auth_chain_ids"]),
+            list(state) if state is not None else None,
+            list(chain) if chain is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """Reply to `prepare_event`: the graph fields of a new event."""
+
+    room_id: str
+    room_version: str
+    prev_event_ids: list[str]
+    depth: int
+    auth_event_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "room_version": self.room_version,
+            "prev_event_ids": self.prev_event_ids,
+            "depth": self.depth,
+            "auth_event_ids": self.auth_event_ids,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["room_version"],
+            list(wire["prev_event_ids"]),
+            wire["depth"],
+            list(wire["auth_event_ids"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedJoin:
+    """Reply to `restricted_join`."""
+
+    room_id: str
+    user_id: str
+    #: not_restricted, allowed, unable_to_authorise, unable_to_grant or forbidden.
+    outcome: str
+    #: True for not_restricted and allowed: the allow list does not stand in the way
+    #: (the join event still goes through the auth rules).
+    allowed: bool
+    #: With `allowed`: the local user to name in `join_authorised_via_users_server`.
+    authoriser: str | None
+    #: The Matrix error code a refusal carries (M_FORBIDDEN, ...); None when allowed.
+    errcode: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "outcome": self.outcome,
+            "allowed": self.allowed,
+            "authoriser": self.authoriser,
+            "errcode": self.errcode,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["user_id"],
+            wire["outcome"],
+            bool(wire["allowed"]),
+            wire.get("authoriser"),
+            wire.get("errcode"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsForUser:
+    """Reply to `rooms_for_user`: sorted room IDs."""
+
+    user_id: str
+    membership: str
+    room_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"user_id": self.user_id, "membership": self.membership, "room_ids": self.room_ids}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["user_id"], wire["membership"], list(wire["room_ids"]))

@@ -38,6 +38,7 @@ from worker.errors import (
     UNKNOWN_ROOM,
     RoomserverError,
 )
+from worker.query.federation import FederationQueries
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
     SERVICE_NAME,
@@ -132,11 +133,13 @@ class Queries:
         "rooms": (),
         "auth_chain": ("event_ids",),
         "held": ("room_id",),
+        **FederationQueries.FIELDS,
     }
 
     def __init__(self, reader: Reader, packed_state_bytes: int = 64 << 20) -> None:
         self.reader = reader
         self.packed_states = PackedStates(packed_state_bytes)
+        self.federation = FederationQueries(reader)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -147,6 +150,7 @@ class Queries:
             "rooms": self.rooms,
             "auth_chain": self.auth_chain,
             "held": self.held,
+            **self.federation.handlers(),
         }
 
     @staticmethod

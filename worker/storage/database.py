@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.lru import LruByWeight
+from worker.storage.membership_index import apply_state_change
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_REJECTED,
@@ -665,6 +666,13 @@ class Database:
 
     def outbox_depth(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    # -- the index of users' rooms ------------------------------------------------
+
+    def index_memberships(self, room_nid: int, adds: Sequence[str], removes: Sequence[str]) -> None:
+        """Follow a change of the room's current state in `user_room_memberships`
+        (event IDs added to and removed from it), in the open transaction."""
+        apply_state_change(self.conn, room_nid, adds, removes)
 
 
 class _NidTable:
