@@ -22,6 +22,7 @@ from worker.matrix.pdu import parse_pdu
 from worker.matrix.room_versions import get_room_version
 from worker.synthetic import linear_room
 
+REPLY_TO = "$Q9Yb2vKkLm1xWvN3aT7pRs0hUcJdEfGiOqZ5yX4w8B6"
 FORMATTED = (
     "<p>Meeting notes for <strong>Thursday</strong>: "
     + "see the <a href='https://example.org/notes'>notes</a>, " * 8
@@ -35,13 +36,13 @@ def realistic_pdus(room_version: str, count: int) -> list[dict[str, Any]]:
     pdus = list(linear_room(room_version, members=members, events=count, seed=7))[:count]
     builder = RoomBuilder(room_version, "@rich:example.org")
     rich = [dict(event.pdu) for event in builder.bootstrap()]
-    for i in range(count // 5):
+    for _ in range(count // 5):
         content = {
             "msgtype": "m.text",
             "body": FORMATTED,
             "format": "org.matrix.custom.html",
             "formatted_body": FORMATTED,
-            "m.relates_to": {"m.in_reply_to": {"event_id": rich[-1].get("event_id", "$x")}},
+            "m.relates_to": {"m.in_reply_to": {"event_id": REPLY_TO}},
         }
         rich.append(dict(builder.build("m.room.message", "@rich:example.org", content).pdu))
     for i, pdu in enumerate(pdus):
