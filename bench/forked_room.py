@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 
 import tests.oracle.forked_rooms as forked_rooms
-from tests.oracle.forked_rooms import SERVERS, Actor, ForkedRoom, StateMap
+from tests.oracle.forked_rooms import ACTORS, SERVERS, Actor, ForkedRoom, StateMap
 from worker.bus.subjects import Subjects
 from worker.config import LogConfig
 from worker.logs import configure_logging
@@ -81,20 +81,50 @@ class BigForkedRoom(ForkedRoom):
         return [e for e in recent if usable(e) and e not in followed]
 
     def _random_event(self) -> Event:
-        if self.rng.random() >= MEMBER_SHARE:
-            return super()._random_event()
-        actor = self.rng.choice(self.members)
-        self._sync(actor.server)
-        prevs, state = self._parents(actor)
-        return self._member_action(actor, prevs, state)
+        """A member's event (`MEMBER_SHARE`), else an actor's as `ForkedRoom` picks them,
+        except that an actor with nothing it wants to do leaves the turn to a member.
+
+        Over thousands of events the actors tend to leave, get banned or lock the room
+        (invite only); left to `ForkedRoom`, they would then send little but events that
+        are rejected, and the room would stop being a forked room with some spam in it."""
+        rng = self.rng
+        if rng.random() >= MEMBER_SHARE:
+            for _ in range(20):
+                actor = rng.choice(ACTORS)
+                self._sync(actor.server)
+                prevs, state = self._parents(actor)
+                if self._wants_to_act(actor, state):
+                    return self._action(actor, prevs, state)
+        return self._member_event()
+
+    def _wants_to_act(self, actor: Actor, state: StateMap) -> bool:
+        """An adversarial actor outside a room it may not join tries only now and then."""
+        if actor.adversarial and not self._may_join(actor, state):
+            return self.rng.random() < 0.1
+        return super()._wants_to_act(actor, state)
+
+    def _may_join(self, actor: Actor, state: StateMap) -> bool:
+        membership = self._content(state, (MEMBER, actor.user_id)).get("membership")
+        if membership in ("join", "invite"):
+            return True
+        public = self._content(state, (JOIN_RULES, "")).get("join_rule") == "public"
+        return public and membership != "ban"
+
+    def _member_event(self) -> Event:
+        """A member in the room, or one who may join, acts; an actor if none is found."""
+        for _ in range(20):
+            actor = self.rng.choice(self.members)
+            self._sync(actor.server)
+            prevs, state = self._parents(actor)
+            if self._may_join(actor, state):
+                return self._member_action(actor, prevs, state)
+        return super()._random_event()
 
     def _member_action(self, actor: Actor, prevs: list[str], state: StateMap) -> Event:
         """A quiet member talks, renames itself, leaves, or (re)joins when outside."""
         b, me, roll = self.builder, actor.user_id, self.rng.random()
         opts: dict[str, Any] = {"prev_events": prevs, "state": state}
         if self._content(state, (MEMBER, me)).get("membership") != "join":
-            if self._content(state, (JOIN_RULES, "")).get("join_rule") != "public":
-                return super()._random_event()  # an honest user does not knock in vain
             return b.join(me, **opts)
         if roll < 0.85:
             return b.message(me, f"hello {len(self.order)}", **opts)
