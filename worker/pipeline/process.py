@@ -16,8 +16,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from typing import Final
 
 import structlog
@@ -34,6 +33,7 @@ from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
 from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
+from worker.pipeline.batch import Counters, Disposition, InboundMessage
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import (
     Database,
@@ -62,15 +62,6 @@ RETRY_CHUNK: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """What the consumer hands over: the bytes and where they came from."""
-
-    subject: str
-    data: bytes
-    stream_sequence: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Failure:
     """Why a room is parked: what worker.storage.parked records."""
 
@@ -84,36 +75,6 @@ class _Failure:
 
 class _RetryFailed(Exception):
     """Undoes a parked room's retry transaction after one of its inputs failed again."""
-
-
-class Disposition(Enum):
-    #: Processed (or recognised as a duplicate): acknowledge.
-    ACK = "ack"
-    #: Dead-lettered: terminate, never redeliver.
-    TERM = "term"
-
-
-@dataclass(slots=True)
-class Counters:
-    processed: int = 0
-    rejected: int = 0
-    soft_failed: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    #: Inputs kept whole for a parked room (the failed one included).
-    parked: int = 0
-    #: Dead letters by their code (`bad_msgpack`, `internal_error`, ...).
-    dead_letter_codes: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: Counters) -> None:
-        self.processed += other.processed
-        self.rejected += other.rejected
-        self.soft_failed += other.soft_failed
-        self.dead_lettered += other.dead_lettered
-        self.duplicates += other.duplicates
-        self.parked += other.parked
-        for code, count in other.dead_letter_codes.items():
-            self.dead_letter_codes[code] = self.dead_letter_codes.get(code, 0) + count
 
 
 @dataclass(frozen=True, slots=True)
