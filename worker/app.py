@@ -39,7 +39,7 @@ from worker.config import Config
 from worker.metrics import MetricsServer, TimedDatabase, WorkerMetrics
 from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import QueryService
-from worker.storage.database import DB_FILENAME, is_transient, storage_fault
+from worker.storage.database import DB_FILENAME, OutboxRow, is_transient, storage_fault
 from worker.storage.lock import StorageLock
 
 log = structlog.get_logger(__name__)
@@ -269,7 +269,7 @@ class Worker:
         # The batch is committed: settling it (acks, outputs) overlaps the next batch's
         # processing, but never the settling of the batch before (outputs keep order).
         await self._settled()
-        rows = self.pipeline.emitted
+        rows = self.pipeline.outbox.emitted
         self._settling = asyncio.create_task(self._settle(messages, dispositions, rows, stop))
 
     async def _settled(self) -> None:
@@ -282,7 +282,7 @@ class Worker:
         self,
         messages: list[Msg],
         dispositions: list[Disposition],
-        rows: list[tuple[int, str, str, bytes]],
+        rows: list[OutboxRow],
         stop: asyncio.Event,
     ) -> None:
         # A failed ack loses nothing: the input comes back (after a rewind or ack_wait)
@@ -297,7 +297,7 @@ class Worker:
 
     async def _forget_published(self) -> None:
         try:
-            await self._in_db(self.pipeline.forget_published)
+            await self._in_db(self.pipeline.outbox.forget_published)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -336,7 +336,7 @@ class Worker:
         processed = 0
         while True:
             step = await self._in_db_retrying(lambda: self.pipeline.retry_parked(room_id), stop)
-            rows = self.pipeline.emitted
+            rows = self.pipeline.outbox.emitted
             await self._settled()
             await self._publish_emitted(rows, stop)
             processed += step.processed
@@ -378,13 +378,11 @@ class Worker:
         if released:
             log.info("processed held events that waited too long", count=released)
             await self._settled()
-            await self._publish_emitted(self.pipeline.emitted, stop)
+            await self._publish_emitted(self.pipeline.outbox.emitted, stop)
             async with self._progress:
                 self._progress.notify_all()
 
-    async def _publish_emitted(
-        self, rows: list[tuple[int, str, str, bytes]], stop: asyncio.Event
-    ) -> None:
+    async def _publish_emitted(self, rows: list[OutboxRow], stop: asyncio.Event) -> None:
         """Publish the outputs the last transaction committed.
 
         The pipeline hands them over, so the usual case costs no read of the outbox;
@@ -401,7 +399,7 @@ class Worker:
         try:
             await self._while_connected(
                 self._publisher.publish_many(
-                    Outgoing(subject, payload, msg_id) for _, subject, msg_id, payload in rows
+                    Outgoing(row.subject, row.payload, row.msg_id) for row in rows
                 )
             )
         except Exception as exc:
@@ -411,7 +409,7 @@ class Worker:
             await self._flush_outbox(stop)
             return
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
-        self.pipeline.mark_published(rows[-1][0])
+        self.pipeline.outbox.mark_published(rows[-1].seq)
         self.metrics.outbox_depth.set(0)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -448,7 +446,7 @@ class Worker:
             try:
                 await self._while_connected(
                     publisher.publish_many(
-                        Outgoing(subject, payload, msg_id) for _, subject, msg_id, payload in rows
+                        Outgoing(row.subject, row.payload, row.msg_id) for row in rows
                     )
                 )
             except Exception as exc:
@@ -462,7 +460,7 @@ class Worker:
             self.metrics.publish_seconds.observe(time.perf_counter() - started)
             delay = 0.2
             published += len(rows)
-            await self._in_db(db.outbox_delete_through, rows[-1][0])
+            await self._in_db(db.outbox_delete_through, rows[-1].seq)
 
     async def _while_connected(self, awaitable: Awaitable[R]) -> R:
         """Await ``awaitable``, giving up as soon as the connection drops: JetStream's

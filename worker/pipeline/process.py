@@ -24,7 +24,7 @@ import structlog
 from worker.bus.subjects import Subjects
 from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
-from worker.input.outputs import Output, OutputBuilder
+from worker.input.outputs import OutputBuilder
 from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, validate_auth_events
 from worker.matrix.auth.power_levels import PowerLevels
 from worker.matrix.events import CREATE, REDACTION, Event, StateKey, StateMap
@@ -34,6 +34,7 @@ from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
+from worker.pipeline.outbox import Outbox
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import (
     Database,
@@ -110,8 +111,8 @@ class Pipeline:
         self.held_count = db.held_count()
         #: Rooms by ID; rows are updated in place and dropped whenever work is undone.
         self._rooms: dict[str, RoomRow] = {}
-        #: Outbox rows (seq, subject, msg ID, payload) written by the last batch.
-        self.emitted: list[tuple[int, str, str, bytes]] = []
+        #: Outputs written in the open transaction, and what is published.
+        self.outbox = Outbox(db)
         #: Events named by a redaction before they were stored: only these need a look
         #: in the redactions table when they arrive. Entries are never removed (a
         #: rolled-back application must be found again), so a stale one costs a query.
@@ -121,11 +122,6 @@ class Pipeline:
         #: Stale entries (after a rollback) only cost a query.
         self._awaited_prevs: set[str] = set(db.awaited_prev_events())
         self._subject_rooms: dict[str, str | None] = {}
-        #: Written only by the caller's thread (mark_published) and only read here, and
-        #: `_deleted_through` only by the database thread, so neither update is lost
-        #: while a batch runs beside the publishing of the one before.
-        self._published_through = 0
-        self._deleted_through = 0
         self.subjects = subjects
         self.state = StateStore(db)
         self.events = EventStore(db)
@@ -147,13 +143,13 @@ class Pipeline:
     def process_batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
         """Process a batch in one transaction; transient faults propagate for a retry.
 
-        Afterwards `emitted` holds the outbox rows the batch committed, so the caller
+        Afterwards `outbox.emitted` holds the outbox rows the batch committed, so the caller
         can publish them without reading them back."""
-        self.emitted = []
+        self.outbox.begin()
         self.batch_counters = Counters()
         try:
             with self.db.transaction():
-                self._forget_published()
+                self.outbox.delete_published()
                 results = []
                 for message in messages:
                     results.append(self._process_message(message))
@@ -170,11 +166,11 @@ class Pipeline:
         if not self.held_count:
             return 0
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        self.emitted = []
+        self.outbox.begin()
         self.batch_counters = Counters()
         try:
             with self.db.transaction():
-                self._forget_published()
+                self.outbox.delete_published()
                 expired = self.db.held_expired(now_ms - self.held_max_wait_ms)
                 for event_id in expired:
                     self._release(event_id, force=True)
@@ -197,28 +193,6 @@ class Pipeline:
             log.info("releasing held event", event_id=event_id, forced=force)
             self._process_message(InboundMessage(subject, payload, sequence), force=force)
 
-    def mark_published(self, through_seq: int) -> None:
-        """Outbox rows up to `through_seq` are published; they are deleted in the next
-        transaction rather than in one of their own (one fsync fewer per batch)."""
-        if through_seq > self._published_through:
-            self._published_through = through_seq
-
-    def forget_published(self) -> None:
-        """Delete published outbox rows now, in a transaction of their own.
-
-        Called when the worker is idle or stopping: a published row left behind would be
-        published again at the next start, which JetStream drops as a duplicate only
-        inside its duplicate window."""
-        if self._published_through > self._deleted_through:
-            with self.db.transaction():
-                self._forget_published()
-
-    def _forget_published(self) -> None:
-        through = self._published_through
-        if through > self._deleted_through:
-            self.db.outbox_delete_through(through)
-            self._deleted_through = through
-
     def _process_message(self, message: InboundMessage, *, force: bool = False) -> Disposition:
         room_id = self._room_of_subject(message.subject)
         if room_id is not None and room_id == self._retrying and self._retry_failure:
@@ -233,14 +207,14 @@ class Pipeline:
                 stream_sequence=message.stream_sequence,
             )
             return Disposition.ACK
-        emitted_before = len(self.emitted)
+        emitted_before = self.outbox.mark()
         try:
             with self.db.savepoint():
                 self._process(message, force=force)
             self.batch_counters.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:
-            del self.emitted[emitted_before:]
+            self.outbox.undo_to(emitted_before)
             self._dead_letter(message, dead.code, dead.message)
             disposition = Disposition.TERM
         except Exception as exc:
@@ -252,7 +226,7 @@ class Pipeline:
                 or not self.db.in_transaction
             ):
                 raise
-            del self.emitted[emitted_before:]
+            self.outbox.undo_to(emitted_before)
             if room_id is None:
                 # No room to fork: the subject was unreadable before anything ran.
                 log.exception("unexpected error on one input", subject=message.subject)
@@ -339,7 +313,7 @@ class Pipeline:
         If one fails again, the whole transaction is undone (events released from hold
         on the way included, so the order stays the one the room would have had) and
         only the new error is recorded: the room stays parked from the same input."""
-        self.emitted = []
+        self.outbox.begin()
         self.batch_counters = Counters()
         self._retrying, self._retry_failure = room_id, None
         processed = 0
@@ -347,7 +321,7 @@ class Pipeline:
         try:
             try:
                 with self.db.transaction():
-                    self._forget_published()
+                    self.outbox.delete_published()
                     for parked in self.parked.inputs(room_id, limit):
                         message = InboundMessage(
                             parked.subject, parked.payload, parked.stream_sequence
@@ -369,7 +343,7 @@ class Pipeline:
                 pass
             failure = self._retry_failure
             assert failure is not None
-            self.emitted = []
+            self.outbox.begin()
             self.state.forget_caches()
             self.events.forget_caches()
             self._rooms.clear()
@@ -393,7 +367,7 @@ class Pipeline:
             subject=message.subject,
             stream_sequence=message.stream_sequence,
         )
-        self._emit(
+        self.outbox.emit(
             self.outputs.dead_letter(
                 room_id=room_id,
                 code=code,
@@ -417,10 +391,6 @@ class Pipeline:
             self._subject_rooms.clear()
         self._subject_rooms[subject] = room_id
         return room_id
-
-    def _emit(self, output: Output) -> None:
-        seq = self.db.outbox_add(output.subject, output.msg_id, output.payload)
-        self.emitted.append((seq, output.subject, output.msg_id, output.payload))
 
     # -- one input --------------------------------------------------------------
 
@@ -520,7 +490,7 @@ class Pipeline:
             else:
                 self.batch_counters.rejected += 1
             log.info("event not accepted", soft_failed=soft, reason=verdict.reason, **ids)
-            self._emit(
+            self.outbox.emit(
                 self.outputs.rejected_event(
                     room_id=event.room_id,
                     event_id=event.event_id,
@@ -532,7 +502,7 @@ class Pipeline:
             return
 
         if inp.kind is Kind.OLD:
-            self._emit(
+            self.outbox.emit(
                 self.outputs.old_room_event(
                     room_id=event.room_id, event_id=event.event_id, pdu=event.pdu
                 )
@@ -886,7 +856,7 @@ class Pipeline:
         ids = self.events.ids_of(
             [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
         )
-        self._emit(
+        self.outbox.emit(
             self.outputs.new_room_event(
                 room_id=event.room_id,
                 room_version=room.room_version,
@@ -1000,7 +970,7 @@ class Pipeline:
             target.row.nid, encode_event_json(redacted_pdu), redaction.event.event_id
         )
         self.events.invalidate(target.row.nid)
-        self._emit(
+        self.outbox.emit(
             self.outputs.redacted_event(
                 room_id=room.room_id,
                 redacted_event_id=target.event.event_id,
