@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
@@ -34,6 +33,7 @@ from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
+from worker.pipeline.held import HeldEvents
 from worker.pipeline.outbox import Outbox
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import (
@@ -103,12 +103,7 @@ class _Verdict:
 class Pipeline:
     def __init__(self, db: Database, subjects: Subjects, held_max_wait: float = 60.0) -> None:
         self.db = db
-        #: How long an event may wait for missing prev events before it is processed
-        #: with the state that is known.
-        self.held_max_wait_ms = int(held_max_wait * 1000)
-        #: Held events whose missing prev events have all arrived, to process next.
-        self._releasable: deque[str] = deque()
-        self.held_count = db.held_count()
+        self.held = HeldEvents(db, held_max_wait)
         #: Rooms by ID; rows are updated in place and dropped whenever work is undone.
         self._rooms: dict[str, RoomRow] = {}
         #: Outputs written in the open transaction, and what is published.
@@ -157,13 +152,12 @@ class Pipeline:
             self.counters.add(self.batch_counters)
             return results
         finally:
-            self._releasable.clear()
-            self.held_count = self.db.held_count()
+            self.held.settle()
 
     def release_expired(self, now_ms: int | None = None) -> int:
         """Process held events that waited longer than `held_max_wait` with the state
         that is known (see `_state_before`); returns how many were released."""
-        if not self.held_count:
+        if not self.held.count:
             return 0
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.outbox.begin()
@@ -171,27 +165,31 @@ class Pipeline:
         try:
             with self.db.transaction():
                 self.outbox.delete_published()
-                expired = self.db.held_expired(now_ms - self.held_max_wait_ms)
+                expired = self.held.expired(now_ms)
                 for event_id in expired:
                     self._release(event_id, force=True)
                     self._process_released()
             self.counters.add(self.batch_counters)
         finally:
-            self._releasable.clear()
-            self.held_count = self.db.held_count()
+            self.held.settle()
         return len(expired)
 
+    @property
+    def held_count(self) -> int:
+        return self.held.count
+
+    @property
+    def held_max_wait_ms(self) -> int:
+        return self.held.max_wait_ms
+
     def _process_released(self) -> None:
-        while self._releasable:
-            self._release(self._releasable.popleft(), force=False)
+        while (event_id := self.held.next_woken()) is not None:
+            self._release(event_id, force=False)
 
     def _release(self, event_id: str, *, force: bool) -> None:
-        held = self.db.unhold(event_id)
-        if held is not None:
-            self.held_count -= 1
-            subject, sequence, payload = held
-            log.info("releasing held event", event_id=event_id, forced=force)
-            self._process_message(InboundMessage(subject, payload, sequence), force=force)
+        message = self.held.release(event_id, forced=force)
+        if message is not None:
+            self._process_message(message, force=force)
 
     def _process_message(self, message: InboundMessage, *, force: bool = False) -> Disposition:
         room_id = self._room_of_subject(message.subject)
@@ -352,8 +350,7 @@ class Pipeline:
             return RetryStep(0, False, failure.error)
         finally:
             self._retrying = None
-            self._releasable.clear()
-            self.held_count = self.db.held_count()
+            self.held.settle()
 
     def _dead_letter(self, message: InboundMessage, code: str, text: str) -> None:
         self.batch_counters.dead_lettered += 1
@@ -424,7 +421,7 @@ class Pipeline:
         if (
             existing is not None
             and not (existing.status == STATUS_OUTLIER and inp.kind is not Kind.OUTLIER)
-        ) or (self.held_count and self.db.is_held(event.event_id)):
+        ) or self.held.is_held(event.event_id):
             self.batch_counters.duplicates += 1
             log.debug("duplicate event ignored", kind=inp.kind.value, **ids)
             return
@@ -435,17 +432,7 @@ class Pipeline:
         if inp.kind is not Kind.OUTLIER and inp.state_event_ids is None and not force:
             missing = self._prevs_without_state(event)
             if missing:
-                self.db.hold_event(
-                    event_id=event.event_id,
-                    room_nid=room.nid,
-                    missing=missing,
-                    subject=message.subject,
-                    stream_sequence=message.stream_sequence,
-                    payload=message.data,
-                    now_ms=int(time.time() * 1000),
-                )
-                self.held_count += 1
-                log.info("holding event until its prev events arrive", missing=missing, **ids)
+                self.held.hold(event.event_id, room, missing, message)
                 return
 
         verdict = _Verdict()
@@ -475,7 +462,7 @@ class Pipeline:
         stored = self._store(event, room, verdict.status, verdict.reason, before, before, existing)
         stored = self._state_after(stored, room)
         after = stored.row.after_snapshot_nid
-        self._wake_held(event.event_id)
+        self.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
             awaited = self._prevs_without_state(event)
@@ -670,15 +657,6 @@ class Pipeline:
             for eid in event.prev_event_ids
             if eid not in rows or rows[eid].status == STATUS_OUTLIER
         ]
-
-    def _wake_held(self, event_id: str) -> None:
-        """Queue held events that were waiting only for `event_id`."""
-        if not self.held_count:
-            return
-        for held_id in self.db.held_waiting_on(event_id):
-            self.db.drop_held_wait(event_id, held_id)
-            if not self.db.held_waits_remaining(held_id):
-                self._releasable.append(held_id)
 
     def _supplied_state(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
         rows = self.db.get_event_rows(state_event_ids)
