@@ -24,14 +24,14 @@ from worker.bus.subjects import Subjects
 from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import OutputBuilder
-from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, validate_auth_events
 from worker.matrix.auth.power_levels import PowerLevels
-from worker.matrix.events import CREATE, REDACTION, Event, StateKey, StateMap
+from worker.matrix.events import CREATE, REDACTION, Event, StateMap
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
 from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.matrix.state_res import resolve_state
+from worker.pipeline.authorize import Authorizer, Verdict
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
 from worker.pipeline.held import HeldEvents
 from worker.pipeline.outbox import Outbox
@@ -90,24 +90,19 @@ class RetryStep:
     error: str | None
 
 
-@dataclass(slots=True)
-class _Verdict:
-    status: int = STATUS_ACCEPTED
-    reason: str | None = None
-
-    def reject(self, status: int, reason: str) -> None:
-        if self.status == STATUS_ACCEPTED:
-            self.status, self.reason = status, reason
-
-
 class Pipeline:
     def __init__(self, db: Database, subjects: Subjects, held_max_wait: float = 60.0) -> None:
         self.db = db
+        self.subjects = subjects
+        self.state = StateStore(db)
+        self.events = EventStore(db)
+        self.outputs = OutputBuilder(subjects)
         self.held = HeldEvents(db, held_max_wait)
         #: Rooms by ID; rows are updated in place and dropped whenever work is undone.
         self._rooms: dict[str, RoomRow] = {}
         #: Outputs written in the open transaction, and what is published.
         self.outbox = Outbox(db)
+        self.authorize = Authorizer(db, self.state, self.events)
         #: Events named by a redaction before they were stored: only these need a look
         #: in the redactions table when they arrive. Entries are never removed (a
         #: rolled-back application must be found again), so a stale one costs a query.
@@ -117,10 +112,6 @@ class Pipeline:
         #: Stale entries (after a rollback) only cost a query.
         self._awaited_prevs: set[str] = set(db.awaited_prev_events())
         self._subject_rooms: dict[str, str | None] = {}
-        self.subjects = subjects
-        self.state = StateStore(db)
-        self.events = EventStore(db)
-        self.outputs = OutputBuilder(subjects)
         #: Totals over committed transactions (what metrics show).
         self.counters = Counters()
         #: The open transaction's counts, added to the totals only once it commits, so
@@ -435,29 +426,18 @@ class Pipeline:
                 self.held.hold(event.event_id, room, missing, message)
                 return
 
-        verdict = _Verdict()
-        checked = self._authorize_against_auth_events(event, room, verdict)
+        verdict = Verdict()
+        checked = self.authorize.against_auth_events(event, room, verdict)
         if inp.kind is Kind.OUTLIER:
-            status = STATUS_OUTLIER if verdict.status == STATUS_ACCEPTED else verdict.status
+            status = STATUS_OUTLIER if verdict.accepted else verdict.status
             self._store(event, room, status, verdict.reason, 0, 0, existing)
             log.debug("stored outlier", status=status, reason=verdict.reason, **ids)
             return
 
         before = self._state_before(event, inp, room)
-        if verdict.status == STATUS_ACCEPTED:
-            self._authorize(
-                event, self.state.load(before), verdict, STATUS_REJECTED, "before it", checked
-            )
-        # Soft-fail check against the room's current state, when there is one: a room
-        # joined over federation has none until its first `new` event.
-        if (
-            inp.kind is Kind.NEW
-            and verdict.status == STATUS_ACCEPTED
-            and room.latest_event_nids
-            and room.snapshot_nid != before
-        ):
-            current = self.state.load(room.snapshot_nid)
-            self._authorize(event, current, verdict, STATUS_SOFT_FAILED, "current")
+        self.authorize.against_state_before(event, before, verdict, checked)
+        if inp.kind is Kind.NEW:
+            self.authorize.against_current_state(event, room, before, verdict)
 
         stored = self._store(event, room, verdict.status, verdict.reason, before, before, existing)
         stored = self._state_after(stored, room)
@@ -539,85 +519,6 @@ class Pipeline:
             raise DeadLetter("unknown_room_version", str(exc)) from None
         except PduError as exc:
             raise DeadLetter(exc.code, exc.message) from None
-
-    # -- authorization ------------------------------------------------------------
-
-    def _authorize_against_auth_events(
-        self, event: Event, room: RoomRow, verdict: _Verdict
-    ) -> dict[StateKey, str] | None:
-        """Checks against the event's own auth events (the first two of the spec's
-        checks on receipt); failing makes the event rejected.
-
-        Returns the auth state that passed, as IDs, so that an identical state before
-        the event need not be checked again."""
-        is_create = event.type == CREATE and event.state_key == ""
-        if is_create and self._room_create_nid(room) is not None:
-            verdict.reject(STATUS_REJECTED, f"room {event.room_id} already has a create event")
-            return None
-        found = self.events.many_by_id(event.auth_event_ids)
-        auth_events = {
-            eid: (found[eid].event if eid in found else None) for eid in event.auth_event_ids
-        }
-        rejected = {eid for eid, s in found.items() if s.row.status == STATUS_REJECTED}
-        try:
-            validate_auth_events(event, auth_events, rejected)
-            auth_state: dict[StateKey, Event] = {
-                e.key: e for e in auth_events.values() if e is not None and e.is_state
-            }
-            if event.room_version.room_id_from_create and event.type != CREATE:
-                create = self.events.by_id("$" + event.room_id[1:])
-                if create is None or create.row.status == STATUS_REJECTED:
-                    raise AuthError(
-                        f"the room's create event ${event.room_id[1:]} is not an accepted event"
-                    )
-                auth_state[(CREATE, "")] = create.event
-            check_auth(event, auth_state)
-        except AuthError as exc:
-            verdict.reject(STATUS_REJECTED, f"against its auth events: {exc.reason}")
-            return None
-        return {key: e.event_id for key, e in auth_state.items()}
-
-    def _authorize(
-        self,
-        event: Event,
-        state: NidState,
-        verdict: _Verdict,
-        status: int,
-        which: str,
-        already_passed: Mapping[StateKey, str] | None = None,
-    ) -> None:
-        auth_state = self._auth_state(event, state)
-        if already_passed is not None and already_passed == {
-            key: e.event_id for key, e in auth_state.items()
-        }:
-            return  # the same auth state already passed: the rules are deterministic
-        try:
-            check_auth(event, auth_state)
-        except AuthError as exc:
-            verdict.reject(status, f"against the state {which}: {exc.reason}")
-
-    def _auth_state(self, event: Event, state: NidState) -> dict[StateKey, Event]:
-        """The auth-relevant part of a NID state map, as events."""
-        keys = auth_types_for_event(
-            event.room_version, event.type, event.state_key, event.sender, event.content
-        )
-        keys.add((CREATE, ""))
-        result: dict[StateKey, Event] = {}
-        for event_type, state_key in keys:
-            type_nid = self.db.type_nid(event_type, create=False)
-            sk_nid = self.db.state_key_nid(state_key, create=False)
-            if type_nid and sk_nid:
-                event_nid = state.get((type_nid, sk_nid))
-                if event_nid:
-                    result[(event_type, state_key)] = self.events.by_nid(event_nid).event
-        return result
-
-    def _room_create_nid(self, room: RoomRow) -> int | None:
-        state = self.state.load(room.snapshot_nid)
-        create_nid = state.get((1, 1))
-        if create_nid:
-            return create_nid
-        return self.db.room_create_event_nid(room.nid)
 
     # -- state ----------------------------------------------------------------------
 
@@ -957,7 +858,7 @@ class Pipeline:
         )
 
     def _sender_may_redact_any(self, event: Event, state: NidState) -> bool:
-        levels = PowerLevels(self._auth_state(event, state), event.room_version)
+        levels = PowerLevels(self.authorize.auth_state(event, state), event.room_version)
         return levels.user_level(event.sender) >= levels.named("redact")
 
 
