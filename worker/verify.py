@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bus.subjects import Subjects
-from worker.pipeline import Pipeline
+from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import MAX_BLOCKS, NidState, unpack_entries_into
 from worker.storage.database import DB_FILENAME, Database
+from worker.storage.events import EventStore
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
+from worker.storage.state import StateStore
 
 #: Bytes per packed (type NID, state key NID, event NID) triple.
 _TRIPLE_BYTES = 24
@@ -115,7 +116,8 @@ def _verify(db: Database) -> Report:
             if snap and snapshots.get(snap) != room_nid:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
 
-    pipeline = Pipeline(db, Subjects())
+    states = StateStore(db)
+    resolver = NidResolver(db, states, EventStore(db))
     for room_nid, room_id in conn.execute("SELECT nid, room_id FROM rooms").fetchall():
         report.rooms += 1
         room = db.get_room(room_id)
@@ -135,8 +137,8 @@ def _verify(db: Database) -> Report:
         if not latest_snapshots or len(latest_snapshots) != len(room.latest_event_nids):
             continue
         try:
-            expected = pipeline.resolve_snapshots(room, latest_snapshots)
-            current = pipeline.state.load(room.snapshot_nid)
+            expected = resolver.resolve(room.room_version, latest_snapshots)
+            current = states.load(room.snapshot_nid)
         except Exception as exc:  # a broken snapshot must be reported, not crash the check
             report.fault(f"room {room_id}: could not load or resolve its state ({exc})")
             continue

@@ -30,17 +30,16 @@ from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
 from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
-from worker.matrix.state_res import resolve_state
 from worker.pipeline.authorize import Authorizer, Verdict
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
 from worker.pipeline.held import HeldEvents
 from worker.pipeline.outbox import Outbox
-from worker.storage.blocks import NidState, NidStateKey
+from worker.pipeline.resolution import NidResolver
+from worker.storage.blocks import NidState
 from worker.storage.database import (
     Database,
     EventRow,
     RoomRow,
-    StorageError,
     is_transient,
     storage_fault,
 )
@@ -103,6 +102,7 @@ class Pipeline:
         #: Outputs written in the open transaction, and what is published.
         self.outbox = Outbox(db)
         self.authorize = Authorizer(db, self.state, self.events)
+        self.resolver = NidResolver(db, self.state, self.events)
         #: Events named by a redaction before they were stored: only these need a look
         #: in the redactions table when they arrive. Entries are never removed (a
         #: rolled-back application must be found again), so a stale one costs a query.
@@ -582,7 +582,7 @@ class Pipeline:
         result as a delta on the closest of them."""
         if len(snapshots) == 1:
             return snapshots[0]
-        resolved = self.resolve_snapshots(room, snapshots)
+        resolved = self.resolver.resolve(room.room_version, snapshots)
         closest = min(
             snapshots,
             key=lambda s: _difference_size(self.state.load(s), resolved),
@@ -590,58 +590,12 @@ class Pipeline:
         return self.state.store_full(room.nid, resolved, closest)
 
     def resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> NidState:
-        """The resolution of several snapshots as a NID state map; writes nothing
-        (also used by `roomserver verify`).
-
-        The resolver works on Matrix strings. Most events it returns come from one of
-        the input states, whose NIDs are at hand; but v2 and v2.1 may also admit an
-        event from the auth difference or the conflicted subgraph that is in none of
-        them (a state the room passed through on one branch), which is looked up in
-        the event store, keys included, since every event it can return is stored."""
-        if len(set(snapshots)) == 1:
-            return dict(self.state.load(snapshots[0]))
-        states = [self.state.load(s) for s in snapshots]
-        nids: set[int] = set()
-        for state in states:
-            nids.update(state.values())
-        ids = self.events.ids_of(nids)
-        back: dict[str, tuple[NidStateKey, int]] = {}
-        for state in states:
-            for key, nid in state.items():
-                back[ids[nid]] = (key, nid)
-        resolved = resolve_state(
-            get_room_version(room.room_version),
-            [self._named(state, ids) for state in states],
-            self._event_for_resolution,
-            is_rejected=self._is_rejected,
-        )
-        elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
-        if elsewhere:
-            rows = self.events.rows(elsewhere)
-            for event_id in elsewhere:
-                row = rows.get(event_id)
-                if row is None or not row.state_key_nid:
-                    raise StorageError(
-                        f"state resolution chose {event_id}, which is not a stored state event"
-                    )
-                back[event_id] = ((row.type_nid, row.state_key_nid), row.nid)
-        return dict(back[event_id] for event_id in resolved.values())
-
-    def _named(self, state: NidState, ids: Mapping[int, str]) -> StateMap:
-        type_name, sk_name = self.db.type_name, self.db.state_key_name
-        return {(type_name(t), sk_name(k)): ids[e] for (t, k), e in state.items()}
-
-    def _event_for_resolution(self, event_id: str) -> Event | None:
-        stored = self.events.by_id(event_id)
-        return stored.event if stored is not None else None
-
-    def _is_rejected(self, event_id: str) -> bool:
-        stored = self.events.by_id(event_id)
-        return stored is not None and stored.row.status == STATUS_REJECTED
+        """The resolution of several snapshots of `room`; writes nothing."""
+        return self.resolver.resolve(room.room_version, snapshots)
 
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
-        return self._named(state, self.events.ids_of(state.values()))
+        return self.resolver.to_state_map(state)
 
     def _state_after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
         """Store the state after an event: before plus itself if it is an accepted or
