@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
@@ -32,13 +32,15 @@ from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.pipeline.authorize import Authorizer, Verdict
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
+from worker.pipeline.extremities import Extremities
 from worker.pipeline.held import HeldEvents
 from worker.pipeline.outbox import Outbox
 from worker.pipeline.resolution import NidResolver
+from worker.pipeline.state import EventStates
+from worker.pipeline.store import EventWriter
 from worker.storage.blocks import NidState
 from worker.storage.database import (
     Database,
-    EventRow,
     RoomRow,
     is_transient,
     storage_fault,
@@ -46,7 +48,6 @@ from worker.storage.database import (
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
 from worker.storage.parked import ParkedStore
 from worker.storage.schema import (
-    STATUS_ACCEPTED,
     STATUS_OUTLIER,
     STATUS_REJECTED,
     STATUS_SOFT_FAILED,
@@ -103,14 +104,21 @@ class Pipeline:
         self.outbox = Outbox(db)
         self.authorize = Authorizer(db, self.state, self.events)
         self.resolver = NidResolver(db, self.state, self.events)
+        self.states = EventStates(db, self.state, self.events, self.resolver)
+        self.writer = EventWriter(db, self.events)
+        self.extremities = Extremities(
+            db,
+            self.state,
+            self.events,
+            self.states,
+            self.outbox,
+            self.outputs,
+            forget_rooms=self._forget_rooms,
+        )
         #: Events named by a redaction before they were stored: only these need a look
         #: in the redactions table when they arrive. Entries are never removed (a
         #: rolled-back application must be found again), so a stale one costs a query.
         self._late_redaction_targets: set[str] = set(db.redaction_targets_not_stored())
-        #: Prev events that stored events named while they were unknown. When one
-        #: arrives it may already have children, and then it is no forward extremity.
-        #: Stale entries (after a rollback) only cost a query.
-        self._awaited_prevs: set[str] = set(db.awaited_prev_events())
         self._subject_rooms: dict[str, str | None] = {}
         #: Totals over committed transactions (what metrics show).
         self.counters = Counters()
@@ -164,6 +172,9 @@ class Pipeline:
         finally:
             self.held.settle()
         return len(expired)
+
+    def _forget_rooms(self) -> None:
+        self._rooms.clear()
 
     @property
     def held_count(self) -> int:
@@ -228,7 +239,7 @@ class Pipeline:
                 disposition = Disposition.ACK
         self.state.forget_caches()
         self.events.forget_caches()
-        self._rooms.clear()
+        self._forget_rooms()
         return disposition
 
     # -- parked rooms -----------------------------------------------------------------
@@ -335,7 +346,7 @@ class Pipeline:
             self.outbox.begin()
             self.state.forget_caches()
             self.events.forget_caches()
-            self._rooms.clear()
+            self._forget_rooms()
             with self.db.transaction():
                 self._record_failure(failure)
             return RetryStep(0, False, failure.error)
@@ -419,9 +430,9 @@ class Pipeline:
         if room is None:
             room = self.db.create_room(event.room_id, version.identifier)
             self._rooms[room.room_id] = room
-            self.db.on_rollback(self._rooms.clear)
+            self.db.on_rollback(self._forget_rooms)
         if inp.kind is not Kind.OUTLIER and inp.state_event_ids is None and not force:
-            missing = self._prevs_without_state(event)
+            missing = self.states.prevs_without_state(event)
             if missing:
                 self.held.hold(event.event_id, room, missing, message)
                 return
@@ -430,25 +441,21 @@ class Pipeline:
         checked = self.authorize.against_auth_events(event, room, verdict)
         if inp.kind is Kind.OUTLIER:
             status = STATUS_OUTLIER if verdict.accepted else verdict.status
-            self._store(event, room, status, verdict.reason, 0, 0, existing)
+            self.writer.store(event, room, status, verdict.reason, 0, existing)
             log.debug("stored outlier", status=status, reason=verdict.reason, **ids)
             return
 
-        before = self._state_before(event, inp, room)
+        before = self.states.before(event, inp, room)
         self.authorize.against_state_before(event, before, verdict, checked)
         if inp.kind is Kind.NEW:
             self.authorize.against_current_state(event, room, before, verdict)
 
-        stored = self._store(event, room, verdict.status, verdict.reason, before, before, existing)
-        stored = self._state_after(stored, room)
-        after = stored.row.after_snapshot_nid
+        stored = self.writer.store(event, room, verdict.status, verdict.reason, before, existing)
+        stored = self.states.after(stored, room)
         self.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
-            awaited = self._prevs_without_state(event)
-            if awaited:
-                self.db.add_awaited_prev_events(awaited)
-                self._awaited_prevs.update(awaited)
+            self.extremities.await_prevs(self.states.prevs_without_state(event))
 
         if verdict.status == STATUS_REJECTED or verdict.status == STATUS_SOFT_FAILED:
             soft = verdict.status == STATUS_SOFT_FAILED
@@ -475,7 +482,7 @@ class Pipeline:
                 )
             )
         else:
-            self._advance_room(stored, room, after, inp)
+            self.extremities.advance(stored, room, inp)
         # Redactions come after the event's own output, so consumers see the event
         # first and then learn that it was redacted.
         if event.type == REDACTION:
@@ -522,73 +529,6 @@ class Pipeline:
 
     # -- state ----------------------------------------------------------------------
 
-    def _state_before(self, event: Event, inp: InputMessage, room: RoomRow) -> int:
-        """The snapshot of the state before a timeline event."""
-        if inp.state_event_ids is not None:
-            return self._supplied_state(inp.state_event_ids, room)
-        if not event.prev_event_ids:
-            return 0
-        prevs = {
-            eid: row
-            for eid, row in self.events.rows(event.prev_event_ids).items()
-            if row.status != STATUS_OUTLIER
-        }
-        if not prevs:
-            # Released after waiting, with no prev event known: the room's current
-            # state is the best knowledge there is (soft-fail checks still apply).
-            return room.snapshot_nid
-        # Prev events still unknown after the wait are left out, as Matrix servers do
-        # when they cannot fetch them.
-        snapshots = list(
-            dict.fromkeys(
-                prevs[eid].after_snapshot_nid for eid in event.prev_event_ids if eid in prevs
-            )
-        )
-        if len(snapshots) == 1:
-            return snapshots[0]
-        return self._resolve_snapshots(room, snapshots)
-
-    def _prevs_without_state(self, event: Event) -> list[str]:
-        """Prev events that are unknown, or known only as outliers (no state)."""
-        if not event.prev_event_ids:
-            return []
-        rows = self.events.rows(event.prev_event_ids)
-        return [
-            eid
-            for eid in event.prev_event_ids
-            if eid not in rows or rows[eid].status == STATUS_OUTLIER
-        ]
-
-    def _supplied_state(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
-        rows = self.db.get_event_rows(state_event_ids)
-        missing = [eid for eid in state_event_ids if eid not in rows]
-        if missing:
-            raise DeadLetter(
-                "missing_state_events",
-                f"state_event_ids lists events that are not stored: {', '.join(missing[:10])}",
-            )
-        state: NidState = {}
-        for eid in state_event_ids:
-            row = rows[eid]
-            if not row.state_key_nid:
-                raise DeadLetter("bad_input", f"state_event_ids lists {eid}, not a state event")
-            if row.room_nid != room.nid:
-                raise DeadLetter("bad_input", f"state_event_ids lists {eid} of another room")
-            state[(row.type_nid, row.state_key_nid)] = row.nid
-        return self.state.store_full(room.nid, state, room.snapshot_nid)
-
-    def _resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> int:
-        """Resolve several snapshots with the room version's algorithm and store the
-        result as a delta on the closest of them."""
-        if len(snapshots) == 1:
-            return snapshots[0]
-        resolved = self.resolver.resolve(room.room_version, snapshots)
-        closest = min(
-            snapshots,
-            key=lambda s: _difference_size(self.state.load(s), resolved),
-        )
-        return self.state.store_full(room.nid, resolved, closest)
-
     def resolve_snapshots(self, room: RoomRow, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots of `room`; writes nothing."""
         return self.resolver.resolve(room.room_version, snapshots)
@@ -596,172 +536,6 @@ class Pipeline:
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
         return self.resolver.to_state_map(state)
-
-    def _state_after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
-        """Store the state after an event: before plus itself if it is an accepted or
-        soft-failed state event (soft-failed events still count for their children).
-
-        The event row needs its own NID inside the snapshot, so it is written first
-        with after = before and updated here, in the database and in the cache."""
-        row = stored.row
-        if not row.state_key_nid or row.status == STATUS_REJECTED:
-            return stored
-        after = self.state.derive(
-            room.nid, row.before_snapshot_nid, {(row.type_nid, row.state_key_nid): row.nid}
-        )
-        self.db.set_after_snapshot(row.nid, after)
-        updated = StoredEvent(replace(row, after_snapshot_nid=after), stored.event)
-        self.events.remember(updated)
-        return updated
-
-    # -- storing --------------------------------------------------------------------
-
-    def _store(
-        self,
-        event: Event,
-        room: RoomRow,
-        status: int,
-        reason: str | None,
-        before: int,
-        after: int,
-        existing: EventRow | None,
-    ) -> StoredEvent:
-        type_nid = self.db.type_nid(event.type, create=True)
-        sk = event.state_key
-        sk_nid = self.db.state_key_nid(sk, create=True) if sk is not None else 0
-        auth_rows = self.events.rows(event.auth_event_ids)
-        auth_nids = [auth_rows[e].nid for e in event.auth_event_ids if e in auth_rows]
-        if existing is not None:
-            self.db.promote_outlier(existing.nid, status, reason, before, after)
-            nid = existing.nid
-            self.events.invalidate(nid)
-        else:
-            nid = self.db.insert_event(
-                event_id=event.event_id,
-                room_nid=room.nid,
-                type_nid=type_nid,
-                state_key_nid=sk_nid,
-                depth=event.depth,
-                status=status,
-                reason=reason,
-                before_snapshot_nid=before,
-                after_snapshot_nid=after,
-                auth_event_nids=auth_nids,
-                prev_event_ids=event.prev_event_ids,
-                json_bytes=encode_event_json(event.pdu),
-            )
-        row = EventRow(
-            nid,
-            event.event_id,
-            room.nid,
-            type_nid,
-            sk_nid,
-            event.depth,
-            status,
-            reason,
-            before,
-            after,
-        )
-        stored = StoredEvent(row, event)
-        self.events.remember(stored)
-        return stored
-
-    def _advance_room(
-        self, stored: StoredEvent, room: RoomRow, after: int, inp: InputMessage
-    ) -> None:
-        """A `new` accepted event: forward extremities, current state, the output."""
-        event = stored.event
-        prev_rows = self.events.rows(event.prev_event_ids)
-        prev_nids = {row.nid for row in prev_rows.values()}
-        prev_nids |= self._behind_soft_failed(prev_rows.values())
-        latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
-        if not latest or not self._has_accepted_children(event.event_id):
-            latest.append(stored.row.nid)
-        old_snapshot = room.snapshot_nid
-        linear = latest == [stored.row.nid]
-        if linear:
-            new_snapshot = after
-        else:
-            latest_rows = [self.events.by_nid(nid).row for nid in latest]
-            snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
-            new_snapshot = self._resolve_snapshots(room, snapshots)
-        adds, removes = self._state_change(old_snapshot, new_snapshot, stored, linear)
-        ids = self.events.ids_of(
-            [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
-        )
-        self.outbox.emit(
-            self.outputs.new_room_event(
-                room_id=event.room_id,
-                room_version=room.room_version,
-                event_id=event.event_id,
-                pdu=event.pdu,
-                latest_event_ids=[ids[nid] for nid in latest],
-                adds_state_event_ids=adds,
-                removes_state_event_ids=removes,
-                last_sent_event_id=ids.get(room.last_sent_event_nid),
-                send_as_server=inp.send_as_server,
-                transaction_id=inp.transaction_id,
-            )
-        )
-        room.latest_event_nids = latest
-        room.snapshot_nid = new_snapshot
-        room.last_sent_event_nid = stored.row.nid
-        room.depth = max(room.depth, event.depth)
-        self.db.update_room(room)
-        self.db.on_rollback(self._rooms.clear)
-
-    def _behind_soft_failed(self, prev_rows: Iterable[EventRow]) -> set[int]:
-        """NIDs of the events an accepted event reaches back to through soft-failed
-        prev events: they are no forward extremities any more either.
-
-        Synapse's rule (`_get_prevs_before_rejected`, used when it calculates new
-        extremities): from the new event's prev events, every soft-failed one adds its
-        own prev events, recursively, stopping at the first events that are not
-        soft-failed; outliers are not walked through. Its query would walk through
-        rejected events as well, but Synapse stores no prev edges for a rejected
-        event, so in effect a rejected prev event ends the walk, and so it does here.
-        Without the walk, an event built on a soft-failed one would leave the
-        soft-failed event's parent as an extremity beside it, its own ancestor."""
-        found: set[int] = set()
-        seen: set[str] = set()
-        frontier = [row.nid for row in prev_rows if row.status == STATUS_SOFT_FAILED]
-        while frontier:
-            prev_ids = [p for p in self.db.prev_event_ids_of(frontier) if p not in seen]
-            seen.update(prev_ids)
-            rows = self.events.rows(prev_ids).values()
-            found.update(row.nid for row in rows)
-            frontier = [row.nid for row in rows if row.status == STATUS_SOFT_FAILED]
-        return found
-
-    def _has_accepted_children(self, event_id: str) -> bool:
-        """Whether accepted events already name this one as a prev event (it arrived
-        after children that were processed without it). Like Synapse, rejected,
-        soft-failed and outlier children do not count."""
-        if event_id not in self._awaited_prevs:
-            return False
-        self.db.remove_awaited_prev_event(event_id)
-        children = self.db.children_of(event_id)
-        return any(self.events.by_nid(nid).row.status == STATUS_ACCEPTED for nid in children)
-
-    def _state_change(
-        self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool
-    ) -> tuple[list[str], list[str]]:
-        """Event IDs added to and removed from the room's current state."""
-        if old_snapshot == new_snapshot:
-            return [], []
-        old = self.state.load(old_snapshot)
-        new = self.state.load(new_snapshot)
-        row = stored.row
-        key = (row.type_nid, row.state_key_nid)
-        if linear and stored.row.before_snapshot_nid == old_snapshot:
-            # The room's state moved by this one event: only its own key can differ.
-            added_nids = [new[key]] if new.get(key) != old.get(key) and key in new else []
-            removed_nids = [old[key]] if added_nids and key in old else []
-        else:
-            added_nids = [nid for k, nid in new.items() if old.get(k) != nid]
-            removed_nids = [nid for k, nid in old.items() if new.get(k) != nid]
-        ids = self.events.ids_of(added_nids + removed_nids)
-        return [ids[n] for n in added_nids], [ids[n] for n in removed_nids]
 
     # -- redactions ------------------------------------------------------------------
 
@@ -818,7 +592,3 @@ class Pipeline:
 
 def _domain(user_id: str) -> str:
     return user_id.partition(":")[2]
-
-
-def _difference_size(a: Mapping[tuple[int, int], int], b: Mapping[tuple[int, int], int]) -> int:
-    return sum(1 for k, v in b.items() if a.get(k) != v) + sum(1 for k in a if k not in b)
