@@ -24,17 +24,16 @@ from worker.bus.subjects import Subjects
 from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import OutputBuilder
-from worker.matrix.auth.power_levels import PowerLevels
-from worker.matrix.events import CREATE, REDACTION, Event, StateMap
+from worker.matrix.events import CREATE, StateMap
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu, room_version_of_create
-from worker.matrix.redaction import redact
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
 from worker.pipeline.authorize import Authorizer, Verdict
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
 from worker.pipeline.extremities import Extremities
 from worker.pipeline.held import HeldEvents
 from worker.pipeline.outbox import Outbox
+from worker.pipeline.redactions import Redactions
 from worker.pipeline.resolution import NidResolver
 from worker.pipeline.state import EventStates
 from worker.pipeline.store import EventWriter
@@ -45,7 +44,7 @@ from worker.storage.database import (
     is_transient,
     storage_fault,
 )
-from worker.storage.events import EventStore, StoredEvent, encode_event_json
+from worker.storage.events import EventStore
 from worker.storage.parked import ParkedStore
 from worker.storage.schema import (
     STATUS_OUTLIER,
@@ -115,10 +114,9 @@ class Pipeline:
             self.outputs,
             forget_rooms=self._forget_rooms,
         )
-        #: Events named by a redaction before they were stored: only these need a look
-        #: in the redactions table when they arrive. Entries are never removed (a
-        #: rolled-back application must be found again), so a stale one costs a query.
-        self._late_redaction_targets: set[str] = set(db.redaction_targets_not_stored())
+        self.redactions = Redactions(
+            db, self.state, self.events, self.authorize, self.outbox, self.outputs
+        )
         self._subject_rooms: dict[str, str | None] = {}
         #: Totals over committed transactions (what metrics show).
         self.counters = Counters()
@@ -485,9 +483,7 @@ class Pipeline:
             self.extremities.advance(stored, room, inp)
         # Redactions come after the event's own output, so consumers see the event
         # first and then learn that it was redacted.
-        if event.type == REDACTION:
-            self._record_redaction(stored, room, before)
-        self._apply_pending_redactions(stored, room)
+        self.redactions.on_accepted(stored, room, before)
 
     # -- room and version ---------------------------------------------------------
 
@@ -536,59 +532,3 @@ class Pipeline:
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
         return self.resolver.to_state_map(state)
-
-    # -- redactions ------------------------------------------------------------------
-
-    def _record_redaction(self, stored: StoredEvent, room: RoomRow, before: int) -> None:
-        """Remember an accepted redaction; apply it now if its target is stored.
-
-        Whether the sender may redact others' events is decided against the state
-        before the redaction, as the spec's "handling redactions" asks.
-        """
-        event = stored.event
-        target = event.redacts
-        if target is None:
-            return
-        may_redact_any = self._sender_may_redact_any(event, self.state.load(before))
-        self.db.add_redaction(target, stored.row.nid, may_redact_any)
-        target_stored = self.events.by_id(target)
-        if target_stored is not None:
-            self._apply_redaction(target_stored, stored, may_redact_any, room)
-        else:
-            self._late_redaction_targets.add(target)
-
-    def _apply_pending_redactions(self, stored: StoredEvent, room: RoomRow) -> None:
-        if stored.event.event_id not in self._late_redaction_targets:
-            return
-        for redaction_nid, may_redact_any in self.db.redactions_of(stored.event.event_id):
-            redaction = self.events.by_nid(redaction_nid)
-            if redaction.row.nid != stored.row.nid:
-                self._apply_redaction(stored, redaction, may_redact_any, room)
-
-    def _apply_redaction(
-        self, target: StoredEvent, redaction: StoredEvent, may_redact_any: bool, room: RoomRow
-    ) -> None:
-        if target.row.room_nid != room.nid:
-            return
-        if not may_redact_any and _domain(target.event.sender) != _domain(redaction.event.sender):
-            return
-        redacted_pdu = redact(target.event.pdu, target.event.room_version)
-        self.db.replace_event_json(
-            target.row.nid, encode_event_json(redacted_pdu), redaction.event.event_id
-        )
-        self.events.invalidate(target.row.nid)
-        self.outbox.emit(
-            self.outputs.redacted_event(
-                room_id=room.room_id,
-                redacted_event_id=target.event.event_id,
-                redaction_event_id=redaction.event.event_id,
-            )
-        )
-
-    def _sender_may_redact_any(self, event: Event, state: NidState) -> bool:
-        levels = PowerLevels(self.authorize.auth_state(event, state), event.room_version)
-        return levels.user_level(event.sender) >= levels.named("redact")
-
-
-def _domain(user_id: str) -> str:
-    return user_id.partition(":")[2]
