@@ -14,13 +14,16 @@ the rest of the worker uses.
 """
 
 from worker.pipeline.batch import Counters, Disposition, InboundMessage
-from worker.pipeline.process import RETRY_CHUNK, Pipeline, RetryStep
+from worker.pipeline.outbox import OutboxRow
+from worker.pipeline.parking import RETRY_CHUNK, RetryStep
+from worker.pipeline.process import Pipeline
 
 __all__ = [
     "RETRY_CHUNK",
     "Counters",
     "Disposition",
     "InboundMessage",
+    "OutboxRow",
     "Pipeline",
     "RetryStep",
 ]
