@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from worker.input.decode import InputMessage
 from worker.input.outputs import OutputBuilder
+from worker.pipeline.limits import MaybeSet
 from worker.pipeline.outbox import Outbox
 from worker.pipeline.state import EventStates
 from worker.storage.database import Database, EventRow, RoomRow
@@ -32,6 +33,7 @@ class Extremities:
         outbox: Outbox,
         outputs: OutputBuilder,
         forget_rooms: Callable[[], None],
+        budget: int,
     ) -> None:
         self.db = db
         self.state = state
@@ -44,15 +46,15 @@ class Extremities:
         self._forget_rooms = forget_rooms
         #: Prev events that stored events named while they were unknown. When one
         #: arrives it may already have children, and then it is no forward extremity.
-        #: Stale entries (after a rollback) only cost a query.
-        self._awaited_prevs: set[str] = set(db.awaited_prev_events())
+        #: Mirrored from their table while they fit the budget.
+        self.awaited_prevs = MaybeSet("awaited prev events", db.awaited_prev_events(), budget)
 
     def await_prevs(self, event_ids: list[str]) -> None:
         """An event was processed without these prev events (forced out of hold, or
         with the state supplied): when one arrives, its children are already there."""
         if event_ids:
             self.db.add_awaited_prev_events(event_ids)
-            self._awaited_prevs.update(event_ids)
+            self.awaited_prevs.add(event_ids)
 
     def advance(self, stored: StoredEvent, room: RoomRow, inp: InputMessage) -> None:
         """A `new` accepted event: forward extremities, current state, the output."""
@@ -132,9 +134,11 @@ class Extremities:
         """An awaited prev event has arrived: delete its row from the awaited prev
         events, and say whether it may have been awaited (False: it certainly was
         not, so no stored event names it)."""
-        if event_id not in self._awaited_prevs:
+        if not self.awaited_prevs.may_contain(event_id):
             return False
         self.db.remove_awaited_prev_event(event_id)
+        self.awaited_prevs.discard(event_id)
+        self.db.on_rollback(lambda: self.awaited_prevs.add([event_id]))
         return True
 
     def _has_accepted_children(self, event_id: str) -> bool:

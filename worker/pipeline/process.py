@@ -22,6 +22,7 @@ from worker.pipeline.authorize import Authorizer
 from worker.pipeline.batch import Batch, Counters, Disposition, InboundMessage
 from worker.pipeline.extremities import Extremities
 from worker.pipeline.held import HeldEvents
+from worker.pipeline.limits import CacheLimits
 from worker.pipeline.outbox import Outbox
 from worker.pipeline.parking import RETRY_CHUNK, Parking, RetryStep
 from worker.pipeline.recipe import Parts, Recipe
@@ -41,7 +42,14 @@ log = structlog.get_logger(__name__)
 class Pipeline:
     """The writer: owns the parts and runs inputs through them in the database thread."""
 
-    def __init__(self, db: Database, subjects: Subjects, held_max_wait: float = 60.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        subjects: Subjects,
+        held_max_wait: float = 60.0,
+        limits: CacheLimits | None = None,
+    ) -> None:
+        limits = limits if limits is not None else CacheLimits()
         self.db = db
         self.subjects = subjects
         self.state = StateStore(db)
@@ -50,13 +58,20 @@ class Pipeline:
         #: Outputs written in the open transaction, and what is published.
         self.outbox = Outbox(db)
         self.batch = Batch(db, self.outbox, self.outputs)
-        self.rooms = Rooms(db, subjects)
+        self.rooms = Rooms(db, subjects, limits)
         self.held = HeldEvents(db, held_max_wait)
         self.authorize = Authorizer(db, self.state, self.events)
         self.resolver = NidResolver(db, self.state, self.events)
         self.states = EventStates(db, self.state, self.events, self.resolver)
         self.extremities = Extremities(
-            db, self.state, self.events, self.states, self.outbox, self.outputs, self.rooms.forget
+            db,
+            self.state,
+            self.events,
+            self.states,
+            self.outbox,
+            self.outputs,
+            self.rooms.forget,
+            limits.awaited_prevs,
         )
         self.recipe = Recipe(
             Parts(
@@ -69,7 +84,13 @@ class Pipeline:
                 writer=EventWriter(db, self.events),
                 extremities=self.extremities,
                 redactions=Redactions(
-                    db, self.state, self.events, self.authorize, self.outbox, self.outputs
+                    db,
+                    self.state,
+                    self.events,
+                    self.authorize,
+                    self.outbox,
+                    self.outputs,
+                    limits.redaction_targets,
                 ),
                 outbox=self.outbox,
                 outputs=self.outputs,

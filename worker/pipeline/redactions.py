@@ -12,6 +12,7 @@ from worker.matrix.auth.power_levels import PowerLevels
 from worker.matrix.events import REDACTION, Event
 from worker.matrix.redaction import redact
 from worker.pipeline.authorize import Authorizer
+from worker.pipeline.limits import MaybeSet
 from worker.pipeline.outbox import Outbox
 from worker.storage.blocks import NidState
 from worker.storage.database import Database, RoomRow
@@ -30,6 +31,7 @@ class Redactions:
         authorizer: Authorizer,
         outbox: Outbox,
         outputs: OutputBuilder,
+        budget: int,
     ) -> None:
         self.db = db
         self.state = state
@@ -39,8 +41,11 @@ class Redactions:
         self.outputs = outputs
         #: Events named by a redaction before they were stored: only these need a look
         #: in the redactions table when they arrive. Entries are never removed (a
-        #: rolled-back application must be found again), so a stale one costs a query.
-        self._late_targets: set[str] = set(db.redaction_targets_not_stored())
+        #: rolled-back application must be found again), so a stale one costs a query;
+        #: mirrored from the table while they fit the budget.
+        self._late_targets = MaybeSet(
+            "late redaction targets", db.redaction_targets_not_stored(), budget
+        )
 
     def on_accepted(self, stored: StoredEvent, room: RoomRow, before: int) -> None:
         """An accepted timeline event is stored and its own output emitted: record it
@@ -65,11 +70,11 @@ class Redactions:
         if target_stored is not None:
             self._apply(target_stored, stored, may_redact_any, room)
         else:
-            self._late_targets.add(target)
+            self._late_targets.add([target])
 
     def _apply_pending(self, stored: StoredEvent, room: RoomRow) -> None:
         """Apply the redactions that named this event before it was stored."""
-        if stored.event.event_id not in self._late_targets:
+        if not self._late_targets.may_contain(stored.event.event_id):
             return
         for redaction_nid, may_redact_any in self.db.redactions_of(stored.event.event_id):
             redaction = self.events.by_nid(redaction_nid)

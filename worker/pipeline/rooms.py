@@ -3,18 +3,15 @@ and the version its events are parsed with."""
 
 from __future__ import annotations
 
-from typing import Final
-
 from worker.bus.subjects import Subjects
 from worker.input.decode import InputMessage
 from worker.input.errors import DeadLetter
 from worker.matrix.events import CREATE
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+from worker.pipeline.limits import CacheLimits
 from worker.storage.database import Database, RoomRow
-
-#: Input subjects remembered with their room (one per active room).
-_SUBJECT_CACHE_SIZE: Final = 100_000
+from worker.storage.state import LruByWeight
 
 
 class Rooms:
@@ -23,43 +20,44 @@ class Rooms:
     Room rows are updated in place as events advance the room, so the cache is dropped
     (`forget`) whenever work is undone."""
 
-    def __init__(self, db: Database, subjects: Subjects) -> None:
+    def __init__(self, db: Database, subjects: Subjects, limits: CacheLimits) -> None:
         self.db = db
         self.subjects = subjects
-        self._rooms: dict[str, RoomRow] = {}
-        self._subject_rooms: dict[str, str | None] = {}
+        self.cached_rooms: LruByWeight[str, RoomRow] = LruByWeight(limits.rooms)
+        #: Subjects that name a room (the others are dead-lettered; parsing them
+        #: again costs less than remembering them).
+        self.subject_rooms: LruByWeight[str, str] = LruByWeight(limits.subjects)
 
     def of_subject(self, subject: str) -> str | None:
         """The room an input subject names (None if it names none); remembered, since
         a room's inputs all share one subject."""
-        if subject in self._subject_rooms:
-            return self._subject_rooms[subject]
+        room_id = self.subject_rooms.get(subject)
+        if room_id is not None:
+            return room_id
         try:
-            room_id: str | None = self.subjects.room_of_input(subject)
+            room_id = self.subjects.room_of_input(subject)
         except ValueError:
-            room_id = None
-        if len(self._subject_rooms) >= _SUBJECT_CACHE_SIZE:
-            self._subject_rooms.clear()
-        self._subject_rooms[subject] = room_id
+            return None
+        self.subject_rooms.put(subject, room_id, 1)
         return room_id
 
     def get(self, room_id: str) -> RoomRow | None:
-        room = self._rooms.get(room_id)
+        room = self.cached_rooms.get(room_id)
         if room is None:
             room = self.db.get_room(room_id)
             if room is not None:
-                self._rooms[room_id] = room
+                self.cached_rooms.put(room_id, room, 1)
         return room
 
     def create(self, room_id: str, version: RoomVersion) -> RoomRow:
         room = self.db.create_room(room_id, version.identifier)
-        self._rooms[room.room_id] = room
+        self.cached_rooms.put(room.room_id, room, 1)
         self.db.on_rollback(self.forget)
         return room
 
     def forget(self) -> None:
         """Drop the cached room rows (work that changed them was undone)."""
-        self._rooms.clear()
+        self.cached_rooms.clear()
 
     def version_for(
         self, inp: InputMessage, subject_room: str
