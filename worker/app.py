@@ -35,7 +35,14 @@ from worker.config import Config
 from worker.metrics import MetricsServer, TimedDatabase, WorkerMetrics
 from worker.pipeline import OutboxRow, Pipeline
 from worker.query import QueryService
-from worker.runner.common import NATS_ERRORS, DbThread, NatsLink, Progress, unless_stopped
+from worker.runner.common import (
+    NATS_ERRORS,
+    DbThread,
+    NatsLink,
+    Progress,
+    SideWork,
+    unless_stopped,
+)
 from worker.runner.held_timer import HeldTimer
 from worker.runner.input_loop import InputLoop
 from worker.runner.outbox_relay import OutboxRelay
@@ -140,11 +147,12 @@ class Worker:
         left = await relay.drain(stop)
         if left:
             log.info("published outputs a previous run had committed but not sent", count=left)
-        retries = ParkedRetries(self._db_thread, pipeline, self._publish_committed)
+        side = SideWork(self._db_thread, pipeline, self._publish_committed)
+        retries = ParkedRetries(side)
         await retries.retry_all(stop)
         retry_subscription = await nc.subscribe(self.subjects.admin("retry"), cb=retries.on_request)
         stack.push_async_callback(_unsubscribe, retry_subscription)
-        held = HeldTimer(self._db_thread, pipeline, self._publish_committed)
+        held = HeldTimer(side)
 
         async def between_batches(stop: asyncio.Event) -> None:
             await held.tick(stop)

@@ -146,12 +146,7 @@ class Recipe:
             and not (existing.status == STATUS_OUTLIER and valid.inp.kind is not Kind.OUTLIER)
         ) or self.p.held.is_held(event_id):
             self.p.batch.counts.duplicates += 1
-            log.debug(
-                "duplicate event ignored",
-                kind=valid.inp.kind.value,
-                room_id=valid.event.room_id,
-                event_id=event_id,
-            )
+            log.debug("duplicate event ignored", kind=valid.inp.kind.value, **_ids(valid.event))
             return True
         return False
 
@@ -170,13 +165,7 @@ class Recipe:
     ) -> None:
         status = STATUS_OUTLIER if verdict.accepted else verdict.status
         self.p.writer.store(event, room, status, verdict.reason, 0, existing)
-        log.debug(
-            "stored outlier",
-            status=status,
-            reason=verdict.reason,
-            room_id=event.room_id,
-            event_id=event.event_id,
-        )
+        log.debug("stored outlier", status=status, reason=verdict.reason, **_ids(event))
 
     def _publish(
         self, stored: StoredEvent, room: RoomRow, verdict: Verdict, inp: InputMessage, before: int
@@ -204,13 +193,7 @@ class Recipe:
             self.p.batch.counts.soft_failed += 1
         else:
             self.p.batch.counts.rejected += 1
-        log.info(
-            "event not accepted",
-            soft_failed=soft,
-            reason=verdict.reason,
-            room_id=event.room_id,
-            event_id=event.event_id,
-        )
+        log.info("event not accepted", soft_failed=soft, reason=verdict.reason, **_ids(event))
         self.p.outbox.emit(
             self.p.outputs.rejected_event(
                 room_id=event.room_id,
@@ -220,3 +203,9 @@ class Recipe:
                 reason=verdict.reason or "",
             )
         )
+
+
+def _ids(event: Event) -> dict[str, str]:
+    """The IDs log lines carry (bound per line: binding them eagerly would cost on
+    every event)."""
+    return {"room_id": event.room_id, "event_id": event.event_id}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 import nats.errors
@@ -16,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
 from worker.metrics import WorkerMetrics
+from worker.pipeline import OutboxRow, Pipeline
 from worker.storage.database import is_transient
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,16 @@ class DbThread:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SideWork:
+    """What work outside the batches (held-event releases, retries) runs with."""
+
+    db_thread: DbThread
+    pipeline: Pipeline
+    #: Publishes what such a transaction committed, after the last batch's outputs.
+    publish: Callable[[list[OutboxRow], asyncio.Event], Awaitable[None]]
 
 
 class NatsLink:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 
-from worker.pipeline import OutboxRow, Pipeline
-from worker.runner.common import DbThread
+from worker.runner.common import SideWork
 
 log = structlog.get_logger(__name__)
 
@@ -19,24 +17,17 @@ HELD_CHECK_INTERVAL = 1.0
 
 
 class HeldTimer:
-    def __init__(
-        self,
-        db_thread: DbThread,
-        pipeline: Pipeline,
-        publish: Callable[[list[OutboxRow], asyncio.Event], Awaitable[None]],
-    ) -> None:
-        self.db_thread = db_thread
-        self.pipeline = pipeline
-        #: Publishes what a transaction outside the batches committed.
-        self._publish = publish
+    def __init__(self, side: SideWork) -> None:
+        self.side = side
         self._checked = 0.0
 
     async def tick(self, stop: asyncio.Event) -> None:
         now = time.monotonic()
-        if not self.pipeline.held_count or now - self._checked < HELD_CHECK_INTERVAL:
+        pipeline = self.side.pipeline
+        if not pipeline.held_count or now - self._checked < HELD_CHECK_INTERVAL:
             return
         self._checked = now
-        released = await self.db_thread.run(self.pipeline.release_expired)
+        released = await self.side.db_thread.run(pipeline.release_expired)
         if released:
             log.info("processed held events that waited too long", count=released)
-            await self._publish(self.pipeline.outbox.emitted, stop)
+            await self.side.publish(pipeline.outbox.emitted, stop)

@@ -6,30 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 import structlog
 from nats.aio.msg import Msg
 
-from worker.pipeline import OutboxRow, Pipeline
-from worker.runner.common import NATS_ERRORS, DbThread
+from worker.runner.common import NATS_ERRORS, SideWork
 
 log = structlog.get_logger(__name__)
 
 
 class ParkedRetries:
-    def __init__(
-        self,
-        db_thread: DbThread,
-        pipeline: Pipeline,
-        publish: Callable[[list[OutboxRow], asyncio.Event], Awaitable[None]],
-    ) -> None:
-        self.db_thread = db_thread
-        self.pipeline = pipeline
-        #: Publishes what a transaction outside the batches committed.
-        self._publish = publish
+    def __init__(self, side: SideWork) -> None:
+        self.side = side
+        self.pipeline = side.pipeline
         #: Requests waiting for the loop: (room ID, the request).
         self._requests: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
 
@@ -68,10 +59,10 @@ class ParkedRetries:
         log.info("retrying a parked room", room_id=room_id)
         processed = 0
         while True:
-            step = await self.db_thread.run_retrying(
+            step = await self.side.db_thread.run_retrying(
                 lambda: self.pipeline.retry_parked(room_id), stop
             )
-            await self._publish(self.pipeline.outbox.emitted, stop)
+            await self.side.publish(self.pipeline.outbox.emitted, stop)
             processed += step.processed
             if step.error is not None or step.unparked or stop.is_set():
                 break
