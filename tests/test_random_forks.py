@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import ALICE, Harness
+from tests.harness.pipeline import ALICE, Harness
 from worker.matrix.auth import AuthError, check_auth, validate_auth_events
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.state_res import resolve_state

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.procs import REPO, free_port
+from tests.harness.procs import REPO, free_port
 from worker.cli import EXIT_CONFIG, EXIT_USAGE
 
 
