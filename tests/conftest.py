@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from tests.harness.markers import mark
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.config import Config, load_config
@@ -84,3 +85,8 @@ async def js(nc: NATS, config: Config) -> AsyncIterator[JetStreamContext]:
         for name in (streams.input, streams.output, streams.deadletter):
             with contextlib.suppress(NotFoundError):
                 await context.delete_stream(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test unit, nats, oracle or faults (tests/harness/markers.py says how)."""
+    mark(items)
