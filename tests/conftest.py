@@ -10,20 +10,28 @@ is a temporary directory.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from tests.harness.markers import mark
+from tests.harness.markers import mark, unselectable
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.config import Config, load_config
+
+# `make test-fast` sets HYPOTHESIS_PROFILE=fast: property tests that keep Hypothesis's
+# default example count run 20 examples instead of 100. Tests that set their own count
+# keep it; the heaviest of those are marked `slow` and left out of test-fast instead.
+settings.register_profile("fast", max_examples=20)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -90,3 +98,9 @@ async def js(nc: NATS, config: Config) -> AsyncIterator[JetStreamContext]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test unit, nats, oracle or faults (tests/harness/markers.py says how)."""
     mark(items)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m unit`` (``make test-fast``), modules whose tests are all oracle or
+    faults tests are not even imported: no Synapse import, a quicker collection."""
+    return True if unselectable(collection_path, config.option.markexpr) else None

@@ -215,6 +215,7 @@ def test_content_hash_mismatch_is_processed_redacted(harness: Harness) -> None:
     assert body["event"]["content"] == {}
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.recursive(
@@ -239,6 +240,7 @@ def test_fuzzed_input_never_crashes(harness: Harness, body: Any) -> None:
         harness.outbox()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     key=st.sampled_from(

@@ -24,8 +24,9 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,3 +204,49 @@ def mark(items: list[pytest.Item]) -> None:
     for item in items:
         for category in sorted(categories_of(item)):
             item.add_marker(category)
+
+
+#: Markers a `-m` expression may use for `unselectable` to decide anything.
+_DECIDABLE = frozenset({*CATEGORIES, "slow"})
+
+
+def unselectable(path: Path, markexpr: str) -> bool:
+    """Whether no test of the module at ``path`` can match ``markexpr`` (``-m``), so that
+    collecting it, and importing Synapse for it, can be skipped.
+
+    Every test of a module that imports Synapse is ``oracle``, and every test under
+    tests/faults/ is ``faults``; the expression must be false whatever else the tests
+    carry. Any doubt (another marker in the expression, a pytest without the expression
+    parser) means the module is collected as usual.
+    """
+    if not markexpr or path.suffix != ".py" or not path.is_relative_to(TESTS):
+        return False
+    known = {"oracle"} & scan_module(path).at_import
+    if path.is_relative_to(TESTS / "faults"):
+        known.add("faults")
+    if not known:
+        return False
+    names = set(re.findall(r"[A-Za-z_]\w*", markexpr)) - {"and", "or", "not"}
+    if not names <= _DECIDABLE:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        expression = Expression.compile(markexpr)
+    except Exception:  # a pytest that parses differently decides nothing here
+        return False
+    free = sorted(names - known - {"unit"})
+    for chosen in itertools.product((False, True), repeat=len(free)):
+        carried = known | {name for name, on in zip(free, chosen, strict=True) if on}
+        if expression.evaluate(_carries(carried)):
+            return False
+    return True
+
+
+def _carries(markers: set[str]) -> Callable[..., bool]:
+    """An expression matcher: whether a test carries a marker (arguments ignored)."""
+
+    def matcher(name: str, /, **_: object) -> bool:
+        return name in markers
+
+    return matcher
