@@ -5,6 +5,10 @@ dominate a fast suite, so the server lives for the whole session and each test g
 own subject prefix, stream names and durable consumer name (and its streams are deleted
 afterwards). JetStream storage is in memory for speed; the server's own store directory
 is a temporary directory.
+
+Also here: the hook that marks every test unit, nats, oracle or faults, and the `fast`
+Hypothesis profile. The harnesses are in tests/harness/; tests/README.md says which is for
+what and how to run a subset.
 """
 
 from __future__ import annotations
