@@ -61,3 +61,11 @@ clean:
 # Also drops the virtual environment; data/ (the worker's storage) is never touched.
 distclean: clean
 	rm -rf $(VENV)
+
+# Random forked rooms through the pipeline and through Synapse's own code, over room
+# versions 1–12 (tests/oracle/sweep.py): ROOMS rooms on JOBS processes.
+ROOMS ?= 2000
+JOBS ?= 2
+.PHONY: oracle-sweep
+oracle-sweep: $(VENV)/.installed-test+oracle
+	$(BIN)/python -m tests.oracle.sweep --rooms $(ROOMS) --jobs $(JOBS)

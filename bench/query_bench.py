@@ -41,7 +41,7 @@ from bench.common import worker_env
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
-from worker.client import RoomserverClient, UnavailableError
+from worker.client import RoomserverClient, RoomserverError
 from worker.config import load_config
 from worker.query import SERVICE_NAME
 from worker.synthetic import linear_room
@@ -93,8 +93,8 @@ async def _until_answering(client: RoomserverClient, timeout: float = 60.0) -> N
         try:
             await client.rooms()
             return
-        except UnavailableError:
-            if time.monotonic() > deadline:
+        except RoomserverError as exc:
+            if exc.code != "unavailable" or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.02)
 

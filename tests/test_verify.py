@@ -37,6 +37,16 @@ def test_a_healthy_database_has_no_faults(tmp_path: Path) -> None:
     assert report.rooms == 1 and report.events == 7 and report.snapshots > 0
 
 
+def test_verify_leaves_no_wal_behind(tmp_path: Path) -> None:
+    """The checks read through a read-only connection beside the writer's; the writer's
+    closes last, so the files are left as a stopped worker leaves them (and `roomserver
+    stats` reports the same size before and after)."""
+    _room_with_a_fork(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert verify(tmp_path).faults == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
 def test_a_corrupt_block_is_named(tmp_path: Path) -> None:
     h = _room_with_a_fork(tmp_path)
     with sqlite3.connect(h.db.path) as conn:
@@ -80,7 +90,8 @@ def _cli(storage: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_exit_codes(tmp_path: Path) -> None:
     missing = _cli(tmp_path / "nothing")
-    assert missing.returncode == 2 and "no roomserver database" in missing.stderr
+    # Not found (6), as for `roomserver stats`.
+    assert missing.returncode == 6 and "no roomserver database" in missing.stderr
     h = _room_with_a_fork(tmp_path)
     healthy = _cli(tmp_path)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr

@@ -9,19 +9,22 @@
 
 It speaks the contract (docs/queries.md, /work/shared/design/contract.md) and nothing
 else: it never touches the worker's database, so it works against any worker that
-answers on the same subjects. Query failures are raised as `QueryError` subclasses
-carrying the contract's error code.
+answers on the same subjects. Query failures are raised as
+`worker.errors.RoomserverError` carrying the contract's error code (`unavailable` when
+no worker answers); the typed results are the reply dataclasses of
+`worker.query.schema`, which the service builds its replies with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Self
 
 import msgpack
 import nats.errors
@@ -30,146 +33,68 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from worker.bus.connection import connect
+from worker.bus.deadletters import (
+    DeadLetterRecord,
+    Replayed,
+    read_dead_letters,
+    select,
+)
+from worker.bus.deadletters import replay as replay_records
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.subjects import Subjects
 from worker.config import Config
+from worker.errors import BAD_REPLY, UNAVAILABLE, UNKNOWN_EVENT, RoomserverError, is_error_reply
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+from worker.query.schema import (
+    SERVICE_NAME,
+    WORKER_HEADER,
+    AuthChain,
+    EventInfo,
+    EventList,
+    Events,
+    Held,
+    HeldEvent,
+    Latest,
+    Members,
+    Membership,
+    PreparedEvent,
+    RestrictedJoin,
+    Retried,
+    Rooms,
+    RoomsForUser,
+    RoomSummary,
+    ServerAllowed,
+    State,
+    StateAndAuthChain,
+    StateEntry,
+    VisibleEvents,
+)
+
+__all__ = [
+    "EventInfo",
+    "EventList",
+    "Events",
+    "HeldEvent",
+    "Latest",
+    "Membership",
+    "Output",
+    "OutputStream",
+    "PreparedEvent",
+    "RestrictedJoin",
+    "RoomSummary",
+    "RoomserverClient",
+    "RoomserverError",
+    "ServerAllowed",
+    "State",
+    "StateAndAuthChain",
+    "StateEntry",
+    "VisibleEvents",
+    "embedded_server_url",
+]
 
 DEFAULT_TIMEOUT: Final = 5.0
-
-
-# -- errors ------------------------------------------------------------------------------
-
-
-class QueryError(Exception):
-    """The worker answered a query with an error (or nobody answered)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class BadRequestError(QueryError):
-    """The request was malformed (a client bug, or a field this worker does not know)."""
-
-
-class UnknownRoomError(QueryError):
-    """The worker has never seen the room (`unknown_room`)."""
-
-
-class UnknownEventError(QueryError):
-    """The worker has no such event (`unknown_event`)."""
-
-
-class NoStateError(QueryError):
-    """The event is an outlier: stored without the state around it."""
-
-
-class ReplyTooLargeError(QueryError):
-    """The answer would not fit in one NATS message; ask for less."""
-
-
-class UnavailableError(QueryError):
-    """No worker answered on the query subject (not running, or another prefix)."""
-
-
-_ERRORS: Final[dict[str, type[QueryError]]] = {
-    "bad_request": BadRequestError,
-    "unknown_room": UnknownRoomError,
-    "unknown_event": UnknownEventError,
-    "no_state": NoStateError,
-    "too_large": ReplyTooLargeError,
-}
-
-
-# -- typed results -------------------------------------------------------------------------
-
-
-class StateEntry(NamedTuple):
-    type: str
-    state_key: str
-    event_id: str
-
-
-def _entries(raw: Iterable[Sequence[str]]) -> list[StateEntry]:
-    # tuple.__new__ straight from each decoded [type, state_key, event_id]: half the
-    # cost of StateEntry(...), which matters when a room's state has 10,000 entries.
-    make = tuple.__new__
-    return [make(StateEntry, entry) for entry in raw]
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    room_id: str
-    #: The event the state is at; None for the room's current state.
-    event_id: str | None
-    #: `before` or `after` the event; None for the current state.
-    at: str | None
-    entries: list[StateEntry]
-
-    def as_map(self) -> dict[tuple[str, str], str]:
-        """(type, state key) → event ID."""
-        return {(e.type, e.state_key): e.event_id for e in self.entries}
-
-
-@dataclass(frozen=True, slots=True)
-class EventInfo:
-    event_id: str
-    room_id: str
-    #: The PDU as stored (redacted once a redaction applied).
-    event: dict[str, Any]
-    #: accepted, rejected, soft_failed or outlier.
-    status: str
-    #: Why the event was rejected or soft-failed (None when accepted).
-    reason: str | None
-    redacted_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Events:
-    events: list[EventInfo]
-    #: Asked-for IDs the worker does not have.
-    missing: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Latest:
-    room_id: str
-    room_version: str
-    depth: int
-    latest_event_ids: list[str]
-    #: The current state, when asked for.
-    state: list[StateEntry] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    room_id: str
-    user_id: str
-    #: join, invite, leave, ban or knock; None when the user has no membership event.
-    membership: str | None
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RoomSummary:
-    room_id: str
-    room_version: str
-    events: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeldEvent:
-    event_id: str
-    room_id: str
-    missing_prev_event_ids: list[str]
-    #: Missing prev events that have still not arrived.
-    waiting_for: list[str]
-    held_since_ms: int
-    stream_sequence: int
 
 
 # -- outputs -----------------------------------------------------------------------------
@@ -323,28 +248,63 @@ class RoomserverClient:
     """
 
     def __init__(
-        self, nc: NATS, config: Config | None = None, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        nc: NATS,
+        config: Config | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        default_room_version: str | None = None,
     ) -> None:
         self.nc = nc
         self.config = config or Config()
         self.subjects = Subjects(self.config.streams.subject_prefix)
         self.timeout = timeout
+        #: The version of rooms whose version the client has not learnt (from a create
+        #: event, `remember_room_version` or `room_version=`): sent with their inputs.
+        self.default_room_version = default_room_version
         self._js = nc.jetstream()
-        self._publisher = Publisher(self._js, self.config)
+        self._publisher = Publisher(self._js, self.config, timeout=timeout)
         self._versions: dict[str, RoomVersion] = {}
         self._owns_connection = False
+        #: The query service instance (micro service ID) that gave the last answer.
+        self.answered_by: str | None = None
 
     @classmethod
     async def connect(
-        cls, config: Config, *, name: str = "roomserver-client", timeout: float = DEFAULT_TIMEOUT
+        cls,
+        config: Config,
+        *,
+        name: str = "roomserver-client",
+        timeout: float = DEFAULT_TIMEOUT,
+        servers: Sequence[str] | None = None,
+        connect_timeout: float | None = None,
     ) -> RoomserverClient:
-        """Connect as the configuration says: its NATS servers, or else the address
-        the worker's embedded server listens on."""
-        servers = list(config.nats.servers) or [embedded_server_url(config)]
-        nc = await connect(config.nats, servers, name=name)
+        """Connect to `servers`, or as the configuration says (`server_urls`).
+
+        NATS reconnects forever, also for the first connection (a worker must outlive
+        a NATS restart); with `connect_timeout` the client gives up after that many
+        seconds instead, raising RoomserverError `unavailable`.
+        """
+        targets = list(servers) if servers else server_urls(config)
+        attempt = connect(config.nats, targets, name=name)
+        try:
+            nc = await asyncio.wait_for(attempt, connect_timeout)
+        except TimeoutError:
+            raise RoomserverError(
+                UNAVAILABLE,
+                f"cannot reach NATS at {', '.join(targets)} within {connect_timeout:g} s",
+            ) from None
         client = cls(nc, config, timeout=timeout)
         client._owns_connection = True
         return client
+
+    @property
+    def server_url(self) -> str | None:
+        """The NATS server this client is connected to (nats://host:port)."""
+        url = self.nc.connected_url
+        if url is None:
+            return None
+        return f"{url.scheme}://{url.netloc}"
 
     async def close(self) -> None:
         """Close the connection if `connect` made it (a borrowed one is left open)."""
@@ -379,13 +339,21 @@ class RoomserverClient:
         origin: str | None = None,
         send_as_server: str | None = None,
         transaction_id: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Outgoing:
         """The subject, msgpack body and msg ID (the event ID) of one input.
 
-        The event ID needs the room version: from a create event, the `room_version`
-        argument, or what the client learnt earlier. Without it the input is still
-        valid but carries no msg ID, so JetStream cannot drop a duplicate publish.
+        The event ID needs the room version, chosen in this order: a create event's
+        own, the `room_version` argument, what the client learnt earlier for the room,
+        then `default_room_version` (sent in the input, since the worker may not know
+        the room either). Without one the input is still valid but carries no msg ID,
+        so JetStream cannot drop a duplicate publish. `extra` holds input fields this
+        client does not know, passed on as they are (the worker ignores unknown ones).
         """
+        if room_version is None and not _is_create(event):
+            room_id = event.get("room_id")
+            if not (isinstance(room_id, str) and room_id in self._versions):
+                room_version = self.default_room_version
         version = self._version_for(event, room_version)
         event_id: str | None = None
         if version is not None:
@@ -400,7 +368,7 @@ class RoomserverClient:
             raise ValueError("the event has no room_id, so it has no input subject")
         if version is not None:
             self._versions.setdefault(room_id, version)
-        body: dict[str, Any] = {"event": dict(event)}
+        body: dict[str, Any] = {**(extra or {}), "event": dict(event)}
         if kind != "new":
             body["kind"] = kind
         if room_version is not None:
@@ -420,7 +388,7 @@ class RoomserverClient:
         self, event: Mapping[str, Any], room_version: str | None
     ) -> RoomVersion | None:
         try:
-            if event.get("type") == "m.room.create" and event.get("state_key") == "":
+            if _is_create(event):
                 return room_version_of_create(event)
             if room_version is not None:
                 return get_room_version(room_version)
@@ -442,9 +410,14 @@ class RoomserverClient:
         self, events: Iterable[Mapping[str, Any]], **options: Any
     ) -> list[api.PubAck]:
         """Publish several inputs pipelined (one round trip), in order."""
-        return await self._publisher.publish_many(
+        return await self.publish_messages(
             [self.input_message(event, **options) for event in events]
         )
+
+    async def publish_messages(self, messages: Sequence[Outgoing]) -> list[api.PubAck]:
+        """Publish inputs made by `input_message` pipelined, in order (each input
+        with its own options: what `roomserver publish` does with a file)."""
+        return await self._publisher.publish_many(messages)
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -474,26 +447,66 @@ class RoomserverClient:
 
     async def request(self, name: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Ask query `name` with a raw request map; the raw reply map."""
+        return await self._request(self.subjects.query(name), name, body, self.timeout)
+
+    async def _request(
+        self, subject: str, name: str, body: Mapping[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
         try:
-            reply = await self.nc.request(self.subjects.query(name), payload, timeout=self.timeout)
+            reply = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
-            raise UnavailableError(
-                "unavailable",
-                f"no worker answers on {self.subjects.query(name)}: is it running, with "
+            raise RoomserverError(
+                UNAVAILABLE,
+                f"no worker answers on {subject}: is it running, with "
                 f"subject prefix {self.subjects.prefix!r}?",
             ) from None
         except TimeoutError:
-            raise UnavailableError(
-                "unavailable", f"no answer to {name} within {self.timeout:g} s"
+            raise RoomserverError(
+                UNAVAILABLE, f"no answer to {name} within {timeout:g} s"
             ) from None
+        self.answered_by = (reply.headers or {}).get(WORKER_HEADER)
         result = msgpack.unpackb(reply.data, raw=False)
         if not isinstance(result, dict):
-            raise QueryError("bad_reply", f"the reply to {name} is not a map")
-        if "error" in result:
-            code = str(result["error"])
-            raise _ERRORS.get(code, QueryError)(code, str(result.get("message", "")))
+            raise RoomserverError(BAD_REPLY, f"the reply to {name} is not a map")
+        if is_error_reply(result):
+            raise RoomserverError.from_wire(result)
         return result
+
+    async def worker_info(self, service_id: str) -> dict[str, Any] | None:
+        """The micro service INFO of the query service instance `service_id` (its
+        metadata names the worker's storage, host and subject prefix); None when it
+        does not answer."""
+        subject = f"$SRV.INFO.{SERVICE_NAME}.{service_id}"
+        try:
+            reply = await self.nc.request(subject, b"", timeout=self.timeout)
+        except (nats.errors.NoRespondersError, TimeoutError):
+            return None
+        info = json.loads(reply.data)
+        return info if isinstance(info, dict) else None
+
+    # -- operator requests -------------------------------------------------------------------
+
+    async def retry(self, room_id: str, *, timeout: float | None = None) -> Retried:
+        """Have the worker process a parked room's waiting inputs now (it may take a
+        while: `timeout` defaults to the client's)."""
+        reply = await self._request(
+            self.subjects.admin("retry"), "retry", {"room_id": room_id}, timeout or self.timeout
+        )
+        return Retried.from_wire(reply)
+
+    async def dead_letters(
+        self, *, room_id: str | None = None, code: str | None = None
+    ) -> list[DeadLetterRecord]:
+        """The dead-letter stream's records (of one room, with one code), oldest first."""
+        records = await read_dead_letters(
+            self._js, self.config.streams.deadletter, self.subjects, room_id
+        )
+        return select(records, code=code, room_id=room_id)
+
+    async def replay(self, records: Iterable[DeadLetterRecord]) -> list[Replayed]:
+        """Publish dead letters' original inputs again, in order."""
+        return await replay_records(self._js, records)
 
     async def state(
         self,
@@ -514,33 +527,16 @@ class RoomserverClient:
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        reply = await self.request("state", body)
-        return State(
-            reply["room_id"], reply.get("event_id"), reply.get("at"), _entries(reply["state"])
-        )
+        return State.from_wire(await self.request("state", body))
 
     async def events(self, event_ids: Sequence[str]) -> Events:
-        reply = await self.request("events", {"event_ids": list(event_ids)})
-        return Events(
-            [
-                EventInfo(
-                    e["event_id"],
-                    e["room_id"],
-                    e["event"],
-                    e["status"],
-                    e.get("reason"),
-                    e.get("redacted_by"),
-                )
-                for e in reply["events"]
-            ],
-            list(reply["missing"]),
-        )
+        return Events.from_wire(await self.request("events", {"event_ids": list(event_ids)}))
 
     async def event(self, event_id: str) -> EventInfo:
-        """One event; UnknownEventError when the worker does not have it."""
+        """One event; RoomserverError `unknown_event` when the worker does not have it."""
         result = await self.events([event_id])
         if not result.events:
-            raise UnknownEventError("unknown_event", f"event {event_id} is not stored")
+            raise RoomserverError(UNKNOWN_EVENT, f"event {event_id} is not stored")
         return result.events[0]
 
     async def latest(
@@ -560,15 +556,7 @@ class RoomserverClient:
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        reply = await self.request("latest", body)
-        state = reply.get("state")
-        return Latest(
-            reply["room_id"],
-            reply["room_version"],
-            reply["depth"],
-            list(reply["latest_event_ids"]),
-            _entries(state) if state is not None else None,
-        )
+        return Latest.from_wire(await self.request("latest", body))
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"
@@ -577,8 +565,7 @@ class RoomserverClient:
         if event_id is not None:
             body["event_id"] = event_id
             body["at"] = at
-        reply = await self.request("membership", body)
-        return Membership(room_id, user_id, reply.get("membership"), reply.get("event_id"))
+        return Membership.from_wire(await self.request("membership", body))
 
     async def members(
         self,
@@ -593,31 +580,130 @@ class RoomserverClient:
         if event_id is not None:
             body["event_id"] = event_id
             body["at"] = at
-        reply = await self.request("membership", body)
-        return list(reply["members"])
+        return Members.from_wire(await self.request("membership", body)).members
 
     async def rooms(self) -> list[RoomSummary]:
-        reply = await self.request("rooms")
-        return [RoomSummary(r["room_id"], r["room_version"], r["events"]) for r in reply["rooms"]]
+        return Rooms.from_wire(await self.request("rooms")).rooms
 
     async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
         reply = await self.request("auth_chain", {"event_ids": list(event_ids)})
-        return list(reply["event_ids"])
+        return AuthChain.from_wire(reply).event_ids
 
     async def held(self, room_id: str | None = None) -> list[HeldEvent]:
         """Events waiting for missing prev events (one room, or every room)."""
-        reply = await self.request("held", {"room_id": room_id} if room_id else {})
-        return [
-            HeldEvent(
-                h["event_id"],
-                h["room_id"],
-                list(h["missing_prev_event_ids"]),
-                list(h["waiting_for"]),
-                h["held_since_ms"],
-                h["stream_sequence"],
-            )
-            for h in reply["held"]
-        ]
+        return Held.from_wire(
+            await self.request("held", {"room_id": room_id} if room_id else {})
+        ).held
+
+    # -- what the rest of a homeserver asks (federation) --------------------------------------
+
+    async def server_allowed(self, room_id: str, server_name: str) -> ServerAllowed:
+        """Whether the room's current server ACL lets `server_name` take part."""
+        body = {"room_id": room_id, "server_name": server_name}
+        return ServerAllowed.from_wire(await self.request("server_allowed", body))
+
+    async def visible_to_server(
+        self, room_id: str, server_name: str, event_ids: Sequence[str], *, redact: bool = True
+    ) -> VisibleEvents:
+        """Which of the events `server_name` may see in full; the others redacted (or,
+        with `redact=False`, left out)."""
+        body = {
+            "room_id": room_id,
+            "server_name": server_name,
+            "event_ids": list(event_ids),
+            "redact": redact,
+        }
+        return VisibleEvents.from_wire(await self.request("visible_to_server", body))
+
+    async def missing_events(
+        self,
+        room_id: str,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        *,
+        limit: int = 10,
+        min_depth: int = 0,
+        server_name: str | None = None,
+    ) -> EventList:
+        """What `/get_missing_events` returns (at most 20 events), filtered for
+        `server_name` when given."""
+        body: dict[str, Any] = {
+            "room_id": room_id,
+            "earliest_events": list(earliest_events),
+            "latest_events": list(latest_events),
+            "limit": limit,
+            "min_depth": min_depth,
+        }
+        if server_name is not None:
+            body["server_name"] = server_name
+        return EventList.from_wire(await self.request("missing_events", body))
+
+    async def backfill(
+        self,
+        room_id: str,
+        event_ids: Sequence[str],
+        *,
+        limit: int = 100,
+        server_name: str | None = None,
+    ) -> EventList:
+        """What `/backfill` returns (at most 100 events, newest first), filtered for
+        `server_name` when given."""
+        body: dict[str, Any] = {"room_id": room_id, "event_ids": list(event_ids), "limit": limit}
+        if server_name is not None:
+            body["server_name"] = server_name
+        return EventList.from_wire(await self.request("backfill", body))
+
+    async def state_and_auth_chain(
+        self,
+        room_id: str,
+        *,
+        event_id: str | None = None,
+        prev_event_ids: Sequence[str] | None = None,
+        ids_only: bool = False,
+    ) -> StateAndAuthChain:
+        """The state before `event_id` (or before a new event with `prev_event_ids`)
+        and its auth chain: what `/state`, `/state_ids` and `/send_join` send."""
+        body: dict[str, Any] = {"room_id": room_id, "ids_only": ids_only}
+        if event_id is not None:
+            body["event_id"] = event_id
+        if prev_event_ids is not None:
+            body["prev_event_ids"] = list(prev_event_ids)
+        return StateAndAuthChain.from_wire(await self.request("state_and_auth_chain", body))
+
+    async def prepare_event(
+        self,
+        room_id: str,
+        event_type: str,
+        sender: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+    ) -> PreparedEvent:
+        """Prev events, depth and auth events for a new event in the room as it stands."""
+        body: dict[str, Any] = {
+            "room_id": room_id,
+            "type": event_type,
+            "sender": sender,
+            "content": dict(content),
+        }
+        if state_key is not None:
+            body["state_key"] = state_key
+        return PreparedEvent.from_wire(await self.request("prepare_event", body))
+
+    async def restricted_join(self, room_id: str, user_id: str, server_name: str) -> RestrictedJoin:
+        """Whether `user_id` may join through the room's allow list, and which user of
+        `server_name` (this resident server) can authorise it."""
+        body = {"room_id": room_id, "user_id": user_id, "server_name": server_name}
+        return RestrictedJoin.from_wire(await self.request("restricted_join", body))
+
+    async def rooms_for_user(self, user_id: str, membership: str = "join") -> list[str]:
+        """The rooms whose current state gives the user `membership`, sorted."""
+        body = {"user_id": user_id, "membership": membership}
+        return RoomsForUser.from_wire(await self.request("rooms_for_user", body)).room_ids
+
+
+def _is_create(event: Mapping[str, Any]) -> bool:
+    return event.get("type") == "m.room.create" and event.get("state_key") == ""
 
 
 def embedded_server_url(config: Config) -> str:
@@ -628,3 +714,16 @@ def embedded_server_url(config: Config) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"nats://{host}:{config.nats.listen_port}"
+
+
+def server_urls(config: Config, override: str | None = None) -> list[str]:
+    """The NATS servers to connect to: `override` (a comma-separated list, as the
+    `nats` CLI takes with -s or NATS_URL), else the configured servers, else the
+    embedded server's address. A bare host:port gets the nats:// scheme."""
+    if override:
+        return [
+            u if "://" in u else f"nats://{u}"
+            for u in (p.strip() for p in override.split(","))
+            if u
+        ]
+    return list(config.nats.servers) or [embedded_server_url(config)]

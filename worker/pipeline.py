@@ -23,6 +23,7 @@ from typing import Final
 import structlog
 
 from worker.bus.subjects import Subjects
+from worker.input.acl import refuse_denied_origin
 from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import Output, OutputBuilder
@@ -477,6 +478,7 @@ class Pipeline:
                 f"the subject names room {subject_room} but the event is in {claimed_room}",
             )
         version, room = self._room_version(inp, subject_room)
+        refuse_denied_origin(inp.origin, room, self.state, self.events)
         try:
             event = parse_pdu(inp.event, version)
         except PduError as exc:
@@ -922,6 +924,7 @@ class Pipeline:
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self._resolve_snapshots(room, snapshots)
         adds, removes = self._state_change(old_snapshot, new_snapshot, stored, linear)
+        self.db.index_memberships(room.nid, adds, removes)
         ids = self.events.ids_of(
             [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
         )

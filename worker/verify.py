@@ -12,12 +12,10 @@ from pathlib import Path
 
 from worker.bus.subjects import Subjects
 from worker.pipeline import Pipeline
-from worker.storage.blocks import MAX_BLOCKS, NidState, unpack_entries_into
+from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
+from worker.storage.inspection import Inspector
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
-
-#: Bytes per packed (type NID, state key NID, event NID) triple.
-_TRIPLE_BYTES = 24
 
 
 @dataclass(slots=True)
@@ -39,38 +37,34 @@ def verify(storage_path: Path) -> Report:
         raise FileNotFoundError(f"no roomserver database under {storage_path}")
     db = Database(storage_path)
     try:
-        return _verify(db)
+        # The inspector closes first, so that the writer's connection is the last one
+        # and leaves no WAL behind, as before.
+        with Inspector.open(storage_path) as inspector:
+            return _verify(inspector, db)
     finally:
         db.close()
 
 
-def _verify(db: Database) -> Report:
+def _verify(inspector: Inspector, db: Database) -> Report:
+    """Every check reads through the read-only `inspector`; `db` serves only the
+    resolution of each room's forward extremities."""
     report = Report()
-    for problem in db.integrity_check():
+    for problem in inspector.integrity_problems():
         report.fault(f"SQLite integrity: {problem}")
-    conn = db.conn
-    events: dict[int, tuple[int, int, int, int, int, int]] = {
-        row[0]: row[1:]
-        for row in conn.execute(
-            "SELECT nid, room_nid, type_nid, state_key_nid, status, before_snapshot_nid, "
-            "after_snapshot_nid FROM events"
-        )
-    }
+    events = inspector.event_facts()
     report.events = len(events)
-    types = {row[0] for row in conn.execute("SELECT nid FROM event_types")}
-    state_keys = {row[0] for row in conn.execute("SELECT nid FROM state_keys")}
-    with_json = {row[0] for row in conn.execute("SELECT event_nid FROM event_json")}
+    types = inspector.type_nids()
+    state_keys = inspector.state_key_nids()
+    with_json = inspector.event_nids_with_json()
 
     blocks: dict[int, bytes] = {}
-    for nid, count, entries in conn.execute("SELECT nid, entry_count, entries FROM state_blocks"):
+    for nid, count, data in inspector.blocks():
         report.blocks += 1
-        data = bytes(entries)
-        if len(data) % _TRIPLE_BYTES or len(data) // _TRIPLE_BYTES != count:
+        if len(data) % TRIPLE_BYTES or len(data) // TRIPLE_BYTES != count:
             report.fault(f"state block {nid} does not decode to its {count} entries")
             continue
         blocks[nid] = data
-        state: NidState = {}
-        unpack_entries_into(data, state, drop_removed=False)
+        state = merge_blocks([data], keep_removed=True)
         for (type_nid, sk_nid), event_nid in state.items():
             if type_nid not in types or sk_nid not in state_keys:
                 report.fault(f"state block {nid} names an unknown type or state key NID")
@@ -86,18 +80,14 @@ def _verify(db: Database) -> Report:
                     report.fault(f"state block {nid} holds rejected event NID {event_nid}")
 
     snapshots: dict[int, int] = {}
-    for nid, room_nid, packed in conn.execute(
-        "SELECT nid, room_nid, block_nids FROM state_snapshots"
-    ):
+    for nid, room_nid, packed in inspector.snapshots():
         report.snapshots += 1
         snapshots[nid] = room_nid
-        data = bytes(packed)
-        if len(data) % 8:
+        try:
+            block_nids = unpack_nids(packed)
+        except ValueError:
             report.fault(f"state snapshot {nid} has a block list that does not decode")
             continue
-        block_nids = [
-            int.from_bytes(data[i : i + 8], "little", signed=True) for i in range(0, len(data), 8)
-        ]
         if len(block_nids) > MAX_BLOCKS:
             report.fault(f"state snapshot {nid} has {len(block_nids)} blocks (limit {MAX_BLOCKS})")
         for block_nid in block_nids:
@@ -116,10 +106,9 @@ def _verify(db: Database) -> Report:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
 
     pipeline = Pipeline(db, Subjects())
-    for room_nid, room_id in conn.execute("SELECT nid, room_id FROM rooms").fetchall():
+    for room in inspector.rooms():
+        room_nid, room_id = room.nid, room.room_id
         report.rooms += 1
-        room = db.get_room(room_id)
-        assert room is not None
         if room.snapshot_nid and snapshots.get(room.snapshot_nid) != room_nid:
             report.fault(f"room {room_id}: current snapshot {room.snapshot_nid} is missing")
             continue

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from worker.query.graph import render_dot, write_graph
-from worker.storage.reader import GraphEvent, HeldRecord, RoomGraph
+from worker.storage.inspection import GraphEvent, RoomGraph
+from worker.storage.reader import HeldRecord
 
 NASTY = 'a "quoted" \\N key\nwith a line break'
 

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from tests.harness.e2e import cli, input_for, publish_inputs
 from tests.query.scenario import ALICE, BOB, CAROL, DAVE, EVE, VERSION, served_story, wait_processed
+from worker.cli import EXIT_FAILURE, EXIT_NOT_FOUND
 from worker.config import Config
 
 
@@ -67,14 +68,14 @@ async def test_state_command(config: Config, js: JetStreamContext, tmp_path: Pat
         )
 
         unknown = await cli(config, tmp_path, "state", "!nope:example.org")
-        assert unknown.code == 1
+        assert unknown.code == EXIT_NOT_FOUND
         assert "room !nope:example.org is not known" in unknown.err
         assert "(unknown_room)" in unknown.err and unknown.out == ""
         unknown_json = await cli(config, tmp_path, "state", "!nope:example.org", "--json")
-        assert unknown_json.code == 1
+        assert unknown_json.code == EXIT_NOT_FOUND
         assert unknown_json.json()["error"] == "unknown_room"
         outlier = await cli(config, tmp_path, "state", room, "--at", story.id("outlier_topic"))
-        assert outlier.code == 1 and "(no_state)" in outlier.err
+        assert outlier.code == EXIT_FAILURE and "(no_state)" in outlier.err
         misuse = await cli(config, tmp_path, "state", room, "--after")
         assert misuse.code == 2 and "--after needs --at" in misuse.err
 
@@ -100,11 +101,11 @@ async def test_event_rooms_members_held_commands(
         with_pdu = await cli(config, tmp_path, "event", story.id("bob_says"), "--pdu")
         assert '"body": "hello"' in with_pdu.out
         missing = await cli(config, tmp_path, "event", story.id("create"), "$gone:example.org")
-        assert missing.code == 1
+        assert missing.code == EXIT_NOT_FOUND
         assert "event $gone:example.org is not stored" in missing.err
         assert _fields(missing.out)["status"] == "accepted"
         missing_json = await cli(config, tmp_path, "event", "$gone:example.org", "--json")
-        assert missing_json.code == 1
+        assert missing_json.code == EXIT_NOT_FOUND
         assert missing_json.json() == {"events": [], "missing": ["$gone:example.org"]}
 
         rooms = await cli(config, tmp_path, "rooms")
@@ -164,7 +165,7 @@ async def test_stats_reads_the_database(
     config: Config, js: JetStreamContext, tmp_path: Path
 ) -> None:
     missing = await cli(config, tmp_path, "stats")
-    assert missing.code == 1 and "there is no database" in missing.err
+    assert missing.code == EXIT_NOT_FOUND and "there is no database" in missing.err
     async with served_story(config, js) as (_, story):
         live = (await cli(config, tmp_path, "stats", "--json")).json()
     stopped = await cli(config, tmp_path, "stats", "--json")
@@ -262,7 +263,7 @@ async def test_graph_command(config: Config, js: JetStreamContext, tmp_path: Pat
         to_stdout = await cli(config, tmp_path, "graph", room, "--out", "-")
         assert to_stdout.out == dot
         unknown = await cli(config, tmp_path, "graph", "!nope:example.org", "--out", "-")
-        assert unknown.code == 1 and "(unknown_room)" in unknown.err
+        assert unknown.code == EXIT_NOT_FOUND and "(unknown_room)" in unknown.err
 
 
 @pytest.mark.parametrize("command", ["state", "members", "graph"])

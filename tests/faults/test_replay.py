@@ -70,7 +70,7 @@ async def test_dead_letter_replayed_after_the_publisher_fixes_its_fault(tmp_path
             assert code == 0, out
             assert "already replayed" in out
             code, out = test_site.cli("replay", "999")
-            assert code == 1 and "no dead letter 999 matches" in out, out
+            assert code == 6 and "no dead letter 999 matches" in out, out  # not found
             await worker.until(test_site.settled, "every input acknowledged")
             assert await stream_count(js, streams.deadletter) == 1
             assert await worker.stop(signal.SIGTERM) == 0

@@ -12,7 +12,7 @@ import msgpack
 from tests.query.scenario import build_story
 from worker.bus.subjects import Subjects
 from worker.pipeline import InboundMessage, Pipeline
-from worker.storage.blocks import NidState, unpack_entries_into
+from worker.storage.blocks import NidState, merge_blocks
 from worker.storage.database import Database
 from worker.storage.reader import AFTER, BEFORE, Reader
 from worker.storage.state import StateStore
@@ -42,8 +42,7 @@ async def test_snapshots_with_removals_and_merges(tmp_path: Path) -> None:
     # Some stored block must carry removals (event NID 0) for this test to mean much.
     removals = 0
     for (packed,) in db.conn.execute("SELECT entries FROM state_blocks"):
-        entries: NidState = {}
-        unpack_entries_into(packed, entries, drop_removed=False)
+        entries = merge_blocks([packed], keep_removed=True)
         removals += sum(1 for v in entries.values() if v == 0)
     assert removals > 0
     for cache_entries in (2_000_000, 50):

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from tests.harness.e2e import input_for, publish_inputs, running_worker
 from tests.query.scenario import ALICE, VERSION, served_story, wait_processed
 from worker.bus.subjects import Subjects
-from worker.client import ReplyTooLargeError, RoomserverClient, UnavailableError
+from worker.client import RoomserverClient, RoomserverError
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
 from worker.query import SERVICE_NAME, Queries
@@ -57,16 +57,18 @@ async def test_reply_too_large_for_nats(config: Config, js: JetStreamContext, nc
         await publish_inputs(js, config, inputs, room_version=VERSION)
         await wait_processed(worker, len(inputs))
         client = RoomserverClient(nc, config)
-        with pytest.raises(ReplyTooLargeError, match="max_payload"):
+        with pytest.raises(RoomserverError, match="max_payload") as too_large:
             await client.events([e.event_id for e in big])
+        assert too_large.value.code == "too_large"
         # Fewer IDs fit.
         assert len((await client.events([e.event_id for e in big[:3]])).events) == 3
 
 
 async def test_no_worker_answering(config: Config, nc: NATS) -> None:
     client = RoomserverClient(nc, config, timeout=2)
-    with pytest.raises(UnavailableError, match="is it running"):
+    with pytest.raises(RoomserverError, match="is it running") as unavailable:
         await client.rooms()
+    assert unavailable.value.code == "unavailable"
 
 
 async def test_request_without_reply_subject_is_ignored(

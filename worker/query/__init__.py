@@ -4,6 +4,7 @@ The service reads through `worker.storage.reader`, never through the write path,
 slow or heavy query cannot hold up input processing.
 """
 
-from worker.query.service import SERVICE_NAME, Queries, QueryService
+from worker.query.schema import SERVICE_NAME
+from worker.query.service import Queries, QueryService
 
 __all__ = ["SERVICE_NAME", "Queries", "QueryService"]

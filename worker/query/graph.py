@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from worker.storage.reader import GraphEvent, RoomGraph
+from worker.storage.inspection import GraphEvent, RoomGraph
 
 #: (fill colour, border colour, border style) by status.
 _STYLE = {

@@ -12,16 +12,17 @@ from typing import Any, Final
 
 import msgpack
 
+from worker.errors import BAD_REQUEST, RoomserverError
+
 #: Most IDs or filters one request may list: bounds the work one request can cause.
 MAX_ITEMS: Final = 10_000
 
 
-class BadRequest(Exception):
-    """The request cannot be read; answered with the `bad_request` code."""
+class BadRequest(RoomserverError):
+    """The request cannot be read: a RoomserverError whose code is `bad_request`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(BAD_REQUEST, message)
 
 
 def decode_request(data: bytes) -> dict[str, Any]:
@@ -104,3 +105,25 @@ class Fields:
         if len(value) > MAX_ITEMS:
             raise BadRequest(f"{key} lists {len(value)} items; at most {MAX_ITEMS} are allowed")
         return [(str(t), str(s)) for t, s in value]
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value = self._body.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{key} must be an integer")
+        if minimum is not None and value < minimum:
+            raise BadRequest(f"{key} must be at least {minimum}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A map field; absent counts as empty."""
+        value = self._body.get(key, {})
+        if not isinstance(value, dict):
+            raise BadRequest(f"{key} must be a map")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        """A string that may be empty (a state key), or None when absent."""
+        value = self._body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{key} must be a string")
+        return value

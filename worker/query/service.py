@@ -14,6 +14,8 @@ its stats put them in each endpoint's `data`: `{"errors": {code: count}}`.
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import socket
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,33 +29,53 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import EndpointStats, Service
 
 from worker.bus.subjects import Subjects
-from worker.query.requests import BadRequest, Fields, decode_request
-from worker.storage.reader import (
-    AFTER,
-    BEFORE,
-    EventRecord,
-    HeldRecord,
-    Reader,
-    ReadError,
-    StateTriple,
+from worker.errors import (
+    BAD_REQUEST,
+    INTERNAL_ERROR,
+    NO_STATE,
+    TOO_LARGE,
+    UNKNOWN_EVENT,
+    UNKNOWN_ROOM,
+    RoomserverError,
 )
+from worker.query.federation import FederationQueries
+from worker.query.requests import BadRequest, Fields, decode_request
+from worker.query.schema import (
+    SERVICE_NAME,
+    WORKER_HEADER,
+    AuthChain,
+    EventInfo,
+    Events,
+    Held,
+    HeldEvent,
+    Latest,
+    Members,
+    Membership,
+    RawMsgpack,
+    Rooms,
+    RoomSummary,
+    State,
+    StateEntry,
+    Wire,
+    pack_reply,
+    state_entries,
+)
+from worker.storage.reader import AFTER, BEFORE, Reader
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME: Final = "roomserver"
 
 #: Error codes → the status code micro's error header carries (HTTP's, by convention).
 _STATUS: Final = {
-    "bad_request": "400",
-    "unknown_room": "404",
-    "unknown_event": "404",
-    "no_state": "409",
-    "too_large": "413",
-    "internal_error": "500",
+    BAD_REQUEST: "400",
+    UNKNOWN_ROOM: "404",
+    UNKNOWN_EVENT: "404",
+    NO_STATE: "409",
+    TOO_LARGE: "413",
+    INTERNAL_ERROR: "500",
 }
 
-Reply = dict[str, Any]
-Handler = Callable[[Fields], Awaitable[Reply]]
+Handler = Callable[[Fields], Awaitable[Wire]]
 
 
 def _version() -> str:
@@ -61,42 +83,6 @@ def _version() -> str:
         return importlib.metadata.version("roomserver-worker")
     except importlib.metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-def _event_map(record: EventRecord) -> Reply:
-    return {
-        "event_id": record.event_id,
-        "room_id": record.room_id,
-        "event": record.event,
-        "status": record.status,
-        "reason": record.reason,
-        "redacted_by": record.redacted_by,
-    }
-
-
-def _held_map(record: HeldRecord) -> Reply:
-    return {
-        "event_id": record.event_id,
-        "room_id": record.room_id,
-        "missing_prev_event_ids": record.missing_prev_event_ids,
-        "waiting_for": record.waiting_for,
-        "held_since_ms": record.held_since_ms,
-        "stream_sequence": record.stream_sequence,
-    }
-
-
-class RawMsgpack(bytes):
-    """A value already encoded as msgpack, spliced into a reply as it is."""
-
-
-def pack_reply(reply: Reply) -> bytes:
-    """Encode a reply map whose top-level values may be RawMsgpack."""
-    packer = msgpack.Packer(use_bin_type=True)
-    parts: list[bytes] = [packer.pack_map_header(len(reply))]
-    for key, value in reply.items():
-        parts.append(packer.pack(key))
-        parts.append(value if isinstance(value, RawMsgpack) else packer.pack(value))
-    return b"".join(parts)
 
 
 class PackedStates:
@@ -135,7 +121,8 @@ class PackedStates:
 
 
 class Queries:
-    """The queries themselves, NATS-free: request fields in, reply map out."""
+    """The queries themselves, NATS-free: request fields in, reply map out (built by
+    the reply dataclasses of `worker.query.schema`, which the client decodes with)."""
 
     #: name → fields the request may carry.
     FIELDS: Final[dict[str, tuple[str, ...]]] = {
@@ -146,11 +133,13 @@ class Queries:
         "rooms": (),
         "auth_chain": ("event_ids",),
         "held": ("room_id",),
+        **FederationQueries.FIELDS,
     }
 
     def __init__(self, reader: Reader, packed_state_bytes: int = 64 << 20) -> None:
         self.reader = reader
         self.packed_states = PackedStates(packed_state_bytes)
+        self.federation = FederationQueries(reader)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -161,6 +150,7 @@ class Queries:
             "rooms": self.rooms,
             "auth_chain": self.auth_chain,
             "held": self.held,
+            **self.federation.handlers(),
         }
 
     @staticmethod
@@ -176,50 +166,55 @@ class Queries:
         snapshot_nid: int,
         types: list[str] | None,
         keys: list[tuple[str, str]] | None,
-    ) -> RawMsgpack | list[StateTriple]:
-        """A snapshot's state for a reply: a whole state comes encoded from the cache."""
+    ) -> tuple[list[StateEntry], RawMsgpack | None]:
+        """A snapshot's state for a reply, as entries or (a whole state, from the
+        cache) already encoded."""
         if types is not None or keys is not None or snapshot_nid == 0:
-            return await self.reader.state_entries(snapshot_nid, types, keys)
+            return state_entries(await self.reader.state_entries(snapshot_nid, types, keys)), None
         packed = self.packed_states.get(snapshot_nid)
         if packed is None:
             entries = await self.reader.state_entries(snapshot_nid)
             packed = RawMsgpack(msgpack.packb(entries, use_bin_type=True))
             self.packed_states.put(snapshot_nid, packed)
-        return packed
+        return [], packed
 
-    async def state(self, fields: Fields) -> Reply:
+    async def state(self, fields: Fields) -> Wire:
         room_id = fields.string("room_id")
         event_id, at = self._at(fields)
         types = fields.optional_string_list("types")
         keys = fields.optional_key_list("keys")
         snapshot_nid, _ = await self.reader.snapshot_at(room_id, event_id, at)
-        reply: Reply = {"room_id": room_id}
-        if event_id is not None:
-            reply["event_id"] = event_id
-            reply["at"] = at
-        reply["state"] = await self._state(snapshot_nid, types, keys)
-        return reply
+        entries, packed = await self._state(snapshot_nid, types, keys)
+        at_or_none = at if event_id is not None else None
+        return State(room_id, event_id, at_or_none, entries, packed).to_wire()
 
-    async def events(self, fields: Fields) -> Reply:
+    async def events(self, fields: Fields) -> Wire:
         found, missing = await self.reader.events(fields.string_list("event_ids"))
-        return {"events": [_event_map(r) for r in found], "missing": missing}
+        infos = [
+            EventInfo(r.event_id, r.room_id, r.event, r.status, r.reason, r.redacted_by)
+            for r in found
+        ]
+        return Events(infos, missing).to_wire()
 
-    async def latest(self, fields: Fields) -> Reply:
+    async def latest(self, fields: Fields) -> Wire:
         with_state = fields.flag("include_state")
         types = fields.optional_string_list("types")
         keys = fields.optional_key_list("keys")
         record = await self.reader.latest(fields.string("room_id"))
-        reply: Reply = {
-            "room_id": record.room_id,
-            "room_version": record.room_version,
-            "depth": record.depth,
-            "latest_event_ids": record.latest_event_ids,
-        }
+        state: list[StateEntry] | None = None
+        packed: RawMsgpack | None = None
         if with_state or types is not None or keys is not None:
-            reply["state"] = await self._state(record.snapshot_nid, types, keys)
-        return reply
+            state, packed = await self._state(record.snapshot_nid, types, keys)
+        return Latest(
+            record.room_id,
+            record.room_version,
+            record.depth,
+            record.latest_event_ids,
+            state,
+            packed,
+        ).to_wire()
 
-    async def membership(self, fields: Fields) -> Reply:
+    async def membership(self, fields: Fields) -> Wire:
         room_id = fields.string("room_id")
         user_id = fields.optional_string("user_id")
         event_id, at = self._at(fields)
@@ -227,36 +222,40 @@ class Queries:
             if fields.has("membership"):
                 raise BadRequest("membership filters the member list; it cannot go with user_id")
             record = await self.reader.membership(room_id, user_id, event_id=event_id, at=at)
-            return {
-                "room_id": room_id,
-                "user_id": user_id,
-                "membership": record.membership,
-                "event_id": record.event_id,
-            }
+            return Membership(room_id, user_id, record.membership, record.event_id).to_wire()
         membership = fields.optional_string("membership") or "join"
         members = await self.reader.members(
             room_id, membership=membership, event_id=event_id, at=at
         )
-        return {"room_id": room_id, "membership": membership, "members": members}
+        return Members(room_id, membership, members).to_wire()
 
-    async def rooms(self, fields: Fields) -> Reply:
-        return {
-            "rooms": [
-                {"room_id": r.room_id, "room_version": r.room_version, "events": r.events}
-                for r in await self.reader.rooms()
-            ]
-        }
+    async def rooms(self, fields: Fields) -> Wire:
+        summaries = [
+            RoomSummary(r.room_id, r.room_version, r.events) for r in await self.reader.rooms()
+        ]
+        return Rooms(summaries).to_wire()
 
-    async def auth_chain(self, fields: Fields) -> Reply:
-        return {"event_ids": await self.reader.auth_chain(fields.string_list("event_ids"))}
+    async def auth_chain(self, fields: Fields) -> Wire:
+        return AuthChain(await self.reader.auth_chain(fields.string_list("event_ids"))).to_wire()
 
-    async def held(self, fields: Fields) -> Reply:
+    async def held(self, fields: Fields) -> Wire:
         room_id = fields.optional_string("room_id")
-        return {"held": [_held_map(r) for r in await self.reader.held(room_id)]}
+        held = [
+            HeldEvent(
+                r.event_id,
+                r.room_id,
+                r.missing_prev_event_ids,
+                r.waiting_for,
+                r.held_since_ms,
+                r.stream_sequence,
+            )
+            for r in await self.reader.held(room_id)
+        ]
+        return Held(held).to_wire()
 
 
-def error_body(code: str, message: str) -> bytes:
-    packed: bytes = msgpack.packb({"error": code, "message": message}, use_bin_type=True)
+def error_body(error: RoomserverError) -> bytes:
+    packed: bytes = msgpack.packb(error.to_wire(), use_bin_type=True)
     return packed
 
 
@@ -290,7 +289,13 @@ class QueryService:
             name=SERVICE_NAME,
             version=_version(),
             description="Matrix roomserver queries (msgpack request/reply)",
-            metadata={"subject_prefix": self.subjects.prefix},
+            # What `roomserver` prints as "answered by": which worker, which files.
+            metadata={
+                "subject_prefix": self.subjects.prefix,
+                "storage": str(self.reader.path),
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+            },
             stats_handler=self._endpoint_data,
         )
         for name, handler in self.queries.handlers().items():
@@ -332,36 +337,36 @@ class QueryService:
                 fields = Fields(decode_request(request.data), allowed)
                 body = pack_reply(await handler(fields))
                 if len(body) > self._nc.max_payload:
-                    raise ReadError(
-                        "too_large",
+                    raise RoomserverError(
+                        TOO_LARGE,
                         f"the reply would be {len(body)} bytes, over the NATS server's "
                         f"max_payload of {self._nc.max_payload}; ask for less (filter by "
                         "types or keys, or list fewer IDs)",
                     )
-            except BadRequest as exc:
-                await self._fail(request, errors, "bad_request", exc.message)
-            except ReadError as exc:
-                await self._fail(request, errors, exc.code, exc.message)
+            except RoomserverError as exc:
+                await self._fail(request, errors, exc)
             except Exception as exc:
                 log.exception("query failed", query=name)
-                await self._fail(request, errors, "internal_error", f"the query failed: {exc!r}")
+                failed = RoomserverError(INTERNAL_ERROR, f"the query failed: {exc!r}")
+                await self._fail(request, errors, failed)
             else:
                 await self._respond(request, body)
 
         return handle
 
-    async def _fail(self, request: Request, errors: Counter[str], code: str, message: str) -> None:
-        errors[code] += 1
+    async def _fail(self, request: Request, errors: Counter[str], error: RoomserverError) -> None:
+        errors[error.code] += 1
         # A header is one line; room and event IDs may hold any character.
-        one_line = " ".join(message.splitlines())
-        headers = {ERROR_HEADER: one_line, ERROR_CODE_HEADER: _STATUS.get(code, "500")}
-        await self._respond(request, error_body(code, message), headers)
+        one_line = " ".join(error.message.splitlines())
+        headers = {ERROR_HEADER: one_line, ERROR_CODE_HEADER: _STATUS.get(error.code, "500")}
+        await self._respond(request, error_body(error), headers)
 
     async def _respond(
         self, request: Request, body: bytes, headers: dict[str, str] | None = None
     ) -> None:
+        named = {**(headers or {}), WORKER_HEADER: self.service_id or ""}
         try:
-            await request.respond(body, headers=headers)
+            await request.respond(body, headers=named)
         except ValueError:
             # Published without a reply subject: there is no one to answer.
             log.debug("query without a reply subject ignored", subject=request.subject)

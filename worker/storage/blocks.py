@@ -13,6 +13,7 @@ change stays small however large the room grows.
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -22,19 +23,45 @@ MAX_BLOCKS = 64
 #: at most 15 blocks each, so tiering alone stays under MAX_BLOCKS for large rooms.
 FANOUT = 16
 
+#: Stored NID lists and blocks are little-endian int64s (the native order of the hosts
+#: this runs on; swapped on a big-endian one so the file means the same everywhere).
+NID_BYTES = 8
+#: Bytes per packed (type NID, state key NID, event NID) triple.
+TRIPLE_BYTES = 3 * NID_BYTES
+_BIG_ENDIAN = sys.byteorder == "big"
+
 #: (type NID, state key NID) → event NID (0 = removed).
 NidStateKey = tuple[int, int]
 NidState = dict[NidStateKey, int]
 
 
+def _int64s(blob: bytes) -> list[int]:
+    values = array("q")
+    values.frombytes(blob)
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values.tolist()
+
+
+def _bytes(values: array[int]) -> bytes:
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values.tobytes()
+
+
 def pack_nids(nids: Iterable[int]) -> bytes:
-    return array("q", nids).tobytes()
+    """A NID list (a snapshot's blocks, forward extremities, auth events) as int64s."""
+    return _bytes(array("q", nids))
 
 
 def unpack_nids(blob: bytes) -> list[int]:
-    values = array("q")
-    values.frombytes(blob)
-    return values.tolist()
+    """The inverse of `pack_nids`; ValueError if `blob` is not whole int64s."""
+    return _int64s(blob)
+
+
+def entry_count(packed: bytes) -> int:
+    """Entries in a packed block."""
+    return len(packed) // TRIPLE_BYTES
 
 
 def pack_entries(entries: Mapping[NidStateKey, int]) -> bytes:
@@ -42,19 +69,28 @@ def pack_entries(entries: Mapping[NidStateKey, int]) -> bytes:
     flat = array("q")
     for (type_nid, sk_nid), event_nid in sorted(entries.items()):
         flat.extend((type_nid, sk_nid, event_nid))
-    return flat.tobytes()
+    return _bytes(flat)
 
 
-def unpack_entries_into(blob: bytes, state: NidState, *, drop_removed: bool = True) -> None:
-    """Apply a block's triples on top of `state` (later blocks override earlier ones)."""
-    flat = array("q")
-    flat.frombytes(blob)
-    it = iter(flat)
-    for type_nid, sk_nid, event_nid in zip(it, it, it, strict=True):
-        if event_nid or not drop_removed:
-            state[(type_nid, sk_nid)] = event_nid
-        else:
-            state.pop((type_nid, sk_nid), None)
+def merge_blocks(blocks: Iterable[bytes], *, keep_removed: bool = False) -> NidState:
+    """The state of packed blocks applied oldest first: a later entry overrides an
+    earlier one for the same key, and an event NID of 0 removes the key.
+
+    This is the one decoder of blocks: loading a snapshot (writer and reader), merging
+    trailing blocks and `roomserver verify` all use it. With `keep_removed` the 0
+    entries stay in the result, as a merge of trailing blocks must keep them (they
+    still remove keys set by the blocks before the merged run). Dropping them at the
+    end equals dropping them on the way: only a key's last value counts.
+    """
+    state: NidState = {}
+    for packed in blocks:
+        values = _int64s(packed)
+        if len(values) % 3:
+            raise ValueError(f"a state block of {len(packed)} bytes is not whole triples")
+        state.update(zip(zip(values[0::3], values[1::3], strict=True), values[2::3], strict=True))
+    if not keep_removed and 0 in state.values():
+        state = {key: event_nid for key, event_nid in state.items() if event_nid}
+    return state
 
 
 def block_hash(packed: bytes) -> bytes:

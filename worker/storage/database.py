@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.lru import LruByWeight
+from worker.storage.membership_index import apply_state_change
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_REJECTED,
@@ -29,6 +31,9 @@ from worker.storage.schema import (
 )
 
 DB_FILENAME = "roomserver.db"
+#: Names cached per NID table (event types, state keys), in each direction. A state key
+#: is mostly a user ID (~40 bytes); 200,000 of them cost some 40 MB at most.
+NID_CACHE_ENTRIES = 200_000
 
 
 class StorageError(RuntimeError):
@@ -152,6 +157,14 @@ def open_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """SQLite's own check of a connection's database: the problems found (empty when
+    healthy). The worker runs it at start-up, `roomserver verify` on its read-only
+    connection."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    return [] if problems == ["ok"] else problems
+
+
 class Database:
     """Every SQL statement of the write path, and the NID caches that front them.
 
@@ -160,7 +173,7 @@ class Database:
     rolled-back rowids, so a stale NID mapping would point at the wrong row).
     """
 
-    def __init__(self, storage_path: Path) -> None:
+    def __init__(self, storage_path: Path, nid_cache_entries: int = NID_CACHE_ENTRIES) -> None:
         self.path = storage_path / DB_FILENAME
         self.conn = open_connection(self.path)
         create_schema(self.conn)
@@ -171,6 +184,7 @@ class Database:
             select_nid="SELECT nid FROM event_types WHERE name = ?",
             select_name="SELECT name FROM event_types WHERE nid = ?",
             insert="INSERT INTO event_types (name) VALUES (?) RETURNING nid",
+            limit=nid_cache_entries,
         )
         self._state_keys = _NidTable(
             self,
@@ -179,6 +193,7 @@ class Database:
             select_nid="SELECT nid FROM state_keys WHERE state_key = ?",
             select_name="SELECT state_key FROM state_keys WHERE nid = ?",
             insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
+            limit=nid_cache_entries,
         )
         self._in_txn = False
         self._broken = False
@@ -189,9 +204,7 @@ class Database:
 
     def integrity_check(self) -> list[str]:
         """SQLite's own check; returns the problems found (empty when healthy)."""
-        rows = self.conn.execute("PRAGMA quick_check").fetchall()
-        problems = [row[0] for row in rows]
-        return [] if problems == ["ok"] else problems
+        return quick_check(self.conn)
 
     # -- transactions -------------------------------------------------------
 
@@ -272,6 +285,15 @@ class Database:
     def state_key_name(self, nid: int) -> str:
         return self._state_keys.name(nid)
 
+    def nid_caches(self) -> dict[str, LruByWeight[Any, Any]]:
+        """The NID tables' caches by name (for the tests of their bounds)."""
+        return {
+            "type_nids": self._types._nids,
+            "type_names": self._types._names,
+            "state_key_nids": self._state_keys._nids,
+            "state_key_names": self._state_keys._names,
+        }
+
     # -- rooms ------------------------------------------------------------------
 
     def get_room(self, room_id: str) -> RoomRow | None:
@@ -326,25 +348,24 @@ class Database:
         ).fetchone()
         return EventRow(*row) if row is not None else None
 
-    def get_event_rows(self, event_ids: Sequence[str]) -> dict[str, EventRow]:
-        found: dict[str, EventRow] = {}
-        for chunk in _chunks(list(event_ids), 500):
-            marks = ",".join("?" * len(chunk))
+    def get_event_rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
+        return {
+            row[1]: EventRow(*row)
             for row in self.conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
-            ):
-                found[row[1]] = EventRow(*row)
-        return found
+                f"SELECT {_EVENT_COLUMNS} FROM events "
+                "WHERE event_id IN (SELECT value FROM json_each(?))",
+                (json_list(event_ids),),
+            )
+        }
 
     def event_ids_of(self, nids: Iterable[int]) -> dict[int, str]:
-        result: dict[int, str] = {}
-        for chunk in _chunks(list(nids), 500):
-            marks = ",".join("?" * len(chunk))
+        return {
+            nid: event_id
             for nid, event_id in self.conn.execute(
-                f"SELECT nid, event_id FROM events WHERE nid IN ({marks})", chunk
-            ):
-                result[nid] = event_id
-        return result
+                "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(nids),),
+            )
+        }
 
     def insert_event(
         self,
@@ -477,16 +498,14 @@ class Database:
 
     def prev_event_ids_of(self, nids: Sequence[int]) -> list[str]:
         """The prev event IDs the stored events with these NIDs name (known or not)."""
-        found: list[str] = []
-        for chunk in _chunks(list(nids), 500):
-            marks = ",".join("?" * len(chunk))
-            found.extend(
-                row[0]
-                for row in self.conn.execute(
-                    f"SELECT prev_event_id FROM event_edges WHERE event_nid IN ({marks})", chunk
-                )
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT prev_event_id FROM event_edges "
+                "WHERE event_nid IN (SELECT value FROM json_each(?))",
+                (json_list(nids),),
             )
-        return found
+        ]
 
     # -- state blocks and snapshots ----------------------------------------------
 
@@ -498,17 +517,16 @@ class Database:
             raise StorageError(f"state snapshot {snapshot_nid} is referenced but not stored")
         return unpack_nids(row[0])
 
-    def blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[int, bytes]]:
-        """Block NID → (entry count, packed entries)."""
-        found: dict[int, tuple[int, bytes]] = {}
-        for chunk in _chunks(list(set(block_nids)), 500):
-            marks = ",".join("?" * len(chunk))
-            for nid, count, entries in self.conn.execute(
-                f"SELECT nid, entry_count, entries FROM state_blocks WHERE nid IN ({marks})",
-                chunk,
-            ):
-                found[nid] = (count, bytes(entries))
-        return found
+    def blocks(self, block_nids: Iterable[int]) -> dict[int, bytes]:
+        """Block NID → packed entries."""
+        return {
+            nid: bytes(entries)
+            for nid, entries in self.conn.execute(
+                "SELECT nid, entries FROM state_blocks "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(block_nids),),
+            )
+        }
 
     def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:
         """Store a block unless an identical one exists; returns (NID, newly written)."""
@@ -649,6 +667,13 @@ class Database:
     def outbox_depth(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
+    # -- the index of users' rooms ------------------------------------------------
+
+    def index_memberships(self, room_nid: int, adds: Sequence[str], removes: Sequence[str]) -> None:
+        """Follow a change of the room's current state in `user_room_memberships`
+        (event IDs added to and removed from it), in the open transaction."""
+        apply_state_change(self.conn, room_nid, adds, removes)
+
 
 class _NidTable:
     """One string ↔ NID table (event types or state keys) with its two-way cache.
@@ -666,11 +691,16 @@ class _NidTable:
         select_nid: str,
         select_name: str,
         insert: str,
+        limit: int,
     ) -> None:
         self._db = db
         self._what = what
-        self._nids: dict[str, int] = dict(preassigned)
-        self._names: dict[int, str] = {nid: name for name, nid in preassigned.items()}
+        # Each direction is an LRU of `limit` names; one evicted is read again (the
+        # preassigned ones are rows too).
+        self._nids: LruByWeight[str, int] = LruByWeight(limit)
+        self._names: LruByWeight[int, str] = LruByWeight(limit)
+        for name, nid in preassigned.items():
+            self._remember(name, nid)
         self._select_nid = select_nid
         self._select_name = select_name
         self._insert = insert
@@ -684,8 +714,9 @@ class _NidTable:
         if row is None:
             if not create:
                 return 0
-            nid = int(conn.execute(self._insert, (name,)).fetchone()[0])
-            self._db.on_rollback(lambda: self._forget(name))
+            created = int(conn.execute(self._insert, (name,)).fetchone()[0])
+            self._db.on_rollback(lambda: self._forget(name, created))
+            nid = created
         else:
             nid = int(row[0])
         self._remember(name, nid)
@@ -702,15 +733,19 @@ class _NidTable:
         return name
 
     def _remember(self, name: str, nid: int) -> None:
-        self._nids[name] = nid
-        self._names[nid] = name
+        self._nids.put(name, nid)
+        self._names.put(nid, name)
 
-    def _forget(self, name: str) -> None:
-        nid = self._nids.pop(name, None)
-        if nid is not None:
-            self._names.pop(nid, None)
+    def _forget(self, name: str, nid: int) -> None:
+        """Both directions go, even if one was already evicted (the NID is passed in)."""
+        self._nids.discard(name)
+        self._names.discard(nid)
 
 
-def _chunks(items: list[int] | list[str], size: int) -> Iterator[list[int] | list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def json_list(values: Iterable[int] | Iterable[str]) -> str:
+    """A list of IDs as one SQL parameter, for `x IN (SELECT value FROM json_each(?))`.
+
+    The one way storage passes ID lists to SQL: one statement for any number of values
+    (no chunking under SQLite's variable limit), and one cached statement text.
+    """
+    return json.dumps(list(values))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from worker.matrix.events import Event
 from worker.matrix.room_versions import RoomVersion, get_room_version
 from worker.storage.database import Database, EventRow, StorageError
+from worker.storage.lru import LruByWeight
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +32,20 @@ def encode_event_json(pdu: object) -> bytes:
 class EventStore:
     #: Parsed events cost 1–3 KB each; the hot ones are auth events and recent events.
     CACHE_SIZE = 10_000
+    #: Rooms whose version is remembered (a few hundred bytes each).
+    ROOM_VERSION_CACHE_SIZE = 100_000
 
-    def __init__(self, db: Database, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        db: Database,
+        cache_size: int = CACHE_SIZE,
+        room_version_cache_size: int = ROOM_VERSION_CACHE_SIZE,
+    ) -> None:
         self.db = db
         self._cache: OrderedDict[int, StoredEvent] = OrderedDict()
         self._by_id: dict[str, int] = {}
         self._cache_size = cache_size
-        self._room_versions: dict[int, RoomVersion] = {}
+        self._room_versions: LruByWeight[int, RoomVersion] = LruByWeight(room_version_cache_size)
         #: NID → event ID, which never changes: state resolution converts whole states.
         self._ids: dict[int, str] = {}
         self._ids_limit = 20 * cache_size
@@ -46,6 +54,8 @@ class EventStore:
         self._cache.clear()
         self._by_id.clear()
         self._ids.clear()
+        # A room created in the undone transaction may see its NID reused.
+        self._room_versions.clear()
 
     def remember(self, stored: StoredEvent) -> None:
         """Cache an event just written, so its children find it without a read."""
@@ -61,7 +71,7 @@ class EventStore:
         version = self._room_versions.get(room_nid)
         if version is None:
             version = get_room_version(self.db.room_version_of_nid(room_nid))
-            self._room_versions[room_nid] = version
+            self._room_versions.put(room_nid, version)
         return version
 
     def by_nid(self, nid: int) -> StoredEvent:

@@ -1,4 +1,7 @@
-"""The read side of the database: an async, read-only view for queries and tools.
+"""The read side of the database: an async, read-only view for the query service.
+
+Operator tools (`roomserver stats`, `graph`, `verify`) read through
+`worker.storage.inspection` instead; what is here is what the service answers.
 
 It opens its own `mode=ro` connection through aiosqlite, beside the writer's: WAL lets
 it read committed data while the writer works, and a read-only connection can never
@@ -7,35 +10,32 @@ take the write lock or change a byte. Everything it returns is committed data.
 What makes it fast is that almost everything it reads is immutable once committed:
 blocks and snapshots are never rewritten, a NID always names the same type, state key
 or event, and an event's auth events, state snapshots and membership never change
-(a redaction keeps `membership`). So decoded blocks, merged snapshot states and NID
+(a redaction keeps `membership`). So packed blocks, merged snapshot states and NID
 names are cached without any invalidation; only the room rows (current state, forward
 extremities) and event JSON are read fresh each time.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import aiosqlite
 
-from worker.storage.blocks import NidState, unpack_entries_into, unpack_nids
-from worker.storage.database import DB_FILENAME
+from worker.errors import RoomserverError
+from worker.storage.blocks import NidState, unpack_nids
+from worker.storage.database import DB_FILENAME, StorageError, json_list
+from worker.storage.lru import LruByWeight
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_NAMES,
     STATUS_OUTLIER,
-    STATUS_REJECTED,
-    STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
-from worker.storage.state import LruByWeight
+from worker.storage.snapshots import SnapshotCache
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
@@ -47,13 +47,9 @@ AFTER: Final = "after"
 StateTriple = tuple[str, str, str]
 
 
-class ReadError(Exception):
-    """A question the stored data cannot answer; `code` is the contract's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ReadError(RoomserverError):
+    """A question the stored data cannot answer: the one boundary error, raised by the
+    read side (`code` is the contract's error code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,98 +109,55 @@ class HeldRecord:
     stream_sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    rooms: int
-    events: int
-    rejected: int
-    soft_failed: int
-    outliers: int
-    held: int
-    snapshots: int
-    blocks: int
-    block_entries: int
-    block_bytes: int
-    outbox: int
-    #: Size of the database file plus its WAL, in bytes.
-    file_bytes: int
+#: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
+#: wait for the writer's checkpoints rather than fail.
+READ_ONLY_PRAGMAS: Final = ("PRAGMA query_only=1", "PRAGMA busy_timeout=10000")
 
 
-@dataclass(frozen=True, slots=True)
-class GraphEvent:
-    event_id: str
-    type: str
-    state_key: str | None
-    depth: int
-    status: str
-    reason: str | None
-    before_snapshot: int
-    after_snapshot: int
-    prev_event_ids: list[str]
-    redacted_by: str | None
+def existing_database(storage_path: Path) -> Path:
+    """The database file under `storage_path`; ReadError(`no_database`) when there is
+    none: the worker creates it on its first start, and a reader must never create an
+    empty one by mistake."""
+    path = Path(storage_path) / DB_FILENAME
+    if not path.exists():
+        raise ReadError(
+            "no_database",
+            f"there is no database at {path}: has the worker run with this storage path?",
+        )
+    return path
 
 
-@dataclass(frozen=True, slots=True)
-class RoomGraph:
-    """What `roomserver graph` draws: the newest events of a room and their state.
-
-    Snapshot and block NIDs appear here, and only here: the graph is a tool for
-    looking inside this worker's storage, not part of the contract.
-    """
-
-    room_id: str
-    room_version: str
-    events: list[GraphEvent]
-    latest_event_ids: list[str]
-    current_snapshot: int
-    #: Snapshot NID → its block NIDs, oldest first.
-    snapshots: dict[int, list[int]]
-    #: Block NID → entry count.
-    block_sizes: dict[int, int]
-    held: list[HeldRecord]
-    #: Events stored in the room but left out by the limit.
-    omitted: int
-    #: Prev events named by the listed (or held) events that are stored but not
-    #: listed; the other prev events named are not stored at all.
-    stored_elsewhere: set[str]
+def read_only_uri(path: Path) -> str:
+    """A URI that opens `path` read-only: such a connection can never take the write
+    lock or change a byte."""
+    return path.resolve().as_uri() + "?mode=ro"
 
 
-V = TypeVar("V")
+#: Held events with their rooms and the prev events they still wait for; the reader and
+#: `roomserver graph` (`worker.storage.inspection`) both list them with this.
+HELD_SQL: Final = (
+    "SELECT h.event_id, r.room_id, h.missing_prev_event_ids, h.held_since_ms, "
+    "h.stream_sequence, (SELECT json_group_array(w.missing_event_id) FROM held_waits w "
+    "WHERE w.held_event_id = h.event_id) "
+    "FROM held_events h JOIN rooms r ON r.nid = h.room_nid "
+)
+HELD_IN_ROOM: Final = "WHERE h.room_nid = ? "
+HELD_ORDER: Final = "ORDER BY h.held_since_ms, h.stream_sequence"
 
 
-class _NidCache(Generic[V]):
-    """NID → value for immutable facts, bounded by starting afresh when full.
-
-    Whoever asked for a set of NIDs gets back a dict holding all of them; when the cache
-    is full it is *replaced*, never emptied in place, so a dict handed out before stays
-    complete for the coroutine that holds it while others carry on.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.map: dict[int, V] = {}
-        self._limit = limit
-
-    def lacking(self, nids: Iterable[int]) -> list[int]:
-        known = self.map
-        return list({nid for nid in nids if nid not in known})
-
-    def add(self, found: Mapping[int, V], needed: Iterable[int]) -> dict[int, V]:
-        known = self.map
-        if len(known) + len(found) > self._limit:
-            fresh = {nid: known[nid] for nid in needed if nid in known}
-            fresh.update(found)
-            self.map = fresh
-            return fresh
-        known.update(found)
-        return known
-
-    def clear(self) -> None:
-        self.map = {}
-
-
-def _json_list(values: Iterable[int] | Iterable[str]) -> str:
-    """A JSON array for `json_each(?)`: one statement for any number of values."""
-    return json.dumps(list(values))
+def held_records(rows: Iterable[Sequence[Any]]) -> list[HeldRecord]:
+    """`HELD_SQL` rows as records."""
+    return [
+        HeldRecord(
+            event_id=str(event_id),
+            room_id=str(room),
+            missing_prev_event_ids=list(json.loads(missing)),
+            waiting_for=sorted(json.loads(waits)),
+            held_since_ms=int(since),
+            stream_sequence=int(sequence),
+        )
+        for event_id, room, missing, since, sequence, waits in rows
+    ]
 
 
 class Reader:
@@ -217,39 +170,26 @@ class Reader:
     def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
         self._conn = conn
         self.path = path
-        self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
-        #: Block NID → (decoded entries, including 0 = removed; whether any is 0).
-        self._blocks: LruByWeight[int, tuple[NidState, bool]] = LruByWeight(cache_entries)
-        self._block_lists: LruByWeight[int, list[int]] = LruByWeight(cache_entries // 10)
-        self._type_names: dict[int, str] = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
-        self._type_nids: dict[str, int] = dict(WELL_KNOWN_TYPES)
-        self._sk_names: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._event_ids: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._memberships: _NidCache[str] = _NidCache(cache_entries // 4)
-        self._auth: _NidCache[list[int]] = _NidCache(cache_entries // 4)
-        #: Queries share one connection; the few that need a read transaction (so that
-        #: several statements agree) take turns.
-        self._txn = asyncio.Lock()
+        self._snapshots = SnapshotCache(cache_entries, cache_entries, cache_entries // 10)
+        #: NID facts, one entry each (an auth list weighs its length): each a quarter
+        #: of the budget.
+        names = max(cache_entries // 4, 1)
+        self._type_names: LruByWeight[int, str] = LruByWeight(names)
+        self._type_nids: LruByWeight[str, int] = LruByWeight(names)
+        self._sk_names: LruByWeight[int, str] = LruByWeight(names)
+        self._event_ids: LruByWeight[int, str] = LruByWeight(names)
+        self._memberships: LruByWeight[int, str] = LruByWeight(names)
+        self._auth: LruByWeight[int, list[int]] = LruByWeight(names)
 
     @classmethod
     async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
-        """Open the database under `storage_path` read-only.
-
-        Raises ReadError(`no_database`) when there is none: the worker creates it on
-        its first start, and a reader must never create an empty one by mistake.
-        """
-        path = Path(storage_path) / DB_FILENAME
-        if not path.exists():
-            raise ReadError(
-                "no_database",
-                f"there is no database at {path}: has the worker run with this storage path?",
-            )
-        conn = await aiosqlite.connect(
-            path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
-        )
+        """Open the database under `storage_path` read-only (ReadError `no_database`
+        when there is none)."""
+        path = existing_database(storage_path)
+        conn = await aiosqlite.connect(read_only_uri(path), uri=True, isolation_level=None)
         try:
-            await conn.execute("PRAGMA query_only=1")
-            await conn.execute("PRAGMA busy_timeout=10000")
+            for pragma in READ_ONLY_PRAGMAS:
+                await conn.execute(pragma)
         except BaseException:
             await conn.close()
             raise
@@ -260,22 +200,20 @@ class Reader:
 
     def clear_caches(self) -> None:
         """Forget everything decoded (the benchmark measures cold queries with this)."""
-        self._states.clear()
-        self._blocks.clear()
-        self._block_lists.clear()
-        self._type_names = {nid: name for name, nid in WELL_KNOWN_TYPES.items()}
-        self._type_nids = dict(WELL_KNOWN_TYPES)
-        for cache in (self._sk_names, self._event_ids, self._memberships, self._auth):
+        for cache in self.caches().values():
             cache.clear()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        async with self._txn:
-            await self._conn.execute("BEGIN")
-            try:
-                yield
-            finally:
-                await self._conn.execute("COMMIT")
+    def caches(self) -> dict[str, LruByWeight[Any, Any]]:
+        """Every cache, by name (for `clear_caches` and the tests of their bounds)."""
+        return {
+            **self._snapshots.caches(),
+            "type_names": self._type_names,
+            "type_nids": self._type_nids,
+            "state_key_names": self._sk_names,
+            "event_ids": self._event_ids,
+            "memberships": self._memberships,
+            "auth_events": self._auth,
+        }
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._conn.execute_fetchall(sql, params))
@@ -321,13 +259,15 @@ class Reader:
     # -- state -----------------------------------------------------------------------------
 
     async def _state(self, snapshot_nid: int) -> NidState:
-        """The snapshot's state map (shared with the cache: read-only)."""
+        """The snapshot's state map (shared with the cache: read-only); loaded as the
+        writer's `StateStore.load` does, through the same `SnapshotCache`."""
         if snapshot_nid == 0:
             return {}
-        cached = self._states.get(snapshot_nid)
-        if cached is not None:
-            return cached
-        block_nids = self._block_lists.get(snapshot_nid)
+        cache = self._snapshots
+        state = cache.state(snapshot_nid)
+        if state is not None:
+            return state
+        block_nids = cache.block_nids(snapshot_nid)
         if block_nids is None:
             rows = await self._rows(
                 "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
@@ -336,75 +276,46 @@ class Reader:
                 raise ReadError(
                     "internal_error", f"state snapshot {snapshot_nid} is referenced but not stored"
                 )
-            block_nids = unpack_nids(rows[0][0])
-            self._block_lists.put(snapshot_nid, block_nids, len(block_nids) + 1)
-        blocks = await self._decoded_blocks(block_nids)
-        state: NidState = {}
-        removals = False
-        for block_nid in block_nids:
-            entries, has_removals = blocks[block_nid]
-            state.update(entries)
-            removals = removals or has_removals
-        if removals:
-            state = {key: event_nid for key, event_nid in state.items() if event_nid}
-        self._states.put(snapshot_nid, state, len(state) + 1)
-        return state
-
-    async def _decoded_blocks(self, block_nids: Sequence[int]) -> dict[int, tuple[NidState, bool]]:
-        found: dict[int, tuple[NidState, bool]] = {}
-        missing: list[int] = []
-        for block_nid in block_nids:
-            cached = self._blocks.get(block_nid)
-            if cached is None:
-                missing.append(block_nid)
-            else:
-                found[block_nid] = cached
+            block_nids = cache.remember_block_nids(snapshot_nid, unpack_nids(rows[0][0]))
+        held, missing = cache.held_blocks(block_nids)
         if missing:
-            for block_nid, packed in await self._rows(
+            rows = await self._rows(
                 "SELECT nid, entries FROM state_blocks "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
-                (_json_list(missing),),
-            ):
-                entries: NidState = {}
-                unpack_entries_into(packed, entries, drop_removed=False)
-                decoded = (entries, 0 in entries.values())
-                self._blocks.put(block_nid, decoded, len(entries) + 1)
-                found[block_nid] = decoded
-            lost = [nid for nid in missing if nid not in found]
-            if lost:
-                raise ReadError(
-                    "internal_error", f"state blocks {lost} are referenced but not stored"
-                )
-        return found
+                (json_list(missing),),
+            )
+            try:
+                cache.add_fetched(held, missing, {int(n): bytes(b) for n, b in rows})
+            except StorageError as exc:
+                raise ReadError("internal_error", str(exc)) from exc
+        return cache.assemble(snapshot_nid, block_nids, held)
 
     async def _names(
         self, state: Mapping[tuple[int, int], int]
     ) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
         """Type, state key and event ID maps that cover every NID in `state`."""
-        types = self._type_names
-        if any(t not in types for t, _ in state):
-            await self._load_type_names({t for t, _ in state})
-            types = self._type_names
-        keys = await self._fill(
-            self._sk_names,
-            [s for _, s in state],
-            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
-        )
+        types = await self._type_name_map(t for t, _ in state)
+        keys = await self._state_key_names(s for _, s in state)
         ids = await self._event_id_map(state.values())
         return types, keys, ids
 
-    async def _fill(self, cache: _NidCache[str], nids: Iterable[int], sql: str) -> dict[int, str]:
-        needed = list(nids)
-        lacking = cache.lacking(needed)
+    async def _fill(
+        self, cache: LruByWeight[int, str], nids: Iterable[int], sql: str
+    ) -> dict[int, str]:
+        """NID → value for every NID given: cached, or read with `sql` (which takes the
+        lacking NIDs as one JSON list) and cached."""
+        found, lacking = cache.get_many(nids)
         if not lacking:
-            return cache.map
-        found = {
-            int(nid): str(value) for nid, value in await self._rows(sql, (_json_list(lacking),))
+            return found
+        fetched = {
+            int(nid): str(value) for nid, value in await self._rows(sql, (json_list(lacking),))
         }
-        absent = [nid for nid in lacking if nid not in found]
-        if absent:
+        if len(fetched) < len(lacking):
+            absent = [nid for nid in lacking if nid not in fetched]
             raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
-        return cache.add(found, needed)
+        cache.put_many(fetched)
+        found.update(fetched)
+        return found
 
     async def _event_id_map(self, nids: Iterable[int]) -> dict[int, str]:
         return await self._fill(
@@ -413,28 +324,35 @@ class Reader:
             "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
         )
 
-    async def _load_type_names(self, nids: Iterable[int]) -> None:
-        lacking = [nid for nid in nids if nid not in self._type_names]
-        rows = await self._rows(
-            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
-            (_json_list(lacking),),
+    async def _state_key_names(self, nids: Iterable[int]) -> dict[int, str]:
+        return await self._fill(
+            self._sk_names,
+            nids,
+            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
         )
-        for nid, name in rows:
-            self._type_names[int(nid)] = str(name)
-            self._type_nids[str(name)] = int(nid)
+
+    async def _type_name_map(self, nids: Iterable[int]) -> dict[int, str]:
+        names = await self._fill(
+            self._type_names,
+            nids,
+            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
+        )
+        for nid, name in names.items():
+            self._type_nids.put(name, nid)
+        return names
 
     async def _type_nid_map(self, names: Iterable[str]) -> dict[str, int]:
         """Type name → NID for the names that have one (unknown types match nothing)."""
-        wanted = set(names)
-        lacking = [name for name in wanted if name not in self._type_nids]
+        found, lacking = self._type_nids.get_many(names)
         if lacking:
             for nid, name in await self._rows(
                 "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             ):
-                self._type_nids[str(name)] = int(nid)
-                self._type_names[int(nid)] = str(name)
-        return {name: self._type_nids[name] for name in wanted if name in self._type_nids}
+                found[str(name)] = int(nid)
+                self._type_nids.put(str(name), int(nid))
+                self._type_names.put(int(nid), str(name))
+        return found
 
     async def _state_key_nid_map(self, keys: Iterable[str]) -> dict[str, int]:
         wanted = set(keys)
@@ -444,7 +362,7 @@ class Reader:
             for nid, key in await self._rows(
                 "SELECT nid, state_key FROM state_keys "
                 "WHERE state_key IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             ):
                 result[str(key)] = int(nid)
         return result
@@ -474,12 +392,15 @@ class Reader:
         return result
 
     async def _triples(self, state: NidState) -> list[StateTriple]:
-        types, keys, ids = self._type_names, self._sk_names.map, self._event_ids.map
+        # The hot path: every name already cached, looked up in the caches' live views
+        # (no await in between, so nothing is evicted under it).
+        types, keys = self._type_names.view(), self._sk_names.view()
+        ids = self._event_ids.view()
         try:
             return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
         except KeyError:
-            types, keys, ids = await self._names(state)
-            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
+            named = await self._names(state)
+            return [(named[0][t], named[1][s], named[2][e]) for (t, s), e in state.items()]
 
     async def nid_state(self, snapshot_nid: int) -> NidState:
         """A snapshot's state as NIDs, `(type NID, state key NID) → event NID`, for
@@ -520,7 +441,7 @@ class Reader:
             "FROM events e JOIN rooms r ON r.nid = e.room_nid "
             "JOIN event_json j ON j.event_nid = e.nid "
             "WHERE e.event_id IN (SELECT value FROM json_each(?))",
-            (_json_list(event_ids),),
+            (json_list(event_ids),),
         )
         by_id = {
             str(event_id): EventRecord(
@@ -586,11 +507,7 @@ class Reader:
             return []
         memberships = await self._membership_map(members.values())
         chosen = [s for s, e in members.items() if memberships[e] == membership]
-        names = await self._fill(
-            self._sk_names,
-            chosen,
-            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
-        )
+        names = await self._state_key_names(chosen)
         return sorted(names[s] for s in chosen)
 
     # -- rooms, auth chains, held events ----------------------------------------------------
@@ -604,28 +521,29 @@ class Reader:
         return [RoomRecord(str(r), str(v), int(n)) for r, v, n in rows]
 
     async def _auth_map(self, nids: Iterable[int]) -> dict[int, list[int]]:
-        needed = list(nids)
-        lacking = self._auth.lacking(needed)
+        found, lacking = self._auth.get_many(nids)
         if not lacking:
-            return self._auth.map
-        found = {
+            return found
+        fetched = {
             int(nid): unpack_nids(packed)
             for nid, packed in await self._rows(
                 "SELECT nid, auth_event_nids FROM events "
                 "WHERE nid IN (SELECT value FROM json_each(?))",
-                (_json_list(lacking),),
+                (json_list(lacking),),
             )
         }
         for nid in lacking:
-            found.setdefault(nid, [])
-        return self._auth.add(found, needed)
+            auth = fetched.setdefault(nid, [])
+            self._auth.put(nid, auth, len(auth) + 1)
+        found.update(fetched)
+        return found
 
     async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
         """The union of the events' auth chains (their auth events, recursively; not
         the events themselves unless one is in another's chain), sorted."""
         rows = await self._rows(
             "SELECT nid, event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
-            (_json_list(event_ids),),
+            (json_list(event_ids),),
         )
         known = {str(event_id): int(nid) for nid, event_id in rows}
         missing = [e for e in dict.fromkeys(event_ids) if e not in known]
@@ -643,149 +561,7 @@ class Reader:
 
     async def held(self, room_id: str | None = None) -> list[HeldRecord]:
         """Events waiting for missing prev events, oldest first (one room, or all)."""
-        sql = (
-            "SELECT h.event_id, r.room_id, h.missing_prev_event_ids, h.held_since_ms, "
-            "h.stream_sequence, (SELECT json_group_array(w.missing_event_id) FROM held_waits w "
-            "WHERE w.held_event_id = h.event_id) "
-            "FROM held_events h JOIN rooms r ON r.nid = h.room_nid "
-        )
         if room_id is None:
-            rows = await self._rows(sql + "ORDER BY h.held_since_ms, h.stream_sequence")
-        else:
-            room_nid, *_ = await self._room(room_id)
-            rows = await self._rows(
-                sql + "WHERE h.room_nid = ? ORDER BY h.held_since_ms, h.stream_sequence",
-                (room_nid,),
-            )
-        return [
-            HeldRecord(
-                event_id=str(event_id),
-                room_id=str(room),
-                missing_prev_event_ids=list(json.loads(missing)),
-                waiting_for=sorted(json.loads(waits)),
-                held_since_ms=int(since),
-                stream_sequence=int(sequence),
-            )
-            for event_id, room, missing, since, sequence, waits in rows
-        ]
-
-    # -- tools: stats and graph -------------------------------------------------------------
-
-    async def stats(self) -> StoreStats:
-        """Counts for `roomserver stats`, from one read transaction so they agree."""
-        async with self._transaction():
-            (row,) = await self._rows(
-                "SELECT (SELECT count(*) FROM rooms), (SELECT count(*) FROM events), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM events WHERE status = ?), "
-                "(SELECT count(*) FROM held_events), (SELECT count(*) FROM state_snapshots), "
-                "(SELECT count(*) FROM state_blocks), "
-                "(SELECT coalesce(sum(entry_count), 0) FROM state_blocks), "
-                "(SELECT coalesce(sum(length(entries)), 0) FROM state_blocks), "
-                "(SELECT count(*) FROM outbox)",
-                (STATUS_REJECTED, STATUS_SOFT_FAILED, STATUS_OUTLIER),
-            )
-        file_bytes = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(FileNotFoundError):
-                file_bytes += os.stat(str(self.path) + suffix).st_size
-        counts = [int(v) for v in row]
-        return StoreStats(
-            rooms=counts[0],
-            events=counts[1],
-            rejected=counts[2],
-            soft_failed=counts[3],
-            outliers=counts[4],
-            held=counts[5],
-            snapshots=counts[6],
-            blocks=counts[7],
-            block_entries=counts[8],
-            block_bytes=counts[9],
-            outbox=counts[10],
-            file_bytes=file_bytes,
-        )
-
-    async def graph(self, room_id: str, *, limit: int = 1000) -> RoomGraph:
-        """The room's newest `limit` events (0: all) with their prev events and the
-        snapshots and blocks their state uses, read in one transaction."""
-        async with self._transaction():
-            room_nid, version, current, packed_latest, _ = await self._room(room_id)
-            (total,) = (
-                await self._rows("SELECT count(*) FROM events WHERE room_nid = ?", (room_nid,))
-            )[0]
-            rows = await self._rows(
-                "SELECT e.nid, e.event_id, t.name, k.state_key, e.depth, e.status, e.reason, "
-                "e.before_snapshot_nid, e.after_snapshot_nid, e.redacted_by, "
-                "(SELECT json_group_array(g.prev_event_id) FROM event_edges g "
-                "WHERE g.event_nid = e.nid) "
-                "FROM events e JOIN event_types t ON t.nid = e.type_nid "
-                "LEFT JOIN state_keys k ON k.nid = e.state_key_nid "
-                "WHERE e.room_nid = ? ORDER BY e.nid DESC LIMIT ?",
-                (room_nid, limit if limit > 0 else -1),
-            )
-            latest_nids = unpack_nids(packed_latest)
-            latest = await self._event_id_map(latest_nids)
-            events = [_graph_event(row) for row in reversed(rows)]
-            snapshot_nids = (
-                {current} | {e.before_snapshot for e in events} | {e.after_snapshot for e in events}
-            )
-            snapshot_nids.discard(0)
-            snapshots = {
-                int(nid): unpack_nids(blob)
-                for nid, blob in await self._rows(
-                    "SELECT nid, block_nids FROM state_snapshots "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (_json_list(snapshot_nids),),
-                )
-            }
-            block_nids = {b for blocks in snapshots.values() for b in blocks}
-            block_sizes = {
-                int(nid): int(count)
-                for nid, count in await self._rows(
-                    "SELECT nid, entry_count FROM state_blocks "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (_json_list(block_nids),),
-                )
-            }
-            held = await self.held(room_id)
-            listed = {e.event_id for e in events}
-            named = {p for e in events for p in e.prev_event_ids} | {
-                m for h in held for m in h.missing_prev_event_ids
-            }
-            stored_elsewhere = {
-                str(row[0])
-                for row in await self._rows(
-                    "SELECT event_id FROM events "
-                    "WHERE event_id IN (SELECT value FROM json_each(?))",
-                    (_json_list(named - listed),),
-                )
-            }
-        return RoomGraph(
-            room_id=room_id,
-            room_version=version,
-            events=events,
-            latest_event_ids=[latest[n] for n in latest_nids],
-            current_snapshot=current,
-            snapshots=snapshots,
-            block_sizes=block_sizes,
-            held=held,
-            omitted=int(total) - len(events),
-            stored_elsewhere=stored_elsewhere,
-        )
-
-
-def _graph_event(row: Sequence[Any]) -> GraphEvent:
-    _, event_id, type_name, state_key, depth, status, reason, before, after, redacted, prevs = row
-    return GraphEvent(
-        event_id=str(event_id),
-        type=str(type_name),
-        state_key=None if state_key is None else str(state_key),
-        depth=int(depth),
-        status=STATUS_NAMES.get(int(status), "unknown"),
-        reason=reason,
-        before_snapshot=int(before),
-        after_snapshot=int(after),
-        prev_event_ids=list(json.loads(prevs)),
-        redacted_by=redacted,
-    )
+            return held_records(await self._rows(HELD_SQL + HELD_ORDER))
+        room_nid, *_ = await self._room(room_id)
+        return held_records(await self._rows(HELD_SQL + HELD_IN_ROOM + HELD_ORDER, (room_nid,)))

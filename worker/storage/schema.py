@@ -10,7 +10,9 @@ import sqlite3
 
 #: 2: parked rooms and their inputs. A worker of version 1 would not know that a room is
 #: parked and would process its later inputs without the one that failed.
-SCHEMA_VERSION = 2
+#: 3: the index of users' rooms (`user_room_memberships`), filled from every room's
+#: current state on the upgrade (worker.storage.membership_index).
+SCHEMA_VERSION = 3
 
 #: Well-known event types with fixed NIDs (never 0: 0 means "none").
 WELL_KNOWN_TYPES: dict[str, int] = {
@@ -170,6 +172,18 @@ CREATE INDEX IF NOT EXISTS parked_inputs_room ON parked_inputs(room_id, seq);
 -- a redelivered input (its ack was lost) is kept once
 CREATE UNIQUE INDEX IF NOT EXISTS parked_inputs_stream
     ON parked_inputs(stream_sequence) WHERE stream_sequence > 0;
+-- each user's membership in each room whose current state has a member event for them,
+-- kept by the write path as current states change (worker.storage.membership_index)
+CREATE TABLE IF NOT EXISTS user_room_memberships (
+    user_id TEXT NOT NULL,
+    room_nid INTEGER NOT NULL,
+    -- join, invite, leave, ban, knock ('' when the content has none)
+    membership TEXT NOT NULL,
+    -- the member event in the room's current state
+    event_nid INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_nid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_room_memberships_event ON user_room_memberships(event_nid);
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
     -- AUTOINCREMENT: sequence numbers are never reused, so "published through N" is safe
@@ -203,4 +217,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
             "INSERT OR IGNORE INTO state_keys (nid, state_key) VALUES (?, '')",
             (EMPTY_STATE_KEY_NID,),
         )
+        if 0 < version < 3:
+            # Imported here: the index module reads the constants of this one.
+            from worker.storage.membership_index import index_existing_rooms
+
+            index_existing_rooms(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

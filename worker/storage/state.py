@@ -7,21 +7,24 @@ the hot path never touches strings for state it does not look at.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from worker.storage.blocks import (
     NidState,
     NidStateKey,
     block_hash,
+    entry_count,
+    merge_blocks,
     pack_entries,
     plan_merge,
     snapshot_hash,
-    unpack_entries_into,
 )
 from worker.storage.database import Database, StorageError
+from worker.storage.snapshots import SnapshotCache
+
+#: Block lists cost ~8 bytes a block; 100,000 blocks' worth is under a MB.
+BLOCK_LIST_CACHE_ENTRIES = 100_000
 
 
 @dataclass(slots=True)
@@ -32,46 +35,6 @@ class WriteStats:
     blocks_written: int = 0
     triples_written: int = 0
     merges: int = 0
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LruByWeight(Generic[K, V]):
-    """An LRU map bounded by a total weight (state entries), not an item count, so
-    one huge room and many small ones share the same memory budget."""
-
-    def __init__(self, budget: int) -> None:
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._budget = budget
-        self._weight = 0
-
-    def get(self, key: K) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
-
-    def put(self, key: K, value: V, weight: int) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._weight -= old[1]
-        self._items[key] = (value, weight)
-        self._weight += weight
-        while self._weight > self._budget and len(self._items) > 1:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self._weight -= dropped
-
-    def discard(self, key: K) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._weight -= old[1]
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._weight = 0
 
 
 class StateStore:
@@ -96,15 +59,11 @@ class StateStore:
     ) -> None:
         self.db = db
         self.stats = WriteStats()
-        self._states: LruByWeight[int, NidState] = LruByWeight(cache_entries)
-        self._block_lists: LruByWeight[int, list[tuple[int, int]]] = LruByWeight(100_000)
-        self._block_bytes: LruByWeight[int, bytes] = LruByWeight(block_cache_entries)
+        self.cache = SnapshotCache(cache_entries, block_cache_entries, BLOCK_LIST_CACHE_ENTRIES)
 
     def forget_caches(self) -> None:
         """Drop everything cached; used after a rollback, when NIDs may be reused."""
-        self._states.clear()
-        self._block_lists.clear()
-        self._block_bytes.clear()
+        self.cache.clear()
 
     # -- reading ------------------------------------------------------------------
 
@@ -112,40 +71,43 @@ class StateStore:
         """The state map of a snapshot (read-only; shared with the cache)."""
         if snapshot_nid == 0:
             return {}
-        cached = self._states.get(snapshot_nid)
-        if cached is not None:
-            return cached
-        state: NidState = {}
-        for block_nid, _ in self._block_list(snapshot_nid):
-            unpack_entries_into(self._block(block_nid), state)
-        self._states.put(snapshot_nid, state, len(state) + 1)
+        state = self.cache.state(snapshot_nid)
+        if state is None:
+            block_nids = self._block_nids(snapshot_nid)
+            state = self.cache.assemble(snapshot_nid, block_nids, self._blocks(block_nids))
         return state
 
     def block_list(self, snapshot_nid: int) -> list[tuple[int, int]]:
         """The snapshot's (block NID, entry count) pairs, oldest first."""
-        return list(self._block_list(snapshot_nid)) if snapshot_nid else []
+        if not snapshot_nid:
+            return []
+        block_nids = self._block_nids(snapshot_nid)
+        blocks = self._blocks(block_nids)
+        return [(nid, entry_count(blocks[nid])) for nid in block_nids]
 
-    def _block_list(self, snapshot_nid: int) -> list[tuple[int, int]]:
-        cached = self._block_lists.get(snapshot_nid)
-        if cached is not None:
-            return cached
-        nids = self.db.snapshot_block_nids(snapshot_nid)
-        missing = [nid for nid in nids if self._block_bytes.get(nid) is None]
-        fetched = self.db.blocks(missing) if missing else {}
-        for nid, (_, packed) in fetched.items():
-            self._block_bytes.put(nid, packed, len(packed) // 24 + 1)
-        pairs = [(nid, len(self._block(nid)) // 24) for nid in nids]
-        self._block_lists.put(snapshot_nid, pairs, len(pairs))
-        return pairs
+    def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
+        """Every listed block: from the cache, the others in one query."""
+        held, missing = self.cache.held_blocks(block_nids)
+        if missing:
+            self.cache.add_fetched(held, missing, self.db.blocks(missing))
+        return held
+
+    def _block_nids(self, snapshot_nid: int) -> list[int]:
+        block_nids = self.cache.block_nids(snapshot_nid)
+        if block_nids is None:
+            block_nids = self.cache.remember_block_nids(
+                snapshot_nid, self.db.snapshot_block_nids(snapshot_nid)
+            )
+        return block_nids
 
     def _block(self, block_nid: int) -> bytes:
-        packed = self._block_bytes.get(block_nid)
+        packed = self.cache.block(block_nid)
         if packed is None:
             fetched = self.db.blocks([block_nid])
             if block_nid not in fetched:
                 raise StorageError(f"state block {block_nid} is referenced but not stored")
-            packed = fetched[block_nid][1]
-            self._block_bytes.put(block_nid, packed, len(packed) // 24 + 1)
+            packed = fetched[block_nid]
+            self.cache.remember_block(block_nid, packed)
         return packed
 
     # -- writing ------------------------------------------------------------------
@@ -166,11 +128,12 @@ class StateStore:
         blocks.append(self._write_block(effective))
         while (count := plan_merge([size for _, size in blocks])) > 0:
             merged_from = len(blocks) - count
-            merged: NidState = {}
-            for block_nid, _ in blocks[merged_from:]:
-                unpack_entries_into(self._block(block_nid), merged, drop_removed=False)
-            if merged_from == 0:
-                merged = {k: v for k, v in merged.items() if v}
+            # Removals stay in a merged run unless it starts the list: there they
+            # have nothing left to remove.
+            merged = merge_blocks(
+                (self._block(block_nid) for block_nid, _ in blocks[merged_from:]),
+                keep_removed=merged_from > 0,
+            )
             blocks[merged_from:] = [self._write_block(merged)]
             self.stats.merges += 1
         block_nids = [nid for nid, _ in blocks]
@@ -185,8 +148,8 @@ class StateStore:
                 new_state[key] = event_nid
             else:
                 new_state.pop(key, None)
-        self._states.put(snapshot_nid, new_state, len(new_state) + 1)
-        self._block_lists.put(snapshot_nid, blocks, len(blocks))
+        self.cache.remember_state(snapshot_nid, new_state)
+        self.cache.remember_block_nids(snapshot_nid, block_nids)
         return snapshot_nid
 
     def store_full(
@@ -207,5 +170,5 @@ class StateStore:
         if fresh:
             self.stats.blocks_written += 1
             self.stats.triples_written += len(entries)
-        self._block_bytes.put(nid, packed, len(entries) + 1)
+        self.cache.remember_block(nid, packed)
         return nid, len(entries)

@@ -4,10 +4,8 @@
 parked room is visible even while the worker is stopped. `retry` asks the running
 worker over NATS (`<prefix>.admin.retry`), which processes the room's waiting inputs
 between two batches. `deadletters` and `replay` work on the dead-letter stream alone,
-through NATS; the worker processes a replayed input like any other.
-
-Exit status as for the query commands: 0 done, 1 failed (or nothing matched, or the
-room is still parked), 2 bad arguments, 3 no NATS or no worker answered.
+through NATS; the worker processes a replayed input like any other. Everything that
+talks to NATS goes through `worker.client`.
 """
 
 from __future__ import annotations
@@ -15,26 +13,32 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-import msgpack
-import nats.errors
-
-from worker.bus.deadletters import DeadLetterRecord, read_dead_letters, replay, select
-from worker.client import QueryError, RoomserverClient, UnavailableError
+from worker.bus.deadletters import DeadLetterRecord
+from worker.cli.common import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    ask,
+    error,
+    nats_options,
+    table,
+    when,
+)
+from worker.client import RoomserverClient
 from worker.config import Config
-from worker.query.commands import FAILED, OK, _ask, _when, table
 from worker.storage.database import DB_FILENAME
 from worker.storage.parked import ParkedRoom, list_parked
 
 #: Seconds `roomserver retry` waits by default: a room may have many waiting inputs.
-RETRY_TIMEOUT = 120.0
+RETRY_TIMEOUT: Final = 120.0
 
 
-def add_operator_commands(
+def add_commands(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """Register the commands on the `roomserver` parser."""
@@ -51,28 +55,22 @@ def add_operator_commands(
 
     retry = sub.add_parser(
         "retry",
-        parents=[common],
+        parents=[nats_options(common, timeout=RETRY_TIMEOUT, what="the worker")],
         help="process a parked room's waiting inputs now, from the one that failed "
         "(asks the running worker)",
     )
     retry.add_argument("room", help="room ID")
-    retry.add_argument("--json", action="store_true", help="print the reply as JSON")
-    retry.add_argument(
-        "--timeout", type=float, default=RETRY_TIMEOUT, help="seconds to wait for the worker"
-    )
     retry.set_defaults(func=cmd_retry)
 
-    selection = argparse.ArgumentParser(add_help=False, parents=[common])
+    selection = nats_options(common, what="NATS")
     selection.add_argument("--code", help="only dead letters with this error code")
     selection.add_argument("--room", help="only dead letters of this room")
-    selection.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for NATS")
 
     deadletters = sub.add_parser(
         "deadletters",
         parents=[selection],
         help="list the dead-letter stream: time, sequence, code, room, message",
     )
-    deadletters.add_argument("--json", action="store_true", help="print them as JSON")
     deadletters.set_defaults(func=cmd_deadletters)
 
     replay_parser = sub.add_parser(
@@ -90,7 +88,6 @@ def add_operator_commands(
     replay_parser.add_argument(
         "--all", action="store_true", help="every dead letter matching the filters, or all"
     )
-    replay_parser.add_argument("--json", action="store_true", help="print the results as JSON")
     replay_parser.set_defaults(func=cmd_replay)
 
 
@@ -115,8 +112,8 @@ def _parked_map(room: ParkedRoom, with_traceback: bool) -> dict[str, Any]:
 def cmd_parked(config: Config, args: argparse.Namespace) -> int:
     path = Path(config.storage.path) / DB_FILENAME
     if not path.exists():
-        print(f"roomserver: no database at {path}", file=sys.stderr)
-        return FAILED
+        error(f"there is no database at {path} (no_database)")
+        return EXIT_NOT_FOUND
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         rooms = list_parked(conn, args.room)
@@ -124,16 +121,16 @@ def cmd_parked(config: Config, args: argparse.Namespace) -> int:
         conn.close()
     if args.json:
         print(json.dumps({"parked": [_parked_map(r, True) for r in rooms]}, indent=2))
-        return OK
+        return EXIT_OK
     if not rooms:
         print("no parked rooms")
-        return OK
+        return EXIT_OK
     rows = [
         (
             r.room_id,
             r.event_id or "-",
             r.stream_sequence,
-            _when(r.parked_at_ms),
+            when(r.parked_at_ms),
             r.failures,
             r.inputs,
             r.error,
@@ -145,44 +142,25 @@ def cmd_parked(config: Config, args: argparse.Namespace) -> int:
     if args.traceback:
         for r in rooms:
             print(f"\n{r.room_id}:\n{r.traceback.rstrip()}")
-    return OK
+    return EXIT_OK
 
 
 # -- retry -------------------------------------------------------------------------------------
 
 
-async def _admin(client: RoomserverClient, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    subject = client.subjects.admin(name)
-    try:
-        reply = await client.nc.request(
-            subject, msgpack.packb(body, use_bin_type=True), timeout=client.timeout
-        )
-    except nats.errors.NoRespondersError:
-        raise UnavailableError(
-            "unavailable", f"no worker answers on {subject}: is it running?"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise UnavailableError(
-            "unavailable", f"no answer on {subject} within {client.timeout:g} s"
-        ) from None
-    result = msgpack.unpackb(reply.data, raw=False)
-    if not isinstance(result, dict):
-        raise QueryError("bad_reply", f"the reply on {subject} is not a map")
-    if result.get("error") and "room_id" not in result:
-        raise QueryError(str(result["error"]), str(result.get("message", "")))
-    return result
-
-
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    async def question(client: RoomserverClient) -> dict[str, Any]:
+        return (await client.retry(args.room)).to_wire()
+
     def show(reply: dict[str, Any]) -> int:
         room, count = reply["room_id"], reply["processed"]
         if reply["parked"]:
             print(f"{room}: still parked after {count} inputs: {reply['error']}")
-            return FAILED
+            return EXIT_FAILURE
         print(f"{room}: {count} waiting inputs processed; the room runs again")
-        return OK
+        return EXIT_OK
 
-    return _ask(config, args, lambda c: _admin(c, "retry", {"room_id": args.room}), show)
+    return ask(config, args, question, show, name="retry")
 
 
 # -- dead letters --------------------------------------------------------------------------------
@@ -191,19 +169,11 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
 async def _dead_letters(
     client: RoomserverClient, args: argparse.Namespace
 ) -> list[DeadLetterRecord]:
-    records = await read_dead_letters(
-        client.nc.jetstream(), client.config.streams.deadletter, client.subjects, args.room
-    )
-    return select(records, code=args.code, room_id=args.room)
-
-
-def _record_row(r: DeadLetterRecord) -> tuple[object, ...]:
-    when = r.time.strftime("%Y-%m-%d %H:%M:%S UTC") if r.time else "-"
-    return (r.sequence, when, r.code, r.room_id or "-", r.message)
+    return await client.dead_letters(room_id=args.room, code=args.code)
 
 
 def cmd_deadletters(config: Config, args: argparse.Namespace) -> int:
-    async def ask(client: RoomserverClient) -> dict[str, Any]:
+    async def question(client: RoomserverClient) -> dict[str, Any]:
         records = await _dead_letters(client, args)
         return {"dead_letters": [r.as_map() for r in records]}
 
@@ -211,29 +181,28 @@ def cmd_deadletters(config: Config, args: argparse.Namespace) -> int:
         records = reply["dead_letters"]
         if not records:
             print("no dead letters")
-            return OK
+            return EXIT_OK
         rows = [
             (r["sequence"], r["time"] or "-", r["code"], r["room_id"] or "-", r["message"])
             for r in records
         ]
         print(table(["seq", "time", "code", "room", "message"], rows))
-        return OK
+        return EXIT_OK
 
-    return _ask(config, args, ask, show)
+    return ask(config, args, question, show, name="deadletters")
 
 
 def cmd_replay(config: Config, args: argparse.Namespace) -> int:
     if not (args.sequences or args.code or args.room or args.all):
-        print(
-            "roomserver: name dead letters to replay: SEQUENCE..., --code, --room or --all",
-            file=sys.stderr,
-        )
-        return 2
+        error("name dead letters to replay: SEQUENCE..., --code, --room or --all")
+        return EXIT_USAGE
 
-    async def ask(client: RoomserverClient) -> dict[str, Any]:
-        records = select(await _dead_letters(client, args), sequences=args.sequences)
+    async def question(client: RoomserverClient) -> dict[str, Any]:
+        records = await _dead_letters(client, args)
+        if args.sequences:
+            records = [r for r in records if r.sequence in set(args.sequences)]
         missing = sorted(set(args.sequences) - {r.sequence for r in records})
-        results = await replay(client.nc.jetstream(), records)
+        results = await client.replay(records)
         return {
             "replayed": [
                 {
@@ -254,16 +223,16 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
     def show(reply: dict[str, Any]) -> int:
         return _show_replayed(reply["replayed"], reply["missing"])
 
-    return _ask(config, args, ask, show)
+    return ask(config, args, question, show, name="replay")
 
 
 def _show_replayed(replayed: Sequence[dict[str, Any]], missing: Sequence[int]) -> int:
-    failed = bool(missing)
+    failed = False
     for sequence in missing:
-        print(f"roomserver: no dead letter {sequence} matches", file=sys.stderr)
+        error(f"no dead letter {sequence} matches")
     if not replayed and not missing:
-        print("no dead letters match")
-        return FAILED
+        error("no dead letters match")
+        return EXIT_NOT_FOUND
     for r in replayed:
         what = f"dead letter {r['sequence']} ({r['code']}, room {r['room_id'] or '-'})"
         if r["error"]:
@@ -273,4 +242,6 @@ def _show_replayed(replayed: Sequence[dict[str, Any]], missing: Sequence[int]) -
             print(f"{what}: already replayed (JetStream dropped it as {r['msg_id']})")
         else:
             print(f"{what}: replayed to {r['subject']} as input {r['input_sequence']}")
-    return FAILED if failed else OK
+    if missing:
+        return EXIT_NOT_FOUND
+    return EXIT_FAILURE if failed else EXIT_OK

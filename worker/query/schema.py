@@ -1,0 +1,546 @@
+"""The query replies, written once: what the service sends and what the client reads.
+
+Each reply is a dataclass with `to_wire()` (the msgpack-ready map the service answers
+with) and `from_wire()` (the typed value the client returns), so the field names of
+the contract (docs/queries.md, "Every query") live in this one module. Errors travel
+as `worker.errors.RoomserverError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple, Self
+
+import msgpack
+
+Wire = dict[str, Any]
+
+#: The micro service's name: `$SRV.INFO.roomserver` lists every worker's instance.
+SERVICE_NAME: Final = "roomserver"
+#: Reply header naming the service instance (micro ID) that answered, so a client can
+#: say which worker it heard from (and ask `$SRV.INFO.roomserver.<id>` for its storage).
+WORKER_HEADER: Final = "Roomserver-Worker"
+
+
+class RawMsgpack(bytes):
+    """A value already encoded as msgpack, spliced into a reply as it is (the
+    service's cache of whole states)."""
+
+
+def pack_reply(reply: Mapping[str, Any]) -> bytes:
+    """Encode a reply map whose top-level values may be RawMsgpack."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts: list[bytes] = [packer.pack_map_header(len(reply))]
+    for key, value in reply.items():
+        parts.append(packer.pack(key))
+        parts.append(value if isinstance(value, RawMsgpack) else packer.pack(value))
+    return b"".join(parts)
+
+
+class StateEntry(NamedTuple):
+    type: str
+    state_key: str
+    event_id: str
+
+
+def state_entries(raw: Iterable[Sequence[str]]) -> list[StateEntry]:
+    """[type, state_key, event_id] triples as StateEntry values."""
+    # tuple.__new__ straight from each decoded [type, state_key, event_id]: half the
+    # cost of StateEntry(...), which matters when a room's state has 10,000 entries.
+    make = tuple.__new__
+    return [make(StateEntry, entry) for entry in raw]
+
+
+def _state_wire(entries: Sequence[StateEntry], packed: RawMsgpack | None) -> object:
+    # msgpack writes a tuple as an array: the entries go out as they are.
+    return packed if packed is not None else entries
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Reply to `state`."""
+
+    room_id: str
+    #: The event the state is at; None for the room's current state.
+    event_id: str | None
+    #: `before` or `after` the event; None for the current state.
+    at: str | None
+    entries: list[StateEntry]
+    #: Service side: the entries already encoded (sent instead of `entries`).
+    packed: RawMsgpack | None = field(default=None, repr=False, compare=False)
+
+    def as_map(self) -> dict[tuple[str, str], str]:
+        """(type, state key) → event ID."""
+        return {(e.type, e.state_key): e.event_id for e in self.entries}
+
+    def to_wire(self) -> Wire:
+        wire: Wire = {"room_id": self.room_id}
+        if self.event_id is not None:
+            wire["event_id"] = self.event_id
+            wire["at"] = self.at
+        wire["state"] = _state_wire(self.entries, self.packed)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"], wire.get("event_id"), wire.get("at"), state_entries(wire["state"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    """One stored event, in the reply to `events`."""
+
+    event_id: str
+    room_id: str
+    #: The PDU as stored (redacted once a redaction applied).
+    event: dict[str, Any]
+    #: accepted, rejected, soft_failed or outlier.
+    status: str
+    #: Why the event was rejected or soft-failed (None when accepted).
+    reason: str | None
+    redacted_by: str | None = None
+
+    def to_wire(self) -> Wire:
+        return {
+            "event_id": self.event_id,
+            "room_id": self.room_id,
+            "event": self.event,
+            "status": self.status,
+            "reason": self.reason,
+            "redacted_by": self.redacted_by,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["event_id"],
+            wire["room_id"],
+            wire["event"],
+            wire["status"],
+            wire.get("reason"),
+            wire.get("redacted_by"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """Reply to `events`."""
+
+    events: list[EventInfo]
+    #: Asked-for IDs the worker does not have.
+    missing: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"events": [e.to_wire() for e in self.events], "missing": list(self.missing)}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls([EventInfo.from_wire(e) for e in wire["events"]], list(wire["missing"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """Reply to `latest`."""
+
+    room_id: str
+    room_version: str
+    depth: int
+    latest_event_ids: list[str]
+    #: The current state, when asked for.
+    state: list[StateEntry] | None
+    #: Service side: the state already encoded (sent instead of `state`).
+    packed: RawMsgpack | None = field(default=None, repr=False, compare=False)
+
+    def to_wire(self) -> Wire:
+        wire: Wire = {
+            "room_id": self.room_id,
+            "room_version": self.room_version,
+            "depth": self.depth,
+            "latest_event_ids": list(self.latest_event_ids),
+        }
+        if self.state is not None or self.packed is not None:
+            wire["state"] = _state_wire(self.state or [], self.packed)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        state = wire.get("state")
+        return cls(
+            wire["room_id"],
+            wire["room_version"],
+            wire["depth"],
+            list(wire["latest_event_ids"]),
+            state_entries(state) if state is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Reply to `membership` with a `user_id`."""
+
+    room_id: str
+    user_id: str
+    #: join, invite, leave, ban or knock; None when the user has no membership event.
+    membership: str | None
+    event_id: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "membership": self.membership,
+            "event_id": self.event_id,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], wire["user_id"], wire.get("membership"), wire.get("event_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Reply to `membership` without a `user_id`: the users with one membership."""
+
+    room_id: str
+    membership: str
+    #: Sorted user IDs.
+    members: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"room_id": self.room_id, "membership": self.membership, "members": self.members}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], wire["membership"], list(wire["members"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    """One room, in the reply to `rooms`."""
+
+    room_id: str
+    room_version: str
+    events: int
+
+    def to_wire(self) -> Wire:
+        return {"room_id": self.room_id, "room_version": self.room_version, "events": self.events}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], wire["room_version"], wire["events"])
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """Reply to `rooms`, sorted by room ID."""
+
+    rooms: list[RoomSummary]
+
+    def to_wire(self) -> Wire:
+        return {"rooms": [r.to_wire() for r in self.rooms]}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls([RoomSummary.from_wire(r) for r in wire["rooms"]])
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChain:
+    """Reply to `auth_chain`: the sorted union of the asked-for events' auth chains."""
+
+    event_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"event_ids": self.event_ids}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(list(wire["event_ids"]))
+
+
+@dataclass(frozen=True, slots=True)
+class HeldEvent:
+    """One event waiting for missing prev events, in the reply to `held`."""
+
+    event_id: str
+    room_id: str
+    missing_prev_event_ids: list[str]
+    #: Missing prev events that have still not arrived.
+    waiting_for: list[str]
+    held_since_ms: int
+    stream_sequence: int
+
+    def to_wire(self) -> Wire:
+        return {
+            "event_id": self.event_id,
+            "room_id": self.room_id,
+            "missing_prev_event_ids": self.missing_prev_event_ids,
+            "waiting_for": self.waiting_for,
+            "held_since_ms": self.held_since_ms,
+            "stream_sequence": self.stream_sequence,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["event_id"],
+            wire["room_id"],
+            list(wire["missing_prev_event_ids"]),
+            list(wire["waiting_for"]),
+            wire["held_since_ms"],
+            wire["stream_sequence"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Reply to `held`, oldest first."""
+
+    held: list[HeldEvent]
+
+    def to_wire(self) -> Wire:
+        return {"held": [h.to_wire() for h in self.held]}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls([HeldEvent.from_wire(h) for h in wire["held"]])
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """Reply to `<prefix>.admin.retry`: a parked room's waiting inputs processed."""
+
+    room_id: str
+    processed: int
+    #: Still parked: an input failed again (`error` says how).
+    parked: bool
+    error: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "processed": self.processed,
+            "parked": self.parked,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], wire["processed"], bool(wire["parked"]), wire.get("error"))
+
+
+# -- what the rest of a homeserver asks (docs/queries.md, "Federation queries") ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAllowed:
+    """Reply to `server_allowed`: may the server take part in the room (its ACL)."""
+
+    room_id: str
+    server_name: str
+    allowed: bool
+    #: The `m.room.server_acl` event of the current state; None when there is none.
+    acl_event_id: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "server_name": self.server_name,
+            "allowed": self.allowed,
+            "acl_event_id": self.acl_event_id,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"], wire["server_name"], bool(wire["allowed"]), wire.get("acl_event_id")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleEvents:
+    """Reply to `visible_to_server`."""
+
+    room_id: str
+    server_name: str
+    #: PDUs in the order asked: in full when visible; redacted when hidden and the
+    #: request asked for redaction (else hidden events are left out).
+    events: list[dict[str, Any]]
+    #: IDs the server may see in full.
+    visible: list[str]
+    #: IDs it may not (sent redacted, or withheld).
+    hidden: list[str]
+    #: IDs not served: not stored in this room, or rejected.
+    missing: list[str]
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "server_name": self.server_name,
+            "events": self.events,
+            "visible": self.visible,
+            "hidden": self.hidden,
+            "missing": self.missing,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["server_name"],
+            list(wire["events"]),
+            list(wire["visible"]),
+            list(wire["hidden"]),
+            list(wire["missing"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventList:
+    """Reply to `missing_events` and `backfill`: the PDUs, in the endpoint's order."""
+
+    room_id: str
+    events: list[dict[str, Any]]
+    #: The events' IDs, in the same order (PDUs of room versions 3+ carry none).
+    event_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"room_id": self.room_id, "events": self.events, "event_ids": self.event_ids}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["room_id"], list(wire["events"]), list(wire["event_ids"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StateAndAuthChain:
+    """Reply to `state_and_auth_chain`: what `/state`, `/state_ids` and `/send_join` send."""
+
+    room_id: str
+    #: The event whose state before it this is; None for a prospective event.
+    event_id: str | None
+    #: The prev events of the prospective event; None with `event_id`.
+    prev_event_ids: list[str] | None
+    state_event_ids: list[str]
+    #: The union of the state events' auth chains (without the state events, unless one
+    #: is in another's chain).
+    auth_chain_ids: list[str]
+    #: The PDUs, unless only IDs were asked for.
+    state: list[dict[str, Any]] | None
+    auth_chain: list[dict[str, Any]] | None
+
+    def to_wire(self) -> Wire:
+        wire: Wire = {"room_id": self.room_id}
+        if self.event_id is not None:
+            wire["event_id"] = self.event_id
+        if self.prev_event_ids is not None:
+            wire["prev_event_ids"] = self.prev_event_ids
+        wire["state_event_ids"] = self.state_event_ids
+        wire["auth_chain_ids"] = self.auth_chain_ids
+        if self.state is not None:
+            wire["state"] = self.state
+        if self.auth_chain is not None:
+            wire["auth_chain"] = self.auth_chain
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        prevs = wire.get("prev_event_ids")
+        state = wire.get("state")
+        chain = wire.get("auth_chain")
+        return cls(
+            wire["room_id"],
+            wire.get("event_id"),
+            list(prevs) if prevs is not None else None,
+            list(wire["state_event_ids"]),
+            list(wire["auth_chain_ids"]),
+            list(state) if state is not None else None,
+            list(chain) if chain is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """Reply to `prepare_event`: the graph fields of a new event."""
+
+    room_id: str
+    room_version: str
+    prev_event_ids: list[str]
+    depth: int
+    auth_event_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "room_version": self.room_version,
+            "prev_event_ids": self.prev_event_ids,
+            "depth": self.depth,
+            "auth_event_ids": self.auth_event_ids,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["room_version"],
+            list(wire["prev_event_ids"]),
+            wire["depth"],
+            list(wire["auth_event_ids"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedJoin:
+    """Reply to `restricted_join`."""
+
+    room_id: str
+    user_id: str
+    #: not_restricted, allowed, unable_to_authorise, unable_to_grant or forbidden.
+    outcome: str
+    #: True for not_restricted and allowed: the allow list does not stand in the way
+    #: (the join event still goes through the auth rules).
+    allowed: bool
+    #: With `allowed`: the local user to name in `join_authorised_via_users_server`.
+    authoriser: str | None
+    #: The Matrix error code a refusal carries (M_FORBIDDEN, ...); None when allowed.
+    errcode: str | None
+
+    def to_wire(self) -> Wire:
+        return {
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "outcome": self.outcome,
+            "allowed": self.allowed,
+            "authoriser": self.authoriser,
+            "errcode": self.errcode,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(
+            wire["room_id"],
+            wire["user_id"],
+            wire["outcome"],
+            bool(wire["allowed"]),
+            wire.get("authoriser"),
+            wire.get("errcode"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsForUser:
+    """Reply to `rooms_for_user`: sorted room IDs."""
+
+    user_id: str
+    membership: str
+    room_ids: list[str]
+
+    def to_wire(self) -> Wire:
+        return {"user_id": self.user_id, "membership": self.membership, "room_ids": self.room_ids}
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Self:
+        return cls(wire["user_id"], wire["membership"], list(wire["room_ids"]))
