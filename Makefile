@@ -7,13 +7,22 @@ CONFIG ?= config/roomserver.toml
 BIN := $(VENV)/bin
 comma := ,
 
-.PHONY: run test lint bench clean distclean venv
+.PHONY: run test test-fast lint bench clean distclean venv
 
 run: $(VENV)/.installed-test
 	$(BIN)/roomserver --config $(CONFIG) run
 
+# The whole suite: unit, nats, oracle (Synapse) and faults tests, slow ones included.
 test: $(VENV)/.installed-test+oracle
 	$(BIN)/pytest -q
+
+# Unit tests only (no nats-server, no Synapse, no worker process disturbed), without the
+# slow property tests and with fewer Hypothesis examples; see tests/README.md. Temporary
+# files go to /dev/shm where it exists: the SQLite files are still real files, but their
+# fsyncs (thousands, one per commit) no longer wait for the disk.
+FAST_TMPDIR := $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
+test-fast: $(VENV)/.installed-test
+	TMPDIR=$(FAST_TMPDIR) HYPOTHESIS_PROFILE=fast $(BIN)/pytest -q -m "unit and not slow"
 
 lint: $(VENV)/.installed-test+lint
 	$(BIN)/ruff check .

@@ -5,24 +5,37 @@ dominate a fast suite, so the server lives for the whole session and each test g
 own subject prefix, stream names and durable consumer name (and its streams are deleted
 afterwards). JetStream storage is in memory for speed; the server's own store directory
 is a temporary directory.
+
+Also here: the hook that marks every test unit, nats, oracle or faults, and the `fast`
+Hypothesis profile. The harnesses are in tests/harness/; tests/README.md says which is for
+what and how to run a subset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from tests.harness.markers import mark, unselectable
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.config import Config, load_config
+
+# `make test-fast` sets HYPOTHESIS_PROFILE=fast: property tests that keep Hypothesis's
+# default example count run 20 examples instead of 100. Tests that set their own count
+# keep it; the heaviest of those are marked `slow` and left out of test-fast instead.
+settings.register_profile("fast", max_examples=20)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -84,3 +97,14 @@ async def js(nc: NATS, config: Config) -> AsyncIterator[JetStreamContext]:
         for name in (streams.input, streams.output, streams.deadletter):
             with contextlib.suppress(NotFoundError):
                 await context.delete_stream(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test unit, nats, oracle or faults (tests/harness/markers.py says how)."""
+    mark(items)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m unit`` (``make test-fast``), modules whose tests are all oracle or
+    faults tests are not even imported: no Synapse import, a quicker collection."""
+    return True if unselectable(collection_path, config.option.markexpr) else None

@@ -12,65 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.bus.subjects import Subjects
-from worker.matrix.builder import RoomBuilder
-from worker.matrix.events import Event
-from worker.pipeline import Disposition, InboundMessage, Pipeline
-from worker.storage.database import Database
-
-SUBJECTS = Subjects("rs")
-ALICE = "@alice:example.org"
-
-
-def _pack(value: Any) -> bytes:
-    return bytes(msgpack.packb(value, use_bin_type=True))
-
-
-class Harness:
-    def __init__(self, path: Path, version: str = "10") -> None:
-        self.db = Database(path)
-        self.pipeline = Pipeline(self.db, SUBJECTS)
-        self.builder = RoomBuilder(version, ALICE)
-        self.seq = 0
-        self.bootstrap = self.builder.bootstrap()
-        #: The room's latest accepted event, so new events build on what is stored even
-        #: when the previous one was dead-lettered.
-        self.head = self.bootstrap[-1].event_id
-        for event in self.bootstrap:
-            assert self.send(event) is Disposition.ACK
-
-    @property
-    def room_id(self) -> str:
-        return self.builder.room_id
-
-    def send_raw(self, data: bytes, subject: str | None = None) -> Disposition:
-        self.seq += 1
-        message = InboundMessage(subject or SUBJECTS.input(self.room_id), data, self.seq)
-        return self.pipeline.process_batch([message])[0]
-
-    def send(self, event: Event, **fields: Any) -> Disposition:
-        return self.send_raw(_pack({"event": dict(event.pdu), **fields}))
-
-    def outbox(self) -> list[tuple[str, dict[str, Any]]]:
-        rows = self.db.outbox_pending()
-        if rows:
-            self.db.outbox_delete_through(rows[-1][0])
-        bodies = [(subject, msgpack.unpackb(payload, raw=False)) for _, subject, _, payload in rows]
-        for _, body in bodies:
-            if body.get("type") == "new_room_event":
-                self.head = body["event_id"]
-        return bodies
-
-    def message(self, body: str = "hello") -> Event:
-        return self.builder.message(ALICE, body, prev_events=[self.head])
-
-    def dead_letters(self) -> list[dict[str, Any]]:
-        return [body for subject, body in self.outbox() if ".deadletter." in subject]
+from tests.harness.pipeline import SUBJECTS, Harness, pack
+from worker.pipeline import Disposition
 
 
 @pytest.fixture
@@ -92,7 +39,7 @@ def _pdu(h: Harness, **changes: Any) -> dict[str, Any]:
 
 
 def _input(pdu: Any, **fields: Any) -> bytes:
-    return _pack({"event": pdu, **fields})
+    return pack({"event": pdu, **fields})
 
 
 Case = Callable[[Harness], tuple[bytes, str | None]]
@@ -101,15 +48,15 @@ Case = Callable[[Harness], tuple[bytes, str | None]]
 CASES: dict[str, tuple[Case, str]] = {
     "empty body": (lambda h: (b"", None), "bad_msgpack"),
     "not msgpack": (lambda h: (b"\xc1\xc1\xc1", None), "bad_msgpack"),
-    "truncated msgpack": (lambda h: (_pack({"event": {"a": 1}})[:-3], None), "bad_msgpack"),
-    "map with int keys": (lambda h: (_pack({1: 2}), None), "bad_msgpack"),
-    "a list": (lambda h: (_pack([1, 2]), None), "bad_input"),
-    "a string": (lambda h: (_pack("event"), None), "bad_input"),
-    "an integer": (lambda h: (_pack(7), None), "bad_input"),
-    "nil": (lambda h: (_pack(None), None), "bad_input"),
-    "no event": (lambda h: (_pack({"kind": "new"}), None), "bad_input"),
-    "event is a list": (lambda h: (_pack({"event": [1]}), None), "bad_input"),
-    "event is bytes": (lambda h: (_pack({"event": b"{}"}), None), "bad_input"),
+    "truncated msgpack": (lambda h: (pack({"event": {"a": 1}})[:-3], None), "bad_msgpack"),
+    "map with int keys": (lambda h: (pack({1: 2}), None), "bad_msgpack"),
+    "a list": (lambda h: (pack([1, 2]), None), "bad_input"),
+    "a string": (lambda h: (pack("event"), None), "bad_input"),
+    "an integer": (lambda h: (pack(7), None), "bad_input"),
+    "nil": (lambda h: (pack(None), None), "bad_input"),
+    "no event": (lambda h: (pack({"kind": "new"}), None), "bad_input"),
+    "event is a list": (lambda h: (pack({"event": [1]}), None), "bad_input"),
+    "event is bytes": (lambda h: (pack({"event": b"{}"}), None), "bad_input"),
     "unknown kind": (lambda h: (_input(_pdu(h), kind="future"), None), "bad_input"),
     "kind not a string": (lambda h: (_input(_pdu(h), kind=3), None), "bad_input"),
     "room_version int": (lambda h: (_input(_pdu(h), room_version=10), None), "bad_input"),
@@ -268,6 +215,7 @@ def test_content_hash_mismatch_is_processed_redacted(harness: Harness) -> None:
     assert body["event"]["content"] == {}
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.recursive(
@@ -283,7 +231,7 @@ def test_content_hash_mismatch_is_processed_redacted(harness: Harness) -> None:
 )
 def test_fuzzed_input_never_crashes(harness: Harness, body: Any) -> None:
     before = harness.pipeline.counters.processed
-    disposition = harness.send_raw(_pack(body))
+    disposition = harness.send_raw(pack(body))
     assert disposition in (Disposition.ACK, Disposition.TERM)
     if disposition is Disposition.TERM:
         assert harness.dead_letters()[0]["error"] != "internal_error"
@@ -292,6 +240,7 @@ def test_fuzzed_input_never_crashes(harness: Harness, body: Any) -> None:
         harness.outbox()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     key=st.sampled_from(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgpack
 
-from tests.test_bad_input import SUBJECTS, _pack
+from tests.harness.pipeline import SUBJECTS, pack
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.hashes import content_hash, encode_base64
 from worker.pipeline import Disposition, InboundMessage, Pipeline
@@ -28,7 +28,7 @@ def test_v12_create_event_from_a_sender_without_domain_is_dead_lettered(
     # The room ID is derived from the event ID, which the changed PDU no longer has;
     # the subject names the room the event claims, as a publisher would.
     room_id = "!" + builder.room_id[1:]
-    message = InboundMessage(SUBJECTS.input(room_id), _pack({"event": pdu}), 1)
+    message = InboundMessage(SUBJECTS.input(room_id), pack({"event": pdu}), 1)
     assert pipeline.process_batch([message]) == [Disposition.TERM]
     [(_, subject, _, payload)] = db.outbox_pending()
     assert ".deadletter." in subject

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_bad_input import ALICE, Harness
+from tests.harness.pipeline import ALICE, Harness
 from worker.matrix.events import Event
 from worker.pipeline import Disposition
-from worker.storage.schema import STATUS_REJECTED, STATUS_SOFT_FAILED
+from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED, STATUS_SOFT_FAILED
 
 oracle = pytest.importorskip("tests.oracle.synapse_state")
 
@@ -86,7 +86,7 @@ def test_resolution_may_choose_an_event_from_the_auth_difference(
 
     assert h.send(merge) is Disposition.ACK
     row = h.db.get_event_row(merge.event_id)
-    assert row is not None and row.status == 0
+    assert row is not None and row.status == STATUS_ACCEPTED
     assert _state(h, row.before_snapshot_nid) == expected
     assert h.pipeline.resolve_snapshots(
         room, [_after(h, rejoin), _after(h, invite_only)]
@@ -141,7 +141,7 @@ def test_an_event_built_on_a_soft_failed_event_ends_its_parents_extremity(
         assert h.send(event) is Disposition.ACK
     assert fork.status(soft) == STATUS_SOFT_FAILED
     assert fork.status(softer) == STATUS_SOFT_FAILED
-    assert fork.status(reply) == 0
+    assert fork.status(reply) == STATUS_ACCEPTED
     expected = {fork.ban.event_id, reply.event_id}
     assert _room_latest(h) == expected
     [(_, body)] = [(s, b) for s, b in h.outbox() if b.get("event_id") == reply.event_id]
@@ -168,7 +168,7 @@ def test_an_event_built_on_a_rejected_event_leaves_its_parents_extremity(
     for event in (topic, after):
         assert h.send(event) is Disposition.ACK
     assert fork.status(topic) == STATUS_REJECTED
-    assert fork.status(after) == 0
+    assert fork.status(after) == STATUS_ACCEPTED
     assert _room_latest(h) == {fork.side.event_id, fork.ban.event_id, after.event_id}
 
 

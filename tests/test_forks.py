@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_bad_input import ALICE, SUBJECTS, Harness
+from tests.harness.pipeline import ALICE, SUBJECTS, Harness
 from worker.matrix.state_res import resolve_state
 from worker.pipeline import Disposition, Pipeline
-from worker.storage.database import Database
+from worker.storage.schema import STATUS_OUTLIER
 
 BOB = "@bob:example.org"
 CAROL = "@carol:other.org"
@@ -127,17 +127,12 @@ def test_join_over_federation_with_outliers_and_supplied_state(tmp_path: Path) -
     msg = source.builder.message(BOB, "hello from bob")
     # A second worker database that has never seen the room: the auth chain and state
     # arrive as outliers, then Bob's message with the state before it supplied.
-    h = Harness.__new__(Harness)
-    h.db = Database(tmp_path / "joined")
-    h.pipeline = Pipeline(h.db, SUBJECTS)
-    h.builder = source.builder
-    h.seq = 0
-    h.head = join.event_id
+    h = Harness(tmp_path / "joined", room=source.builder)
     for event in (*source.bootstrap, join):
         assert h.send(event, kind="outlier", room_version="10") is Disposition.ACK
     assert h.outbox() == []
     row = h.db.get_event_row(join.event_id)
-    assert row is not None and row.status == 3 and row.before_snapshot_nid == 0
+    assert row is not None and row.status == STATUS_OUTLIER and row.before_snapshot_nid == 0
     state_ids = list(source.builder.state_after(join.event_id).values())
     assert h.send(msg, state_event_ids=state_ids) is Disposition.ACK
     [(_, body)] = h.outbox()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.test_bad_input import ALICE, Harness
+from tests.harness.pipeline import ALICE, Harness
 from worker.pipeline import Disposition
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_bad_input import ALICE, Harness
+from tests.harness.pipeline import ALICE, Harness
 from worker.verify import verify
 
 BOB = "@bob:example.org"

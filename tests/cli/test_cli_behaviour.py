@@ -12,8 +12,8 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import Result, cli
-from tests.faults.procs import free_port
+from tests.harness.e2e import Result, cli
+from tests.harness.procs import free_port
 from tests.query.scenario import served_story
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import cli, publish_inputs, running_worker
+from tests.harness.e2e import cli, publish_inputs, running_worker
 from tests.query.federation_scenario import ALICE, RITA, VERSION, ZED, build_rooms
 from tests.query.scenario import wait_processed
 from worker.config import Config

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import cli, input_for, publish_inputs
+from tests.harness.e2e import cli, input_for, publish_inputs
 from tests.query.scenario import ALICE, BOB, CAROL, DAVE, EVE, VERSION, served_story, wait_processed
 from worker.cli import EXIT_FAILURE, EXIT_NOT_FOUND
 from worker.config import Config

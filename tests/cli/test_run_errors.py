@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.procs import REPO, free_port
+from tests.harness.procs import REPO, free_port
 from worker.cli import EXIT_CONFIG, EXIT_USAGE
 
 
@@ -71,6 +71,7 @@ def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
     assert_one_line(result, f"roomserver: configuration: storage.path {storage} is not a directory")
 
 
+@pytest.mark.nats  # the worker starts its embedded nats-server, which cannot listen
 def test_busy_nats_listen_port(tmp_path: Path, busy_port: int) -> None:
     """The embedded nats-server cannot listen: its banner and its fatal line stay out
     of the console; the worker says which setting to change."""

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
-from tests.faults.procs import NatsProcess, free_port, http_get
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.procs import NatsProcess, free_port, http_get
 from worker.bus.subjects import Subjects
 from worker.cli import EXIT_CONFIG
 from worker.config import Config, MetricsConfig

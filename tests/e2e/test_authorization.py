@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
 

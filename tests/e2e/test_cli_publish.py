@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import cli, outputs_reader, running_worker
+from tests.harness.e2e import cli, outputs_reader, running_worker
 from worker.config import Config
 
 

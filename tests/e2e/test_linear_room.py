@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
 from worker.bus.subjects import Subjects
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder

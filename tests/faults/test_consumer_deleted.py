@@ -9,9 +9,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.faults.conftest import RunResult, compare, site
-from tests.faults.feed import Feed
-from tests.faults.procs import free_port, http_get, metric_value, stream_count
+from tests.harness.feed import Feed
+from tests.harness.procs import free_port, http_get, metric_value, stream_count
+from tests.harness.sites import RunResult, compare, site
 
 
 async def test_consumer_deleted_under_the_worker(

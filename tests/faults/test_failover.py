@@ -11,9 +11,9 @@ import random
 import signal
 from pathlib import Path
 
-from tests.faults.conftest import RunResult, compare, site
-from tests.faults.feed import Feed
-from tests.faults.procs import WorkerProcess, stream_count
+from tests.harness.feed import Feed
+from tests.harness.procs import WorkerProcess, stream_count
+from tests.harness.sites import RunResult, compare, site
 
 ROUNDS = 2
 

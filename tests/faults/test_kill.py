@@ -15,9 +15,9 @@ from pathlib import Path
 
 import msgpack
 
-from tests.faults.conftest import RunResult, Site, compare, finish, site
-from tests.faults.feed import Feed
-from tests.faults.procs import WorkerProcess, dump_database, outbox_rows, stream_count
+from tests.harness.feed import Feed
+from tests.harness.procs import WorkerProcess, dump_database, outbox_rows, stream_count
+from tests.harness.sites import RunResult, Site, compare, finish, site
 
 KILLS = 12
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.faults.conftest import RunResult
-from tests.faults.feed import Feed
+from tests.harness.feed import Feed
+from tests.harness.sites import RunResult
 
 #: Keys only a whole PDU (or its content) would bring into a log line.
 PDU_KEYS = ('"content"', '"signatures"', '"hashes"', '"prev_events"', '"auth_events"')

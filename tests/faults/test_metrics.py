@@ -12,8 +12,8 @@ import pytest
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
-from tests.faults.procs import free_port, http_get, metric_value
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.procs import free_port, http_get, metric_value
 from worker.bus.subjects import Subjects
 from worker.config import Config, ConfigError, MetricsConfig, load_config
 from worker.synthetic import linear_room

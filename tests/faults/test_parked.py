@@ -15,15 +15,15 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.faults.conftest import RunResult, Site, site
-from tests.faults.feed import Feed
-from tests.faults.procs import (
+from tests.harness.feed import Feed
+from tests.harness.procs import (
     StoredMessage,
     WorkerProcess,
     free_port,
     http_get,
     metric_value,
 )
+from tests.harness.sites import RunResult, Site, site
 from worker.bus.subjects import Subjects
 
 pytestmark = pytest.mark.faults

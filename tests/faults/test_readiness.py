@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.faults.procs import NatsProcess, WorkerProcess, free_port, http_get, worker_env
+from tests.harness.procs import NatsProcess, WorkerProcess, free_port, http_get, worker_env
 from worker.config import NatsConfig
 
 GRACE = NatsConfig().ready_grace

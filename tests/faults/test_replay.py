@@ -10,8 +10,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.faults.conftest import Site, site
-from tests.faults.procs import read_stream, stream_count
+from tests.harness.procs import read_stream, stream_count
+from tests.harness.sites import Site, site
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects

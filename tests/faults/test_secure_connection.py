@@ -13,7 +13,7 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from tests.faults.procs import NatsProcess, WorkerProcess, worker_env
+from tests.harness.procs import NatsProcess, WorkerProcess, worker_env
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

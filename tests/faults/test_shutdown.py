@@ -7,9 +7,9 @@ import signal
 import time
 from pathlib import Path
 
-from tests.faults.conftest import RunResult, compare, finish, site
-from tests.faults.feed import Feed
-from tests.faults.procs import WorkerProcess, free_port, stream_count, worker_env
+from tests.harness.feed import Feed
+from tests.harness.procs import WorkerProcess, free_port, stream_count, worker_env
+from tests.harness.sites import RunResult, compare, finish, site
 
 #: A stopping worker finishes its batch, so this is generous.
 PROMPT = 10.0

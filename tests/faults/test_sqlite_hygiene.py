@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
-from tests.faults.conftest import site
-from tests.faults.procs import WorkerProcess
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.procs import WorkerProcess
+from tests.harness.sites import site
 from worker.config import Config, MetricsConfig
 from worker.storage.database import DB_FILENAME, open_connection
 from worker.synthetic import linear_room

@@ -16,8 +16,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.faults.conftest import RunResult, compare, site
-from tests.faults.feed import Feed
+from tests.harness.feed import Feed
+from tests.harness.sites import RunResult, compare, site
 from worker.cli import EXIT_STORAGE_FAULT
 from worker.storage.database import DB_FILENAME
 

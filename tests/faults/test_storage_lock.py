@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.procs import WorkerProcess, cli, free_port, http_get, worker_env
+from tests.harness.procs import WorkerProcess, cli, free_port, http_get, worker_env
 from worker.cli import EXIT_STORAGE_LOCKED
 from worker.synthetic import linear_room
 

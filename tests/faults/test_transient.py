@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, outputs_reader, publish_inputs, running_worker
+from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
 from worker.config import Config, MetricsConfig
 from worker.matrix.pdu import parse_pdu
 from worker.matrix.room_versions import get_room_version

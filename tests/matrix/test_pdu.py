@@ -394,6 +394,7 @@ PDU_KEYS = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     version=st.sampled_from(ALL),
@@ -422,6 +423,7 @@ def test_mutated_pdus_raise_only_pdu_error(
     assert all(isinstance(e, str) for e in event.prev_event_ids + event.auth_event_ids)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(version=st.sampled_from(ALL), value=msgpack_values)
 def test_arbitrary_values_raise_only_pdu_error(version: RoomVersion, value: Any) -> None:

@@ -113,6 +113,7 @@ events = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.sampled_from(list(ROOM_VERSIONS.values())), events)
 def test_redaction_is_idempotent(version: Any, pdu: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tests.e2e.harness import input_for
+from tests.harness.e2e import input_for
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.events import Event
 

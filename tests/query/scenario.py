@@ -14,7 +14,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, publish_inputs, running_worker
+from tests.harness.e2e import input_for, publish_inputs, running_worker
 from worker.app import Worker
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder

@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import running_worker
+from tests.harness.e2e import running_worker
 from tests.query.scenario import ALICE, BOB, wait_processed
 from worker.bus.streams import ensure_streams
 from worker.client import RoomserverClient, embedded_server_url

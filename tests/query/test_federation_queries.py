@@ -21,7 +21,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import deadletter_reader, input_for, publish_inputs, running_worker
+from tests.harness.e2e import deadletter_reader, input_for, publish_inputs, running_worker
 from tests.query.federation_scenario import ACL, ALICE, BOB, RITA, VERSION, ZED, Rooms, build_rooms
 from tests.query.scenario import wait_processed
 from worker.client import RoomserverClient, RoomserverError

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, publish_inputs
+from tests.harness.e2e import input_for, publish_inputs
 from tests.query.scenario import (
     ALICE,
     BOB,

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.e2e.harness import input_for, publish_inputs, running_worker
+from tests.harness.e2e import input_for, publish_inputs, running_worker
 from tests.query.scenario import ALICE, VERSION, served_story, wait_processed
 from worker.bus.subjects import Subjects
 from worker.client import RoomserverClient, RoomserverError

@@ -88,6 +88,7 @@ def fill(
     return states, keys, types, event_ids
 
 
+@pytest.mark.slow  # thousands of state events through tiny caches: seconds
 async def test_caches_stay_bounded_on_both_sides(tmp_path: Path) -> None:
     states, keys, types, event_ids = fill(tmp_path)
     type_names = {nid: name for name, nid in types.items()}
