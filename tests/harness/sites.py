@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from tests.harness.procs import (
     worker_env,
 )
 from worker.bus.connection import connect
-from worker.bus.publisher import Publisher
+from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.streams import ensure_streams
 from worker.config import Config, NatsConfig, load_config
 
@@ -85,7 +85,10 @@ class Site:
         """`roomserver ARGS` against this site; (exit status, output)."""
         return cli(self.env(), self.base / "cwd", *args, timeout=timeout)
 
-    async def publish(self, feed: Feed, timeout: float = 30.0) -> None:
+    async def publish(
+        self, feed: Feed, timeout: float = 30.0, messages: Sequence[Outgoing] | None = None
+    ) -> None:
+        """Publish the feed's inputs (or only `messages`, a part of them)."""
         # A new cluster answers only once it has elected its JetStream leaders.
         deadline = time.monotonic() + timeout
         while True:
@@ -96,7 +99,8 @@ class Site:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        acks = await Publisher(self.js, self.config).publish_many(feed.messages)
+        chosen = feed.messages if messages is None else messages
+        acks = await Publisher(self.js, self.config).publish_many(chosen)
         assert not any(ack.duplicate for ack in acks)
 
     async def settled(self) -> bool:
