@@ -12,6 +12,8 @@ Scenarios (inputs are published before the clock starts, then drained):
   `oracle` extra is installed.
 - fork: a fork in a 10,000-member room through the pipeline (bench/fork_bench.py).
 - queries: state-query latency in a room with 10,000 state entries (bench/query_bench.py).
+- federation queries: backfill, missing_events and state_and_auth_chain latency in the
+  same size of room (bench/federation_queries_bench.py).
 
 `--quick` runs every scenario at a small size (about a minute), as a smoke test.
 
@@ -41,6 +43,7 @@ import msgpack
 from nats.js import JetStreamContext, api
 
 from bench.common import worker_env
+from bench.federation_queries_bench import bench_federation
 from bench.fork_bench import bench_fork
 from bench.forked_room import build_forked_room
 from bench.query_bench import bench_queries
@@ -291,6 +294,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             queries = await bench_queries(
                 server.url, workdir, entries=args.query_entries, samples=args.query_samples
             )
+            federation = await bench_federation(
+                server.url, workdir, members=args.query_entries, samples=args.federation_samples
+            )
     forked_result["outcomes"] = forked_outcomes
     forked_result["merges"] = sum(1 for p in forked if len(p["prev_events"]) > 1)
     forked_result["members"] = args.forked_members
@@ -319,6 +325,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "synapse_in_memory": synapse,
         "fork": fork,
         "queries": queries,
+        "federation_queries": federation,
     }
 
 
@@ -391,6 +398,19 @@ def _table(report: dict[str, Any]) -> str:
         f"one key p50 {q['filtered']['p50_ms']:.2f} ms; "
         f"service time (warm) {q['service_warm_avg_ms']:.1f} ms",
     ]
+    fed = report["federation_queries"]
+    lines += ["", f"federation queries, {fed['members']:,}-member room ({fed['events']:,} events):"]
+    for name, label in (
+        ("backfill_100", "backfill, 100 events"),
+        ("backfill_100_filtered", "backfill, 100 events, filtered for a server"),
+        ("missing_events_20", "missing_events, 20 events, filtered"),
+        ("state_ids_at_event", "state_and_auth_chain, IDs, at an event"),
+        ("state_ids_for_new_event", "state_and_auth_chain, IDs, for new event"),
+    ):
+        figures = fed[name]
+        lines.append(
+            f"  {label:<44} p50 {figures['p50_ms']:8.2f} ms   p99 {figures['p99_ms']:8.2f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -408,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fork-members", type=int, default=10_000)
     parser.add_argument("--query-entries", type=int, default=10_000)
     parser.add_argument("--query-samples", type=int, default=200)
+    parser.add_argument("--federation-samples", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     args = parser.parse_args(argv)
     # Building the forked room runs the pipeline in this process: its logs are not news.
@@ -416,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.members, args.events, args.small_rooms = 200, 2000, 20
         args.forked_members, args.forked_events = 100, 500
         args.fork_members, args.query_entries, args.query_samples = 500, 500, 20
+        args.federation_samples = 10
     report = asyncio.run(main_async(args))
     print(_table(report))
     RESULTS.mkdir(parents=True, exist_ok=True)
