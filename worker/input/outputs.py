@@ -8,7 +8,6 @@ after a crash a no-op for JetStream.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
