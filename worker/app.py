@@ -69,8 +69,11 @@ GC_GEN0_THRESHOLD = 50_000
 class Worker:
     """One roomserver worker: owns the database thread and the NATS connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, partition: int | None = None) -> None:
         self.config = config
+        #: The partition this worker processes (config is already `for_partition`'s),
+        #: whose query and admin subjects it answers; None without partitions.
+        self.partition = partition
         self.subjects = Subjects(config.streams.subject_prefix)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomserver-db")
         self._db: TimedDatabase | None = None
@@ -173,7 +176,7 @@ class Worker:
             # Queries read the same file through their own read-only connection; they
             # stop before the database closes (the exit stack unwinds in reverse).
             self.queries = await QueryService.start(
-                self.nc, Path(self.config.storage.path), self.subjects
+                self.nc, Path(self.config.storage.path), self.subjects, self.partition
             )
             stack.push_async_callback(self.queries.stop)
             self._publisher = Publisher(js, self.config)
@@ -187,7 +190,7 @@ class Worker:
             for room_id in self.pipeline.parked_room_ids():
                 await self._retry_room(room_id, stop)
             retry_subscription = await nc.subscribe(
-                self.subjects.admin("retry"), cb=self._on_retry_request
+                self.subjects.admin("retry", self.partition), cb=self._on_retry_request
             )
             stack.push_async_callback(_unsubscribe, retry_subscription)
             self._consumer_running = not stop.is_set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Final
@@ -60,6 +60,10 @@ log = structlog.get_logger(__name__)
 _SUBJECT_CACHE_SIZE: Final = 100_000
 #: Parked inputs retried in one transaction.
 RETRY_CHUNK: Final = 200
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +144,16 @@ class _Verdict:
 
 
 class Pipeline:
-    def __init__(self, db: Database, subjects: Subjects, held_max_wait: float = 60.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        subjects: Subjects,
+        held_max_wait: float = 60.0,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        #: Milliseconds since the epoch, for holding events: the wall clock, or the
+        #: stream's when rebuilding (worker.rebuild).
+        self.clock = clock or _wall_clock_ms
         self.db = db
         #: How long an event may wait for missing prev events before it is processed
         #: with the state that is known.
@@ -513,7 +526,7 @@ class Pipeline:
                     subject=message.subject,
                     stream_sequence=message.stream_sequence,
                     payload=message.data,
-                    now_ms=int(time.time() * 1000),
+                    now_ms=self.clock(),
                 )
                 self.held_count += 1
                 log.info("holding event until its prev events arrive", missing=missing, **ids)
