@@ -64,8 +64,8 @@ async def test_two_partitions_end_like_one_worker_despite_a_sigkill(
                 lambda: supervisor.logged("partition worker started") >= PARTITIONS,
                 "both partition workers started",
             )
-            started = [l for l in supervisor.lines if l.get("event") == "partition worker started"]
-            victim = next(int(l["pid"]) for l in started if l["partition"] == 0)
+            started = [e for e in supervisor.lines if e.get("event") == "partition worker started"]
+            victim = next(int(e["pid"]) for e in started if e["partition"] == 0)
             await supervisor.until(
                 lambda: supervisor.logged("worker ready") >= 1, "a partition worker ready"
             )
