@@ -5,8 +5,15 @@ Scenarios (inputs are published before the clock starts, then drained):
   stream, same batch size, no processing: the yardstick.
 - linear: one room, 2,000 members join, then 50,000 mixed events.
 - small rooms: many rooms of a few dozen events each.
+- forked: a room of 800 members where servers split and merge (~15 % of events merge
+  branches), with rejected and soft-failed events (bench/forked_room.py), 5,000 events.
+- Synapse in memory: the same forked events through Synapse's own auth and state
+  resolution functions, no database (bench/synapse_yardstick.py); only when the test-only
+  `oracle` extra is installed.
 - fork: a fork in a 10,000-member room through the pipeline (bench/fork_bench.py).
 - queries: state-query latency in a room with 10,000 state entries (bench/query_bench.py).
+
+`--quick` runs every scenario at a small size (about a minute), as a smoke test.
 
 The worker runs as its own process (`roomserver run`), so its peak RSS is its own; its
 RSS is sampled through the run to show whether memory stays flat. Figures are printed
@@ -35,13 +42,16 @@ from nats.js import JetStreamContext, api
 
 from bench.common import worker_env
 from bench.fork_bench import bench_fork
+from bench.forked_room import build_forked_room
 from bench.query_bench import bench_queries
+from bench.synapse_yardstick import bench_synapse, synapse_available
 from worker.bus.connection import connect
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
-from worker.config import Config, load_config
+from worker.config import Config, LogConfig, load_config
+from worker.logs import configure_logging
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.room_versions import get_room_version
 from worker.synthetic import linear_room
@@ -141,8 +151,17 @@ def _rss_kib(pid: int) -> tuple[int, int]:
 
 
 async def bench_worker(
-    url: str, name: str, items: list[Prepared], state_events: int, workdir: Path, tag: str
+    url: str,
+    name: str,
+    items: list[Prepared],
+    state_events: int,
+    workdir: Path,
+    tag: str,
+    outputs: int | None = None,
 ) -> dict[str, Any]:
+    """Run the worker process over `items`; done when its output stream holds `outputs`
+    messages (default one per input; redactions add one each)."""
+    expected = len(items) if outputs is None else outputs
     storage = workdir / f"data-{tag}"
     config = _config(url, storage, tag)
     nc = await connect(config.nats)
@@ -182,7 +201,7 @@ async def bench_worker(
             info = await js.stream_info(config.streams.output)
             current, peak = _rss_kib(proc.pid)
             samples.append(current)
-            if info.state.messages >= len(items):
+            if info.state.messages >= expected:
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"the worker exited early ({proc.returncode})")
@@ -213,6 +232,7 @@ async def bench_worker(
     return {
         "scenario": name,
         "events": len(items),
+        "outputs": expected,
         "stored_events": events,
         "dead_letters": dead,
         "seconds": elapsed,
@@ -243,6 +263,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         small.extend(linear_room(version, members=5, events=20, seed=1000 + seed))
     linear_items = _inputs(linear, version)
     small_items = _inputs(small, version)
+    started = time.perf_counter()
+    forked, forked_outcomes = await asyncio.to_thread(
+        build_forked_room, version, args.forked_members, args.forked_events
+    )
+    forked_build_seconds = time.perf_counter() - started
+    forked_items = _inputs(forked, version)
     with tempfile.TemporaryDirectory(prefix="roomserver-bench-") as tmp:
         workdir = Path(tmp)
         async with EmbeddedNatsServer(workdir / "nats", port=0) as server:
@@ -253,12 +279,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             small_result = await bench_worker(
                 server.url, "small_rooms", small_items, _count_state(small), workdir, "small"
             )
+            forked_result = await bench_worker(
+                server.url,
+                "forked",
+                forked_items,
+                _count_state(forked),
+                workdir,
+                "forked",
+                outputs=forked_outcomes["outputs"],
+            )
             queries = await bench_queries(
                 server.url, workdir, entries=args.query_entries, samples=args.query_samples
             )
+    forked_result["outcomes"] = forked_outcomes
+    forked_result["merges"] = sum(1 for p in forked if len(p["prev_events"]) > 1)
+    forked_result["members"] = args.forked_members
+    forked_result["build_seconds"] = forked_build_seconds
+    synapse = None
+    if synapse_available() and not args.no_synapse:
+        synapse = await asyncio.to_thread(bench_synapse, forked, version)
     fork = await asyncio.to_thread(bench_fork, args.fork_members, version)
-    for result in (linear_result, small_result):
-        result["relay_ratio"] = result["events_per_s"] / relay["events_per_s"]
+    for result in (linear_result, small_result, forked_result, synapse):
+        if result is not None:
+            result["relay_ratio"] = result["events_per_s"] / relay["events_per_s"]
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -267,37 +310,67 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "members": args.members,
             "events": args.events,
             "small_rooms": args.small_rooms,
+            "forked_members": args.forked_members,
+            "forked_events": args.forked_events,
             "batch_size": BATCH,
         },
         "relay": relay,
-        "scenarios": [linear_result, small_result],
+        "scenarios": [linear_result, small_result, forked_result],
+        "synapse_in_memory": synapse,
         "fork": fork,
         "queries": queries,
     }
 
 
 def _table(report: dict[str, Any]) -> str:
+    """Every figure of the run in one table, throughput against the run's bare relay."""
     relay = report["relay"]
-    lines = [
-        f"bare relay: {relay['events_per_s']:,.0f} events/s ({relay['events']} events)",
-        "",
-        f"{'scenario':<12} {'events':>8} {'events/s':>10} {'x relay':>8} {'triples/state ev':>17} "
-        f"{'max blocks':>10} {'bytes/event':>12} {'peak RSS MiB':>13}  RSS by quarter",
-    ]
+    p = report["parameters"]
+    head = (
+        f"{'':<44} {'events':>7} {'events/s':>9} {'x relay':>8} {'triples/st':>10} "
+        f"{'blocks':>6} {'B/event':>8} {'RSS MiB':>8}  RSS by quarter"
+    )
+    lines = [head, "-" * len(head)]
+    lines.append(
+        f"{'bare relay (NATS in, NATS out)':<44} {relay['events']:>7} "
+        f"{relay['events_per_s']:>9,.0f} {1:>8.3f}"
+    )
+    labels = {
+        "linear": f"linear room, {p['members']:,} members",
+        "small_rooms": f"small rooms, {p['small_rooms']} of ~24 events",
+        "forked": f"forked room, {p['forked_members']:,} members",
+    }
     for s in report["scenarios"]:
         lines.append(
-            f"{s['scenario']:<12} {s['events']:>8} {s['events_per_s']:>10,.0f} "
-            f"{s['relay_ratio']:>8.2f} {s['triples_per_state_event']:>17.2f} "
-            f"{s['max_blocks_per_snapshot']:>10} {s['sqlite_bytes_per_event']:>12,.0f} "
-            f"{s['peak_rss_mib']:>13.1f}  {s['rss_mib_by_quarter']}"
+            f"{labels.get(s['scenario'], s['scenario']):<44} {s['events']:>7} "
+            f"{s['events_per_s']:>9,.0f} {s['relay_ratio']:>8.3f} "
+            f"{s['triples_per_state_event']:>10.2f} {s['max_blocks_per_snapshot']:>6} "
+            f"{s['sqlite_bytes_per_event']:>8,.0f} {s['peak_rss_mib']:>8.1f}  "
+            f"{s['rss_mib_by_quarter']}"
         )
         if s["dead_letters"]:
             lines.append(f"  !! {s['dead_letters']} dead letters: {s['worker_stderr_tail'][-500:]}")
+    forked = report["scenarios"][-1]
+    outcomes = {k: v for k, v in forked["outcomes"].items() if k != "outputs"}
+    lines.append(
+        f"  (forked: {forked['merges']} merges; "
+        + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items()))
+        + ")"
+    )
+    synapse = report.get("synapse_in_memory")
+    if synapse is None:
+        lines.append(f"{'Synapse in memory, same forked events':<44} (oracle extra not installed)")
+    else:
+        lines.append(
+            f"{'Synapse in memory, same forked events':<44} {synapse['events']:>7} "
+            f"{synapse['events_per_s']:>9,.0f} {synapse['relay_ratio']:>8.3f}  "
+            "(auth + state res only; no I/O)"
+        )
     fork = report["fork"]
     lines += [
         "",
-        f"fork in a {fork['members']:,}-member room ({fork['state_entries']:,} state entries), "
-        "through the pipeline:",
+        f"fork in a {fork['members']:,}-member room ({fork['state_entries']:,} state "
+        "entries), through the pipeline in process:",
     ]
     for name, label in (
         ("fork_event", "event creating the second extremity"),
@@ -306,7 +379,7 @@ def _table(report: dict[str, Any]) -> str:
     ):
         figures = fork[name]
         lines.append(
-            f"  {label:<40} {figures['milliseconds']:>8.1f} ms "
+            f"  {label:<42} {figures['milliseconds']:>9.1f} ms "
             f"{figures['triples_written']:>5} triples written"
         )
     q = report["queries"]
@@ -327,13 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--small-rooms", type=int, default=300)
+    parser.add_argument("--forked-members", type=int, default=800)
+    parser.add_argument("--forked-events", type=int, default=5000)
+    parser.add_argument(
+        "--no-synapse", action="store_true", help="skip Synapse's in-memory yardstick"
+    )
     parser.add_argument("--fork-members", type=int, default=10_000)
     parser.add_argument("--query-entries", type=int, default=10_000)
     parser.add_argument("--query-samples", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     args = parser.parse_args(argv)
+    # Building the forked room runs the pipeline in this process: its logs are not news.
+    configure_logging(LogConfig(level="warning"))
     if args.quick:
         args.members, args.events, args.small_rooms = 200, 2000, 20
+        args.forked_members, args.forked_events = 100, 500
         args.fork_members, args.query_entries, args.query_samples = 500, 500, 20
     report = asyncio.run(main_async(args))
     print(_table(report))

@@ -133,7 +133,7 @@ async def rebuild(nc: NATS, config: Config, partition: int | None, into: Path) -
                 last = inbound[-1].stream_sequence
             pipeline.release_expired(now_ms=int(time.time() * 1000))
             _drop_outputs(pipeline)
-            pipeline.forget_published()
+            pipeline.outbox.forget_published()
         finally:
             db.close()
             with contextlib.suppress(Exception):
@@ -146,5 +146,5 @@ async def rebuild(nc: NATS, config: Config, partition: int | None, into: Path) -
 
 def _drop_outputs(pipeline: Pipeline) -> None:
     """The live worker published these; the rebuild only needs the state."""
-    if pipeline.emitted:
-        pipeline.mark_published(pipeline.emitted[-1][0])
+    if pipeline.outbox.emitted:
+        pipeline.outbox.mark_published(pipeline.outbox.emitted[-1].seq)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bus.subjects import Subjects
-from worker.pipeline import Pipeline
+from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
+from worker.storage.events import EventStore
 from worker.storage.inspection import Inspector
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
+from worker.storage.state import StateStore
 
 
 @dataclass(slots=True)
@@ -105,7 +106,8 @@ def _verify(inspector: Inspector, db: Database) -> Report:
             if snap and snapshots.get(snap) != room_nid:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
 
-    pipeline = Pipeline(db, Subjects())
+    states = StateStore(db)
+    resolver = NidResolver(db, states, EventStore(db))
     for room in inspector.rooms():
         room_nid, room_id = room.nid, room.room_id
         report.rooms += 1
@@ -124,8 +126,8 @@ def _verify(inspector: Inspector, db: Database) -> Report:
         if not latest_snapshots or len(latest_snapshots) != len(room.latest_event_nids):
             continue
         try:
-            expected = pipeline.resolve_snapshots(room, latest_snapshots)
-            current = pipeline.state.load(room.snapshot_nid)
+            expected = resolver.resolve(room.room_version, latest_snapshots)
+            current = states.load(room.snapshot_nid)
         except Exception as exc:  # a broken snapshot must be reported, not crash the check
             report.fault(f"room {room_id}: could not load or resolve its state ({exc})")
             continue

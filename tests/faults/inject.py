@@ -20,19 +20,19 @@ from pathlib import Path
 
 import worker.storage.database as database
 from worker import cli
-from worker.pipeline import Pipeline
+from worker.pipeline.state import EventStates
 from worker.storage.events import StoredEvent
 
 
 def _inject_failure(path: Path) -> None:
-    original = Pipeline._state_after
+    original = EventStates.after
 
-    def failing(self: Pipeline, stored: StoredEvent, room: database.RoomRow) -> StoredEvent:
+    def failing(self: EventStates, stored: StoredEvent, room: database.RoomRow) -> StoredEvent:
         if path.exists() and stored.event.event_id == path.read_text().strip():
             raise RuntimeError(f"injected fault on {stored.event.event_id}")
         return original(self, stored, room)
 
-    Pipeline._state_after = failing  # type: ignore[method-assign]
+    EventStates.after = failing  # type: ignore[method-assign]
 
 
 def _limit_pages(pages: int) -> None:

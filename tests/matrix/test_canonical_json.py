@@ -7,8 +7,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.matrix.canonical_json import (
@@ -56,8 +57,16 @@ def test_floats_strict_and_lenient() -> None:
         assert raised.value.strict_violation
     assert encode_canonical_json({"x": 50.0, "y": -0.0}, strict=False) == b'{"x":50,"y":0}'
     assert encode_canonical_json({"u": 50.57}, strict=False) == b'{"u":50.57}'
+    # Any float sends the value down the `json` path (see the next test).
     assert check_json({"x": [1, {"y": 2.0}]}, strict=False) is True
-    assert check_json({"x": [1, {"y": 2.5}]}, strict=False) is False
+    assert check_json({"x": [1, {"y": 2.5}]}, strict=False) is True
+    assert check_json({"x": [1, {"y": "2.5"}]}, strict=False) is False
+
+
+def test_lenient_floats_keep_pythons_shortest_form() -> None:
+    # orjson writes 1e-7; the form kept for v1–5 rooms is Python's (what Synapse's
+    # canonicaljson wrote for the old floaty power levels).
+    assert encode_canonical_json({"f": 1e-07, "h": 0.1}, strict=False) == (b'{"f":1e-07,"h":0.1}')
 
 
 def test_bool_is_not_an_integer_for_range_checks() -> None:
@@ -180,3 +189,75 @@ def test_lenient_floats_decode_to_the_same_number(number: float) -> None:
     assert json.loads(encoded)["n"] == number
     if number.is_integer():
         assert b"." not in encoded and b"e" not in encoded
+
+
+# -- orjson against the standard library -------------------------------------------------
+#
+# The spec (appendices, "Canonical JSON") defines the form by Python's
+# `json.dumps(value, ensure_ascii=False, separators=(',',':'), sort_keys=True)`: "the
+# shortest UTF-8 JSON encoding with dictionary keys lexicographically sorted by Unicode
+# codepoint", and its grammar escapes only `"`, `\\` and U+0000–U+001F ("unescaped =
+# %x20-21 / %x23-5B / %x5D-10FFFF"), with \\b \\t \\n \\f \\r and `u000X`/`u001X` in
+# lowercase hex for the rest. `encode_checked` uses orjson; these check it writes exactly
+# the spec's reference encoding.
+
+#: Characters where encoders differ: controls, DEL, the JS line separators, quotes and
+#: backslashes, BMP edge cases, non-BMP (where UTF-16 order differs from code point order).
+tricky_chars = st.sampled_from(
+    [chr(c) for c in range(0x20)]
+    + ['"', "\\", "/", "\x7f", "\x80", "\u2028", "\u2029", "\ud7ff", "\ue000", "\uffff"]
+    + ["\U00010000", "\U0001f600", "\U0010ffff", "é", "日", "a", "A", "0", " "]
+)
+tricky_text = st.text(alphabet=tricky_chars, max_size=12) | st.text(max_size=12)
+wide_integers = st.integers(min_value=-(2**64), max_value=2**64) | st.integers()
+any_json = st.recursive(
+    st.none() | st.booleans() | wide_integers | tricky_text,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(tricky_text, children, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+def _reference(value: Any) -> bytes:
+    """The spec's own Python definition of canonical JSON."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+        "UTF-8"
+    )
+
+
+@settings(max_examples=300)
+@given(any_json)
+def test_encoding_equals_the_specs_python_definition(value: Any) -> None:
+    assert encode_canonical_json(value, strict=False) == _reference(value)
+    assert encode_checked(value) == _reference(value)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(tricky_text, st.integers(-5, 5), min_size=2, max_size=8))
+def test_keys_sorted_by_code_point_not_utf16(value: dict[str, int]) -> None:
+    keys = list(json.loads(encode_checked(value)))
+    assert keys == sorted(value)  # Python compares str by code point
+    assert keys == sorted(value, key=lambda k: k.encode("utf-8"))
+
+
+def test_orjson_agrees_on_every_single_character() -> None:
+    # Every code point as a key and as a value, in blocks (surrogates excepted: they are
+    # not Unicode scalar values and both encoders refuse them). Within a block the keys
+    # are shuffled, so the block's order is orjson's sorting, not the input's.
+    codes = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(codes), 4096):
+        block = codes[start : start + 4096]
+        value = {chr(c): chr(c) for c in reversed(block[::2])}
+        value.update({chr(c): chr(c) for c in block[1::2]})
+        assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == _reference(value), hex(block[0])
+
+
+def test_values_orjson_refuses_fall_back_to_json() -> None:
+    huge = 2**70
+    assert encode_canonical_json({"n": huge}, strict=False) == b'{"n":%d}' % huge
+    assert encode_checked([-huge]) == b"[-%d]" % huge
+    deep: Any = 0
+    for _ in range(MAX_NESTING - 1):
+        deep = {"k": deep}
+    assert encode_canonical_json(deep, strict=True) == _reference(deep)

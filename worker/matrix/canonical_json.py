@@ -19,9 +19,23 @@ strings that are not valid Unicode (lone surrogates) and nesting deeper than
 `MAX_NESTING` are rejected in every mode. Only exact JSON types (and subclasses of them)
 are accepted; msgpack decodes to exactly these, plus bytes and extension types.
 
-`json.dumps` does the encoding at C speed. It cannot reject floats, out-of-range integers
-or non-string keys (it silently turns ``{1: x}`` into ``{"1": x}``), so a single walk over
-the value checks those first.
+The encoding is done by `orjson` (compiled) when it gives exactly the canonical bytes,
+and by the standard library's C encoder otherwise. Neither can reject floats or
+out-of-range integers, and `json` silently turns ``{1: x}`` into ``{"1": x}``, so a single
+walk over the value checks those first. For float-free values `orjson` with sorted keys
+writes the bytes the spec's grammar allows and nothing else (tests/matrix/
+test_canonical_json.py compares it with `json` on arbitrary values, non-BMP keys, control
+characters, U+007F and U+2028 included):
+
+- keys sorted by UTF-8 bytes, which is the same order as by code point (UTF-8 preserves
+  code point order; only UTF-16 order differs, for characters beyond U+FFFF);
+- `"` and `\\` escaped, `\\b \\t \\n \\f \\r` short forms, other U+0000–U+001F as `\\u00xx`
+  in lowercase hex, everything else (U+007F, U+2028, non-ASCII) written as UTF-8.
+
+Where the two differ the `json` path is taken: a value holding floats (lenient rooms only;
+`orjson` writes ``1e-7`` where Python's shortest form is ``1e-07``), and anything `orjson`
+refuses (integers beyond 64 bits, deep nesting, lone surrogates), whose errors are then
+`json`'s.
 """
 
 from __future__ import annotations
@@ -29,6 +43,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+import orjson
 
 #: Largest magnitude of an integer in strict canonical JSON (2**53 - 1).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -43,6 +59,7 @@ _ENCODE = json.JSONEncoder(
     separators=(",", ":"),
     sort_keys=True,
 ).encode
+_ORJSON_SORTED = orjson.OPT_SORT_KEYS
 
 
 class CanonicalJsonError(ValueError):
@@ -64,15 +81,16 @@ def encode_canonical_json(value: Any, *, strict: bool) -> bytes:
     `strict` selects the room-version 6+ rules (no floats, integers within ±(2**53-1)).
     """
     if check_json(value, strict=strict):
-        value = _normalise_floats(value)
+        return _encode_with_json(_normalise_floats(value))
     return encode_checked(value)
 
 
 def check_json(value: Any, *, strict: bool) -> bool:
     """Check that `value` is encodable under the chosen rules, without encoding it.
 
-    Returns True when the value holds whole-number floats that lenient encoding writes as
-    integers (so it must go through `encode_canonical_json`, not `encode_checked`).
+    Returns True when the value holds floats (only the lenient rules let them through):
+    such a value must go through `encode_canonical_json`, which writes whole floats as
+    integers and the others in Python's shortest form, not through `encode_checked`.
     """
     try:
         return _check(value, strict, 0)
@@ -81,11 +99,21 @@ def check_json(value: Any, *, strict: bool) -> bool:
 
 
 def encode_checked(value: Any) -> bytes:
-    """Encode a value that `check_json` has already accepted (and that needs no rewrite).
+    """Encode a value that `check_json` has already accepted and found free of floats.
 
     Parts of an already-checked document are valid too, so callers that hash several
     views of one PDU check it once and then use this for each view.
     """
+    try:
+        return orjson.dumps(value, option=_ORJSON_SORTED)
+    except orjson.JSONEncodeError:
+        # Integers beyond 64 bits (lenient rooms), nesting orjson refuses, lone surrogates,
+        # types it does not know: `json` encodes the first two and words the errors.
+        return _encode_with_json(value)
+
+
+def _encode_with_json(value: Any) -> bytes:
+    """The standard library's encoder: the fallback, and the only one for floats."""
     try:
         return _ENCODE(value).encode("utf-8")
     except UnicodeEncodeError:
@@ -141,7 +169,7 @@ def _check_scalar(value: Any, strict: bool, depth: int) -> bool:
                 f"float {value!r} is not allowed in canonical JSON (room version 6+)",
                 strict_violation=True,
             )
-        return bool(value.is_integer())
+        return True
     # Subclasses of the JSON types (rare: enums, OrderedDict) take the slow path.
     if isinstance(value, dict):
         return _check(dict(value), strict, depth)

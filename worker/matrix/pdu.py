@@ -211,18 +211,16 @@ def _encoded_size(view: dict[str, Any], view_bytes: bytes, pdu: dict[str, Any]) 
     """Size of `pdu` as canonical JSON, given the encoding of `view` (a subset of its keys).
 
     Encoding only the few keys outside the view (signatures, hashes, unsigned) spares a
-    second encoding of the whole, possibly 64 KiB, event: members of a sorted compact
-    object contribute `"key":value` plus one comma each, wherever they sort.
+    second encoding of the whole, possibly 64 KiB, event: two sorted compact objects with
+    disjoint keys merge into one by dropping a brace from each and adding a comma.
     """
-    size = len(view_bytes)
-    added = 0
-    for key, value in pdu.items():
-        if key not in view:
-            size += len(encode_checked(key)) + len(encode_checked(value)) + 2
-            added += 1
-    if added and not view:
-        size -= 1  # no comma is needed next to an empty view's braces
-    return size
+    extra = {key: value for key, value in pdu.items() if key not in view}
+    if not extra:
+        return len(view_bytes)
+    extra_size = len(encode_checked(extra))
+    if not view:
+        return extra_size
+    return len(view_bytes) + extra_size - 1
 
 
 def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.lru import LruByWeight
@@ -112,6 +112,15 @@ class RoomRow:
     latest_event_nids: list[int]
     last_sent_event_nid: int
     depth: int
+
+
+class OutboxRow(NamedTuple):
+    """One output waiting in the outbox (a tuple, so rows unpack as before)."""
+
+    seq: int
+    subject: str
+    msg_id: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,9 +661,9 @@ class Database:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def outbox_pending(self, limit: int = 10_000) -> list[tuple[int, str, str, bytes]]:
+    def outbox_pending(self, limit: int = 10_000) -> list[OutboxRow]:
         return [
-            (row[0], row[1], row[2], bytes(row[3]))
+            OutboxRow(row[0], row[1], row[2], bytes(row[3]))
             for row in self.conn.execute(
                 "SELECT seq, subject, msg_id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
             )

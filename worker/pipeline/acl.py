@@ -26,24 +26,29 @@ SERVER_ACL: Final = "server_acl"
 _ACL_KEY: Final = (WELL_KNOWN_TYPES["m.room.server_acl"], EMPTY_STATE_KEY_NID)
 
 
-def refuse_denied_origin(
-    origin: str | None, room: RoomRow | None, state: StateStore, events: EventStore
-) -> None:
-    """Raise DeadLetter(`server_acl`) when the room's current ACL denies `origin`.
+class OriginAcl:
+    """The check of an input's `origin` against its room's current server ACL."""
 
-    A room not stored yet, or without an `m.room.server_acl` in its current state,
-    denies nobody (schema step 1: "If there is no `m.room.server_acl` event in the room
-    state, allow").
-    """
-    if origin is None or room is None or not room.snapshot_nid:
-        return
-    acl_nid = state.load(room.snapshot_nid).get(_ACL_KEY)
-    if acl_nid is None:
-        return
-    acl = events.by_nid(acl_nid).event
-    if not server_allowed(acl.content, origin):
-        raise DeadLetter(
-            SERVER_ACL,
-            f"the origin {origin} is denied by the server ACL {acl.event_id} of room "
-            f"{room.room_id}",
-        )
+    def __init__(self, state: StateStore, events: EventStore) -> None:
+        self.state = state
+        self.events = events
+
+    def refuse_denied(self, origin: str | None, room: RoomRow | None) -> None:
+        """Raise DeadLetter(`server_acl`) when the room's current ACL denies `origin`.
+
+        A room not stored yet, or without an `m.room.server_acl` in its current state,
+        denies nobody (schema step 1: "If there is no `m.room.server_acl` event in the
+        room state, allow").
+        """
+        if origin is None or room is None or not room.snapshot_nid:
+            return
+        acl_nid = self.state.load(room.snapshot_nid).get(_ACL_KEY)
+        if acl_nid is None:
+            return
+        acl = self.events.by_nid(acl_nid).event
+        if not server_allowed(acl.content, origin):
+            raise DeadLetter(
+                SERVER_ACL,
+                f"the origin {origin} is denied by the server ACL {acl.event_id} of room "
+                f"{room.room_id}",
+            )

@@ -1,0 +1,110 @@
+"""The batch: what the consumer hands over, what each input becomes, and the counts.
+
+A fetched batch is one SQLite transaction and each input inside it a savepoint; its
+counts join the totals only once the transaction commits, so a batch retried after a
+transient fault is counted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+
+import structlog
+
+from worker.input.outputs import OutputBuilder
+from worker.pipeline.outbox import Outbox
+from worker.storage.database import Database
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """What the consumer hands over: the bytes and where they came from."""
+
+    subject: str
+    data: bytes
+    stream_sequence: int
+
+
+class Disposition(Enum):
+    #: Processed (or recognised as a duplicate): acknowledge.
+    ACK = "ack"
+    #: Dead-lettered: terminate, never redeliver.
+    TERM = "term"
+
+
+@dataclass(slots=True)
+class Counters:
+    processed: int = 0
+    rejected: int = 0
+    soft_failed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    #: Inputs kept whole for a parked room (the failed one included).
+    parked: int = 0
+    #: Dead letters by their code (`bad_msgpack`, `internal_error`, ...).
+    dead_letter_codes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Counters) -> None:
+        self.processed += other.processed
+        self.rejected += other.rejected
+        self.soft_failed += other.soft_failed
+        self.dead_lettered += other.dead_lettered
+        self.duplicates += other.duplicates
+        self.parked += other.parked
+        for code, count in other.dead_letter_codes.items():
+            self.dead_letter_codes[code] = self.dead_letter_codes.get(code, 0) + count
+
+
+class Batch:
+    """The transaction a batch runs in, and its counts.
+
+    `totals` counts committed transactions (what metrics show); `counts` the open one,
+    added to the totals only once it commits."""
+
+    def __init__(self, db: Database, outbox: Outbox, outputs: OutputBuilder) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.outputs = outputs
+        self.totals = Counters()
+        self.counts = Counters()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction: it starts by deleting the outputs published since the last
+        one, and its counts join the totals when it commits."""
+        self.outbox.begin()
+        self.counts = Counters()
+        with self.db.transaction():
+            self.outbox.delete_published()
+            yield
+        self.totals.add(self.counts)
+
+    def dead_letter(
+        self, message: InboundMessage, room_id: str | None, code: str, text: str
+    ) -> None:
+        """Terminate an input: a `deadletter` output carries it whole, with the reason."""
+        self.counts.dead_lettered += 1
+        codes = self.counts.dead_letter_codes
+        codes[code] = codes.get(code, 0) + 1
+        log.warning(
+            "dead letter",
+            code=code,
+            reason=text,
+            subject=message.subject,
+            stream_sequence=message.stream_sequence,
+        )
+        self.outbox.emit(
+            self.outputs.dead_letter(
+                room_id=room_id,
+                code=code,
+                message=text,
+                subject=message.subject,
+                stream_sequence=message.stream_sequence,
+                payload=message.data,
+            )
+        )

@@ -1,0 +1,170 @@
+"""Forward extremities and the room's current state, moved by each accepted `new` event.
+
+An accepted `new` event replaces its prev events (and what it reaches through
+soft-failed ones) among the room's forward extremities; the room's current state is
+then the state after the one extremity left, or the resolution of several. The
+`new_room_event` output says what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from worker.input.decode import InputMessage
+from worker.input.outputs import OutputBuilder
+from worker.pipeline.limits import MaybeSet
+from worker.pipeline.outbox import Outbox
+from worker.pipeline.state import EventStates
+from worker.storage.database import Database, EventRow, RoomRow
+from worker.storage.events import EventStore, StoredEvent
+from worker.storage.schema import STATUS_ACCEPTED, STATUS_SOFT_FAILED
+from worker.storage.state import StateStore
+
+
+class Extremities:
+    """Advances a room's forward extremities and current state."""
+
+    def __init__(
+        self,
+        db: Database,
+        state: StateStore,
+        events: EventStore,
+        states: EventStates,
+        outbox: Outbox,
+        outputs: OutputBuilder,
+        forget_rooms: Callable[[], None],
+        budget: int,
+    ) -> None:
+        self.db = db
+        self.state = state
+        self.events = events
+        self.states = states
+        self.outbox = outbox
+        self.outputs = outputs
+        #: Drops cached room rows; they are updated in place, so undone work must not
+        #: leave them behind.
+        self._forget_rooms = forget_rooms
+        #: Prev events that stored events named while they were unknown. When one
+        #: arrives it may already have children, and then it is no forward extremity.
+        #: Mirrored from their table while they fit the budget.
+        self.awaited_prevs = MaybeSet("awaited prev events", db.awaited_prev_events(), budget)
+
+    def await_prevs(self, event_ids: list[str]) -> None:
+        """An event was processed without these prev events (forced out of hold, or
+        with the state supplied): when one arrives, its children are already there."""
+        if event_ids:
+            self.db.add_awaited_prev_events(event_ids)
+            self.awaited_prevs.add(event_ids)
+
+    def advance(self, stored: StoredEvent, room: RoomRow, inp: InputMessage) -> None:
+        """A `new` accepted event: forward extremities, current state, the output."""
+        event = stored.event
+        latest = self._latest_after(stored, room)
+        old_snapshot = room.snapshot_nid
+        linear = latest == [stored.row.nid]
+        if linear:
+            new_snapshot = stored.row.after_snapshot_nid
+        else:
+            latest_rows = [self.events.by_nid(nid).row for nid in latest]
+            snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
+            new_snapshot = self.states.resolve_and_store(room, snapshots)
+        adds, removes = self._state_change(old_snapshot, new_snapshot, stored, linear)
+        self.db.index_memberships(room.nid, adds, removes)
+        ids = self.events.ids_of(
+            [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
+        )
+        self.outbox.emit(
+            self.outputs.new_room_event(
+                room_id=event.room_id,
+                room_version=room.room_version,
+                event_id=event.event_id,
+                pdu=event.pdu,
+                latest_event_ids=[ids[nid] for nid in latest],
+                adds_state_event_ids=adds,
+                removes_state_event_ids=removes,
+                last_sent_event_id=ids.get(room.last_sent_event_nid),
+                send_as_server=inp.send_as_server,
+                transaction_id=inp.transaction_id,
+            )
+        )
+        room.latest_event_nids = latest
+        room.snapshot_nid = new_snapshot
+        room.last_sent_event_nid = stored.row.nid
+        room.depth = max(room.depth, event.depth)
+        self.db.update_room(room)
+        self.db.on_rollback(self._forget_rooms)
+
+    def _latest_after(self, stored: StoredEvent, room: RoomRow) -> list[int]:
+        """The room's forward extremities once `stored` is accepted: the old ones it
+        does not replace, and itself unless accepted children of it are stored."""
+        event = stored.event
+        prev_rows = self.events.rows(event.prev_event_ids)
+        prev_nids = {row.nid for row in prev_rows.values()}
+        prev_nids |= self._behind_soft_failed(prev_rows.values())
+        latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
+        if not latest or not (
+            self._stop_awaiting(event.event_id) and self._has_accepted_children(event.event_id)
+        ):
+            latest.append(stored.row.nid)
+        return latest
+
+    def _behind_soft_failed(self, prev_rows: Iterable[EventRow]) -> set[int]:
+        """NIDs of the events an accepted event reaches back to through soft-failed
+        prev events: they are no forward extremities any more either.
+
+        Synapse's rule (`_get_prevs_before_rejected`, used when it calculates new
+        extremities): from the new event's prev events, every soft-failed one adds its
+        own prev events, recursively, stopping at the first events that are not
+        soft-failed; outliers are not walked through. Its query would walk through
+        rejected events as well, but Synapse stores no prev edges for a rejected
+        event, so in effect a rejected prev event ends the walk, and so it does here.
+        Without the walk, an event built on a soft-failed one would leave the
+        soft-failed event's parent as an extremity beside it, its own ancestor."""
+        found: set[int] = set()
+        seen: set[str] = set()
+        frontier = [row.nid for row in prev_rows if row.status == STATUS_SOFT_FAILED]
+        while frontier:
+            prev_ids = [p for p in self.db.prev_event_ids_of(frontier) if p not in seen]
+            seen.update(prev_ids)
+            rows = self.events.rows(prev_ids).values()
+            found.update(row.nid for row in rows)
+            frontier = [row.nid for row in rows if row.status == STATUS_SOFT_FAILED]
+        return found
+
+    def _stop_awaiting(self, event_id: str) -> bool:
+        """An awaited prev event has arrived: delete its row from the awaited prev
+        events, and say whether it may have been awaited (False: it certainly was
+        not, so no stored event names it)."""
+        if not self.awaited_prevs.may_contain(event_id):
+            return False
+        self.db.remove_awaited_prev_event(event_id)
+        self.awaited_prevs.discard(event_id)
+        self.db.on_rollback(lambda: self.awaited_prevs.add([event_id]))
+        return True
+
+    def _has_accepted_children(self, event_id: str) -> bool:
+        """Whether accepted events already name this one as a prev event (it arrived
+        after children that were processed without it). Like Synapse, rejected,
+        soft-failed and outlier children do not count."""
+        children = self.db.children_of(event_id)
+        return any(self.events.by_nid(nid).row.status == STATUS_ACCEPTED for nid in children)
+
+    def _state_change(
+        self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool
+    ) -> tuple[list[str], list[str]]:
+        """Event IDs added to and removed from the room's current state."""
+        if old_snapshot == new_snapshot:
+            return [], []
+        old = self.state.load(old_snapshot)
+        new = self.state.load(new_snapshot)
+        row = stored.row
+        key = (row.type_nid, row.state_key_nid)
+        if linear and stored.row.before_snapshot_nid == old_snapshot:
+            # The room's state moved by this one event: only its own key can differ.
+            added_nids = [new[key]] if new.get(key) != old.get(key) and key in new else []
+            removed_nids = [old[key]] if added_nids and key in old else []
+        else:
+            added_nids = [nid for k, nid in new.items() if old.get(k) != nid]
+            removed_nids = [nid for k, nid in old.items() if new.get(k) != nid]
+        ids = self.events.ids_of(added_nids + removed_nids)
+        return [ids[n] for n in added_nids], [ids[n] for n in removed_nids]

@@ -1,0 +1,214 @@
+"""The path of one input, as the spec's checks on receipt order it:
+
+    decode → validate → (hold) → authorize → compute state → store → publish
+
+`Recipe.process` reads top to bottom as that list; each step is one of the parts in
+this package. It runs inside the input's savepoint (see worker.pipeline.process): a
+`DeadLetter` it raises terminates the input, any other error parks its room.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from worker.input.decode import InputMessage, Kind, decode_input
+from worker.input.errors import DeadLetter
+from worker.input.outputs import OutputBuilder
+from worker.matrix.events import Event
+from worker.matrix.hashes import compute_event_id
+from worker.matrix.pdu import PduError, parse_pdu
+from worker.matrix.room_versions import RoomVersion
+from worker.pipeline.acl import OriginAcl
+from worker.pipeline.authorize import Authorizer, Verdict
+from worker.pipeline.batch import Batch, InboundMessage
+from worker.pipeline.extremities import Extremities
+from worker.pipeline.held import HeldEvents
+from worker.pipeline.outbox import Outbox
+from worker.pipeline.redactions import Redactions
+from worker.pipeline.rooms import Rooms
+from worker.pipeline.state import EventStates
+from worker.pipeline.store import EventWriter
+from worker.storage.database import Database, EventRow, RoomRow
+from worker.storage.events import StoredEvent
+from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED, STATUS_SOFT_FAILED
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Valid:
+    """A decoded input whose event parsed and belongs to the subject's room."""
+
+    inp: InputMessage
+    event: Event
+    version: RoomVersion
+    #: The room's row, unless the room is not stored yet.
+    room: RoomRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The pipeline's parts the recipe calls, one per step."""
+
+    db: Database
+    batch: Batch
+    acl: OriginAcl
+    rooms: Rooms
+    held: HeldEvents
+    authorize: Authorizer
+    states: EventStates
+    writer: EventWriter
+    extremities: Extremities
+    redactions: Redactions
+    outbox: Outbox
+    outputs: OutputBuilder
+
+
+class Recipe:
+    """Processes one input with the pipeline's parts."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.p = parts
+
+    def process(self, message: InboundMessage, *, force: bool = False) -> None:
+        """One input; `force` processes a held event without its missing prev events."""
+        valid = self._validated(message)
+        inp, event = valid.inp, valid.event
+        existing = self.p.db.get_event_row(event.event_id)
+        if self._is_duplicate(valid, existing):
+            return
+        room = valid.room
+        if room is None:
+            room = self.p.rooms.create(event.room_id, valid.version)
+        if not force and self._held(message, valid, room):
+            return
+        verdict = Verdict()
+        checked = self.p.authorize.against_auth_events(event, room, verdict)
+        if inp.kind is Kind.OUTLIER:
+            self._store_outlier(event, room, verdict, existing)
+            return
+        before = self.p.states.before(event, inp, room)
+        self.p.authorize.against_state_before(event, before, verdict, checked)
+        if inp.kind is Kind.NEW:
+            self.p.authorize.against_current_state(event, room, before, verdict)
+        stored = self.p.writer.store(event, room, verdict.status, verdict.reason, before, existing)
+        stored = self.p.states.after(stored, room)
+        self.p.held.wake(event.event_id)
+        if force or inp.state_event_ids is not None:
+            # Processed without all its prev events: remember the ones still unknown.
+            self.p.extremities.await_prevs(self.p.states.prevs_without_state(event))
+        self._publish(stored, room, verdict, inp, before)
+
+    def event_id_of(self, message: InboundMessage) -> str | None:
+        """The input's event ID for the operator, if it can be read at all."""
+        try:
+            inp = decode_input(message.data)
+            room_id = self.p.rooms.of_subject(message.subject)
+            if room_id is None:
+                return None
+            version, _ = self.p.rooms.version_for(inp, room_id)
+            return compute_event_id(inp.event, version)
+        except Exception:
+            return None
+
+    def _validated(self, message: InboundMessage) -> _Valid:
+        """Decode the input and parse its event, for the room its subject names."""
+        inp = decode_input(message.data)
+        subject_room = self.p.rooms.of_subject(message.subject)
+        if subject_room is None:
+            raise DeadLetter(
+                "bad_subject", f"{message.subject} is not an input subject with a room token"
+            )
+        claimed_room = inp.event.get("room_id")
+        if isinstance(claimed_room, str) and claimed_room != subject_room:
+            raise DeadLetter(
+                "wrong_room",
+                f"the subject names room {subject_room} but the event is in {claimed_room}",
+            )
+        version, room = self.p.rooms.version_for(inp, subject_room)
+        self.p.acl.refuse_denied(inp.origin, room)
+        try:
+            event = parse_pdu(inp.event, version)
+        except PduError as exc:
+            raise DeadLetter(exc.code, exc.message) from None
+        if event.room_id != subject_room:
+            raise DeadLetter(
+                "wrong_room",
+                f"the subject names room {subject_room} but event {event.event_id} "
+                f"is in {event.room_id}",
+            )
+        return _Valid(inp, event, version, room)
+
+    def _is_duplicate(self, valid: _Valid, existing: EventRow | None) -> bool:
+        """Stored already (an outlier only counts for another outlier), or held."""
+        event_id = valid.event.event_id
+        if (
+            existing is not None
+            and not (existing.status == STATUS_OUTLIER and valid.inp.kind is not Kind.OUTLIER)
+        ) or self.p.held.is_held(event_id):
+            self.p.batch.counts.duplicates += 1
+            log.debug("duplicate event ignored", kind=valid.inp.kind.value, **_ids(valid.event))
+            return True
+        return False
+
+    def _held(self, message: InboundMessage, valid: _Valid, room: RoomRow) -> bool:
+        """Hold a timeline event whose prev events have no state yet (unless the input
+        supplies the state before it)."""
+        if valid.inp.kind is Kind.OUTLIER or valid.inp.state_event_ids is not None:
+            return False
+        missing = self.p.states.prevs_without_state(valid.event)
+        if missing:
+            self.p.held.hold(valid.event.event_id, room, missing, message)
+        return bool(missing)
+
+    def _store_outlier(
+        self, event: Event, room: RoomRow, verdict: Verdict, existing: EventRow | None
+    ) -> None:
+        status = STATUS_OUTLIER if verdict.accepted else verdict.status
+        self.p.writer.store(event, room, status, verdict.reason, 0, existing)
+        log.debug("stored outlier", status=status, reason=verdict.reason, **_ids(event))
+
+    def _publish(
+        self, stored: StoredEvent, room: RoomRow, verdict: Verdict, inp: InputMessage, before: int
+    ) -> None:
+        """The outputs the event owes: rejected, old, or new (which advances the room);
+        then its redactions, after the event's own output, so consumers see the event
+        first and then learn that it was redacted."""
+        event = stored.event
+        if verdict.status == STATUS_REJECTED or verdict.status == STATUS_SOFT_FAILED:
+            self._not_accepted(event, verdict, inp)
+            return
+        if inp.kind is Kind.OLD:
+            self.p.outbox.emit(
+                self.p.outputs.old_room_event(
+                    room_id=event.room_id, event_id=event.event_id, pdu=event.pdu
+                )
+            )
+        else:
+            self.p.extremities.advance(stored, room, inp)
+        self.p.redactions.on_accepted(stored, room, before)
+
+    def _not_accepted(self, event: Event, verdict: Verdict, inp: InputMessage) -> None:
+        soft = verdict.status == STATUS_SOFT_FAILED
+        if soft:
+            self.p.batch.counts.soft_failed += 1
+        else:
+            self.p.batch.counts.rejected += 1
+        log.info("event not accepted", soft_failed=soft, reason=verdict.reason, **_ids(event))
+        self.p.outbox.emit(
+            self.p.outputs.rejected_event(
+                room_id=event.room_id,
+                event_id=event.event_id,
+                kind=inp.kind.value,
+                soft_failed=soft,
+                reason=verdict.reason or "",
+            )
+        )
+
+
+def _ids(event: Event) -> dict[str, str]:
+    """The IDs log lines carry (bound per line: binding them eagerly would cost on
+    every event)."""
+    return {"room_id": event.room_id, "event_id": event.event_id}

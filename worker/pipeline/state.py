@@ -1,0 +1,120 @@
+"""The state before and after an event, as stored snapshots.
+
+The state before a timeline event is its prev events' state after (resolved when they
+disagree), or the state an input supplies; the state after adds the event itself when
+it is a state event that counts. Every state this computes is stored as a snapshot
+(see worker.storage.state), a delta on the closest one already stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from worker.input.decode import InputMessage
+from worker.input.errors import DeadLetter
+from worker.matrix.events import Event
+from worker.pipeline.resolution import NidResolver
+from worker.storage.blocks import NidState
+from worker.storage.database import Database, RoomRow
+from worker.storage.events import EventStore, StoredEvent
+from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
+from worker.storage.state import StateStore
+
+
+class EventStates:
+    """Computes and stores the snapshots before and after timeline events."""
+
+    def __init__(
+        self, db: Database, state: StateStore, events: EventStore, resolver: NidResolver
+    ) -> None:
+        self.db = db
+        self.state = state
+        self.events = events
+        self.resolver = resolver
+
+    def before(self, event: Event, inp: InputMessage, room: RoomRow) -> int:
+        """The snapshot of the state before a timeline event."""
+        if inp.state_event_ids is not None:
+            return self._supplied(inp.state_event_ids, room)
+        if not event.prev_event_ids:
+            return 0
+        prevs = {
+            eid: row
+            for eid, row in self.events.rows(event.prev_event_ids).items()
+            if row.status != STATUS_OUTLIER
+        }
+        if not prevs:
+            # Released after waiting, with no prev event known: the room's current
+            # state is the best knowledge there is (soft-fail checks still apply).
+            return room.snapshot_nid
+        # Prev events still unknown after the wait are left out, as Matrix servers do
+        # when they cannot fetch them.
+        snapshots = list(
+            dict.fromkeys(
+                prevs[eid].after_snapshot_nid for eid in event.prev_event_ids if eid in prevs
+            )
+        )
+        return self.resolve_and_store(room, snapshots)
+
+    def after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
+        """Store the state after an event: before plus itself if it is an accepted or
+        soft-failed state event (soft-failed events still count for their children).
+
+        The event row needs its own NID inside the snapshot, so it is written first
+        with after = before and updated here, in the database and in the cache."""
+        row = stored.row
+        if not row.state_key_nid or row.status == STATUS_REJECTED:
+            return stored
+        after = self.state.derive(
+            room.nid, row.before_snapshot_nid, {(row.type_nid, row.state_key_nid): row.nid}
+        )
+        self.db.set_after_snapshot(row.nid, after)
+        updated = StoredEvent(replace(row, after_snapshot_nid=after), stored.event)
+        self.events.remember(updated)
+        return updated
+
+    def prevs_without_state(self, event: Event) -> list[str]:
+        """Prev events that are unknown, or known only as outliers (no state)."""
+        if not event.prev_event_ids:
+            return []
+        rows = self.events.rows(event.prev_event_ids)
+        return [
+            eid
+            for eid in event.prev_event_ids
+            if eid not in rows or rows[eid].status == STATUS_OUTLIER
+        ]
+
+    def resolve_and_store(self, room: RoomRow, snapshots: Sequence[int]) -> int:
+        """Resolve several snapshots with the room version's algorithm and store the
+        result as a delta on the closest of them (one snapshot is its own answer)."""
+        if len(snapshots) == 1:
+            return snapshots[0]
+        resolved = self.resolver.resolve(room.room_version, snapshots)
+        closest = min(
+            snapshots,
+            key=lambda s: _difference_size(self.state.load(s), resolved),
+        )
+        return self.state.store_full(room.nid, resolved, closest)
+
+    def _supplied(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
+        rows = self.db.get_event_rows(state_event_ids)
+        missing = [eid for eid in state_event_ids if eid not in rows]
+        if missing:
+            raise DeadLetter(
+                "missing_state_events",
+                f"state_event_ids lists events that are not stored: {', '.join(missing[:10])}",
+            )
+        state: NidState = {}
+        for eid in state_event_ids:
+            row = rows[eid]
+            if not row.state_key_nid:
+                raise DeadLetter("bad_input", f"state_event_ids lists {eid}, not a state event")
+            if row.room_nid != room.nid:
+                raise DeadLetter("bad_input", f"state_event_ids lists {eid} of another room")
+            state[(row.type_nid, row.state_key_nid)] = row.nid
+        return self.state.store_full(room.nid, state, room.snapshot_nid)
+
+
+def _difference_size(a: Mapping[tuple[int, int], int], b: Mapping[tuple[int, int], int]) -> int:
+    return sum(1 for k, v in b.items() if a.get(k) != v) + sum(1 for k in a if k not in b)

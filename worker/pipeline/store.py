@@ -1,0 +1,66 @@
+"""Storing an event: its row, its JSON and its edges, with the status it was given."""
+
+from __future__ import annotations
+
+from worker.matrix.events import Event
+from worker.storage.database import Database, EventRow, RoomRow
+from worker.storage.events import EventStore, StoredEvent, encode_event_json
+
+
+class EventWriter:
+    """Writes events (or promotes outliers) and keeps the event cache in step."""
+
+    def __init__(self, db: Database, events: EventStore) -> None:
+        self.db = db
+        self.events = events
+
+    def store(
+        self,
+        event: Event,
+        room: RoomRow,
+        status: int,
+        reason: str | None,
+        before: int,
+        existing: EventRow | None,
+    ) -> StoredEvent:
+        """Store `event` with the state `before` it (and, for now, after it: see
+        worker.pipeline.state.EventStates.after); `existing` is its outlier row."""
+        type_nid = self.db.type_nid(event.type, create=True)
+        sk = event.state_key
+        sk_nid = self.db.state_key_nid(sk, create=True) if sk is not None else 0
+        auth_rows = self.events.rows(event.auth_event_ids)
+        auth_nids = [auth_rows[e].nid for e in event.auth_event_ids if e in auth_rows]
+        if existing is not None:
+            self.db.promote_outlier(existing.nid, status, reason, before, before)
+            nid = existing.nid
+            self.events.invalidate(nid)
+        else:
+            nid = self.db.insert_event(
+                event_id=event.event_id,
+                room_nid=room.nid,
+                type_nid=type_nid,
+                state_key_nid=sk_nid,
+                depth=event.depth,
+                status=status,
+                reason=reason,
+                before_snapshot_nid=before,
+                after_snapshot_nid=before,
+                auth_event_nids=auth_nids,
+                prev_event_ids=event.prev_event_ids,
+                json_bytes=encode_event_json(event.pdu),
+            )
+        row = EventRow(
+            nid,
+            event.event_id,
+            room.nid,
+            type_nid,
+            sk_nid,
+            event.depth,
+            status,
+            reason,
+            before,
+            before,
+        )
+        stored = StoredEvent(row, event)
+        self.events.remember(stored)
+        return stored
