@@ -61,8 +61,11 @@ GC_GEN0_THRESHOLD = 50_000
 class Worker:
     """One roomserver worker: owns the database thread and the NATS connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, partition: int | None = None) -> None:
         self.config = config
+        #: The partition this worker processes (config is already `for_partition`'s),
+        #: whose query and admin subjects it answers; None without partitions.
+        self.partition = partition
         self.subjects = Subjects(config.streams.subject_prefix)
         self._db: TimedDatabase | None = None
         self._pipeline: Pipeline | None = None
@@ -134,7 +137,9 @@ class Worker:
         pipeline = await self._open_database(stack)
         # Queries read the same file through their own read-only connection; they
         # stop before the database closes (the exit stack unwinds in reverse).
-        self.queries = await QueryService.start(nc, Path(self.config.storage.path), self.subjects)
+        self.queries = await QueryService.start(
+            nc, Path(self.config.storage.path), self.subjects, self.partition
+        )
         stack.push_async_callback(self.queries.stop)
         link = NatsLink(nc)
         relay = self._relay = OutboxRelay(
@@ -150,7 +155,9 @@ class Worker:
         side = SideWork(self._db_thread, pipeline, self._publish_committed)
         retries = ParkedRetries(side)
         await retries.retry_all(stop)
-        retry_subscription = await nc.subscribe(self.subjects.admin("retry"), cb=retries.on_request)
+        retry_subscription = await nc.subscribe(
+            self.subjects.admin("retry", self.partition), cb=retries.on_request
+        )
         stack.push_async_callback(_unsubscribe, retry_subscription)
         held = HeldTimer(side)
 

@@ -40,6 +40,7 @@ from worker.bus.deadletters import (
     select,
 )
 from worker.bus.deadletters import replay as replay_records
+from worker.bus.partitions import partition_of_room
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.subjects import Subjects
 from worker.config import Config
@@ -47,6 +48,7 @@ from worker.errors import BAD_REPLY, UNAVAILABLE, UNKNOWN_EVENT, RoomserverError
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, room_version_of_create
 from worker.matrix.room_versions import RoomVersion, UnknownRoomVersion, get_room_version
+from worker.query.gather import SPANNING, merge_replies
 from worker.query.schema import (
     SERVICE_NAME,
     WORKER_HEADER,
@@ -445,9 +447,35 @@ class RoomserverClient:
 
     # -- queries ---------------------------------------------------------------------------
 
+    @property
+    def partitions(self) -> int:
+        """How many partitions the rooms are spread over (`partitions.count`)."""
+        return self.config.partitions.count
+
     async def request(self, name: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Ask query `name` with a raw request map; the raw reply map."""
-        return await self._request(self.subjects.query(name), name, body, self.timeout)
+        """Ask query `name` with a raw request map; the raw reply map.
+
+        With partitions, a query naming a room goes to the worker of the room's
+        partition (the hash nats-server files its inputs by), and a query naming none
+        (`rooms`, `events`, ...) to every partition, whose replies are merged into the
+        one a single worker would have given.
+        """
+        count = self.partitions
+        if count < 2:
+            return await self._request(self.subjects.query(name), name, body, self.timeout)
+        room_id = (body or {}).get("room_id")
+        if isinstance(room_id, str) or name not in SPANNING:
+            partition = partition_of_room(room_id, count) if isinstance(room_id, str) else 0
+            subject = self.subjects.query(name, partition)
+            return await self._request(subject, name, body, self.timeout)
+        replies = await asyncio.gather(
+            *(
+                self._request(self.subjects.query(name, k), name, body, self.timeout)
+                for k in range(count)
+            ),
+            return_exceptions=True,
+        )
+        return merge_replies(name, body or {}, _answered(replies))
 
     async def _request(
         self, subject: str, name: str, body: Mapping[str, Any] | None, timeout: float
@@ -490,8 +518,12 @@ class RoomserverClient:
     async def retry(self, room_id: str, *, timeout: float | None = None) -> Retried:
         """Have the worker process a parked room's waiting inputs now (it may take a
         while: `timeout` defaults to the client's)."""
+        partition = partition_of_room(room_id, self.partitions) if self.partitions > 1 else None
         reply = await self._request(
-            self.subjects.admin("retry"), "retry", {"room_id": room_id}, timeout or self.timeout
+            self.subjects.admin("retry", partition),
+            "retry",
+            {"room_id": room_id},
+            timeout or self.timeout,
         )
         return Retried.from_wire(reply)
 
@@ -700,6 +732,22 @@ class RoomserverClient:
         """The rooms whose current state gives the user `membership`, sorted."""
         body = {"user_id": user_id, "membership": membership}
         return RoomsForUser.from_wire(await self.request("rooms_for_user", body)).room_ids
+
+
+def _answered(replies: Sequence[dict[str, Any] | BaseException]) -> list[dict[str, Any]]:
+    """The replies of the partitions that answered. A partition that does not hold an
+    event (`unknown_event`) simply has nothing to add; any other failure, or every
+    partition failing, is raised (the first one)."""
+    answered = [reply for reply in replies if isinstance(reply, dict)]
+    for reply in replies:
+        if isinstance(reply, RoomserverError) and reply.code == UNKNOWN_EVENT:
+            continue
+        if isinstance(reply, BaseException):
+            raise reply
+    if not answered:
+        first = next(reply for reply in replies if isinstance(reply, BaseException))
+        raise first
+    return answered
 
 
 def _is_create(event: Mapping[str, Any]) -> bool:

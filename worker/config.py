@@ -22,6 +22,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 ENV_PREFIX: Final = "ROOMSERVER_"
+#: More partitions than this would be more workers than any deployment runs.
+MAX_PARTITIONS: Final = 1024
 
 _STREAM_STORAGES: Final = ("file", "memory")
 _RETENTIONS: Final = ("limits", "workqueue", "interest")
@@ -128,6 +130,23 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsConfig:
+    """How many partitions the rooms are spread over (docs/operations.md#partitions).
+
+    1 is the single worker of old: one consumer, one database, unpartitioned subjects.
+    With N > 1 the input stream files each room under partition hash(room) mod N, and
+    partition K is processed by one worker with its own consumer and its own database
+    in ``<storage.path>/partition-K``.
+    """
+
+    count: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -136,6 +155,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    partitions: PartitionsConfig = field(default_factory=PartitionsConfig)
 
 
 _SECTIONS: Final[dict[str, type[Any]]] = {
@@ -445,6 +465,10 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     check.one_of("log.level", config.log.level, _LOG_LEVELS)
     check.one_of("log.format", config.log.format, _LOG_FORMATS)
 
+    if not 1 <= config.partitions.count <= MAX_PARTITIONS:
+        check.fail(
+            "partitions.count", f"must be 1 to {MAX_PARTITIONS}, got {config.partitions.count}"
+        )
     if config.pipeline.held_max_wait < 0:
         check.fail("pipeline.held_max_wait", "must be 0 or more seconds")
     if not config.metrics.listen_host:
@@ -454,6 +478,42 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             "metrics.listen_port",
             f"must be 0 (no endpoint) to 65535, got {config.metrics.listen_port}",
         )
+
+
+def partition_directory(storage_path: str | os.PathLike[str], partition: int) -> Path:
+    """Partition ``partition``'s storage directory: ``<storage.path>/partition-K``."""
+    return Path(storage_path) / f"partition-{partition}"
+
+
+def for_partition(config: Config, partition: int) -> Config:
+    """The configuration of the worker of one partition: its own database directory,
+    its own durable consumer (``<durable>-K``) filtering the partition's inputs.
+
+    ConfigError when the configuration has no partitions or ``partition`` is not one of
+    them, naming the setting.
+    """
+    count = config.partitions.count
+    if count < 2:
+        raise ConfigError(
+            f"--partition {partition} needs partitions.count of 2 or more "
+            f"(ROOMSERVER_PARTITIONS_COUNT), got {count}"
+        )
+    if not 0 <= partition < count:
+        raise ConfigError(
+            f"--partition must be 0 to {count - 1} (partitions.count is {count}), got {partition}"
+        )
+    prefix = config.streams.subject_prefix
+    return dataclasses.replace(
+        config,
+        storage=dataclasses.replace(
+            config.storage, path=str(partition_directory(config.storage.path, partition))
+        ),
+        consumer=dataclasses.replace(
+            config.consumer,
+            durable=f"{config.consumer.durable}-{partition}",
+            filter_subject=f"{prefix}.input.{partition}.*",
+        ),
+    )
 
 
 def check_storage_writable(path: str | os.PathLike[str]) -> None:

@@ -37,7 +37,8 @@ def stream_configs(config: Config) -> list[api.StreamConfig]:
     """The stream definitions the configuration asks for: input, output, dead letters."""
     streams = config.streams
     subjects = Subjects(streams.subject_prefix)
-    return [
+    partitions = config.partitions.count
+    configs = [
         api.StreamConfig(
             name=name,
             subjects=[subject],
@@ -54,6 +55,15 @@ def stream_configs(config: Config) -> list[api.StreamConfig]:
             (streams.deadletter, subjects.deadletter_wildcard),
         )
     ]
+    if partitions > 1:
+        # NATS files each input under its room's partition as it stores it: publishers
+        # keep publishing to <prefix>.input.<room>, each partition's consumer filters
+        # <prefix>.input.<K>.* (docs/operations.md#partitions).
+        configs[0].subjects = [subjects.input_any]
+        configs[0].subject_transform = api.SubjectTransform(
+            src=subjects.input_any, dest=subjects.input_transform_destination(partitions)
+        )
+    return configs
 
 
 def compare_stream(wanted: api.StreamConfig, actual: api.StreamConfig) -> list[StreamDifference]:
@@ -66,6 +76,8 @@ def compare_stream(wanted: api.StreamConfig, actual: api.StreamConfig) -> list[S
 
     if sorted(wanted.subjects or []) != sorted(actual.subjects or []):
         differ("subjects", wanted.subjects, actual.subjects)
+    if _transform(wanted) != _transform(actual):
+        differ("subject_transform", _transform(wanted), _transform(actual))
     if wanted.retention != actual.retention:
         differ("retention", _enum_value(wanted.retention), _enum_value(actual.retention))
     if wanted.storage != actual.storage:
@@ -122,6 +134,11 @@ async def _existing(js: JetStreamContext, name: str) -> api.StreamInfo | None:
         return await js.stream_info(name)
     except NotFoundError:
         return None
+
+
+def _transform(config: api.StreamConfig) -> tuple[str, str] | None:
+    transform = config.subject_transform
+    return None if transform is None else (transform.src, transform.dest)
 
 
 def _same_seconds(a: float | None, b: float | None) -> bool:

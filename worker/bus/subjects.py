@@ -65,11 +65,12 @@ class Subjects:
     def query_wildcard(self) -> str:
         return f"{self.prefix}.query.*"
 
-    def admin(self, name: str) -> str:
-        """Requests to the running worker that change what it does (`retry`)."""
+    def admin(self, name: str, partition: int | None = None) -> str:
+        """Requests to the running worker that change what it does (`retry`); with
+        partitions, to the worker of one partition."""
         if not name or not _TOKEN_RE.match(name):
             raise ValueError(f"not an admin request name: {name!r}")
-        return f"{self.prefix}.admin.{name}"
+        return f"{self.prefix}.admin.{_partition_part(partition)}{name}"
 
     def input(self, room_id: str) -> str:
         return f"{self.prefix}.input.{room_token(room_id)}"
@@ -81,29 +82,76 @@ class Subjects:
         token = UNKNOWN_ROOM_TOKEN if room_id is None else room_token(room_id)
         return f"{self.prefix}.deadletter.{token}"
 
-    def query(self, name: str) -> str:
+    def query(self, name: str, partition: int | None = None) -> str:
+        """A query's subject; with partitions, the one partition K's worker answers
+        (``<prefix>.query.K.<name>``)."""
         if not name or not _TOKEN_RE.match(name):
             raise ValueError(f"not a query name: {name!r}")
-        return f"{self.prefix}.query.{name}"
+        return f"{self.prefix}.query.{_partition_part(partition)}{name}"
+
+    @property
+    def input_any(self) -> str:
+        """The input stream's subjects when partitioned: one token, the room's. The
+        stream's transform files each under its partition; nothing else is accepted,
+        so no publisher can pick a partition by hand."""
+        return f"{self.prefix}.input.*"
+
+    def input_transform_destination(self, count: int) -> str:
+        """Where nats-server stores ``<prefix>.input.<room token>`` with ``count``
+        partitions: ``<prefix>.input.<K>.<room token>``, K the FNV-1a hash of the token
+        (worker.bus.partitions computes the same)."""
+        return f"{self.prefix}.input.{{{{partition({count},1)}}}}.{{{{wildcard(1)}}}}"
+
+    def partition_inputs(self, partition: int) -> str:
+        """The filter of partition ``partition``'s durable consumer."""
+        return f"{self.prefix}.input.{partition}.*"
 
     def input_token(self, subject: str) -> str:
         """The room token of an input subject, unchecked; ValueError for other subjects.
 
-        Comparing this with room_token(event room) is cheaper than decoding it.
+        Both shapes are input subjects: ``<prefix>.input.<token>`` as published, and
+        ``<prefix>.input.<K>.<token>`` as a partitioned stream stores it (a room token
+        never holds a dot, so the two cannot be confused). Comparing this with
+        room_token(event room) is cheaper than decoding it.
         """
         head = f"{self.prefix}.input."
-        if not subject.startswith(head) or "." in subject[len(head) :]:
+        if not subject.startswith(head):
             raise ValueError(f"not an input subject under {self.prefix!r}: {subject!r}")
-        return subject[len(head) :]
+        rest = subject[len(head) :]
+        if "." in rest:
+            partition, _, rest = rest.partition(".")
+            if not partition.isdigit() or "." in rest:
+                raise ValueError(f"not an input subject under {self.prefix!r}: {subject!r}")
+        return rest
+
+    def original_input(self, subject: str) -> str:
+        """The subject an input was published to: a partitioned stream's
+        ``<prefix>.input.<K>.<token>`` without its partition (what a dead letter keeps,
+        and what a replay publishes to). ValueError for other subjects."""
+        return f"{self.prefix}.input.{self.input_token(subject)}"
 
     def room_of_input(self, subject: str) -> str:
         """The room ID an input subject names; ValueError if the subject or token is bad."""
         return room_id_from_token(self.input_token(subject))
 
     def query_name(self, subject: str) -> str:
-        """The query name of a query subject; ValueError for other subjects."""
+        """The query name of a query subject (partitioned or not); ValueError for other
+        subjects."""
         head = f"{self.prefix}.query."
         name = subject[len(head) :]
+        if "." in name:
+            partition, _, name = name.partition(".")
+            if not partition.isdigit():
+                name = ""
         if not subject.startswith(head) or not name or "." in name:
             raise ValueError(f"not a query subject under {self.prefix!r}: {subject!r}")
         return name
+
+
+def _partition_part(partition: int | None) -> str:
+    """The ``K.`` a partitioned subject carries after its kind; empty without partitions."""
+    if partition is None:
+        return ""
+    if partition < 0:
+        raise ValueError(f"a partition is a number from 0, got {partition}")
+    return f"{partition}."

@@ -17,7 +17,16 @@ from pathlib import Path
 import structlog
 
 from worker import __version__
-from worker.cli import federation, generate, inspect, operator, publish, queries, run
+from worker.cli import (
+    federation,
+    generate,
+    inspect,
+    operator,
+    partitions,
+    publish,
+    queries,
+    run,
+)
 from worker.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -145,6 +154,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"roomserver {_version()}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
-    for group in (run, publish, generate, queries, federation, inspect, operator):
+    for group in (run, publish, generate, queries, federation, inspect, operator, partitions):
         group.add_commands(sub, common)
     return parser

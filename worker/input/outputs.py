@@ -7,6 +7,7 @@ after a crash a no-op for JetStream.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,10 @@ class OutputBuilder:
         stream_sequence: int,
         payload: bytes,
     ) -> Output:
+        # A partitioned stream stores inputs under <prefix>.input.<K>.<token>; the dead
+        # letter keeps the subject they were published to, which a replay goes back to.
+        with contextlib.suppress(ValueError):
+            subject = self.subjects.original_input(subject)
         body = dead_letter_body(
             error=code,
             message=message,

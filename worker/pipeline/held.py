@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import structlog
 
@@ -18,12 +19,21 @@ from worker.storage.database import Database, RoomRow
 log = structlog.get_logger(__name__)
 
 
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class HeldEvents:
     """The held events of the database, with their count kept in memory (so that a
     worker holding nothing never asks the database about them)."""
 
-    def __init__(self, db: Database, max_wait: float) -> None:
+    def __init__(
+        self, db: Database, max_wait: float, clock: Callable[[], int] | None = None
+    ) -> None:
         self.db = db
+        #: Milliseconds since the epoch when an event is held: the wall clock, or the
+        #: stream's time of the inputs when rebuilding (worker.rebuild).
+        self.clock = clock or _wall_clock_ms
         #: How long an event may wait for missing prev events before it is processed
         #: with the state that is known.
         self.max_wait_ms = int(max_wait * 1000)
@@ -45,7 +55,7 @@ class HeldEvents:
             subject=message.subject,
             stream_sequence=message.stream_sequence,
             payload=message.data,
-            now_ms=int(time.time() * 1000),
+            now_ms=self.clock(),
         )
         self.count += 1
         log.info(

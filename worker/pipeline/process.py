@@ -9,7 +9,7 @@ no input's fault and propagate to the caller.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import structlog
@@ -49,6 +49,7 @@ class Pipeline:
         subjects: Subjects,
         held_max_wait: float = 60.0,
         limits: CacheLimits | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         limits = limits if limits is not None else CacheLimits()
         self.db = db
@@ -60,7 +61,7 @@ class Pipeline:
         self.outbox = Outbox(db)
         self.batch = Batch(db, self.outbox, self.outputs)
         self.rooms = Rooms(db, subjects, limits)
-        self.held = HeldEvents(db, held_max_wait)
+        self.held = HeldEvents(db, held_max_wait, clock)
         self.authorize = Authorizer(db, self.state, self.events)
         self.resolver = NidResolver(db, self.state, self.events)
         self.states = EventStates(db, self.state, self.events, self.resolver)

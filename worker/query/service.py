@@ -263,19 +263,27 @@ class QueryService:
     """The micro service and its reader; `start` it beside the consumer, `stop` it
     before the database closes."""
 
-    def __init__(self, nc: NATS, reader: Reader, subjects: Subjects) -> None:
+    def __init__(
+        self, nc: NATS, reader: Reader, subjects: Subjects, partition: int | None = None
+    ) -> None:
         self._nc = nc
         self.reader = reader
         self.queries = Queries(reader)
         self.subjects = subjects
+        #: The partition whose rooms this worker holds: it answers only on
+        #: <prefix>.query.<partition>.<name> (None: unpartitioned, every room).
+        self.partition = partition
         self.errors: dict[str, Counter[str]] = {name: Counter() for name in Queries.FIELDS}
         self._service: Service | None = None
 
     @classmethod
-    async def start(cls, nc: NATS, storage_path: Path, subjects: Subjects) -> QueryService:
-        """Open a read-only reader on the worker's database and serve every query."""
+    async def start(
+        cls, nc: NATS, storage_path: Path, subjects: Subjects, partition: int | None = None
+    ) -> QueryService:
+        """Open a read-only reader on the worker's database and serve every query (of
+        one partition's rooms, when partitioned)."""
         reader = await Reader.open(storage_path)
-        service = cls(nc, reader, subjects)
+        service = cls(nc, reader, subjects, partition)
         try:
             await service._serve()
         except BaseException:
@@ -295,17 +303,22 @@ class QueryService:
                 "storage": str(self.reader.path),
                 "host": socket.gethostname(),
                 "pid": str(os.getpid()),
+                "partition": "" if self.partition is None else str(self.partition),
             },
             stats_handler=self._endpoint_data,
         )
         for name, handler in self.queries.handlers().items():
             await self._service.add_endpoint(
                 name=name,
-                subject=self.subjects.query(name),
+                subject=self.subjects.query(name, self.partition),
                 handler=self._wrap(name, handler),
             )
         await self._nc.flush()
-        log.info("query service started", subjects=self.subjects.query_wildcard)
+        log.info("query service started", subjects=self._subject_pattern())
+
+    def _subject_pattern(self) -> str:
+        part = "" if self.partition is None else f"{self.partition}."
+        return f"{self.subjects.prefix}.query.{part}*"
 
     def clear_caches(self) -> None:
         """Forget every decoded and encoded state (for measuring cold queries)."""

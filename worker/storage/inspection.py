@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.storage.blocks import unpack_nids
+from worker.storage.blocks import merge_blocks, unpack_nids
 from worker.storage.database import RoomRow, json_list, quick_check
 from worker.storage.reader import (
     HELD_IN_ROOM,
@@ -321,6 +321,78 @@ class Inspector:
                 "last_sent_event_nid, depth FROM rooms ORDER BY nid"
             )
         ]
+
+    # -- roomserver diff: what a database holds, without its NIDs ---------------------------
+
+    def contents(self) -> StoreContents:
+        """Every event's room, status and states before and after it, and every room's
+        version, forward extremities and current state, all by event ID and
+        (type, state key): two databases built from the same inputs may number things
+        differently, yet must hold the same contents."""
+        with self._snapshot():
+            names = {int(n): str(v) for n, v in self._rows("SELECT nid, name FROM event_types")}
+            keys = {int(n): str(v) for n, v in self._rows("SELECT nid, state_key FROM state_keys")}
+            ids = {int(n): str(v) for n, v in self._rows("SELECT nid, event_id FROM events")}
+            blocks = {int(nid): bytes(entries) for nid, _, entries in self.blocks()}
+            snapshots = {int(nid): unpack_nids(packed) for nid, _, packed in self.snapshots()}
+            rooms = self.rooms()
+            event_rows = self._rows(
+                "SELECT e.event_id, r.room_id, e.status, e.before_snapshot_nid, "
+                "e.after_snapshot_nid FROM events e JOIN rooms r ON r.nid = e.room_nid"
+            )
+        states: dict[int, StateMap] = {0: {}}
+
+        def state(snapshot_nid: int) -> StateMap:
+            if snapshot_nid not in states:
+                merged = merge_blocks(blocks[b] for b in snapshots[snapshot_nid])
+                states[snapshot_nid] = {(names[t], keys[k]): ids[e] for (t, k), e in merged.items()}
+            return states[snapshot_nid]
+
+        return StoreContents(
+            events={
+                str(event_id): StoredEvent(
+                    str(room_id),
+                    STATUS_NAMES.get(int(status), "unknown"),
+                    state(int(before)),
+                    state(int(after)),
+                )
+                for event_id, room_id, status, before, after in event_rows
+            },
+            rooms={
+                room.room_id: StoredRoom(
+                    room.room_version,
+                    sorted(ids[nid] for nid in room.latest_event_nids),
+                    state(room.snapshot_nid),
+                )
+                for room in rooms
+            },
+        )
+
+
+StateMap = dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    room_id: str
+    status: str
+    state_before: StateMap
+    state_after: StateMap
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRoom:
+    room_version: str
+    forward_extremities: list[str]
+    current_state: StateMap
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContents:
+    """A database's contents by event ID and (type, state key): `Inspector.contents`."""
+
+    events: dict[str, StoredEvent]
+    rooms: dict[str, StoredRoom]
 
 
 def _graph_event(row: Sequence[Any]) -> GraphEvent:
