@@ -15,9 +15,9 @@ import signal
 from collections import defaultdict
 from pathlib import Path
 
-from tests.faults.conftest import RunResult, Site, site
-from tests.faults.feed import Feed
-from tests.faults.procs import cli, dump_database, read_stream
+from tests.harness.feed import Feed
+from tests.harness.procs import cli, dump_database, read_stream
+from tests.harness.sites import RunResult, Site, site
 from worker.bus.partitions import partition_of_room
 from worker.config import PartitionsConfig, partition_directory
 
