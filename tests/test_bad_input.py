@@ -57,9 +57,9 @@ class Harness:
         return self.send_raw(_pack({"event": dict(event.pdu), **fields}))
 
     def outbox(self) -> list[tuple[str, dict[str, Any]]]:
-        rows = self.db.outbox_pending()
+        rows = self.db.outbox.pending()
         if rows:
-            self.db.outbox_delete_through(rows[-1][0])
+            self.db.outbox.delete_through(rows[-1][0])
         bodies = [(subject, msgpack.unpackb(payload, raw=False)) for _, subject, _, payload in rows]
         for _, body in bodies:
             if body.get("type") == "new_room_event":
