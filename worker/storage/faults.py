@@ -7,9 +7,16 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
+from worker.errors import RoomserverError
+
 
 class StorageError(RuntimeError):
     """A fault in the stored data itself (not a transient database condition)."""
+
+
+class ReadError(RoomserverError):
+    """A question the stored data cannot answer: the one boundary error, raised by the
+    read side (`code` is the contract's error code)."""
 
 
 #: SQLite's primary result codes (https://sqlite.org/rescode.html) that the worker tells
