@@ -43,7 +43,7 @@ def _feed(pipeline: Pipeline, events: list[Event], subject: str, seq: list[int])
     for start in range(0, len(messages), 256):
         results = pipeline.process_batch(messages[start : start + 256])
         assert all(r is Disposition.ACK for r in results)
-        pipeline.db.outbox_delete_through(2**62)
+        pipeline.db.outbox.delete_through(2**62)
 
 
 def _timed(pipeline: Pipeline, event: Event, subject: str, seq: list[int]) -> dict[str, float]:

@@ -153,8 +153,8 @@ class PipelineTruth:
         [disposition] = self.pipeline.process_batch([message])
         if disposition is not Disposition.ACK:
             raise RuntimeError(f"the pipeline did not take {event.event_id}: {disposition}")
-        self.outputs += len(self.db.outbox_pending())
-        self.db.outbox_delete_through(2**62)
+        self.outputs += len(self.db.outbox.pending())
+        self.db.outbox.delete_through(2**62)
         row = self.db.get_event_row(event.event_id)
         assert row is not None
         return (

@@ -59,7 +59,7 @@ def run(messages: list[InboundMessage], profiler: cProfile.Profile | None) -> fl
             profiler.enable()
         for first in range(0, len(messages), BATCH):
             pipeline.process_batch(messages[first : first + BATCH])
-            db.outbox_delete_through(2**62)
+            db.outbox.delete_through(2**62)
         if profiler is not None:
             profiler.disable()
         elapsed = time.perf_counter() - start

@@ -30,7 +30,7 @@ def test_v12_create_event_from_a_sender_without_domain_is_dead_lettered(
     room_id = "!" + builder.room_id[1:]
     message = InboundMessage(SUBJECTS.input(room_id), pack({"event": pdu}), 1)
     assert pipeline.process_batch([message]) == [Disposition.TERM]
-    [(_, subject, _, payload)] = db.outbox_pending()
+    [(_, subject, _, payload)] = db.outbox.pending()
     assert ".deadletter." in subject
     body = msgpack.unpackb(payload, raw=False)
     assert body["error"] == "bad_sender", body["message"]

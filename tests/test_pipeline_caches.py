@@ -68,7 +68,7 @@ def test_caches_stay_bounded_over_many_rooms(tmp_path: Path) -> None:
         assert room is not None
         latest = set(pipeline.events.ids_of(room.latest_event_nids).values())
         assert latest == {child.event_id}
-    assert db.awaited_prev_events() == []
+    assert db.awaited_prevs.all() == []
     db.close()
 
 

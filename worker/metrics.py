@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Final
 
 import structlog
@@ -161,54 +162,49 @@ class WorkerMetrics:
         ProcessCollector(registry=self.registry)
         self.registry.register(_PipelineCollector(counters, held, parked))
         self.registry.register(_StateCollector(health))
-        self.batch_seconds = Histogram(
+        # Each metric in this worker's own registry.
+        histogram = partial(Histogram, registry=self.registry)
+        gauge = partial(Gauge, registry=self.registry)
+        counter = partial(Counter, registry=self.registry)
+        self.batch_seconds = histogram(
             "roomserver_batch_seconds",
             "Time to process one fetched batch in its transaction, commit included",
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.batch_messages = Histogram(
+        self.batch_messages = histogram(
             "roomserver_batch_messages",
             "Input messages per fetched batch",
             buckets=_BATCH_SIZE_BUCKETS,
-            registry=self.registry,
         )
-        self.commit_seconds = Histogram(
+        self.commit_seconds = histogram(
             "roomserver_commit_seconds",
             "Time of the SQLite COMMIT that makes a batch durable",
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.publish_seconds = Histogram(
+        self.publish_seconds = histogram(
             "roomserver_outbox_publish_seconds",
             "Time to publish one chunk of the outbox and get JetStream's acks",
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.consumer_lag = Gauge(
+        self.consumer_lag = gauge(
             "roomserver_consumer_lag",
             "Input messages in the stream not yet delivered to the worker",
-            registry=self.registry,
         )
-        self.outbox_depth = Gauge(
+        self.outbox_depth = gauge(
             "roomserver_outbox_depth",
             "Outputs committed but not yet acknowledged by JetStream",
-            registry=self.registry,
         )
-        self.transient_retries = Counter(
+        self.transient_retries = counter(
             "roomserver_transient_retries",
             "Batches retried after a transient fault (database busy or locked)",
-            registry=self.registry,
         )
-        self.publish_retries = Counter(
+        self.publish_retries = counter(
             "roomserver_outbox_publish_retries",
             "Outbox publishes retried because NATS did not acknowledge them",
-            registry=self.registry,
         )
-        self.consumer_rewinds = Counter(
+        self.consumer_rewinds = counter(
             "roomserver_consumer_rewinds",
             "Times the input consumer was rewound to its ack floor (start-up, reconnection)",
-            registry=self.registry,
         )
 
     def render(self) -> bytes:

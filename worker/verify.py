@@ -14,7 +14,7 @@ from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
 from worker.storage.events import EventStore
-from worker.storage.inspection import Inspector
+from worker.storage.inspection import EventFacts, Inspector
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
 from worker.storage.state import StateStore
 
@@ -55,9 +55,22 @@ def _verify(inspector: Inspector, db: Database) -> Report:
     events = inspector.event_facts()
     report.events = len(events)
     types = inspector.type_nids()
-    state_keys = inspector.state_key_nids()
-    with_json = inspector.event_nids_with_json()
+    blocks = _check_blocks(inspector, report, events, types, inspector.state_key_nids())
+    snapshots = _check_snapshots(inspector, report, blocks)
+    _check_events(report, events, inspector.event_nids_with_json(), types, snapshots)
+    _check_rooms(inspector, db, report, events, snapshots)
+    return report
 
+
+def _check_blocks(
+    inspector: Inspector,
+    report: Report,
+    events: dict[int, EventFacts],
+    types: set[int],
+    state_keys: set[int],
+) -> dict[int, bytes]:
+    """Each block decodes to its count, and files stored, non-rejected events under
+    their own (type, state key); the blocks that decode, by NID."""
     blocks: dict[int, bytes] = {}
     for nid, count, data in inspector.blocks():
         report.blocks += 1
@@ -79,7 +92,14 @@ def _verify(inspector: Inspector, db: Database) -> Report:
                     )
                 if status == STATUS_REJECTED:
                     report.fault(f"state block {nid} holds rejected event NID {event_nid}")
+    return blocks
 
+
+def _check_snapshots(
+    inspector: Inspector, report: Report, blocks: dict[int, bytes]
+) -> dict[int, int]:
+    """Each snapshot's block list decodes, is within bounds and names good blocks; the
+    snapshots' rooms, by snapshot NID."""
     snapshots: dict[int, int] = {}
     for nid, room_nid, packed in inspector.snapshots():
         report.snapshots += 1
@@ -96,7 +116,17 @@ def _verify(inspector: Inspector, db: Database) -> Report:
                 report.fault(
                     f"state snapshot {nid} uses block {block_nid}, which is missing or bad"
                 )
+    return snapshots
 
+
+def _check_events(
+    report: Report,
+    events: dict[int, EventFacts],
+    with_json: set[int],
+    types: set[int],
+    snapshots: dict[int, int],
+) -> None:
+    """Each event has its JSON, a known type, and its states in its own room."""
     for nid, (room_nid, type_nid, _, _, before, after) in events.items():
         if nid not in with_json:
             report.fault(f"event NID {nid} has no stored JSON")
@@ -106,6 +136,16 @@ def _verify(inspector: Inspector, db: Database) -> Report:
             if snap and snapshots.get(snap) != room_nid:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
 
+
+def _check_rooms(
+    inspector: Inspector,
+    db: Database,
+    report: Report,
+    events: dict[int, EventFacts],
+    snapshots: dict[int, int],
+) -> None:
+    """Each room's current state is stored, and is the resolution of its forward
+    extremities, which are stored and accepted."""
     states = StateStore(db)
     resolver = NidResolver(db, states, EventStore(db))
     for room in inspector.rooms():
@@ -138,4 +178,3 @@ def _verify(inspector: Inspector, db: Database) -> Report:
                 f"room {room_id}: current state differs from the resolution of its forward "
                 f"extremities ({missing} entries missing, {extra} unexpected)"
             )
-    return report

@@ -18,6 +18,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import worker.storage.connection as connection
 import worker.storage.database as database
 from worker import cli
 from worker.pipeline.state import EventStates
@@ -36,14 +37,14 @@ def _inject_failure(path: Path) -> None:
 
 
 def _limit_pages(pages: int) -> None:
-    original = database.open_connection
+    original = connection.open_connection
 
     def limited(path: Path) -> sqlite3.Connection:
         conn = original(path)
         conn.execute(f"PRAGMA max_page_count = {pages:d}")
         return conn
 
-    database.open_connection = limited
+    connection.open_connection = limited
 
 
 if __name__ == "__main__":

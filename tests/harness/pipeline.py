@@ -65,9 +65,9 @@ class Harness:
 
     def outbox(self) -> list[tuple[str, dict[str, Any]]]:
         """The bodies committed since the last call (then dropped, as if published)."""
-        rows = self.db.outbox_pending()
+        rows = self.db.outbox.pending()
         if rows:
-            self.db.outbox_delete_through(rows[-1][0])
+            self.db.outbox.delete_through(rows[-1][0])
         bodies = [(subject, msgpack.unpackb(payload, raw=False)) for _, subject, _, payload in rows]
         for _, body in bodies:
             if body.get("type") == "new_room_event":

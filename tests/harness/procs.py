@@ -438,6 +438,6 @@ def dump_database(storage: Path) -> DatabaseDump:
                 "SELECT target_event_id, redaction_event_nid, may_redact_any FROM redactions"
             )
         }
-        return DatabaseDump(events, rooms, redactions, db.outbox_depth(), db.held_count())
+        return DatabaseDump(events, rooms, redactions, db.outbox.depth(), db.held.count())
     finally:
         db.close()

@@ -100,7 +100,7 @@ class _Worker:
     def dead_letters(self) -> list[str]:
         return [
             msgpack.unpackb(payload, raw=False).get("message", "")
-            for _, subject, _, payload in self.db.outbox_pending()
+            for _, subject, _, payload in self.db.outbox.pending()
             if ".deadletter." in subject
         ]
 

@@ -22,7 +22,7 @@ def test_inspector_cannot_change_the_file(tmp_path: Path) -> None:
         snapshot = StateStore(db).derive(room.nid, 0, {(1, 1): 7})
         room.snapshot_nid = snapshot
         db.update_room(room)
-    block_nids = db.snapshot_block_nids(snapshot)
+    block_nids = db.block_rows.snapshot_block_nids(snapshot)
     db.close()
     before = db.path.read_bytes()
     with Inspector.open(tmp_path) as inspector:

@@ -49,7 +49,7 @@ def test_full_disk_keeps_its_own_error(tmp_path: Path) -> None:
     try:
         with pytest.raises(sqlite3.Error) as caught, db.transaction():
             for i in range(100):
-                db.outbox_add("s", f"m{i}", b"x" * 65536)
+                db.outbox.add("s", f"m{i}", b"x" * 65536)
         assert caught.value.sqlite_errorname == "SQLITE_FULL"
         fault = storage_fault(caught.value, db.path)
         assert fault is not None
@@ -57,7 +57,7 @@ def test_full_disk_keeps_its_own_error(tmp_path: Path) -> None:
             f"storage fault: the disk is full (SQLITE_FULL) writing {db.path}; "
             "free space and restart"
         )
-        assert db.outbox_depth() == 0  # rolled back
+        assert db.outbox.depth() == 0  # rolled back
     finally:
         db.close()
 

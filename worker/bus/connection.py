@@ -16,13 +16,13 @@ import random
 import ssl
 import time
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 
+from worker.bus.lifecycle import Started
 from worker.config import ConfigError, NatsConfig
 
 log = structlog.get_logger("worker.bus.connection")
@@ -151,7 +151,7 @@ _HEALTH_TICK: Final = 0.1
 _FLUSH_TIMEOUT: Final = 3600
 
 
-class NatsHealth:
+class NatsHealth(Started):
     """Whether NATS is usable, as the readiness checks see it.
 
     `nats_connected`: the client is connected, or has been disconnected for less than
@@ -180,16 +180,12 @@ class NatsHealth:
         self._reconnects = nc.stats["reconnects"]
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
+        """Watch the connection from a task of its own until `close`."""
         self._task = asyncio.create_task(self._run(), name="nats-health")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
+        """Stop watching (the end of `async with`)."""
         for task in (self._task, self._ping):
             if task is not None:
                 task.cancel()

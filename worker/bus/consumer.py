@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import nats.errors
 import structlog
@@ -18,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from worker.bus.lifecycle import Started
 from worker.bus.subjects import Subjects
 from worker.config import Config
 
@@ -44,7 +44,7 @@ def consumer_config(config: Config) -> api.ConsumerConfig:
     )
 
 
-class PullConsumer:
+class PullConsumer(Started):
     """Fetches batches of input messages; recreates its consumer if someone deletes it.
 
     A recreated consumer starts again from the beginning of the stream: the worker's
@@ -67,18 +67,6 @@ class PullConsumer:
     def durable(self) -> str:
         assert self._consumer_config.durable_name is not None
         return self._consumer_config.durable_name
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Create or update the durable consumer and bind a pull subscription to it."""

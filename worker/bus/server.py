@@ -28,11 +28,11 @@ import sysconfig
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Final, Self
+from typing import IO, Final
 
 import structlog
 
+from worker.bus.lifecycle import Started
 from worker.config import Config, ConfigError
 
 log = structlog.get_logger("worker.bus.server")
@@ -112,7 +112,7 @@ async def accepts_connections(host: str, port: int) -> bool:
     return True
 
 
-class EmbeddedNatsServer:
+class EmbeddedNatsServer(Started):
     """A nats-server child process with JetStream storing under ``store_dir``.
 
     ``port=0`` picks a free port; ``url`` and ``port`` give the real one once started.
@@ -179,18 +179,6 @@ class EmbeddedNatsServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Start the server and return once it accepts client connections."""
         if self._process is not None:
@@ -246,6 +234,10 @@ class EmbeddedNatsServer:
             for line in self._recent_log:
                 _forward(line)
         log.info("embedded NATS server ready", url=self.url, store_dir=str(self.store_dir))
+
+    async def close(self) -> None:
+        """Stop the server (the end of `async with`)."""
+        await self.stop()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after ``timeout``) and wait for it."""

@@ -120,57 +120,8 @@ def cmd_publish(config: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         error(f"cannot read {args.file}: {exc.strerror or exc}")
         return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_FAILURE
-    via = ""
-
-    async def go() -> None:
-        nonlocal via
-        client = await connect(config, args, "publish")
-        via = f"via {client.server_url}"
-        client.default_room_version = args.room_version
-        batch: list[Outgoing] = []
-        progress = tqdm(unit=" events", disable=args.no_progress, file=sys.stderr)
-
-        async def flush() -> None:
-            if not batch:
-                return
-            try:
-                acks = await client.publish_messages(batch)
-            except Exception as exc:
-                if not client.nc.is_connected:
-                    raise RoomserverError(
-                        UNAVAILABLE,
-                        f"lost NATS at {client.server_url} after publishing "
-                        f"{counts.published + counts.duplicates} inputs",
-                    ) from None
-                counts.refused += len(batch)
-                print(f"NATS refused a batch of {len(batch)}: {exc!r}", file=sys.stderr)
-            else:
-                for ack in acks:
-                    if ack.duplicate:
-                        counts.duplicates += 1
-                    else:
-                        counts.published += 1
-            progress.update(len(batch))
-            batch.clear()
-
-        try:
-            for number, line in enumerate(_lines(source), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    batch.append(_input(client, line, args.kind))
-                except (ValueError, TypeError) as exc:
-                    counts.unreadable += 1
-                    print(f"line {number}: skipped, {exc}", file=sys.stderr)
-                if len(batch) >= BATCH:
-                    await flush()
-            await flush()
-        finally:
-            progress.close()
-            await client.close()
-
     try:
-        asyncio.run(go())
+        via = asyncio.run(_publish_file(config, args, source, counts))
     except RoomserverError as exc:
         error(f"{exc.message} ({exc.code})")
         return exit_status(exc)
@@ -180,3 +131,59 @@ def cmd_publish(config: Config, args: argparse.Namespace) -> int:
     )
     print(via, file=sys.stderr)
     return EXIT_OK if counts.refused == 0 and counts.unreadable == 0 else EXIT_FAILURE
+
+
+async def _publish_file(
+    config: Config, args: argparse.Namespace, source: TextIO, counts: _Counts
+) -> str:
+    """Publish every readable line of `source`, `BATCH` at a time; the server it went
+    through, for the summary."""
+    client = await connect(config, args, "publish")
+    via = f"via {client.server_url}"  # (the client forgets its server once closed)
+    client.default_room_version = args.room_version
+    batch: list[Outgoing] = []
+    progress = tqdm(unit=" events", disable=args.no_progress, file=sys.stderr)
+    try:
+        for number, line in enumerate(_lines(source), start=1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(_input(client, line, args.kind))
+            except (ValueError, TypeError) as exc:
+                counts.unreadable += 1
+                print(f"line {number}: skipped, {exc}", file=sys.stderr)
+            if len(batch) >= BATCH:
+                await _flush(client, batch, counts, progress)
+        await _flush(client, batch, counts, progress)
+    finally:
+        progress.close()
+        await client.close()
+    return via
+
+
+async def _flush(
+    client: RoomserverClient, batch: list[Outgoing], counts: _Counts, progress: tqdm[Any]
+) -> None:
+    """Publish the batch and count its acks, then empty it. A batch NATS refuses is
+    counted and reported; losing NATS ends the run."""
+    if not batch:
+        return
+    try:
+        acks = await client.publish_messages(batch)
+    except Exception as exc:
+        if not client.nc.is_connected:
+            raise RoomserverError(
+                UNAVAILABLE,
+                f"lost NATS at {client.server_url} after publishing "
+                f"{counts.published + counts.duplicates} inputs",
+            ) from None
+        counts.refused += len(batch)
+        print(f"NATS refused a batch of {len(batch)}: {exc!r}", file=sys.stderr)
+    else:
+        for ack in acks:
+            if ack.duplicate:
+                counts.duplicates += 1
+            else:
+                counts.published += 1
+    progress.update(len(batch))
+    batch.clear()

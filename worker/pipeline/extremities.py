@@ -47,13 +47,13 @@ class Extremities:
         #: Prev events that stored events named while they were unknown. When one
         #: arrives it may already have children, and then it is no forward extremity.
         #: Mirrored from their table while they fit the budget.
-        self.awaited_prevs = MaybeSet("awaited prev events", db.awaited_prev_events(), budget)
+        self.awaited_prevs = MaybeSet("awaited prev events", db.awaited_prevs.all(), budget)
 
     def await_prevs(self, event_ids: list[str]) -> None:
         """An event was processed without these prev events (forced out of hold, or
         with the state supplied): when one arrives, its children are already there."""
         if event_ids:
-            self.db.add_awaited_prev_events(event_ids)
+            self.db.awaited_prevs.add(event_ids)
             self.awaited_prevs.add(event_ids)
 
     def advance(self, stored: StoredEvent, room: RoomRow, inp: InputMessage) -> None:
@@ -137,7 +137,7 @@ class Extremities:
         not, so no stored event names it)."""
         if not self.awaited_prevs.may_contain(event_id):
             return False
-        self.db.remove_awaited_prev_event(event_id)
+        self.db.awaited_prevs.remove(event_id)
         self.awaited_prevs.discard(event_id)
         self.db.on_rollback(lambda: self.awaited_prevs.add([event_id]))
         return True

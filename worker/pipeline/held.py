@@ -39,16 +39,16 @@ class HeldEvents:
         self.max_wait_ms = int(max_wait * 1000)
         #: Held events whose missing prev events have all arrived, to process next.
         self._releasable: deque[str] = deque()
-        self.count = db.held_count()
+        self.count = db.held.count()
 
     def is_held(self, event_id: str) -> bool:
-        return bool(self.count) and self.db.is_held(event_id)
+        return bool(self.count) and self.db.held.contains(event_id)
 
     def hold(
         self, event_id: str, room: RoomRow, missing: list[str], message: InboundMessage
     ) -> None:
         """Keep the input whole until the `missing` prev events have arrived."""
-        self.db.hold_event(
+        self.db.held.add(
             event_id=event_id,
             room_nid=room.nid,
             missing=missing,
@@ -69,9 +69,9 @@ class HeldEvents:
         """Queue held events that were waiting only for `event_id`."""
         if not self.count:
             return
-        for held_id in self.db.held_waiting_on(event_id):
-            self.db.drop_held_wait(event_id, held_id)
-            if not self.db.held_waits_remaining(held_id):
+        for held_id in self.db.held.waiting_on(event_id):
+            self.db.held.drop_wait(event_id, held_id)
+            if not self.db.held.waits_remaining(held_id):
                 self._releasable.append(held_id)
 
     def next_woken(self) -> str | None:
@@ -80,11 +80,11 @@ class HeldEvents:
 
     def expired(self, now_ms: int) -> list[str]:
         """Held events that have waited longer than `max_wait`, oldest first."""
-        return self.db.held_expired(now_ms - self.max_wait_ms)
+        return self.db.held.expired(now_ms - self.max_wait_ms)
 
     def release(self, event_id: str, *, forced: bool) -> InboundMessage | None:
         """Stop holding an event; its input, to process now (None if it was not held)."""
-        held = self.db.unhold(event_id)
+        held = self.db.held.remove(event_id)
         if held is None:
             return None
         self.count -= 1
@@ -96,4 +96,4 @@ class HeldEvents:
         """After a transaction, committed or not: nothing is woken any more, and the
         count is the database's again (a rolled-back hold or release changed it)."""
         self._releasable.clear()
-        self.count = self.db.held_count()
+        self.count = self.db.held.count()

@@ -33,7 +33,7 @@ class Outbox:
         self.emitted = []
 
     def emit(self, output: Output) -> None:
-        seq = self.db.outbox_add(output.subject, output.msg_id, output.payload)
+        seq = self.db.outbox.add(output.subject, output.msg_id, output.payload)
         self.emitted.append(OutboxRow(seq, output.subject, output.msg_id, output.payload))
 
     def mark(self) -> int:
@@ -63,5 +63,5 @@ class Outbox:
         """Delete the rows published so far, inside the open transaction."""
         through = self._published_through
         if through > self._deleted_through:
-            self.db.outbox_delete_through(through)
+            self.db.outbox.delete_through(through)
             self._deleted_through = through

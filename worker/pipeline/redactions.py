@@ -44,7 +44,7 @@ class Redactions:
         #: rolled-back application must be found again), so a stale one costs a query;
         #: mirrored from the table while they fit the budget.
         self._late_targets = MaybeSet(
-            "late redaction targets", db.redaction_targets_not_stored(), budget
+            "late redaction targets", db.redactions.targets_not_stored(), budget
         )
 
     def on_accepted(self, stored: StoredEvent, room: RoomRow, before: int) -> None:
@@ -65,7 +65,7 @@ class Redactions:
         if target is None:
             return
         may_redact_any = self._sender_may_redact_any(event, self.state.load(before))
-        self.db.add_redaction(target, stored.row.nid, may_redact_any)
+        self.db.redactions.add(target, stored.row.nid, may_redact_any)
         target_stored = self.events.by_id(target)
         if target_stored is not None:
             self._apply(target_stored, stored, may_redact_any, room)
@@ -76,7 +76,7 @@ class Redactions:
         """Apply the redactions that named this event before it was stored."""
         if not self._late_targets.may_contain(stored.event.event_id):
             return
-        for redaction_nid, may_redact_any in self.db.redactions_of(stored.event.event_id):
+        for redaction_nid, may_redact_any in self.db.redactions.of(stored.event.event_id):
             redaction = self.events.by_nid(redaction_nid)
             if redaction.row.nid != stored.row.nid:
                 self._apply(stored, redaction, may_redact_any, room)

@@ -96,7 +96,7 @@ class OutboxRelay:
                 continue
             delay = DRAIN_RETRY_DELAY
             published += len(rows)
-            await self.db_thread.run(self.db.outbox_delete_through, rows[-1].seq)
+            await self.db_thread.run(self.db.outbox.delete_through, rows[-1].seq)
 
     async def forget_published(self) -> None:
         """Delete published rows now (the worker is idle or stopping)."""
@@ -110,10 +110,10 @@ class OutboxRelay:
 
     async def _pending(self) -> list[OutboxRow]:
         """The oldest chunk of the outbox, with the outbox's depth set as a metric."""
-        rows = await self.db_thread.run(self.db.outbox_pending, OUTBOX_CHUNK)
+        rows = await self.db_thread.run(self.db.outbox.pending, OUTBOX_CHUNK)
         depth = len(rows)
         if depth == OUTBOX_CHUNK:
-            depth = await self.db_thread.run(self.db.outbox_depth)
+            depth = await self.db_thread.run(self.db.outbox.depth)
         self.metrics.outbox_depth.set(depth)
         return rows
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.matrix.event_walks import DagNode
+from worker.storage.connection import json_list
 from worker.storage.reader import Reader, ReadError
 from worker.storage.schema import STATUS_NAMES, STATUS_OUTLIER, STATUS_REJECTED
 
@@ -28,10 +29,6 @@ class EventPlace:
     depth: int
 
 
-def _json_list(values: Iterable[str]) -> str:
-    return json.dumps(list(values))
-
-
 class FederationReads:
     """Queries a resident server answers for others, over the reader's connection."""
 
@@ -39,7 +36,7 @@ class FederationReads:
         self.reader = reader
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self.reader._conn.execute_fetchall(sql, params))
+        return await self.reader.rows(sql, params)
 
     async def room_nid(self, room_id: str) -> int:
         """The room's NID; ReadError(`unknown_room`) when it is not stored."""
@@ -70,7 +67,7 @@ class FederationReads:
             "  WHERE g.event_nid = e.nid)"
             " FROM (SELECT DISTINCT event_id FROM walk) w"
             " LEFT JOIN events e ON e.event_id = w.event_id AND e.room_nid = ?",
-            (_json_list(seeds), room_nid, hops, room_nid),
+            (json_list(seeds), room_nid, hops, room_nid),
         )
         nodes: dict[str, DagNode] = {}
         looked: set[str] = set()
@@ -90,7 +87,7 @@ class FederationReads:
         rows = await self._rows(
             "SELECT event_id, status, after_snapshot_nid, depth FROM events "
             "WHERE room_nid = ? AND event_id IN (SELECT value FROM json_each(?))",
-            (room_nid, _json_list(event_ids)),
+            (room_nid, json_list(event_ids)),
         )
         return {
             str(event_id): EventPlace(

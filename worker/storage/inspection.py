@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,36 +217,13 @@ class Inspector:
                 {current} | {e.before_snapshot for e in events} | {e.after_snapshot for e in events}
             )
             snapshot_nids.discard(0)
-            snapshots = {
-                int(nid): unpack_nids(blob)
-                for nid, blob in self._rows(
-                    "SELECT nid, block_nids FROM state_snapshots "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (json_list(snapshot_nids),),
-                )
-            }
-            block_nids = {b for blocks in snapshots.values() for b in blocks}
-            block_sizes = {
-                int(nid): int(count)
-                for nid, count in self._rows(
-                    "SELECT nid, entry_count FROM state_blocks "
-                    "WHERE nid IN (SELECT value FROM json_each(?))",
-                    (json_list(block_nids),),
-                )
-            }
+            snapshots, block_sizes = self._snapshots_and_blocks(snapshot_nids)
             held = held_records(self._rows(HELD_SQL + HELD_IN_ROOM + HELD_ORDER, (room_nid,)))
             listed = {e.event_id for e in events}
             named = {p for e in events for p in e.prev_event_ids} | {
                 m for h in held for m in h.missing_prev_event_ids
             }
-            stored_elsewhere = {
-                str(row[0])
-                for row in self._rows(
-                    "SELECT event_id FROM events "
-                    "WHERE event_id IN (SELECT value FROM json_each(?))",
-                    (json_list(named - listed),),
-                )
-            }
+            stored_elsewhere = self._stored(named - listed)
         return RoomGraph(
             room_id=room_id,
             room_version=version,
@@ -259,6 +236,39 @@ class Inspector:
             omitted=int(total) - len(events),
             stored_elsewhere=stored_elsewhere,
         )
+
+    def _snapshots_and_blocks(
+        self, snapshot_nids: Iterable[int]
+    ) -> tuple[dict[int, list[int]], dict[int, int]]:
+        """The snapshots' block lists, and the entry count of every block they use."""
+        snapshots = {
+            int(nid): unpack_nids(blob)
+            for nid, blob in self._rows(
+                "SELECT nid, block_nids FROM state_snapshots "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(snapshot_nids),),
+            )
+        }
+        block_nids = {b for blocks in snapshots.values() for b in blocks}
+        block_sizes = {
+            int(nid): int(count)
+            for nid, count in self._rows(
+                "SELECT nid, entry_count FROM state_blocks "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(block_nids),),
+            )
+        }
+        return snapshots, block_sizes
+
+    def _stored(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of the event IDs that are stored (in any room)."""
+        return {
+            str(row[0])
+            for row in self._rows(
+                "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
+                (json_list(event_ids),),
+            )
+        }
 
     def _event_ids(self, nids: Sequence[int]) -> dict[int, str]:
         found = {

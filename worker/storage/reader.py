@@ -10,46 +10,37 @@ take the write lock or change a byte. Everything it returns is committed data.
 What makes it fast is that almost everything it reads is immutable once committed:
 blocks and snapshots are never rewritten, a NID always names the same type, state key
 or event, and an event's auth events, state snapshots and membership never change
-(a redaction keeps `membership`). So packed blocks, merged snapshot states and NID
-names are cached without any invalidation; only the room rows (current state, forward
-extremities) and event JSON are read fresh each time.
+(a redaction keeps `membership`). So packed blocks, merged snapshot states
+(`worker.storage.read_state`) and NID names (`worker.storage.read_names`) are cached
+without any invalidation; only the room rows (current state, forward extremities) and
+event JSON are read fresh each time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
 
-from worker.errors import RoomserverError
 from worker.storage.blocks import NidState, unpack_nids
-from worker.storage.database import DB_FILENAME, StorageError, json_list
+from worker.storage.connection import json_list
+from worker.storage.database import DB_FILENAME
+from worker.storage.faults import ReadError as ReadError
 from worker.storage.lru import LruByWeight
-from worker.storage.schema import (
-    EMPTY_STATE_KEY_NID,
-    STATUS_NAMES,
-    STATUS_OUTLIER,
-    WELL_KNOWN_TYPES,
-)
-from worker.storage.snapshots import SnapshotCache
+from worker.storage.read_names import NidNames
+from worker.storage.read_state import StateReads
+from worker.storage.read_state import StateTriple as StateTriple
+from worker.storage.schema import STATUS_NAMES, STATUS_OUTLIER, WELL_KNOWN_TYPES
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
 #: `at` values for state at an event.
 BEFORE: Final = "before"
 AFTER: Final = "after"
-
-#: (event type, state key, event ID): one entry of a state, as queries return it.
-StateTriple = tuple[str, str, str]
-
-
-class ReadError(RoomserverError):
-    """A question the stored data cannot answer: the one boundary error, raised by the
-    read side (`code` is the contract's error code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +161,10 @@ class Reader:
     def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
         self._conn = conn
         self.path = path
-        self._snapshots = SnapshotCache(cache_entries, cache_entries, cache_entries // 10)
         #: NID facts, one entry each (an auth list weighs its length): each a quarter
         #: of the budget.
-        names = max(cache_entries // 4, 1)
-        self._type_names: LruByWeight[int, str] = LruByWeight(names)
-        self._type_nids: LruByWeight[str, int] = LruByWeight(names)
-        self._sk_names: LruByWeight[int, str] = LruByWeight(names)
-        self._event_ids: LruByWeight[int, str] = LruByWeight(names)
-        self._memberships: LruByWeight[int, str] = LruByWeight(names)
-        self._auth: LruByWeight[int, list[int]] = LruByWeight(names)
+        self._names = NidNames(self.rows, max(cache_entries // 4, 1))
+        self._states = StateReads(self.rows, self._names, cache_entries)
 
     @classmethod
     async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
@@ -205,24 +190,18 @@ class Reader:
 
     def caches(self) -> dict[str, LruByWeight[Any, Any]]:
         """Every cache, by name (for `clear_caches` and the tests of their bounds)."""
-        return {
-            **self._snapshots.caches(),
-            "type_names": self._type_names,
-            "type_nids": self._type_nids,
-            "state_key_names": self._sk_names,
-            "event_ids": self._event_ids,
-            "memberships": self._memberships,
-            "auth_events": self._auth,
-        }
+        return {**self._states.caches(), **self._names.caches()}
 
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One statement's rows on the read-only connection (also for the federation
+        reads, `worker.storage.federation_reads`, which share it)."""
         return list(await self._conn.execute_fetchall(sql, params))
 
-    # -- rooms and events ----------------------------------------------------------------
+    # -- rooms and state -------------------------------------------------------------------
 
     async def _room(self, room_id: str) -> tuple[int, str, int, bytes, int]:
         """(room NID, version, current snapshot NID, packed latest NIDs, depth)."""
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT nid, room_version, snapshot_nid, latest_event_nids, depth "
             "FROM rooms WHERE room_id = ?",
             (room_id,),
@@ -241,7 +220,7 @@ class Reader:
         room_nid, _, current, _, _ = await self._room(room_id)
         if event_id is None:
             return current, None
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT room_nid, status, before_snapshot_nid, after_snapshot_nid "
             "FROM events WHERE event_id = ?",
             (event_id,),
@@ -256,156 +235,10 @@ class Reader:
             )
         return int(after if at == AFTER else before), event_id
 
-    # -- state -----------------------------------------------------------------------------
-
-    async def _state(self, snapshot_nid: int) -> NidState:
-        """The snapshot's state map (shared with the cache: read-only); loaded as the
-        writer's `StateStore.load` does, through the same `SnapshotCache`."""
-        if snapshot_nid == 0:
-            return {}
-        cache = self._snapshots
-        state = cache.state(snapshot_nid)
-        if state is not None:
-            return state
-        block_nids = cache.block_nids(snapshot_nid)
-        if block_nids is None:
-            rows = await self._rows(
-                "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
-            )
-            if not rows:
-                raise ReadError(
-                    "internal_error", f"state snapshot {snapshot_nid} is referenced but not stored"
-                )
-            block_nids = cache.remember_block_nids(snapshot_nid, unpack_nids(rows[0][0]))
-        held, missing = cache.held_blocks(block_nids)
-        if missing:
-            rows = await self._rows(
-                "SELECT nid, entries FROM state_blocks "
-                "WHERE nid IN (SELECT value FROM json_each(?))",
-                (json_list(missing),),
-            )
-            try:
-                cache.add_fetched(held, missing, {int(n): bytes(b) for n, b in rows})
-            except StorageError as exc:
-                raise ReadError("internal_error", str(exc)) from exc
-        return cache.assemble(snapshot_nid, block_nids, held)
-
-    async def _names(
-        self, state: Mapping[tuple[int, int], int]
-    ) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
-        """Type, state key and event ID maps that cover every NID in `state`."""
-        types = await self._type_name_map(t for t, _ in state)
-        keys = await self._state_key_names(s for _, s in state)
-        ids = await self._event_id_map(state.values())
-        return types, keys, ids
-
-    async def _fill(
-        self, cache: LruByWeight[int, str], nids: Iterable[int], sql: str
-    ) -> dict[int, str]:
-        """NID → value for every NID given: cached, or read with `sql` (which takes the
-        lacking NIDs as one JSON list) and cached."""
-        found, lacking = cache.get_many(nids)
-        if not lacking:
-            return found
-        fetched = {
-            int(nid): str(value) for nid, value in await self._rows(sql, (json_list(lacking),))
-        }
-        if len(fetched) < len(lacking):
-            absent = [nid for nid in lacking if nid not in fetched]
-            raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
-        cache.put_many(fetched)
-        found.update(fetched)
-        return found
-
-    async def _event_id_map(self, nids: Iterable[int]) -> dict[int, str]:
-        return await self._fill(
-            self._event_ids,
-            nids,
-            "SELECT nid, event_id FROM events WHERE nid IN (SELECT value FROM json_each(?))",
-        )
-
-    async def _state_key_names(self, nids: Iterable[int]) -> dict[int, str]:
-        return await self._fill(
-            self._sk_names,
-            nids,
-            "SELECT nid, state_key FROM state_keys WHERE nid IN (SELECT value FROM json_each(?))",
-        )
-
-    async def _type_name_map(self, nids: Iterable[int]) -> dict[int, str]:
-        names = await self._fill(
-            self._type_names,
-            nids,
-            "SELECT nid, name FROM event_types WHERE nid IN (SELECT value FROM json_each(?))",
-        )
-        for nid, name in names.items():
-            self._type_nids.put(name, nid)
-        return names
-
-    async def _type_nid_map(self, names: Iterable[str]) -> dict[str, int]:
-        """Type name → NID for the names that have one (unknown types match nothing)."""
-        found, lacking = self._type_nids.get_many(names)
-        if lacking:
-            for nid, name in await self._rows(
-                "SELECT nid, name FROM event_types WHERE name IN (SELECT value FROM json_each(?))",
-                (json_list(lacking),),
-            ):
-                found[str(name)] = int(nid)
-                self._type_nids.put(str(name), int(nid))
-                self._type_names.put(int(nid), str(name))
-        return found
-
-    async def _state_key_nid_map(self, keys: Iterable[str]) -> dict[str, int]:
-        wanted = set(keys)
-        result = {"": EMPTY_STATE_KEY_NID} if "" in wanted else {}
-        lacking = [key for key in wanted if key != ""]
-        if lacking:
-            for nid, key in await self._rows(
-                "SELECT nid, state_key FROM state_keys "
-                "WHERE state_key IN (SELECT value FROM json_each(?))",
-                (json_list(lacking),),
-            ):
-                result[str(key)] = int(nid)
-        return result
-
-    async def _filtered(
-        self,
-        state: NidState,
-        types: Sequence[str] | None,
-        keys: Sequence[tuple[str, str]] | None,
-    ) -> NidState:
-        """The part of `state` matching any of the types or (type, state key) pairs."""
-        if types is None and keys is None:
-            return state
-        result: NidState = {}
-        if types:
-            type_nids = set((await self._type_nid_map(types)).values())
-            if type_nids:
-                result.update({k: v for k, v in state.items() if k[0] in type_nids})
-        if keys:
-            type_map = await self._type_nid_map(t for t, _ in keys)
-            key_map = await self._state_key_nid_map(s for _, s in keys)
-            for event_type, state_key in keys:
-                nid_key = (type_map.get(event_type, 0), key_map.get(state_key, 0))
-                event_nid = state.get(nid_key)
-                if event_nid:
-                    result[nid_key] = event_nid
-        return result
-
-    async def _triples(self, state: NidState) -> list[StateTriple]:
-        # The hot path: every name already cached, looked up in the caches' live views
-        # (no await in between, so nothing is evicted under it).
-        types, keys = self._type_names.view(), self._sk_names.view()
-        ids = self._event_ids.view()
-        try:
-            return [(types[t], keys[s], ids[e]) for (t, s), e in state.items()]
-        except KeyError:
-            named = await self._names(state)
-            return [(named[0][t], named[1][s], named[2][e]) for (t, s), e in state.items()]
-
     async def nid_state(self, snapshot_nid: int) -> NidState:
         """A snapshot's state as NIDs, `(type NID, state key NID) → event NID`, for
         tools and tests inside the worker (shared with the cache: do not change it)."""
-        return await self._state(snapshot_nid)
+        return await self._states.load(snapshot_nid)
 
     async def state(
         self,
@@ -429,14 +262,14 @@ class Reader:
     ) -> list[StateTriple]:
         """A snapshot's entries (those of the given types and keys, if any are given),
         in no particular order."""
-        state = await self._filtered(await self._state(snapshot_nid), types, keys)
-        return await self._triples(state)
+        state = await self._states.filtered(await self._states.load(snapshot_nid), types, keys)
+        return await self._states.triples(state)
 
     # -- events ----------------------------------------------------------------------------
 
     async def events(self, event_ids: Sequence[str]) -> tuple[list[EventRecord], list[str]]:
         """Stored events with their status, in the order asked; and the unknown IDs."""
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT e.event_id, r.room_id, e.status, e.reason, e.redacted_by, j.json "
             "FROM events e JOIN rooms r ON r.nid = e.room_nid "
             "JOIN event_json j ON j.event_nid = e.nid "
@@ -463,32 +296,23 @@ class Reader:
         they agree with each other."""
         _, version, snapshot_nid, packed, depth = await self._room(room_id)
         latest_nids = unpack_nids(packed)
-        ids = await self._event_id_map(latest_nids)
+        ids = await self._names.event_ids_of(latest_nids)
         return LatestRecord(room_id, version, depth, [ids[n] for n in latest_nids], snapshot_nid)
 
     # -- membership ------------------------------------------------------------------------
-
-    async def _membership_map(self, event_nids: Iterable[int]) -> dict[int, str]:
-        return await self._fill(
-            self._memberships,
-            event_nids,
-            "SELECT event_nid, coalesce(json_extract(CAST(json AS TEXT), "
-            "'$.content.membership'), '') FROM event_json "
-            "WHERE event_nid IN (SELECT value FROM json_each(?))",
-        )
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = BEFORE
     ) -> MembershipRecord:
         """One user's membership in the room's current state (or at an event)."""
         snapshot_nid, _ = await self.snapshot_at(room_id, event_id, at)
-        state = await self._state(snapshot_nid)
-        sk_nid = (await self._state_key_nid_map([user_id])).get(user_id, 0)
+        state = await self._states.load(snapshot_nid)
+        sk_nid = (await self._names.state_key_nids_of([user_id])).get(user_id, 0)
         member_nid = state.get((MEMBER_TYPE_NID, sk_nid), 0) if sk_nid else 0
         if not member_nid:
             return MembershipRecord(room_id, user_id, None, None)
-        membership = (await self._membership_map([member_nid]))[member_nid]
-        ids = await self._event_id_map([member_nid])
+        membership = (await self._names.memberships_of([member_nid]))[member_nid]
+        ids = await self._names.event_ids_of([member_nid])
         return MembershipRecord(room_id, user_id, membership or None, ids[member_nid])
 
     async def members(
@@ -501,47 +325,29 @@ class Reader:
     ) -> list[str]:
         """User IDs whose membership is `membership` (joined, by default), sorted."""
         snapshot_nid, _ = await self.snapshot_at(room_id, event_id, at)
-        state = await self._state(snapshot_nid)
+        state = await self._states.load(snapshot_nid)
         members = {s: e for (t, s), e in state.items() if t == MEMBER_TYPE_NID}
         if not members:
             return []
-        memberships = await self._membership_map(members.values())
+        memberships = await self._names.memberships_of(members.values())
         chosen = [s for s, e in members.items() if memberships[e] == membership]
-        names = await self._state_key_names(chosen)
+        names = await self._names.state_keys_of(chosen)
         return sorted(names[s] for s in chosen)
 
     # -- rooms, auth chains, held events ----------------------------------------------------
 
     async def rooms(self) -> list[RoomRecord]:
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT r.room_id, r.room_version, "
             "(SELECT count(*) FROM events e WHERE e.room_nid = r.nid) "
             "FROM rooms r ORDER BY r.room_id"
         )
         return [RoomRecord(str(r), str(v), int(n)) for r, v, n in rows]
 
-    async def _auth_map(self, nids: Iterable[int]) -> dict[int, list[int]]:
-        found, lacking = self._auth.get_many(nids)
-        if not lacking:
-            return found
-        fetched = {
-            int(nid): unpack_nids(packed)
-            for nid, packed in await self._rows(
-                "SELECT nid, auth_event_nids FROM events "
-                "WHERE nid IN (SELECT value FROM json_each(?))",
-                (json_list(lacking),),
-            )
-        }
-        for nid in lacking:
-            auth = fetched.setdefault(nid, [])
-            self._auth.put(nid, auth, len(auth) + 1)
-        found.update(fetched)
-        return found
-
     async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
         """The union of the events' auth chains (their auth events, recursively; not
         the events themselves unless one is in another's chain), sorted."""
-        rows = await self._rows(
+        rows = await self.rows(
             "SELECT nid, event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
             (json_list(event_ids),),
         )
@@ -552,16 +358,16 @@ class Reader:
         chain: set[int] = set()
         frontier = set(known.values())
         while frontier:
-            auth = await self._auth_map(frontier)
+            auth = await self._names.auth_events_of(frontier)
             step = {a for nid in frontier for a in auth[nid]}
             frontier = step - chain
             chain |= frontier
-        ids = await self._event_id_map(chain)
+        ids = await self._names.event_ids_of(chain)
         return sorted(ids[nid] for nid in chain)
 
     async def held(self, room_id: str | None = None) -> list[HeldRecord]:
         """Events waiting for missing prev events, oldest first (one room, or all)."""
         if room_id is None:
-            return held_records(await self._rows(HELD_SQL + HELD_ORDER))
+            return held_records(await self.rows(HELD_SQL + HELD_ORDER))
         room_nid, *_ = await self._room(room_id)
-        return held_records(await self._rows(HELD_SQL + HELD_IN_ROOM + HELD_ORDER, (room_nid,)))
+        return held_records(await self.rows(HELD_SQL + HELD_IN_ROOM + HELD_ORDER, (room_nid,)))

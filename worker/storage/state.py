@@ -89,21 +89,21 @@ class StateStore:
         """Every listed block: from the cache, the others in one query."""
         held, missing = self.cache.held_blocks(block_nids)
         if missing:
-            self.cache.add_fetched(held, missing, self.db.blocks(missing))
+            self.cache.add_fetched(held, missing, self.db.block_rows.blocks(missing))
         return held
 
     def _block_nids(self, snapshot_nid: int) -> list[int]:
         block_nids = self.cache.block_nids(snapshot_nid)
         if block_nids is None:
             block_nids = self.cache.remember_block_nids(
-                snapshot_nid, self.db.snapshot_block_nids(snapshot_nid)
+                snapshot_nid, self.db.block_rows.snapshot_block_nids(snapshot_nid)
             )
         return block_nids
 
     def _block(self, block_nid: int) -> bytes:
         packed = self.cache.block(block_nid)
         if packed is None:
-            fetched = self.db.blocks([block_nid])
+            fetched = self.db.block_rows.blocks([block_nid])
             if block_nid not in fetched:
                 raise StorageError(f"state block {block_nid} is referenced but not stored")
             packed = fetched[block_nid]
@@ -137,7 +137,7 @@ class StateStore:
             blocks[merged_from:] = [self._write_block(merged)]
             self.stats.merges += 1
         block_nids = [nid for nid, _ in blocks]
-        snapshot_nid = self.db.put_snapshot(
+        snapshot_nid = self.db.block_rows.put_snapshot(
             snapshot_hash(room_nid, block_nids), room_nid, block_nids
         )
         self.db.on_rollback(self.forget_caches)
@@ -166,7 +166,7 @@ class StateStore:
 
     def _write_block(self, entries: Mapping[NidStateKey, int]) -> tuple[int, int]:
         packed = pack_entries(entries)
-        nid, fresh = self.db.put_block(block_hash(packed), len(entries), packed)
+        nid, fresh = self.db.block_rows.put_block(block_hash(packed), len(entries), packed)
         if fresh:
             self.stats.blocks_written += 1
             self.stats.triples_written += len(entries)

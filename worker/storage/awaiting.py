@@ -1,0 +1,63 @@
+"""What the write path remembers about events that have not arrived yet: accepted
+redactions whose target is still unknown, and prev events named but never stored."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+
+class Redactions:
+    """Accepted redactions by target event ID, kept so that a target arriving later is
+    redacted as it is stored."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add(self, target_event_id: str, redaction_nid: int, may_redact_any: bool) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO redactions (target_event_id, redaction_event_nid, "
+            "may_redact_any) VALUES (?, ?, ?)",
+            (target_event_id, redaction_nid, int(may_redact_any)),
+        )
+
+    def targets_not_stored(self) -> list[str]:
+        """Targets of accepted redactions that have not arrived yet."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT DISTINCT target_event_id FROM redactions WHERE target_event_id "
+                "NOT IN (SELECT event_id FROM events)"
+            )
+        ]
+
+    def of(self, target_event_id: str) -> list[tuple[int, bool]]:
+        """(redaction NID, may redact any) for accepted redactions naming the target."""
+        return [
+            (int(row[0]), bool(row[1]))
+            for row in self.conn.execute(
+                "SELECT redaction_event_nid, may_redact_any FROM redactions "
+                "WHERE target_event_id = ?",
+                (target_event_id,),
+            )
+        ]
+
+
+class AwaitedPrevEvents:
+    """Prev events named by stored events but not stored themselves; one arriving
+    later may change the room's forward extremities."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add(self, event_ids: Sequence[str]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO awaited_prev_events (event_id) VALUES (?)",
+            [(event_id,) for event_id in event_ids],
+        )
+
+    def all(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT event_id FROM awaited_prev_events")]
+
+    def remove(self, event_id: str) -> None:
+        self.conn.execute("DELETE FROM awaited_prev_events WHERE event_id = ?", (event_id,))

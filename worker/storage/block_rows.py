@@ -1,0 +1,62 @@
+"""The rows of state blocks and snapshots: stored once per distinct content (by hash),
+read by NID. Packing and the merge policy are `worker.storage.blocks`; the caches in
+front of these rows are `worker.storage.state`."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.connection import json_list
+from worker.storage.faults import StorageError
+
+
+class BlockRows:
+    """The SQL of `state_blocks` and `state_snapshots`, on the write connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
+        row = self.conn.execute(
+            "SELECT block_nids FROM state_snapshots WHERE nid = ?", (snapshot_nid,)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"state snapshot {snapshot_nid} is referenced but not stored")
+        return unpack_nids(row[0])
+
+    def blocks(self, block_nids: Iterable[int]) -> dict[int, bytes]:
+        """Block NID → packed entries."""
+        return {
+            nid: bytes(entries)
+            for nid, entries in self.conn.execute(
+                "SELECT nid, entries FROM state_blocks "
+                "WHERE nid IN (SELECT value FROM json_each(?))",
+                (json_list(block_nids),),
+            )
+        }
+
+    def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:
+        """Store a block unless an identical one exists; returns (NID, newly written)."""
+        row = self.conn.execute("SELECT nid FROM state_blocks WHERE hash = ?", (digest,)).fetchone()
+        if row is not None:
+            return int(row[0]), False
+        nid = self.conn.execute(
+            "INSERT INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?) RETURNING nid",
+            (digest, entry_count, packed),
+        ).fetchone()[0]
+        return int(nid), True
+
+    def put_snapshot(self, digest: bytes, room_nid: int, block_nids: Sequence[int]) -> int:
+        row = self.conn.execute(
+            "SELECT nid FROM state_snapshots WHERE hash = ?", (digest,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        nid = self.conn.execute(
+            "INSERT INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?) "
+            "RETURNING nid",
+            (digest, room_nid, pack_nids(block_nids)),
+        ).fetchone()[0]
+        return int(nid)

@@ -1,0 +1,147 @@
+"""The write connection: opening the SQLite file, and the batch transaction with one
+savepoint per input, whose rollback also undoes what the caches learned inside it.
+
+Why not aiosqlite here: a fetched batch is one transaction, and the events in it
+depend on each other (an event's prev event is usually earlier in the same batch), so
+every read must see the batch's uncommitted writes, through the same connection. Doing
+each of the ~10 statements per event as an awaited thread hop would cost more than the
+statement itself. The pipeline instead runs a whole batch inside this connection's
+thread (see `worker.pipeline`) and the asyncio side only moves bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database with the pragmas the worker relies on.
+
+    WAL lets readers run beside the writer; `synchronous=FULL` makes a commit durable
+    before the input is acknowledged, as the contract requires.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    # 16 MiB of page cache: the writer touches recent pages and index paths; a larger
+    # cache mostly grows the process with the database file for little speed.
+    conn.execute("PRAGMA cache_size=-16384")
+    for suffix in ("", "-wal", "-shm"):
+        candidate = Path(str(path) + suffix)
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
+    return conn
+
+
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """SQLite's own check of a connection's database: the problems found (empty when
+    healthy). The worker runs it at start-up, `roomserver verify` on its read-only
+    connection."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    return [] if problems == ["ok"] else problems
+
+
+def json_list(values: Iterable[int] | Iterable[str]) -> str:
+    """A list of IDs as one SQL parameter, for `x IN (SELECT value FROM json_each(?))`.
+
+    The one way storage passes ID lists to SQL: one statement for any number of values
+    (no chunking under SQLite's variable limit), and one cached statement text.
+    """
+    return json.dumps(list(values))
+
+
+class WriteConnection:
+    """One synchronous SQLite connection, owned by one thread, and its transactions.
+
+    Caches are only ever filled from committed or in-transaction data; when a
+    transaction rolls back, anything learned inside it is forgotten through the hooks
+    registered with `on_rollback` (SQLite reuses rolled-back rowids, so a stale NID
+    mapping would point at the wrong row).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Looked up in this module at call time, so a fault test can wrap it.
+        self.conn = open_connection(path)
+        self._in_txn = False
+        self._broken = False
+        self._rollback_hooks: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own check; returns the problems found (empty when healthy)."""
+        return quick_check(self.conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._in_txn:
+            raise RuntimeError("nested transaction")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_txn = True
+        self._broken = False
+        self._rollback_hooks = []
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # After some faults (a full disk, an I/O error) SQLite has already rolled the
+            # transaction back itself, and a ROLLBACK would only fail with "no transaction
+            # is active", hiding the error that matters: the one being raised.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            self._forget_uncommitted()
+            raise
+        finally:
+            self._in_txn = False
+            self._rollback_hooks = []
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the batch's transaction is still open (SQLite may have ended it)."""
+        return self._in_txn and not self._broken and self.conn.in_transaction
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo one input's writes on failure while keeping the batch's transaction.
+
+        If SQLite ended the whole transaction (see `transaction`), there is nothing to
+        roll back to: the error goes up as it is and the batch fails."""
+        hooks_before = len(self._rollback_hooks)
+        self.conn.execute("SAVEPOINT one_input")
+        try:
+            yield
+            self.conn.execute("RELEASE one_input")
+        except BaseException:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK TO one_input")
+                    self.conn.execute("RELEASE one_input")
+                except sqlite3.Error:
+                    # The input's writes could not be undone: the batch must not go on
+                    # (see `in_transaction`); the error being raised is the one to report.
+                    self._broken = True
+            for hook in self._rollback_hooks[hooks_before:]:
+                hook()
+            del self._rollback_hooks[hooks_before:]
+            raise
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Register cache cleanup to run if the current transaction is undone."""
+        if self._in_txn:
+            self._rollback_hooks.append(hook)
+
+    def _forget_uncommitted(self) -> None:
+        for hook in self._rollback_hooks:
+            hook()

@@ -1,0 +1,47 @@
+"""The outbox: outputs written in the batch's transaction, published after it commits,
+and deleted once the stream has acknowledged them (see `worker.runner.outbox_relay`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import NamedTuple
+
+
+class OutboxRow(NamedTuple):
+    """One output waiting in the outbox (a tuple, so rows unpack as before)."""
+
+    seq: int
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+class OutboxStore:
+    """The outbox table's SQL, on the write connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add(self, subject: str, msg_id: str, payload: bytes) -> int:
+        """Queue an output; returns its outbox sequence number."""
+        cursor = self.conn.execute(
+            "INSERT INTO outbox (subject, msg_id, payload) VALUES (?, ?, ?)",
+            (subject, msg_id, payload),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def pending(self, limit: int = 10_000) -> list[OutboxRow]:
+        return [
+            OutboxRow(row[0], row[1], row[2], bytes(row[3]))
+            for row in self.conn.execute(
+                "SELECT seq, subject, msg_id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            )
+        ]
+
+    def delete_through(self, seq: int) -> None:
+        """Forget published outputs; autocommits when called outside a transaction."""
+        self.conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+
+    def depth(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
