@@ -28,6 +28,9 @@ from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore
 
+#: Events kept for resolutions' walks, by ID; cleared when full.
+EVENT_MEMO_ENTRIES = 50_000
+
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
 RESOLUTION_CACHE_ENTRIES = 100_000
 
@@ -59,6 +62,11 @@ class NidResolver:
         #: outlier: either may become a different answer later (the event arrives, or
         #: the outlier is promoted and rejected), so that resolution is not remembered.
         self._unsettled = False
+        #: Stored events that are no outliers, by ID, with whether each was rejected:
+        #: facts that never change once committed. The auth difference walks a large
+        #: room's auth events over and over (each resolution starts afresh), and the
+        #: event store's LRU costs several times a plain dict lookup.
+        self._settled: dict[str, tuple[Event, bool]] = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -103,6 +111,7 @@ class NidResolver:
                     back[event_id] = (key, nid)
             differing.append(named)
         self._unsettled = False
+        self.db.on_rollback(self._settled.clear)
         resolved = resolve_conflicts(
             get_room_version(room_version),
             _AgreedState(self, states[0], differing_keys),
@@ -145,17 +154,31 @@ class NidResolver:
         state_key_nid = self.db.state_key_nid(key[1], create=False) if type_nid else 0
         return (type_nid, state_key_nid) if state_key_nid else None
 
-    def _event_for_resolution(self, event_id: str) -> Event | None:
+    def _lookup(self, event_id: str) -> tuple[Event, bool] | None:
+        """The event and whether it was rejected; notes an unknown or outlier event."""
+        settled = self._settled.get(event_id)
+        if settled is not None:
+            return settled
         stored = self.events.by_id(event_id)
-        if stored is None or stored.row.status == STATUS_OUTLIER:
+        if stored is None:
             self._unsettled = True
-        return stored.event if stored is not None else None
+            return None
+        found = (stored.event, stored.row.status == STATUS_REJECTED)
+        if stored.row.status == STATUS_OUTLIER:
+            self._unsettled = True
+        else:
+            if len(self._settled) >= EVENT_MEMO_ENTRIES:
+                self._settled.clear()
+            self._settled[event_id] = found
+        return found
+
+    def _event_for_resolution(self, event_id: str) -> Event | None:
+        found = self._lookup(event_id)
+        return found[0] if found is not None else None
 
     def _is_rejected(self, event_id: str) -> bool:
-        stored = self.events.by_id(event_id)
-        if stored is None or stored.row.status == STATUS_OUTLIER:
-            self._unsettled = True
-        return stored is not None and stored.row.status == STATUS_REJECTED
+        found = self._lookup(event_id)
+        return found is not None and found[1]
 
 
 def _differing_keys(states: Sequence[NidState]) -> set[NidStateKey]:
