@@ -3,52 +3,119 @@
 The writer resolves when forward extremities or prev events disagree; `roomserver
 verify` resolves a room's extremities again to check its current state. Both use
 `NidResolver`, which reads stored events and snapshots and writes nothing.
+
+A resolution costs what the conflict costs, not what the room costs: the input states
+are compared on NIDs, only the keys they disagree on are named in Matrix strings for
+the algorithm, and the keys they agree on reach it as a mapping that names an entry
+only when the algorithm looks it up (the auth checks read a few power levels, join
+rules and member keys). The answer is kept as the entries of the differing keys, the
+only ones where the resolved state can differ from any input, and remembered by the
+set of input snapshots, which a forked room resolves again after every event that
+does not change a branch's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from worker.matrix.events import Event, StateMap
+from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import resolve_state
+from worker.matrix.state_res import resolve_conflicts
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
-from worker.storage.schema import STATUS_REJECTED
+from worker.storage.lru import LruByWeight
+from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore
+
+#: Events kept for resolutions' walks, by ID; cleared when full.
+EVENT_MEMO_ENTRIES = 50_000
+
+#: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
+RESOLUTION_CACHE_ENTRIES = 100_000
+
+#: The differing keys of several snapshots with the resolved event NID of each (0: the
+#: key is absent from the resolved state). Every other key has the same event in all
+#: the inputs and in the resolution.
+Changes = dict[NidStateKey, int]
 
 
 class NidResolver:
     """The room version's resolution algorithm, given and giving NID state maps."""
 
-    def __init__(self, db: Database, state: StateStore, events: EventStore) -> None:
+    def __init__(
+        self,
+        db: Database,
+        state: StateStore,
+        events: EventStore,
+        cache_entries: int = RESOLUTION_CACHE_ENTRIES,
+    ) -> None:
         self.db = db
         self.state = state
         self.events = events
+        #: (room version, input snapshots) → changes. Snapshots and events never
+        #: change once committed, so an entry stays right unless the resolution read
+        #: something that may still change (see `_unsettled`) or the transaction that
+        #: stored its inputs is undone, when NIDs may be reused (then it is cleared).
+        self.cache: LruByWeight[tuple[str, frozenset[int]], Changes] = LruByWeight(cache_entries)
+        #: Set when the resolution under way looked up an event that is unknown or an
+        #: outlier: either may become a different answer later (the event arrives, or
+        #: the outlier is promoted and rejected), so that resolution is not remembered.
+        self._unsettled = False
+        #: Stored events that are no outliers, by ID, with whether each was rejected:
+        #: facts that never change once committed. The auth difference walks a large
+        #: room's auth events over and over (each resolution starts afresh), and the
+        #: event store's LRU costs several times a plain dict lookup.
+        self._settled: dict[str, tuple[Event, bool]] = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
-        """The resolution of several snapshots as a NID state map; writes nothing.
+        """The resolution of several snapshots as a NID state map; writes nothing."""
+        state = dict(self.state.load(snapshots[0]))
+        if len(set(snapshots)) == 1:
+            return state
+        for key, nid in self.changes(room_version, snapshots).items():
+            if nid:
+                state[key] = nid
+            else:
+                state.pop(key, None)
+        return state
+
+    def changes(self, room_version: str, snapshots: Sequence[int]) -> Changes:
+        """The resolved entries of the keys the snapshots disagree on (see `Changes`).
 
         The resolver works on Matrix strings. Most events it returns come from one of
         the input states, whose NIDs are at hand; but v2 and v2.1 may also admit an
         event from the auth difference or the conflicted subgraph that is in none of
         them (a state the room passed through on one branch), which is looked up in
-        the event store, keys included, since every event it can return is stored."""
-        if len(set(snapshots)) == 1:
-            return dict(self.state.load(snapshots[0]))
+        the event store, keys included, since every event it can return is stored.
+        Such an event's key may be in no input at all; it is among the changes then."""
+        cache_key = (room_version, frozenset(snapshots))
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            return cached
         states = [self.state.load(s) for s in snapshots]
-        nids: set[int] = set()
-        for state in states:
-            nids.update(state.values())
-        ids = self.events.ids_of(nids)
+        differing_keys = _differing_keys(states)
+        if not differing_keys:
+            return {}
+        key_names = {key: self._key_name(key) for key in differing_keys}
+        ids = self.events.ids_of({s[k] for s in states for k in differing_keys if k in s})
         back: dict[str, tuple[NidStateKey, int]] = {}
+        differing: list[StateMap] = []
         for state in states:
-            for key, nid in state.items():
-                back[ids[nid]] = (key, nid)
-        resolved = resolve_state(
+            named: StateMap = {}
+            for key in differing_keys:
+                nid = state.get(key)
+                if nid is not None:
+                    event_id = ids[nid]
+                    named[key_names[key]] = event_id
+                    back[event_id] = (key, nid)
+            differing.append(named)
+        self._unsettled = False
+        self.db.on_rollback(self._settled.clear)
+        resolved = resolve_conflicts(
             get_room_version(room_version),
-            [self._named(state, ids) for state in states],
+            _AgreedState(self, states[0], differing_keys),
+            differing,
             self._event_for_resolution,
             is_rejected=self._is_rejected,
         )
@@ -62,20 +129,125 @@ class NidResolver:
                         f"state resolution chose {event_id}, which is not a stored state event"
                     )
                 back[event_id] = ((row.type_nid, row.state_key_nid), row.nid)
-        return dict(back[event_id] for event_id in resolved.values())
+        changes: Changes = dict.fromkeys(differing_keys, 0)
+        changes.update(back[event_id] for event_id in resolved.values())
+        # The create event is where v12 rooms take their create event from when an
+        # event cites none; which one wins when the inputs disagree depends on their
+        # order, so only order-free answers are remembered.
+        if not self._unsettled and all(name[0] != CREATE for name in key_names.values()):
+            self.cache.put(cache_key, changes, len(changes) + 1)
+            self.db.on_rollback(self.cache.clear)
+        return changes
 
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
-        return self._named(state, self.events.ids_of(state.values()))
-
-    def _named(self, state: NidState, ids: Mapping[int, str]) -> StateMap:
+        ids = self.events.ids_of(state.values())
         type_name, sk_name = self.db.type_name, self.db.state_key_name
         return {(type_name(t), sk_name(k)): ids[e] for (t, k), e in state.items()}
 
-    def _event_for_resolution(self, event_id: str) -> Event | None:
+    def _key_name(self, key: NidStateKey) -> StateKey:
+        return (self.db.type_name(key[0]), self.db.state_key_name(key[1]))
+
+    def _key_nid(self, key: StateKey) -> NidStateKey | None:
+        """The NIDs of a state key, or None if no stored state has it (writes nothing)."""
+        type_nid = self.db.type_nid(key[0], create=False)
+        state_key_nid = self.db.state_key_nid(key[1], create=False) if type_nid else 0
+        return (type_nid, state_key_nid) if state_key_nid else None
+
+    def _lookup(self, event_id: str) -> tuple[Event, bool] | None:
+        """The event and whether it was rejected; notes an unknown or outlier event."""
+        settled = self._settled.get(event_id)
+        if settled is not None:
+            return settled
         stored = self.events.by_id(event_id)
-        return stored.event if stored is not None else None
+        if stored is None:
+            self._unsettled = True
+            return None
+        found = (stored.event, stored.row.status == STATUS_REJECTED)
+        if stored.row.status == STATUS_OUTLIER:
+            self._unsettled = True
+        else:
+            if len(self._settled) >= EVENT_MEMO_ENTRIES:
+                self._settled.clear()
+            self._settled[event_id] = found
+        return found
+
+    def _event_for_resolution(self, event_id: str) -> Event | None:
+        found = self._lookup(event_id)
+        return found[0] if found is not None else None
 
     def _is_rejected(self, event_id: str) -> bool:
-        stored = self.events.by_id(event_id)
-        return stored is not None and stored.row.status == STATUS_REJECTED
+        found = self._lookup(event_id)
+        return found is not None and found[1]
+
+
+def _differing_keys(states: Sequence[NidState]) -> set[NidStateKey]:
+    """The keys not held by every state with the same event (v2's conflicted keys; v1
+    sorts them further). Compared with the first state through C-level item-set
+    operations, so equal parts cost no Python loop."""
+    first = states[0]
+    keys: set[NidStateKey] = set()
+    for other in states[1:]:
+        if other is not first:
+            keys.update(key for key, _ in first.items() ^ other.items())
+    return keys
+
+
+class _AgreedState(Mapping[StateKey, str]):
+    """The entries all the input states agree on, in Matrix strings, named on lookup.
+
+    The algorithm looks up a few keys here (the auth checks' power levels, join rules
+    and members); converting the whole state up front would cost what the room costs.
+    Reading all values (a rare branch of the auth difference) names them all at once.
+    """
+
+    __slots__ = ("_excluded", "_named", "_resolver", "_state")
+
+    def __init__(self, resolver: NidResolver, state: NidState, excluded: set[NidStateKey]) -> None:
+        self._resolver = resolver
+        self._state = state
+        self._excluded = excluded
+        self._named: dict[StateKey, str | None] = {}
+
+    def _lookup(self, key: StateKey) -> str | None:
+        try:
+            return self._named[key]
+        except KeyError:
+            pass
+        event_id = None
+        nid_key = self._resolver._key_nid(key)
+        if nid_key is not None and nid_key not in self._excluded:
+            nid = self._state.get(nid_key)
+            if nid is not None:
+                event_id = self._resolver.events.ids_of((nid,))[nid]
+        self._named[key] = event_id
+        return event_id
+
+    def __getitem__(self, key: StateKey) -> str:
+        event_id = self._lookup(key)
+        if event_id is None:
+            raise KeyError(key)
+        return event_id
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self._lookup(key) is not None
+
+    def get(self, key: StateKey, default: str | None = None) -> str | None:  # type: ignore[override]
+        event_id = self._lookup(key)
+        return event_id if event_id is not None else default
+
+    def _nid_items(self) -> Iterator[tuple[NidStateKey, int]]:
+        excluded = self._excluded
+        return ((k, nid) for k, nid in self._state.items() if k not in excluded)
+
+    def __iter__(self) -> Iterator[StateKey]:
+        name = self._resolver._key_name
+        return (name(k) for k, _ in self._nid_items())
+
+    def __len__(self) -> int:
+        return len(self._state) - sum(1 for k in self._excluded if k in self._state)
+
+    def values(self) -> list[str]:  # type: ignore[override]
+        nids = [nid for _, nid in self._nid_items()]
+        ids = self._resolver.events.ids_of(nids)
+        return [ids[nid] for nid in nids]

@@ -15,7 +15,7 @@ from worker.input.decode import InputMessage
 from worker.input.errors import DeadLetter
 from worker.matrix.events import Event
 from worker.pipeline.resolution import NidResolver
-from worker.storage.blocks import NidState
+from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore, StoredEvent
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
@@ -87,15 +87,22 @@ class EventStates:
 
     def resolve_and_store(self, room: RoomRow, snapshots: Sequence[int]) -> int:
         """Resolve several snapshots with the room version's algorithm and store the
-        result as a delta on the closest of them (one snapshot is its own answer)."""
+        result as a delta on the closest of them (one snapshot is its own answer).
+
+        Only the keys the snapshots disagree on can differ between the resolution and
+        any of them, so the closest is the one that agrees with most of the resolved
+        values of those keys (the first of equals, in the order given), and the delta
+        is its differences there; the rest of the state is never looked at."""
         if len(snapshots) == 1:
             return snapshots[0]
-        resolved = self.resolver.resolve(room.room_version, snapshots)
-        closest = min(
-            snapshots,
-            key=lambda s: _difference_size(self.state.load(s), resolved),
-        )
-        return self.state.store_full(room.nid, resolved, closest)
+        changes = self.resolver.changes(room.room_version, snapshots)
+        if not changes:
+            return snapshots[0]
+        states = {s: self.state.load(s) for s in snapshots}
+        closest = min(snapshots, key=lambda s: _disagreements(states[s], changes))
+        base = states[closest]
+        delta = {key: nid for key, nid in changes.items() if base.get(key, 0) != nid}
+        return self.state.derive(room.nid, closest, delta)
 
     def _supplied(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
         rows = self.db.get_event_rows(state_event_ids)
@@ -116,5 +123,6 @@ class EventStates:
         return self.state.store_full(room.nid, state, room.snapshot_nid)
 
 
-def _difference_size(a: Mapping[tuple[int, int], int], b: Mapping[tuple[int, int], int]) -> int:
-    return sum(1 for k, v in b.items() if a.get(k) != v) + sum(1 for k in a if k not in b)
+def _disagreements(state: Mapping[NidStateKey, int], changes: Mapping[NidStateKey, int]) -> int:
+    """How many of the resolved entries `changes` (0: absent) `state` does not hold."""
+    return sum(1 for key, nid in changes.items() if state.get(key, 0) != nid)

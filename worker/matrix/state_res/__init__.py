@@ -18,10 +18,21 @@ from worker.matrix.state_res.ordering import (
     mainline_order,
     reverse_topological_power_order,
 )
-from worker.matrix.state_res.source import EventSource, GetEvent, IsRejected, first_create_ids
-from worker.matrix.state_res.split import ConflictedState, split_conflicted, split_conflicted_v1
-from worker.matrix.state_res.v1 import resolve_v1
-from worker.matrix.state_res.v2 import resolve_v2
+from worker.matrix.state_res.source import (
+    CREATE_KEY,
+    EventSource,
+    GetEvent,
+    IsRejected,
+    first_create_ids,
+)
+from worker.matrix.state_res.split import (
+    ConflictedState,
+    split_conflicted,
+    split_conflicted_v1,
+    split_differing,
+)
+from worker.matrix.state_res.v1 import resolve_v1_conflicts
+from worker.matrix.state_res.v2 import resolve_v2_conflicts
 
 __all__ = [
     "AuthChain",
@@ -34,10 +45,12 @@ __all__ = [
     "auth_difference",
     "is_power_event",
     "mainline_order",
+    "resolve_conflicts",
     "resolve_state",
     "reverse_topological_power_order",
     "split_conflicted",
     "split_conflicted_v1",
+    "split_differing",
 ]
 
 
@@ -70,10 +83,47 @@ def resolve_state(
         return {}
     if len(state_sets) == 1:
         return dict(state_sets[0])
-    source = EventSource(room_version, get_event, is_rejected, first_create_ids(state_sets))
+    unconflicted, differing = split_differing(state_sets)
+    resolved = resolve_conflicts(
+        room_version, unconflicted, differing, get_event, auth_chain, is_rejected
+    )
+    resolved.update(unconflicted)
+    return resolved
+
+
+def resolve_conflicts(
+    room_version: RoomVersion,
+    unconflicted: Mapping[StateKey, str],
+    differing: Sequence[Mapping[StateKey, str]],
+    get_event: GetEvent,
+    auth_chain: AuthChain | None = None,
+    is_rejected: IsRejected | None = None,
+) -> StateMap:
+    """`resolve_state` for callers that split the state maps themselves.
+
+    `unconflicted` holds the keys on which every map agrees (present in all, same
+    event); `differing[i]` holds map i's entries for every other key. The resolved
+    state is `unconflicted` with the returned entries added (their keys are never in
+    `unconflicted`). A key among the differing ones that is not returned is absent
+    from the resolved state.
+
+    The point is the cost: a caller whose maps are large and mostly equal, and kept in
+    another form (the store's NID maps), splits them there and names only the
+    differing part; `unconflicted` is only looked up by key (and its values read in
+    full only in the rare case `analyse_conflicts` describes), so it may be a mapping
+    that names entries on demand.
+    """
+    if not differing or not any(differing):
+        return {}
+    creates = [
+        state if CREATE_KEY in state else {CREATE_KEY: create}
+        for state in differing
+        if (create := state.get(CREATE_KEY) or unconflicted.get(CREATE_KEY)) is not None
+    ]
+    source = EventSource(room_version, get_event, is_rejected, first_create_ids(creates))
     if room_version.state_res is StateResAlgorithm.V1:
-        return resolve_v1(state_sets, source)
-    return resolve_v2(state_sets, source, auth_chain)
+        return resolve_v1_conflicts(unconflicted, differing, source)
+    return resolve_v2_conflicts(unconflicted, differing, source, auth_chain)
 
 
 def auth_difference(

@@ -42,6 +42,17 @@ def split_conflicted(
     return unconflicted, conflicted
 
 
+def split_differing(
+    state_sets: Sequence[Mapping[StateKey, str]],
+) -> tuple[StateMap, list[StateMap]]:
+    """The keys all maps agree on (present in each, same event), and each map's
+    entries for the other keys: the input `resolve_conflicts` takes, for either
+    algorithm (v1 sorts the differing keys further itself)."""
+    unconflicted, conflicted = split_conflicted(state_sets)
+    differing = [{key: state[key] for key in conflicted if key in state} for state in state_sets]
+    return unconflicted, differing
+
+
 def split_conflicted_v1(
     state_sets: Sequence[Mapping[StateKey, str]],
 ) -> tuple[StateMap, ConflictedState]:

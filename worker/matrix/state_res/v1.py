@@ -27,19 +27,28 @@ from worker.matrix.state_res.source import CREATE_KEY, POWER_LEVELS_KEY, EventSo
 from worker.matrix.state_res.split import split_conflicted_v1
 
 
-def resolve_v1(state_sets: Sequence[Mapping[StateKey, str]], source: EventSource) -> StateMap:
-    if len(state_sets) == 1:
-        return dict(state_sets[0])
-    unconflicted, conflicted_ids = split_conflicted_v1(state_sets)
+def resolve_v1_conflicts(
+    unconflicted: Mapping[StateKey, str],
+    differing: Sequence[Mapping[StateKey, str]],
+    source: EventSource,
+) -> StateMap:
+    """The resolved entries outside `unconflicted`, the keys all maps agree on.
+
+    `differing[i]` holds map i's entries for every other key. v1 counts a key that
+    only some maps hold, with one event, as unconflicted too; such keys are among the
+    differing ones here and come back in the result, as do the resolved conflicts.
+    The caller adds `unconflicted` itself; it is only looked up by key here.
+    """
+    extra, conflicted_ids = split_conflicted_v1(differing)
     conflicted: dict[StateKey, list[Event]] = {}
     for key, ids in conflicted_ids.items():
         events = [event for event_id in ids if (event := source.usable(event_id)) is not None]
         if len(events) > 1:
             conflicted[key] = events
         elif events:
-            unconflicted[key] = events[0].event_id
+            extra[key] = events[0].event_id
 
-    resolver = _Resolver(unconflicted, source)
+    resolver = _Resolver(unconflicted, extra, source)
     if POWER_LEVELS_KEY in conflicted:
         resolver.resolve_auth_keys(conflicted, [POWER_LEVELS_KEY])
     resolver.resolve_auth_keys(conflicted, [k for k in conflicted if k[0] == JOIN_RULES])
@@ -49,17 +58,24 @@ def resolve_v1(state_sets: Sequence[Mapping[StateKey, str]], source: EventSource
         if key not in resolver.resolved:
             resolver.resolved[key] = _first_allowed(events, seen, resolver)
 
-    result = unconflicted
+    result = extra
     for key, event in resolver.resolved.items():
         result[key] = event.event_id
     return result
 
 
 class _Resolver:
-    __slots__ = ("resolved", "source", "unconflicted")
+    __slots__ = ("extra", "resolved", "source", "unconflicted")
 
-    def __init__(self, unconflicted: Mapping[StateKey, str], source: EventSource) -> None:
+    def __init__(
+        self,
+        unconflicted: Mapping[StateKey, str],
+        extra: Mapping[StateKey, str],
+        source: EventSource,
+    ) -> None:
+        #: The keys all maps agree on, and those only some maps hold, with one event.
         self.unconflicted = unconflicted
+        self.extra = extra
         self.source = source
         self.resolved: dict[StateKey, Event] = {}
 
@@ -77,7 +93,7 @@ class _Resolver:
         ):
             found = seen.get(key)
             if found is None:
-                event_id = self.unconflicted.get(key)
+                event_id = self.extra.get(key) or self.unconflicted.get(key)
                 found = source.usable(event_id) if event_id is not None else None
             if found is not None:
                 state[key] = found

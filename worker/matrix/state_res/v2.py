@@ -24,20 +24,33 @@ from worker.matrix.state_res.ordering import (
     reverse_topological_power_order,
 )
 from worker.matrix.state_res.source import POWER_LEVELS_KEY, EventSource
-from worker.matrix.state_res.split import split_conflicted
+from worker.matrix.state_res.split import ConflictedState
 
 
-def resolve_v2(
-    state_sets: Sequence[Mapping[StateKey, str]],
+def resolve_v2_conflicts(
+    unconflicted: Mapping[StateKey, str],
+    differing: Sequence[Mapping[StateKey, str]],
     source: EventSource,
     auth_chain: AuthChain | None = None,
 ) -> StateMap:
-    unconflicted, conflicted = split_conflicted(state_sets)
+    """The resolved entries outside the unconflicted state map, given the split.
+
+    `unconflicted` holds the keys every input map gives the same event, and
+    `differing[i]` holds input map i's entries for every other key. The caller adds
+    the unconflicted map itself (step 5), so it can stay on its own terms (a large map
+    it never copies, or one that names its entries on demand): this only looks keys
+    up in it, and reads all its values only for the rare auth difference candidates
+    that no conflicted or unconflicted entry explains (see `analyse_conflicts`).
+    """
+    conflicted: ConflictedState = {}
+    for entries in differing:
+        for key, event_id in entries.items():
+            conflicted.setdefault(key, set()).add(event_id)
     if not conflicted:
-        return unconflicted
+        return {}
     v2_1 = source.room_version.state_res is StateResAlgorithm.V2_1
     conflicts = analyse_conflicts(
-        state_sets,
+        differing,
         unconflicted,
         conflicted,
         source,
@@ -66,7 +79,6 @@ def resolve_v2(
     # 4. Iterative auth checks of the rest on the partial state.
     iterative_auth_checks(ordered_rest, state, source)
 
-    # 5. The unconflicted state map wins over whatever the checks put in its keys.
-    resolved = state.changes
-    resolved.update(unconflicted)
-    return resolved
+    # 5. The unconflicted state map wins over whatever the checks put in its keys:
+    # what is left for the caller to add to it is the rest.
+    return {key: event_id for key, event_id in state.changes.items() if key not in unconflicted}
