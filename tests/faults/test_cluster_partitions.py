@@ -35,13 +35,16 @@ from tests.harness.sites import (
 
 PARTITIONS = 2
 SERVERS = 3
+#: How long each wait took (printed: where the time of a slow run went).
+WAITS: list[str] = []
 
 
 async def _until(
     workers: list[WorkerProcess], condition: Callable[[], Awaitable[bool]], what: str
 ) -> None:
     """Wait for ``condition``; fail with its log if a worker exits, or at the deadline."""
-    deadline = time.monotonic() + 60
+    started = time.monotonic()
+    deadline = started + 60
     while not await condition():
         for worker in workers:
             if not worker.running():
@@ -49,6 +52,7 @@ async def _until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(POLL)
+    WAITS.append(f"{what}: {time.monotonic() - started:.1f}s")
 
 
 async def _cluster_info(
@@ -106,9 +110,15 @@ async def test_partition_workers_survive_stream_and_consumer_leader_kills(
         info = await s.js.stream_info(input_stream)
         assert info.config.num_replicas == SERVERS
 
-        # Small batches: more commits per output, so the kills land mid-feed.
+        # Small batches: more commits per output, so the kills land mid-feed. A short
+        # ack_wait: deliveries the killed consumer leader had not replicated are sent again
+        # only after ack_wait (60 s by default), which would be most of the test's time.
         workers = [
-            s.worker(args=("run", "--partition", str(k)), consumer_batch_size="5")
+            s.worker(
+                args=("run", "--partition", str(k)),
+                consumer_batch_size="5",
+                consumer_ack_wait="5",
+            )
             for k in range(PARTITIONS)
         ]
         killed: list[str] = []
@@ -160,5 +170,6 @@ async def test_partition_workers_survive_stream_and_consumer_leader_kills(
         figures = await compare_partitions(s, reference, feed)
     print(
         f"\ncluster partitions: killed {', '.join(killed)}; {figures.stored} events stored, "
-        f"lost {figures.lost}, duplicate outputs {figures.duplicate_outputs}"
+        f"lost {figures.lost}, duplicate outputs {figures.duplicate_outputs}; waits: "
+        + "; ".join(WAITS)
     )
