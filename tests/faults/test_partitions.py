@@ -9,54 +9,32 @@ partition NATS's hash gives it, every output published once and in its room's or
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
-from collections import defaultdict
 from pathlib import Path
 
 from tests.harness.feed import Feed
-from tests.harness.procs import cli, dump_database, read_stream
-from tests.harness.sites import RunResult, Site, site
-from worker.bus.partitions import partition_of_room
-from worker.config import PartitionsConfig, partition_directory
+from tests.harness.procs import cli
+from tests.harness.sites import (
+    RunResult,
+    Site,
+    compare_partitions,
+    partitioned,
+    partitions_settled,
+    site,
+)
+from worker.config import partition_directory
 
 PARTITIONS = 2
-
-
-def _partitioned(s: Site) -> Site:
-    s.config = dataclasses.replace(s.config, partitions=PartitionsConfig(PARTITIONS))
-    return s
-
-
-async def _all_settled(s: Site) -> bool:
-    """Every partition's consumer has had and acknowledged all its inputs (its ack
-    floor is its own last input, not the stream's)."""
-    for k in range(PARTITIONS):
-        durable = f"{s.config.consumer.durable}-{k}"
-        try:
-            info = await s.js.consumer_info(s.config.streams.input, durable)
-        except Exception:
-            return False
-        if info.num_pending or info.num_ack_pending or not info.delivered.stream_seq:
-            return False
-    return True
-
-
-def _by_subject(outputs: list) -> dict[str, list[tuple[str | None, bytes]]]:  # type: ignore[type-arg]
-    rooms: dict[str, list[tuple[str | None, bytes]]] = defaultdict(list)
-    for message in outputs:
-        rooms[message.subject].append((message.msg_id, message.data))
-    return rooms
 
 
 async def test_two_partitions_end_like_one_worker_despite_a_sigkill(
     tmp_path: Path, feed: Feed, reference: RunResult
 ) -> None:
     async with site(tmp_path) as s:
-        _partitioned(s)
+        partitioned(s, PARTITIONS)
         count = str(PARTITIONS)
-        supervisor = s.worker(partitions_count=count)
+        supervisor = s.worker()
         try:
             await s.publish(feed)
             # Kill partition 0's worker as soon as it has started processing.
@@ -71,32 +49,12 @@ async def test_two_partitions_end_like_one_worker_despite_a_sigkill(
             )
             os.kill(victim, signal.SIGKILL)
             await supervisor.until_logged("partition worker died; restarting it")
-            await supervisor.until(lambda: _all_settled(s), "both partitions settled", 90)
+            await supervisor.until(lambda: partitions_settled(s), "both partitions settled", 90)
             assert await supervisor.stop(signal.SIGINT) == 0, supervisor.log_tail()
         finally:
             supervisor.ensure_dead()
 
-        prefix = s.config.streams.subject_prefix
-        events: dict[str, tuple[object, ...]] = {}
-        rooms: dict[str, tuple[object, ...]] = {}
-        for k in range(PARTITIONS):
-            dump = dump_database(partition_directory(s.storage, k))
-            assert dump.outbox == 0
-            for room_id in dump.rooms:
-                assert partition_of_room(room_id, PARTITIONS) == k, room_id
-            assert not events.keys() & dump.events.keys()
-            events.update(dump.events)
-            rooms.update(dump.rooms)
-        assert rooms == reference.dump.rooms
-        assert events == reference.dump.events
-
-        # Every output once, in its room's order, the same bytes as one worker sent.
-        outputs = await read_stream(s.js, s.config.streams.output, f"{prefix}.output.>")
-        assert _by_subject(outputs) == _by_subject(reference.outputs)
-        dead = await read_stream(s.js, s.config.streams.deadletter, f"{prefix}.deadletter.>")
-        assert sorted((m.subject, m.msg_id, m.data) for m in dead) == sorted(
-            (m.subject, m.msg_id, m.data) for m in reference.dead_letters
-        )
+        await compare_partitions(s, reference, feed)
 
         # The stream is the source of truth: a rebuild of partition 1 equals the live one.
         live = partition_directory(s.storage, 1)

@@ -63,12 +63,19 @@ def worker_env(nats_url: str, storage: Path, **overrides: str) -> dict[str, str]
 class WorkerProcess:
     """One `roomserver run` child process and the JSON log lines it wrote."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, module: str = "worker.cli") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: Path,
+        module: str = "worker.cli",
+        args: Sequence[str] = ("run",),
+    ) -> None:
         cwd.mkdir(parents=True, exist_ok=True)
         # The working directory has no config/roomserver.toml: the environment is all.
-        # `module` may be a test wrapper around the CLI (tests/faults/inject.py).
+        # `module` may be a test wrapper around the CLI (tests/faults/inject.py); `args`
+        # may name one partition (`run --partition K`).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "run"],
+            [sys.executable, "-m", module, *args],
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,

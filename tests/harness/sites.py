@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +37,16 @@ from tests.harness.procs import (
     worker_env,
 )
 from worker.bus.connection import connect
+from worker.bus.partitions import partition_of_room
 from worker.bus.publisher import Outgoing, Publisher
 from worker.bus.streams import ensure_streams
-from worker.config import Config, NatsConfig, load_config
+from worker.config import (
+    Config,
+    NatsConfig,
+    PartitionsConfig,
+    load_config,
+    partition_directory,
+)
 
 
 @dataclass(slots=True)
@@ -75,11 +84,15 @@ class Site:
         return Path(self.config.storage.path)
 
     def env(self, **overrides: str) -> dict[str, str]:
-        replicas = {"streams_replicas": str(len(self.servers))}
-        return worker_env(self.urls, self.storage, **replicas, **overrides)
+        defaults = {"streams_replicas": str(len(self.servers))}
+        if self.config.partitions.count > 1:
+            defaults["partitions_count"] = str(self.config.partitions.count)
+        return worker_env(self.urls, self.storage, **(defaults | overrides))
 
-    def worker(self, module: str = "worker.cli", **overrides: str) -> WorkerProcess:
-        return WorkerProcess(self.env(**overrides), self.base / "cwd", module)
+    def worker(
+        self, module: str = "worker.cli", args: Sequence[str] = ("run",), **overrides: str
+    ) -> WorkerProcess:
+        return WorkerProcess(self.env(**overrides), self.base / "cwd", module, args)
 
     def cli(self, *args: str, timeout: float = 60) -> tuple[int, str]:
         """`roomserver ARGS` against this site; (exit status, output)."""
@@ -109,10 +122,17 @@ class Site:
         )
 
     async def result(self) -> RunResult:
+        streams = await self.result_streams()
+        streams.dump = dump_database(self.storage)
+        return streams
+
+    async def result_streams(self) -> RunResult:
+        """The output and dead-letter streams, without a database (partitions have one
+        each: compare_partitions reads them)."""
         streams = self.config.streams
         prefix = streams.subject_prefix
         return RunResult(
-            dump_database(self.storage),
+            DatabaseDump({}, {}, set(), 0, 0),
             await read_stream(self.js, streams.output, f"{prefix}.output.>"),
             await read_stream(self.js, streams.deadletter, f"{prefix}.deadletter.>"),
         )
@@ -197,4 +217,78 @@ def compare(result: RunResult, reference: RunResult, feed: Feed) -> Figures:
     assert result.dump.rooms == reference.dump.rooms
     assert result.dump.redactions == reference.dump.redactions
     assert (result.dump.outbox, result.dump.held) == (0, 0)
+    return figures
+
+
+# -- partitions ---------------------------------------------------------------------------
+
+
+def partitioned(s: Site, count: int) -> Site:
+    """``s`` with ``count`` partitions: the streams it creates carry the partition
+    transform, and its workers' environment names the count."""
+    s.config = dataclasses.replace(s.config, partitions=PartitionsConfig(count))
+    return s
+
+
+async def partitions_settled(s: Site) -> bool:
+    """Every partition's consumer has had and acknowledged all its inputs (its ack
+    floor is its own last input, not the stream's)."""
+    for k in range(s.config.partitions.count):
+        durable = f"{s.config.consumer.durable}-{k}"
+        try:
+            info = await s.js.consumer_info(s.config.streams.input, durable)
+        except Exception:  # not created yet, or its leader is being elected
+            return False
+        if info.num_pending or info.num_ack_pending or not info.delivered.stream_seq:
+            return False
+    return True
+
+
+def _by_subject(outputs: Sequence[StoredMessage]) -> dict[str, list[tuple[str | None, bytes]]]:
+    rooms: dict[str, list[tuple[str | None, bytes]]] = defaultdict(list)
+    for message in outputs:
+        rooms[message.subject].append((message.msg_id, message.data))
+    return rooms
+
+
+async def compare_partitions(s: Site, reference: RunResult, feed: Feed) -> Figures:
+    """Assert that a partitioned run ended like the one-worker reference: each room held
+    by the one partition NATS's hash gives it, with the same events, state and
+    redactions; every output once and in its room's order (rooms interleave differently
+    across partitions); the same dead letters. Returns the run's figures."""
+    count = s.config.partitions.count
+    events: dict[str, tuple[object, ...]] = {}
+    rooms: dict[str, tuple[object, ...]] = {}
+    redactions: set[tuple[str, str, int]] = set()
+    for k in range(count):
+        dump = dump_database(partition_directory(s.storage, k))
+        assert (dump.outbox, dump.held) == (0, 0), k
+        for room_id in dump.rooms:
+            assert partition_of_room(room_id, count) == k, room_id
+        assert not events.keys() & dump.events.keys()
+        events.update(dump.events)
+        rooms.update(dump.rooms)
+        redactions |= dump.redactions
+    assert rooms == reference.dump.rooms
+    assert events == reference.dump.events
+    assert redactions == reference.dump.redactions
+
+    result = await s.result_streams()
+    output_ids = [m.msg_id for m in result.outputs]
+    dead_ids = [m.msg_id for m in result.dead_letters]
+    figures = Figures(
+        stored=len(events),
+        lost=len(feed.event_ids - events.keys()),
+        unexpected=len(events.keys() - feed.event_ids),
+        duplicate_outputs=len(output_ids) - len(set(output_ids)),
+        duplicate_dead_letters=len(dead_ids) - len(set(dead_ids)),
+    )
+    assert (figures.lost, figures.unexpected) == (0, 0)
+    assert (figures.duplicate_outputs, figures.duplicate_dead_letters) == (0, 0)
+    assert None not in output_ids
+    assert _by_subject(result.outputs) == _by_subject(reference.outputs)
+    assert sorted((m.subject, m.msg_id, m.data) for m in result.dead_letters) == sorted(
+        (m.subject, m.msg_id, m.data) for m in reference.dead_letters
+    )
+    assert len(result.dead_letters) == feed.bad_inputs
     return figures
