@@ -31,6 +31,7 @@ lint: $(VENV)/.installed-test+lint
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.partitions_bench
 
 venv: $(VENV)/.installed-test
 
