@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -354,11 +354,20 @@ class _Checker:
 
 
 def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> None:
+    """Check every section in turn; the first bad value raises ConfigError."""
     check = _Checker(raw)
+    for validate in _SECTION_VALIDATORS:
+        validate(config, check)
 
+
+def _validate_storage(config: Config, check: _Checker) -> None:
+    """The database directory must be named."""
     if not config.storage.path:
         check.fail("storage.path", "must not be empty")
 
+
+def _validate_nats_servers(config: Config, check: _Checker) -> None:
+    """Server URLs and the embedded server's listen address."""
     nats = config.nats
     for server in nats.servers:
         parts = urlsplit(server)
@@ -379,6 +388,11 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         check.fail(
             "nats.listen_port", f"must be 0 (any free port) to 65535, got {nats.listen_port}"
         )
+
+
+def _validate_nats_auth(config: Config, check: _Checker) -> None:
+    """Credentials and TLS: pairs given together, one method at a time, readable files."""
+    nats = config.nats
     if (nats.user is None) != (nats.password is None):
         check.fail(
             "nats.user" if nats.user is None else "nats.password",
@@ -408,6 +422,9 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     if nats.ready_grace <= 0:
         check.fail("nats.ready_grace", f"must be positive, got {nats.ready_grace:g}")
 
+
+def _validate_streams(config: Config, check: _Checker) -> None:
+    """Subject prefix, stream names and the streams' limits."""
     streams = config.streams
     prefix = streams.subject_prefix
     if not prefix or not all(_TOKEN_RE.match(token) for token in prefix.split(".")):
@@ -432,9 +449,12 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             f"got {streams.duplicate_window:g} s",
         )
 
+
+def _validate_consumer(config: Config, check: _Checker) -> None:
+    """The durable input consumer: its filter must lie under the input subjects."""
     consumer = config.consumer
     check.name("consumer.durable", consumer.durable)
-    input_root = f"{prefix}.input."
+    input_root = f"{config.streams.subject_prefix}.input."
     rest = consumer.filter_subject.removeprefix(input_root)
     if (
         rest == consumer.filter_subject
@@ -462,15 +482,29 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             f"got {consumer.max_ack_pending}",
         )
 
+
+def _validate_log(config: Config, check: _Checker) -> None:
+    """Level and format must be ones the logging set-up knows."""
     check.one_of("log.level", config.log.level, _LOG_LEVELS)
     check.one_of("log.format", config.log.format, _LOG_FORMATS)
 
+
+def _validate_partitions(config: Config, check: _Checker) -> None:
+    """The partition count, within what the subject mapping supports."""
     if not 1 <= config.partitions.count <= MAX_PARTITIONS:
         check.fail(
             "partitions.count", f"must be 1 to {MAX_PARTITIONS}, got {config.partitions.count}"
         )
+
+
+def _validate_pipeline(config: Config, check: _Checker) -> None:
+    """How long held events may wait."""
     if config.pipeline.held_max_wait < 0:
         check.fail("pipeline.held_max_wait", "must be 0 or more seconds")
+
+
+def _validate_metrics(config: Config, check: _Checker) -> None:
+    """The metrics endpoint's listen address."""
     if not config.metrics.listen_host:
         check.fail("metrics.listen_host", "must not be empty")
     if not 0 <= config.metrics.listen_port <= 65535:
@@ -478,6 +512,19 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             "metrics.listen_port",
             f"must be 0 (no endpoint) to 65535, got {config.metrics.listen_port}",
         )
+
+
+_SECTION_VALIDATORS: Final[tuple[Callable[[Config, _Checker], None], ...]] = (
+    _validate_storage,
+    _validate_nats_servers,
+    _validate_nats_auth,
+    _validate_streams,
+    _validate_consumer,
+    _validate_log,
+    _validate_partitions,
+    _validate_pipeline,
+    _validate_metrics,
+)
 
 
 def partition_directory(storage_path: str | os.PathLike[str], partition: int) -> Path:

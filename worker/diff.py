@@ -22,7 +22,7 @@ def diff_databases(path_a: Path, path_b: Path) -> list[str]:
     """Every difference between the databases under ``path_a`` and ``path_b``, one line
     each (empty when they hold the same); ReadError `no_database` if one is missing."""
     with Inspector.open(path_a) as a, Inspector.open(path_b) as b:
-        return list(differences(a.contents(), b.contents()))
+        return list(differences(a.rows.contents(), b.rows.contents()))
 
 
 def differences(a: StoreContents, b: StoreContents) -> Iterator[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from worker.bus.subjects import Subjects
 from worker.config import Config
@@ -84,18 +84,7 @@ async def rebuild(nc: NATS, config: Config, partition: int | None, into: Path) -
     if (into / DB_FILENAME).exists():
         raise RebuildError(f"{into} already holds a database; rebuild into an empty directory")
     started = time.monotonic()
-    js = nc.jetstream()
-    stream = config.streams.input
-    subscription = await js.pull_subscribe(
-        input_filter(config, partition),
-        stream=stream,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=60.0,
-            replay_policy=api.ReplayPolicy.INSTANT,
-        ),
-    )
+    subscription = await _subscribe(nc.jetstream(), config, partition)
     subjects = Subjects(config.streams.subject_prefix)
     clock = StreamClock()
     with StorageLock(into):
@@ -104,44 +93,79 @@ async def rebuild(nc: NATS, config: Config, partition: int | None, into: Path) -
             pipeline = Pipeline(
                 db, subjects, held_max_wait=config.pipeline.held_max_wait, clock=clock
             )
-            info = await subscription.consumer_info()
-            remaining = info.num_pending or 0
-            inputs = last = 0
-            while remaining > 0:
-                try:
-                    messages = await subscription.fetch(min(BATCH, remaining), FETCH_TIMEOUT)
-                except TimeoutError:
-                    continue
-                before = clock.now_ms
-                clock.advance(messages[:1])
-                if before:
-                    # Between batches, as the live worker looks between its batches.
-                    pipeline.release_expired(now_ms=clock.now_ms)
-                clock.advance(messages)
-                inbound = [
-                    InboundMessage(
-                        m.subject, m.data, m.metadata.sequence.stream if m.metadata else 0
-                    )
-                    for m in messages
-                ]
-                # Synchronously: the database belongs to this thread, and nothing else
-                # runs meanwhile (the connection's pings wait a batch at most).
-                pipeline.process_batch(inbound)
-                _drop_outputs(pipeline)
-                inputs += len(messages)
-                remaining -= len(messages)
-                last = inbound[-1].stream_sequence
-            pipeline.release_expired(now_ms=int(time.time() * 1000))
-            _drop_outputs(pipeline)
-            pipeline.outbox.forget_published()
+            inputs, last = await _replay(subscription, pipeline, clock)
+            _finish(pipeline)
         finally:
             db.close()
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
     with Inspector.open(into) as inspector:
-        rooms = len(inspector.rooms())
+        rooms = len(inspector.rows.rooms())
     log.info("rebuilt", partition=partition, into=str(into), inputs=inputs, rooms=rooms)
     return Rebuilt(inputs, last, rooms, time.monotonic() - started)
+
+
+async def _subscribe(
+    js: JetStreamContext, config: Config, partition: int | None
+) -> JetStreamContext.PullSubscription:
+    """An ephemeral consumer that reads the partition's stored inputs from the first,
+    acknowledging nothing (the live worker's durable consumer is left alone)."""
+    return await js.pull_subscribe(
+        input_filter(config, partition),
+        stream=config.streams.input,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=60.0,
+            replay_policy=api.ReplayPolicy.INSTANT,
+        ),
+    )
+
+
+async def _replay(
+    subscription: JetStreamContext.PullSubscription, pipeline: Pipeline, clock: StreamClock
+) -> tuple[int, int]:
+    """Process every input pending when the replay starts, in batches; how many there
+    were and the stream sequence of the last one."""
+    info = await subscription.consumer_info()
+    remaining = info.num_pending or 0
+    inputs = last = 0
+    while remaining > 0:
+        try:
+            messages = await subscription.fetch(min(BATCH, remaining), FETCH_TIMEOUT)
+        except TimeoutError:
+            continue
+        last = _process(pipeline, clock, messages)
+        inputs += len(messages)
+        remaining -= len(messages)
+    return inputs, last
+
+
+def _process(pipeline: Pipeline, clock: StreamClock, messages: list[Msg]) -> int:
+    """One batch, at the stream time of its inputs; its last stream sequence."""
+    before = clock.now_ms
+    clock.advance(messages[:1])
+    if before:
+        # Between batches, as the live worker looks between its batches.
+        pipeline.release_expired(now_ms=clock.now_ms)
+    clock.advance(messages)
+    inbound = [
+        InboundMessage(m.subject, m.data, m.metadata.sequence.stream if m.metadata else 0)
+        for m in messages
+    ]
+    # Synchronously: the database belongs to this thread, and nothing else
+    # runs meanwhile (the connection's pings wait a batch at most).
+    pipeline.process_batch(inbound)
+    _drop_outputs(pipeline)
+    return inbound[-1].stream_sequence
+
+
+def _finish(pipeline: Pipeline) -> None:
+    """After the last input: release what is held past its wait as of now, and drop
+    the outputs that produced (the live worker published them)."""
+    pipeline.release_expired(now_ms=int(time.time() * 1000))
+    _drop_outputs(pipeline)
+    pipeline.outbox.forget_published()
 
 
 def _drop_outputs(pipeline: Pipeline) -> None:

@@ -14,7 +14,7 @@ from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import MAX_BLOCKS, TRIPLE_BYTES, merge_blocks, unpack_nids
 from worker.storage.database import DB_FILENAME, Database
 from worker.storage.events import EventStore
-from worker.storage.inspection import EventFacts, Inspector
+from worker.storage.inspection import EventFacts, Inspector, StoredRows
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED
 from worker.storage.state import StateStore
 
@@ -41,29 +41,29 @@ def verify(storage_path: Path) -> Report:
         # The inspector closes first, so that the writer's connection is the last one
         # and leaves no WAL behind, as before.
         with Inspector.open(storage_path) as inspector:
-            return _verify(inspector, db)
+            return _verify(inspector.rows, db)
     finally:
         db.close()
 
 
-def _verify(inspector: Inspector, db: Database) -> Report:
-    """Every check reads through the read-only `inspector`; `db` serves only the
+def _verify(rows: StoredRows, db: Database) -> Report:
+    """Every check reads through the read-only `rows`; `db` serves only the
     resolution of each room's forward extremities."""
     report = Report()
-    for problem in inspector.integrity_problems():
+    for problem in rows.integrity_problems():
         report.fault(f"SQLite integrity: {problem}")
-    events = inspector.event_facts()
+    events = rows.event_facts()
     report.events = len(events)
-    types = inspector.type_nids()
-    blocks = _check_blocks(inspector, report, events, types, inspector.state_key_nids())
-    snapshots = _check_snapshots(inspector, report, blocks)
-    _check_events(report, events, inspector.event_nids_with_json(), types, snapshots)
-    _check_rooms(inspector, db, report, events, snapshots)
+    types = rows.type_nids()
+    blocks = _check_blocks(rows, report, events, types, rows.state_key_nids())
+    snapshots = _check_snapshots(rows, report, blocks)
+    _check_events(report, events, rows.event_nids_with_json(), types, snapshots)
+    _check_rooms(rows, db, report, events, snapshots)
     return report
 
 
 def _check_blocks(
-    inspector: Inspector,
+    rows: StoredRows,
     report: Report,
     events: dict[int, EventFacts],
     types: set[int],
@@ -72,7 +72,7 @@ def _check_blocks(
     """Each block decodes to its count, and files stored, non-rejected events under
     their own (type, state key); the blocks that decode, by NID."""
     blocks: dict[int, bytes] = {}
-    for nid, count, data in inspector.blocks():
+    for nid, count, data in rows.blocks():
         report.blocks += 1
         if len(data) % TRIPLE_BYTES or len(data) // TRIPLE_BYTES != count:
             report.fault(f"state block {nid} does not decode to its {count} entries")
@@ -95,13 +95,11 @@ def _check_blocks(
     return blocks
 
 
-def _check_snapshots(
-    inspector: Inspector, report: Report, blocks: dict[int, bytes]
-) -> dict[int, int]:
+def _check_snapshots(rows: StoredRows, report: Report, blocks: dict[int, bytes]) -> dict[int, int]:
     """Each snapshot's block list decodes, is within bounds and names good blocks; the
     snapshots' rooms, by snapshot NID."""
     snapshots: dict[int, int] = {}
-    for nid, room_nid, packed in inspector.snapshots():
+    for nid, room_nid, packed in rows.snapshots():
         report.snapshots += 1
         snapshots[nid] = room_nid
         try:
@@ -138,7 +136,7 @@ def _check_events(
 
 
 def _check_rooms(
-    inspector: Inspector,
+    rows: StoredRows,
     db: Database,
     report: Report,
     events: dict[int, EventFacts],
@@ -148,7 +146,7 @@ def _check_rooms(
     extremities, which are stored and accepted."""
     states = StateStore(db)
     resolver = NidResolver(db, states, EventStore(db))
-    for room in inspector.rooms():
+    for room in rows.rooms():
         room_nid, room_id = room.nid, room.room_id
         report.rooms += 1
         if room.snapshot_nid and snapshots.get(room.snapshot_nid) != room_nid:

@@ -29,9 +29,9 @@ def test_inspector_cannot_change_the_file(tmp_path: Path) -> None:
         for statement in ("DELETE FROM rooms", "CREATE TABLE t (x)", "PRAGMA user_version = 9"):
             with pytest.raises(sqlite3.OperationalError):
                 inspector._conn.execute(statement)
-        assert [r.room_id for r in inspector.rooms()] == ["!room:test"]
-        assert inspector.rooms()[0].snapshot_nid == snapshot
-        ((nid, room_nid, packed),) = inspector.snapshots()
+        assert [r.room_id for r in inspector.rows.rooms()] == ["!room:test"]
+        assert inspector.rows.rooms()[0].snapshot_nid == snapshot
+        ((nid, room_nid, packed),) = inspector.rows.snapshots()
         assert (nid, room_nid) == (snapshot, room.nid)
         assert unpack_nids(packed) == block_nids
         assert inspector.stats().rooms == 1

@@ -100,13 +100,134 @@ class RoomGraph:
 EventFacts = tuple[int, int, int, int, int, int]
 
 
-class Inspector:
+class _OverConnection:
+    """Reads over a read-only connection that another part opened and closes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction, so that several statements see the same commit."""
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
+
+class StoredRows(_OverConnection):
+    """Every row as stored, for `roomserver verify` (consistency checks over NIDs) and
+    `roomserver diff` (contents by event ID): `Inspector.rows`."""
+
+    # -- roomserver verify ---------------------------------------------------------------
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own check (empty when healthy)."""
+        return quick_check(self._conn)
+
+    def event_facts(self) -> dict[int, EventFacts]:
+        """Every event NID → (room, type, state key, status, before, after) NIDs."""
+        return {
+            int(row[0]): (row[1], row[2], row[3], row[4], row[5], row[6])
+            for row in self._conn.execute(
+                "SELECT nid, room_nid, type_nid, state_key_nid, status, before_snapshot_nid, "
+                "after_snapshot_nid FROM events"
+            )
+        }
+
+    def type_nids(self) -> set[int]:
+        return {int(row[0]) for row in self._conn.execute("SELECT nid FROM event_types")}
+
+    def state_key_nids(self) -> set[int]:
+        return {int(row[0]) for row in self._conn.execute("SELECT nid FROM state_keys")}
+
+    def event_nids_with_json(self) -> set[int]:
+        return {int(row[0]) for row in self._conn.execute("SELECT event_nid FROM event_json")}
+
+    def blocks(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every state block as stored: (NID, recorded entry count, packed entries)."""
+        for nid, count, entries in self._conn.execute(
+            "SELECT nid, entry_count, entries FROM state_blocks"
+        ):
+            yield int(nid), int(count), bytes(entries)
+
+    def snapshots(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every snapshot as stored: (NID, room NID, packed block NIDs)."""
+        for nid, room_nid, block_nids in self._conn.execute(
+            "SELECT nid, room_nid, block_nids FROM state_snapshots"
+        ):
+            yield int(nid), int(room_nid), bytes(block_nids)
+
+    def rooms(self) -> list[RoomRow]:
+        """Every room row (forward extremities decoded), in NID order."""
+        return [
+            RoomRow(nid, room_id, version, snapshot, unpack_nids(latest), last_sent, depth)
+            for nid, room_id, version, snapshot, latest, last_sent, depth in self._conn.execute(
+                "SELECT nid, room_id, room_version, snapshot_nid, latest_event_nids, "
+                "last_sent_event_nid, depth FROM rooms ORDER BY nid"
+            )
+        ]
+
+    # -- roomserver diff: what a database holds, without its NIDs ---------------------------
+
+    def contents(self) -> StoreContents:
+        """Every event's room, status and states before and after it, and every room's
+        version, forward extremities and current state, all by event ID and
+        (type, state key): two databases built from the same inputs may number things
+        differently, yet must hold the same contents."""
+        with self._snapshot():
+            names = {int(n): str(v) for n, v in self._rows("SELECT nid, name FROM event_types")}
+            keys = {int(n): str(v) for n, v in self._rows("SELECT nid, state_key FROM state_keys")}
+            ids = {int(n): str(v) for n, v in self._rows("SELECT nid, event_id FROM events")}
+            blocks = {int(nid): bytes(entries) for nid, _, entries in self.blocks()}
+            snapshots = {int(nid): unpack_nids(packed) for nid, _, packed in self.snapshots()}
+            rooms = self.rooms()
+            event_rows = self._rows(
+                "SELECT e.event_id, r.room_id, e.status, e.before_snapshot_nid, "
+                "e.after_snapshot_nid FROM events e JOIN rooms r ON r.nid = e.room_nid"
+            )
+        states: dict[int, StateMap] = {0: {}}
+
+        def state(snapshot_nid: int) -> StateMap:
+            if snapshot_nid not in states:
+                merged = merge_blocks(blocks[b] for b in snapshots[snapshot_nid])
+                states[snapshot_nid] = {(names[t], keys[k]): ids[e] for (t, k), e in merged.items()}
+            return states[snapshot_nid]
+
+        return StoreContents(
+            events={
+                str(event_id): StoredEvent(
+                    str(room_id),
+                    STATUS_NAMES.get(int(status), "unknown"),
+                    state(int(before)),
+                    state(int(after)),
+                )
+                for event_id, room_id, status, before, after in event_rows
+            },
+            rooms={
+                room.room_id: StoredRoom(
+                    room.room_version,
+                    sorted(ids[nid] for nid in room.latest_event_nids),
+                    state(room.snapshot_nid),
+                )
+                for room in rooms
+            },
+        )
+
+
+class Inspector(_OverConnection):
     """A read-only look at one worker's database. Use `Inspector.open(path)` and
-    `close()` (or `with`)."""
+    `close()` (or `with`). It reads the overview (`stats`, `graph`) itself; the
+    row-by-row reads of `verify` and `diff` are `rows`, over the same connection."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self.path = path
+        self.rows = StoredRows(conn)
 
     @classmethod
     def open(cls, storage_path: Path) -> Inspector:
@@ -130,18 +251,6 @@ class Inspector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        """One read transaction, so that several statements see the same commit."""
-        self._conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self._conn.execute("COMMIT")
-
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return self._conn.execute(sql, params).fetchall()
 
     def _room(self, room_id: str) -> tuple[int, str, int, bytes]:
         """(room NID, version, current snapshot NID, packed latest NIDs)."""
@@ -283,101 +392,6 @@ class Inspector:
             raise ReadError("internal_error", f"NIDs {absent[:10]} are referenced but not stored")
         return found
 
-    # -- roomserver verify: every row, as stored -------------------------------------------
-
-    def integrity_problems(self) -> list[str]:
-        """SQLite's own check (empty when healthy)."""
-        return quick_check(self._conn)
-
-    def event_facts(self) -> dict[int, EventFacts]:
-        """Every event NID → (room, type, state key, status, before, after) NIDs."""
-        return {
-            int(row[0]): (row[1], row[2], row[3], row[4], row[5], row[6])
-            for row in self._conn.execute(
-                "SELECT nid, room_nid, type_nid, state_key_nid, status, before_snapshot_nid, "
-                "after_snapshot_nid FROM events"
-            )
-        }
-
-    def type_nids(self) -> set[int]:
-        return {int(row[0]) for row in self._conn.execute("SELECT nid FROM event_types")}
-
-    def state_key_nids(self) -> set[int]:
-        return {int(row[0]) for row in self._conn.execute("SELECT nid FROM state_keys")}
-
-    def event_nids_with_json(self) -> set[int]:
-        return {int(row[0]) for row in self._conn.execute("SELECT event_nid FROM event_json")}
-
-    def blocks(self) -> Iterator[tuple[int, int, bytes]]:
-        """Every state block as stored: (NID, recorded entry count, packed entries)."""
-        for nid, count, entries in self._conn.execute(
-            "SELECT nid, entry_count, entries FROM state_blocks"
-        ):
-            yield int(nid), int(count), bytes(entries)
-
-    def snapshots(self) -> Iterator[tuple[int, int, bytes]]:
-        """Every snapshot as stored: (NID, room NID, packed block NIDs)."""
-        for nid, room_nid, block_nids in self._conn.execute(
-            "SELECT nid, room_nid, block_nids FROM state_snapshots"
-        ):
-            yield int(nid), int(room_nid), bytes(block_nids)
-
-    def rooms(self) -> list[RoomRow]:
-        """Every room row (forward extremities decoded), in NID order."""
-        return [
-            RoomRow(nid, room_id, version, snapshot, unpack_nids(latest), last_sent, depth)
-            for nid, room_id, version, snapshot, latest, last_sent, depth in self._conn.execute(
-                "SELECT nid, room_id, room_version, snapshot_nid, latest_event_nids, "
-                "last_sent_event_nid, depth FROM rooms ORDER BY nid"
-            )
-        ]
-
-    # -- roomserver diff: what a database holds, without its NIDs ---------------------------
-
-    def contents(self) -> StoreContents:
-        """Every event's room, status and states before and after it, and every room's
-        version, forward extremities and current state, all by event ID and
-        (type, state key): two databases built from the same inputs may number things
-        differently, yet must hold the same contents."""
-        with self._snapshot():
-            names = {int(n): str(v) for n, v in self._rows("SELECT nid, name FROM event_types")}
-            keys = {int(n): str(v) for n, v in self._rows("SELECT nid, state_key FROM state_keys")}
-            ids = {int(n): str(v) for n, v in self._rows("SELECT nid, event_id FROM events")}
-            blocks = {int(nid): bytes(entries) for nid, _, entries in self.blocks()}
-            snapshots = {int(nid): unpack_nids(packed) for nid, _, packed in self.snapshots()}
-            rooms = self.rooms()
-            event_rows = self._rows(
-                "SELECT e.event_id, r.room_id, e.status, e.before_snapshot_nid, "
-                "e.after_snapshot_nid FROM events e JOIN rooms r ON r.nid = e.room_nid"
-            )
-        states: dict[int, StateMap] = {0: {}}
-
-        def state(snapshot_nid: int) -> StateMap:
-            if snapshot_nid not in states:
-                merged = merge_blocks(blocks[b] for b in snapshots[snapshot_nid])
-                states[snapshot_nid] = {(names[t], keys[k]): ids[e] for (t, k), e in merged.items()}
-            return states[snapshot_nid]
-
-        return StoreContents(
-            events={
-                str(event_id): StoredEvent(
-                    str(room_id),
-                    STATUS_NAMES.get(int(status), "unknown"),
-                    state(int(before)),
-                    state(int(after)),
-                )
-                for event_id, room_id, status, before, after in event_rows
-            },
-            rooms={
-                room.room_id: StoredRoom(
-                    room.room_version,
-                    sorted(ids[nid] for nid in room.latest_event_nids),
-                    state(room.snapshot_nid),
-                )
-                for room in rooms
-            },
-        )
-
 
 StateMap = dict[tuple[str, str], str]
 
@@ -399,7 +413,7 @@ class StoredRoom:
 
 @dataclass(frozen=True, slots=True)
 class StoreContents:
-    """A database's contents by event ID and (type, state key): `Inspector.contents`."""
+    """A database's contents by event ID and (type, state key): `StoredRows.contents`."""
 
     events: dict[str, StoredEvent]
     rooms: dict[str, StoredRoom]

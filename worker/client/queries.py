@@ -1,0 +1,113 @@
+"""The client's typed queries about rooms: state, events, membership, held events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker.client.core import ClientCore
+from worker.errors import UNKNOWN_EVENT, RoomserverError
+from worker.query.schema import (
+    AuthChain,
+    EventInfo,
+    Events,
+    Held,
+    HeldEvent,
+    Latest,
+    Members,
+    Membership,
+    Rooms,
+    RoomSummary,
+    State,
+)
+
+
+class RoomQueries(ClientCore):
+    """The typed queries about a room's state and events (docs/queries.md)."""
+
+    async def state(
+        self,
+        room_id: str,
+        *,
+        event_id: str | None = None,
+        at: str = "before",
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> State:
+        """The room's current state, or the state before/after `event_id`, optionally
+        only some types or (type, state key) pairs."""
+        body: dict[str, Any] = {"room_id": room_id}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        if types is not None:
+            body["types"] = list(types)
+        if keys is not None:
+            body["keys"] = [list(k) for k in keys]
+        return State.from_wire(await self.request("state", body))
+
+    async def events(self, event_ids: Sequence[str]) -> Events:
+        return Events.from_wire(await self.request("events", {"event_ids": list(event_ids)}))
+
+    async def event(self, event_id: str) -> EventInfo:
+        """One event; RoomserverError `unknown_event` when the worker does not have it."""
+        result = await self.events([event_id])
+        if not result.events:
+            raise RoomserverError(UNKNOWN_EVENT, f"event {event_id} is not stored")
+        return result.events[0]
+
+    async def latest(
+        self,
+        room_id: str,
+        *,
+        include_state: bool = False,
+        types: Sequence[str] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> Latest:
+        """Forward extremities, depth and version; with the current state (or part
+        of it) when asked."""
+        body: dict[str, Any] = {"room_id": room_id}
+        if include_state:
+            body["include_state"] = True
+        if types is not None:
+            body["types"] = list(types)
+        if keys is not None:
+            body["keys"] = [list(k) for k in keys]
+        return Latest.from_wire(await self.request("latest", body))
+
+    async def membership(
+        self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"
+    ) -> Membership:
+        body: dict[str, Any] = {"room_id": room_id, "user_id": user_id}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        return Membership.from_wire(await self.request("membership", body))
+
+    async def members(
+        self,
+        room_id: str,
+        *,
+        membership: str = "join",
+        event_id: str | None = None,
+        at: str = "before",
+    ) -> list[str]:
+        """User IDs with `membership` (joined, by default), sorted."""
+        body: dict[str, Any] = {"room_id": room_id, "membership": membership}
+        if event_id is not None:
+            body["event_id"] = event_id
+            body["at"] = at
+        return Members.from_wire(await self.request("membership", body)).members
+
+    async def rooms(self) -> list[RoomSummary]:
+        return Rooms.from_wire(await self.request("rooms")).rooms
+
+    async def auth_chain(self, event_ids: Sequence[str]) -> list[str]:
+        reply = await self.request("auth_chain", {"event_ids": list(event_ids)})
+        return AuthChain.from_wire(reply).event_ids
+
+    async def held(self, room_id: str | None = None) -> list[HeldEvent]:
+        """Events waiting for missing prev events (one room, or every room)."""
+        return Held.from_wire(
+            await self.request("held", {"room_id": room_id} if room_id else {})
+        ).held
