@@ -122,7 +122,7 @@ async def bench_partitions(
     contents = StoreContents({}, {})
     for directory in directories:
         with Inspector.open(directory) as inspector:
-            part = inspector.contents()
+            part = inspector.rows.contents()
         contents.events.update(part.events)
         contents.rooms.update(part.rooms)
     return {
