@@ -29,12 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import worker_env
-from bench.run import BATCH, Prepared, _inputs, _publish_all, bench_relay
-from worker.bus.connection import connect
-from worker.bus.publisher import Outgoing, Publisher
+from bench.run import BATCH, Prepared, _inputs, bench_relay, publish_inputs
 from worker.bus.server import EmbeddedNatsServer
-from worker.bus.streams import ensure_streams
-from worker.bus.subjects import Subjects
 from worker.config import load_config, partition_directory
 from worker.diff import differences
 from worker.storage.inspection import Inspector, StoreContents
@@ -69,14 +65,8 @@ async def bench_partitions(
     storage = workdir / f"data-{tag}"
     env = _env(url, storage, tag, partitions)
     config = load_config(None, env)
-    nc = await connect(config.nats)
+    nc = await publish_inputs(config, items)
     js = nc.jetstream()
-    await ensure_streams(js, config)
-    subjects = Subjects(config.streams.subject_prefix)
-    await _publish_all(
-        Publisher(js, config),
-        [Outgoing(subjects.input(room), body, eid) for room, body, eid in items],
-    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run"],
         env={**os.environ, **env},

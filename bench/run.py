@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from bench.common import worker_env
@@ -94,6 +95,20 @@ async def _ensure(js: JetStreamContext, name: str, subject: str) -> None:
 async def _publish_all(publisher: Publisher, items: list[Outgoing]) -> None:
     for start in range(0, len(items), 2000):
         await publisher.publish_many(items[start : start + 2000])
+
+
+async def publish_inputs(config: Config, items: list[Prepared]) -> NATS:
+    """Connect as the worker will, create its streams and publish `items` to their rooms'
+    input subjects; returns the connection (for watching the streams)."""
+    nc = await connect(config.nats)
+    js = nc.jetstream()
+    await ensure_streams(js, config)
+    subjects = Subjects(config.streams.subject_prefix)
+    await _publish_all(
+        Publisher(js, config),
+        [Outgoing(subjects.input(room), body, eid) for room, body, eid in items],
+    )
+    return nc
 
 
 async def _wait_stream_count(
@@ -167,14 +182,8 @@ async def bench_worker(
     expected = len(items) if outputs is None else outputs
     storage = workdir / f"data-{tag}"
     config = _config(url, storage, tag)
-    nc = await connect(config.nats)
+    nc = await publish_inputs(config, items)
     js = nc.jetstream()
-    await ensure_streams(js, config)
-    subjects = Subjects(config.streams.subject_prefix)
-    await _publish_all(
-        Publisher(js, config),
-        [Outgoing(subjects.input(room), body, eid) for room, body, eid in items],
-    )
     env = {**os.environ, **_env(url, storage, tag)}
     spawned = time.perf_counter()
     proc = subprocess.Popen(
