@@ -16,6 +16,7 @@ from worker.storage.block_rows import BlockRows
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.connection import (
     WriteConnection,
+    insert_rowid,
     json_list,
     open_connection,
     quick_check,
@@ -104,7 +105,7 @@ class Database(WriteConnection):
             WELL_KNOWN_TYPES,
             select_nid="SELECT nid FROM event_types WHERE name = ?",
             select_name="SELECT name FROM event_types WHERE nid = ?",
-            insert="INSERT INTO event_types (name) VALUES (?) RETURNING nid",
+            insert="INSERT INTO event_types (name) VALUES (?)",
             limit=nid_cache_entries,
         )
         self._state_keys = _NidTable(
@@ -113,7 +114,7 @@ class Database(WriteConnection):
             {"": EMPTY_STATE_KEY_NID},
             select_nid="SELECT nid FROM state_keys WHERE state_key = ?",
             select_name="SELECT state_key FROM state_keys WHERE nid = ?",
-            insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
+            insert="INSERT INTO state_keys (state_key) VALUES (?)",
             limit=nid_cache_entries,
         )
 
@@ -153,10 +154,11 @@ class Database(WriteConnection):
         return RoomRow(row[0], row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
 
     def create_room(self, room_id: str, room_version: str) -> RoomRow:
-        nid = self.conn.execute(
-            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?) RETURNING nid",
+        nid = insert_rowid(
+            self.conn,
+            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?)",
             (room_id, room_version),
-        ).fetchone()[0]
+        )
         return RoomRow(nid, room_id, room_version, 0, [], 0, 0)
 
     def update_room(self, room: RoomRow) -> None:
@@ -229,10 +231,11 @@ class Database(WriteConnection):
         prev_event_ids: Sequence[str],
         json_bytes: bytes,
     ) -> int:
-        nid = self.conn.execute(
+        nid = insert_rowid(
+            self.conn,
             "INSERT INTO events (event_id, room_nid, type_nid, state_key_nid, depth, status, "
             "reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, received_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING nid",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event_id,
                 room_nid,
@@ -246,7 +249,7 @@ class Database(WriteConnection):
                 pack_nids(auth_event_nids),
                 int(time.time() * 1000),
             ),
-        ).fetchone()[0]
+        )
         self.conn.execute(
             "INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes)
         )
@@ -360,7 +363,7 @@ class _NidTable:
         if row is None:
             if not create:
                 return 0
-            created = int(conn.execute(self._insert, (name,)).fetchone()[0])
+            created = insert_rowid(conn, self._insert, (name,))
             self._db.on_rollback(lambda: self._forget(name, created))
             nid = created
         else:
