@@ -152,7 +152,8 @@ class WriteConnection:
                     # The input's writes could not be undone: the batch must not go on
                     # (see `in_transaction`); the error being raised is the one to report.
                     self._broken = True
-            for hook in self._rollback_hooks[hooks_before:]:
+            # Newest first: a hook may restore what was there before its own change.
+            for hook in reversed(self._rollback_hooks[hooks_before:]):
                 hook()
             del self._rollback_hooks[hooks_before:]
             raise
@@ -164,10 +165,11 @@ class WriteConnection:
         self._commit_hooks.append(hook)
 
     def on_rollback(self, hook: Callable[[], None]) -> None:
-        """Register cache cleanup to run if the current transaction is undone."""
+        """Register cache cleanup to run if the current transaction is undone (hooks run
+        newest first, so one may restore the value its own change replaced)."""
         if self._in_txn:
             self._rollback_hooks.append(hook)
 
     def _forget_uncommitted(self) -> None:
-        for hook in self._rollback_hooks:
+        for hook in reversed(self._rollback_hooks):
             hook()

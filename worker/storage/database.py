@@ -80,6 +80,13 @@ class EventRow:
     after_snapshot_nid: int
 
 
+#: A room row's changing columns (see `Database.update_room`).
+_RoomUpdate = tuple[int, bytes, int, int]
+_UPDATE_ROOM = (
+    "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, last_sent_event_nid = ?, "
+    "depth = ? WHERE nid = ?"
+)
+
 _EVENT_COLUMNS = (
     "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
     "before_snapshot_nid, after_snapshot_nid"
@@ -99,6 +106,10 @@ class Database(WriteConnection):
         self.block_rows = BlockRows(self.conn)
         self.redactions = Redactions(self.conn)
         self.awaited_prevs = AwaitedPrevEvents(self.conn)
+        #: Room rows changed in the open transaction, by NID: (snapshot NID, packed
+        #: latest event NIDs, last sent event NID, depth), written at its commit.
+        self._room_updates: dict[int, _RoomUpdate] = {}
+        self.before_commit(self._write_room_updates)
         self._types = _NidTable(
             self,
             "event type",
@@ -151,7 +162,13 @@ class Database(WriteConnection):
         ).fetchone()
         if row is None:
             return None
-        return RoomRow(row[0], row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
+        nid = row[0]
+        update = self._room_updates.get(nid)
+        if update is not None:
+            # Changed in the open transaction, not written yet (see `update_room`).
+            snapshot_nid, latest, last_sent, depth = update
+            return RoomRow(nid, row[1], row[2], snapshot_nid, unpack_nids(latest), last_sent, depth)
+        return RoomRow(nid, row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
 
     def create_room(self, room_id: str, room_version: str) -> RoomRow:
         nid = insert_rowid(
@@ -162,17 +179,39 @@ class Database(WriteConnection):
         return RoomRow(nid, room_id, room_version, 0, [], 0, 0)
 
     def update_room(self, room: RoomRow) -> None:
-        self.conn.execute(
-            "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, "
-            "last_sent_event_nid = ?, depth = ? WHERE nid = ?",
-            (
-                room.snapshot_nid,
-                pack_nids(room.latest_event_nids),
-                room.last_sent_event_nid,
-                room.depth,
-                room.nid,
-            ),
+        """Record the room's new current state, extremities and depth.
+
+        Inside a transaction the row is written once, at the commit, however many of
+        the batch's events changed it (a linear room changes it with every event);
+        `get_room` reads the change meanwhile, and an input whose savepoint is undone
+        takes its change back with it."""
+        update = (
+            room.snapshot_nid,
+            pack_nids(room.latest_event_nids),
+            room.last_sent_event_nid,
+            room.depth,
         )
+        if not self._in_txn:
+            self.conn.execute(_UPDATE_ROOM, (*update, room.nid))
+            return
+        nid = room.nid
+        previous = self._room_updates.get(nid)
+        self._room_updates[nid] = update
+        self.on_rollback(lambda: self._restore_room_update(nid, previous))
+
+    def _restore_room_update(self, nid: int, previous: _RoomUpdate | None) -> None:
+        if previous is None:
+            self._room_updates.pop(nid, None)
+        else:
+            self._room_updates[nid] = previous
+
+    def _write_room_updates(self) -> None:
+        if self._room_updates:
+            self.conn.executemany(
+                _UPDATE_ROOM,
+                [(*update, nid) for nid, update in self._room_updates.items()],
+            )
+            self._room_updates = {}
 
     def room_version_of_nid(self, room_nid: int) -> str:
         row = self.conn.execute(
