@@ -37,6 +37,8 @@ def _inputs() -> list[InboundMessage]:
     events = room.bootstrap()
     join = room.join(BOB)
     hello = room.message(BOB, "hello")
+    parent = room.message(BOB, "parent")
+    child = room.message(BOB, "child")
     topic = room.state_event(ALICE, "m.room.topic", "", {"topic": "batched"})
     redaction = room.redaction(ALICE, hello.event_id)
     later = room.message(ALICE, "after the redaction")
@@ -53,6 +55,9 @@ def _inputs() -> list[InboundMessage]:
         nxt(join),
         nxt(hello),
         nxt(hello),  # a duplicate inside the batch
+        nxt(child),  # held: its prev event comes next
+        nxt(parent),  # releases the child
+        nxt(child),  # a duplicate of the released child
         InboundMessage(SUBJECTS.input(room.room_id), b"\xc1 not msgpack", 100),
         nxt(topic),
         nxt(topic),
@@ -104,11 +109,11 @@ def test_one_batch_gives_what_one_input_per_batch_gives(tmp_path: Path) -> None:
     together = _run(tmp_path / "together", [messages])
     assert together == alone
     # What the comparison rests on: the awkward cases happened.
-    assert together["duplicates"] == 3  # hello, topic and the create event again
+    assert together["duplicates"] == 4  # hello, child, topic and the create event again
     assert together["dead_lettered"] == 1
     kinds = [body.get("type", "deadletter") for body in together["bodies"]]
     assert kinds == [
-        *["new_room_event"] * 6,  # bootstrap, join (the outlier promoted), hello
+        *["new_room_event"] * 8,  # bootstrap, join (the outlier promoted), hello, parent, child
         "deadletter",
         *["new_room_event"] * 2,  # topic, redaction
         "redacted_event",
@@ -123,7 +128,7 @@ def test_outbox_rows_are_what_was_emitted_and_numbers_are_never_reused(tmp_path:
     messages = _inputs()
     db = Database(tmp_path)
     pipeline = Pipeline(db, SUBJECTS)
-    pipeline.process_batch(messages[:6])
+    pipeline.process_batch(messages[:9])
     first = list(pipeline.outbox.emitted)
     assert [tuple(row) for row in db.outbox.pending()] == [tuple(row) for row in first]
     pipeline.outbox.mark_published(first[-1].seq)
@@ -131,7 +136,7 @@ def test_outbox_rows_are_what_was_emitted_and_numbers_are_never_reused(tmp_path:
     assert db.outbox.pending() == []
     pipeline.outbox.forget_published()  # a transaction with no input writes nothing
     assert db.outbox.pending() == []
-    pipeline.process_batch(messages[6:])
+    pipeline.process_batch(messages[9:])
     second = list(pipeline.outbox.emitted)
     assert second and second[0].seq == first[-1].seq + 1
     assert [tuple(row) for row in db.outbox.pending()] == [tuple(row) for row in second]
