@@ -27,14 +27,33 @@ class Outbox:
         self.emitted: list[OutboxRow] = []
         self._published_through = 0
         self._deleted_through = 0
+        #: The sequence number of the last row emitted in the open transaction (0: none
+        #: emitted yet, read the counter on the first).
+        self._last_seq = 0
+        #: How many of `emitted` are written (a transaction without inputs, such as
+        #: `forget_published`, must not write the last batch's rows again).
+        self._written = 0
+        db.before_commit(self._write)
 
     def begin(self) -> None:
         """A new transaction: what the last one emitted has been handed over."""
         self.emitted = []
+        self._last_seq = 0
+        self._written = 0
 
     def emit(self, output: Output) -> None:
-        seq = self.db.outbox.add(output.subject, output.msg_id, output.payload)
+        seq = (self._last_seq or self.db.outbox.last_seq()) + 1
+        self._last_seq = seq
         self.emitted.append(OutboxRow(seq, output.subject, output.msg_id, output.payload))
+
+    def _write(self) -> None:
+        """Write the transaction's rows, just before it commits."""
+        if len(self.emitted) > self._written:
+            self.db.outbox.add_many(self.emitted[self._written :])
+            self._written = len(self.emitted)
+        # The next transaction reads the counter again: rows may be written by others
+        # in between (none are today, but numbering never relies on it).
+        self._last_seq = 0
 
     def mark(self) -> int:
         """Where the emitted rows stand now, for `undo_to` when a savepoint is undone."""
@@ -42,6 +61,9 @@ class Outbox:
 
     def undo_to(self, mark: int) -> None:
         del self.emitted[mark:]
+        self._written = min(self._written, mark)
+        # Numbers of undone rows are given out again (none of them was written).
+        self._last_seq = self.emitted[-1].seq if self.emitted else 0
 
     def mark_published(self, through_seq: int) -> None:
         """Outbox rows up to `through_seq` are published; they are deleted in the next

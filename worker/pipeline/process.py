@@ -109,10 +109,14 @@ class Pipeline:
         Afterwards `outbox.emitted` holds the outbox rows the batch committed, so the
         caller can publish them without reading them back."""
         with self._transaction():
-            results = []
-            for message in messages:
-                results.append(self._process_message(message))
-                self._process_woken()
+            try:
+                self.recipe.prefetch(messages)
+                results = []
+                for message in messages:
+                    results.append(self._process_message(message))
+                    self._process_woken()
+            finally:
+                self.recipe.forget_prefetched()
         return results
 
     def release_expired(self, now_ms: int | None = None) -> int:

@@ -9,6 +9,7 @@ this package. It runs inside the input's savepoint (see worker.pipeline.process)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -66,17 +67,62 @@ class Parts:
     outputs: OutputBuilder
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """An input decoded and parsed ahead of its turn (see `Recipe.prefetch`)."""
+
+    inp: InputMessage
+    version: RoomVersion
+    event: Event
+
+
 class Recipe:
     """Processes one input with the pipeline's parts."""
 
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        #: The open batch's inputs, decoded and parsed ahead (by `prefetch`).
+        self._parsed: dict[InboundMessage, _Parsed] = {}
+        #: Event IDs of the batch that were not stored when it started; each answers
+        #: one duplicate check, the first (a later one may follow a write of it).
+        self._absent: set[str] = set()
+
+    def prefetch(self, messages: Sequence[InboundMessage]) -> None:
+        """Decode and parse a batch's inputs ahead, and learn in one query which of
+        their events are not stored yet: one statement per batch instead of one per
+        input for the duplicate check.
+
+        Runs inside the batch's transaction, before any input. Parsing is pure, so an
+        input processed later with the same room version uses the result as is; an input
+        that fails here is simply processed as if it had not been seen (its error, if
+        any, is raised in its own turn, in its own savepoint)."""
+        self.forget_prefetched()
+        ids: list[str] = []
+        for message in messages:
+            try:
+                inp = decode_input(message.data)
+                room_id = self.p.rooms.of_subject(message.subject)
+                if room_id is None:
+                    continue
+                version, _ = self.p.rooms.version_for(inp, room_id)
+                event = parse_pdu(inp.event, version)
+            except Exception:  # raised again in the input's own turn, in its savepoint
+                continue
+            self._parsed[message] = _Parsed(inp, version, event)
+            ids.append(event.event_id)
+        if ids:
+            self._absent = set(ids).difference(self.p.db.get_event_rows(ids))
+
+    def forget_prefetched(self) -> None:
+        """The batch is over (or undone): what `prefetch` learned no longer holds."""
+        self._parsed = {}
+        self._absent = set()
 
     def process(self, message: InboundMessage, *, force: bool = False) -> None:
         """One input; `force` processes a held event without its missing prev events."""
         valid = self._validated(message)
         inp, event = valid.inp, valid.event
-        existing = self.p.db.get_event_row(event.event_id)
+        existing = self._existing(event.event_id)
         if self._is_duplicate(valid, existing):
             return
         room = valid.room
@@ -113,9 +159,19 @@ class Recipe:
         except Exception:
             return None
 
+    def _existing(self, event_id: str) -> EventRow | None:
+        """The stored row of an event (None if not stored), for the duplicate check."""
+        if event_id in self._absent:
+            # Not stored when the batch started, and not checked since: not stored (every
+            # write of an event follows its check).
+            self._absent.discard(event_id)
+            return None
+        return self.p.db.get_event_row(event_id)
+
     def _validated(self, message: InboundMessage) -> _Valid:
         """Decode the input and parse its event, for the room its subject names."""
-        inp = decode_input(message.data)
+        parsed = self._parsed.pop(message, None)
+        inp = parsed.inp if parsed is not None else decode_input(message.data)
         subject_room = self.p.rooms.of_subject(message.subject)
         if subject_room is None:
             raise DeadLetter(
@@ -130,7 +186,10 @@ class Recipe:
         version, room = self.p.rooms.version_for(inp, subject_room)
         self.p.acl.refuse_denied(inp.origin, room)
         try:
-            event = parse_pdu(inp.event, version)
+            if parsed is not None and parsed.version.identifier == version.identifier:
+                event = parsed.event
+            else:
+                event = parse_pdu(inp.event, version)
         except PduError as exc:
             raise DeadLetter(exc.code, exc.message) from None
         if event.room_id != subject_room:

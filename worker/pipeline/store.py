@@ -47,7 +47,9 @@ class EventWriter:
                 after_snapshot_nid=before,
                 auth_event_nids=auth_nids,
                 prev_event_ids=event.prev_event_ids,
-                json_bytes=encode_event_json(event.pdu),
+                json_bytes=encode_event_json(
+                    event.pdu, floats=not event.room_version.strict_canonical_json
+                ),
             )
         row = EventRow(
             nid,

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from worker.storage.blocks import pack_nids, unpack_nids
-from worker.storage.connection import json_list
+from worker.storage.connection import insert_rowid, json_list
 from worker.storage.faults import StorageError
 
 
@@ -42,11 +42,12 @@ class BlockRows:
         row = self.conn.execute("SELECT nid FROM state_blocks WHERE hash = ?", (digest,)).fetchone()
         if row is not None:
             return int(row[0]), False
-        nid = self.conn.execute(
-            "INSERT INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?) RETURNING nid",
+        nid = insert_rowid(
+            self.conn,
+            "INSERT INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?)",
             (digest, entry_count, packed),
-        ).fetchone()[0]
-        return int(nid), True
+        )
+        return nid, True
 
     def put_snapshot(self, digest: bytes, room_nid: int, block_nids: Sequence[int]) -> int:
         row = self.conn.execute(
@@ -54,9 +55,8 @@ class BlockRows:
         ).fetchone()
         if row is not None:
             return int(row[0])
-        nid = self.conn.execute(
-            "INSERT INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?) "
-            "RETURNING nid",
+        return insert_rowid(
+            self.conn,
+            "INSERT INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?)",
             (digest, room_nid, pack_nids(block_nids)),
-        ).fetchone()[0]
-        return int(nid)
+        )

@@ -16,6 +16,7 @@ from worker.storage.block_rows import BlockRows
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.connection import (
     WriteConnection,
+    insert_rowid,
     json_list,
     open_connection,
     quick_check,
@@ -79,6 +80,13 @@ class EventRow:
     after_snapshot_nid: int
 
 
+#: A room row's changing columns (see `Database.update_room`).
+_RoomUpdate = tuple[int, bytes, int, int]
+_UPDATE_ROOM = (
+    "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, last_sent_event_nid = ?, "
+    "depth = ? WHERE nid = ?"
+)
+
 _EVENT_COLUMNS = (
     "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
     "before_snapshot_nid, after_snapshot_nid"
@@ -98,13 +106,17 @@ class Database(WriteConnection):
         self.block_rows = BlockRows(self.conn)
         self.redactions = Redactions(self.conn)
         self.awaited_prevs = AwaitedPrevEvents(self.conn)
+        #: Room rows changed in the open transaction, by NID: (snapshot NID, packed
+        #: latest event NIDs, last sent event NID, depth), written at its commit.
+        self._room_updates: dict[int, _RoomUpdate] = {}
+        self.before_commit(self._write_room_updates)
         self._types = _NidTable(
             self,
             "event type",
             WELL_KNOWN_TYPES,
             select_nid="SELECT nid FROM event_types WHERE name = ?",
             select_name="SELECT name FROM event_types WHERE nid = ?",
-            insert="INSERT INTO event_types (name) VALUES (?) RETURNING nid",
+            insert="INSERT INTO event_types (name) VALUES (?)",
             limit=nid_cache_entries,
         )
         self._state_keys = _NidTable(
@@ -113,7 +125,7 @@ class Database(WriteConnection):
             {"": EMPTY_STATE_KEY_NID},
             select_nid="SELECT nid FROM state_keys WHERE state_key = ?",
             select_name="SELECT state_key FROM state_keys WHERE nid = ?",
-            insert="INSERT INTO state_keys (state_key) VALUES (?) RETURNING nid",
+            insert="INSERT INTO state_keys (state_key) VALUES (?)",
             limit=nid_cache_entries,
         )
 
@@ -150,27 +162,56 @@ class Database(WriteConnection):
         ).fetchone()
         if row is None:
             return None
-        return RoomRow(row[0], row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
+        nid = row[0]
+        update = self._room_updates.get(nid)
+        if update is not None:
+            # Changed in the open transaction, not written yet (see `update_room`).
+            snapshot_nid, latest, last_sent, depth = update
+            return RoomRow(nid, row[1], row[2], snapshot_nid, unpack_nids(latest), last_sent, depth)
+        return RoomRow(nid, row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
 
     def create_room(self, room_id: str, room_version: str) -> RoomRow:
-        nid = self.conn.execute(
-            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?) RETURNING nid",
+        nid = insert_rowid(
+            self.conn,
+            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?)",
             (room_id, room_version),
-        ).fetchone()[0]
+        )
         return RoomRow(nid, room_id, room_version, 0, [], 0, 0)
 
     def update_room(self, room: RoomRow) -> None:
-        self.conn.execute(
-            "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, "
-            "last_sent_event_nid = ?, depth = ? WHERE nid = ?",
-            (
-                room.snapshot_nid,
-                pack_nids(room.latest_event_nids),
-                room.last_sent_event_nid,
-                room.depth,
-                room.nid,
-            ),
+        """Record the room's new current state, extremities and depth.
+
+        Inside a transaction the row is written once, at the commit, however many of
+        the batch's events changed it (a linear room changes it with every event);
+        `get_room` reads the change meanwhile, and an input whose savepoint is undone
+        takes its change back with it."""
+        update = (
+            room.snapshot_nid,
+            pack_nids(room.latest_event_nids),
+            room.last_sent_event_nid,
+            room.depth,
         )
+        if not self._in_txn:
+            self.conn.execute(_UPDATE_ROOM, (*update, room.nid))
+            return
+        nid = room.nid
+        previous = self._room_updates.get(nid)
+        self._room_updates[nid] = update
+        self.on_rollback(lambda: self._restore_room_update(nid, previous))
+
+    def _restore_room_update(self, nid: int, previous: _RoomUpdate | None) -> None:
+        if previous is None:
+            self._room_updates.pop(nid, None)
+        else:
+            self._room_updates[nid] = previous
+
+    def _write_room_updates(self) -> None:
+        if self._room_updates:
+            self.conn.executemany(
+                _UPDATE_ROOM,
+                [(*update, nid) for nid, update in self._room_updates.items()],
+            )
+            self._room_updates = {}
 
     def room_version_of_nid(self, room_nid: int) -> str:
         row = self.conn.execute(
@@ -229,10 +270,11 @@ class Database(WriteConnection):
         prev_event_ids: Sequence[str],
         json_bytes: bytes,
     ) -> int:
-        nid = self.conn.execute(
+        nid = insert_rowid(
+            self.conn,
             "INSERT INTO events (event_id, room_nid, type_nid, state_key_nid, depth, status, "
             "reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, received_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING nid",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event_id,
                 room_nid,
@@ -246,7 +288,7 @@ class Database(WriteConnection):
                 pack_nids(auth_event_nids),
                 int(time.time() * 1000),
             ),
-        ).fetchone()[0]
+        )
         self.conn.execute(
             "INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes)
         )
@@ -360,7 +402,7 @@ class _NidTable:
         if row is None:
             if not create:
                 return 0
-            created = int(conn.execute(self._insert, (name,)).fetchone()[0])
+            created = insert_rowid(conn, self._insert, (name,))
             self._db.on_rollback(lambda: self._forget(name, created))
             nid = created
         else:

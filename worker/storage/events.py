@@ -11,6 +11,9 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from worker.matrix.events import Event
 from worker.matrix.room_versions import RoomVersion, get_room_version
@@ -24,9 +27,30 @@ class StoredEvent:
     event: Event
 
 
-def encode_event_json(pdu: object) -> bytes:
-    """The stored form of a PDU: compact JSON, readable with the sqlite3 shell."""
+def encode_event_json(pdu: object, *, floats: bool = True) -> bytes:
+    """The stored form of a PDU: compact JSON, readable with the sqlite3 shell.
+
+    `floats=False` says the PDU holds no floats (room versions 6 and later refuse them),
+    and then `orjson` writes it, some ten times faster than `json` and byte for byte the
+    same (see worker.matrix.canonical_json); only floats are written differently by the
+    two (``1e-7`` against ``1e-07``). What `orjson` refuses (integers beyond 64 bits,
+    lone surrogates) goes to `json`, which encodes or words the error as before.
+    """
+    if not floats:
+        try:
+            return orjson.dumps(pdu)
+        except orjson.JSONEncodeError:
+            pass
     return json.dumps(pdu, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_event_json(raw: bytes) -> Any:
+    """A stored PDU: `orjson` reads any JSON to the same values as `json` (floats are
+    correctly rounded by both); integers beyond 64 bits it refuses go to `json`."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 class EventStore:
@@ -144,7 +168,7 @@ class EventStore:
         return found
 
     def _load(self, row: EventRow) -> StoredEvent:
-        pdu = json.loads(self.db.event_json(row.nid))
+        pdu = decode_event_json(self.db.event_json(row.nid))
         event = Event(event_id=row.event_id, room_version=self.room_version(row.room_nid), pdu=pdu)
         stored = StoredEvent(row, event)
         self._put(stored)

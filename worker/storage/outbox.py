@@ -4,6 +4,7 @@ and deleted once the stream has acknowledged them (see `worker.runner.outbox_rel
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import NamedTuple
 
 
@@ -30,6 +31,21 @@ class OutboxStore:
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def last_seq(self) -> int:
+        """The highest sequence number ever given out (AUTOINCREMENT's counter, which
+        also counts deleted rows): the next output's number is one more."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def add_many(self, rows: Iterable[OutboxRow]) -> None:
+        """Queue outputs numbered by the caller (from `last_seq`), in one statement.
+
+        An explicit `seq` above the counter moves AUTOINCREMENT's counter up with it, so
+        numbers stay never reused."""
+        self.conn.executemany(
+            "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES (?, ?, ?, ?)", rows
+        )
 
     def pending(self, limit: int = 10_000) -> list[OutboxRow]:
         return [
