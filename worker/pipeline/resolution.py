@@ -94,7 +94,7 @@ class NidResolver:
         if cached is not None:
             return cached
         states = [self.state.load(s) for s in snapshots]
-        differing_keys = _differing_keys(states)
+        differing_keys = self.state.differing_keys(snapshots)
         if not differing_keys:
             return {}
         key_names = {key: self._key_name(key) for key in differing_keys}
@@ -179,18 +179,6 @@ class NidResolver:
     def _is_rejected(self, event_id: str) -> bool:
         found = self._lookup(event_id)
         return found is not None and found[1]
-
-
-def _differing_keys(states: Sequence[NidState]) -> set[NidStateKey]:
-    """The keys not held by every state with the same event (v2's conflicted keys; v1
-    sorts them further). Compared with the first state through C-level item-set
-    operations, so equal parts cost no Python loop."""
-    first = states[0]
-    keys: set[NidStateKey] = set()
-    for other in states[1:]:
-        if other is not first:
-            keys.update(key for key, _ in first.items() ^ other.items())
-    return keys
 
 
 class _AgreedState(Mapping[StateKey, str]):

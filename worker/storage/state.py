@@ -7,13 +7,14 @@ the hot path never touches strings for state it does not look at.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.storage.blocks import (
     NidState,
     NidStateKey,
     block_hash,
+    block_keys,
     entry_count,
     merge_blocks,
     pack_entries,
@@ -84,6 +85,35 @@ class StateStore:
         block_nids = self._block_nids(snapshot_nid)
         blocks = self._blocks(block_nids)
         return [(nid, entry_count(blocks[nid])) for nid in block_nids]
+
+    def differing_keys(self, snapshot_nids: Sequence[int]) -> set[NidStateKey]:
+        """The keys not held by every one of the snapshots' states with the same event.
+
+        A snapshot is its blocks applied in order, so a key that no block after the
+        lists' common prefix sets has the same event in both states (the prefix's last
+        one). Only the keys of the blocks past the shared prefix are compared: after a
+        fork, the branches' own blocks, whatever the size of the room.
+        """
+        first = snapshot_nids[0]
+        first_blocks = self._block_nids(first) if first else []
+        first_state = self.load(first)
+        keys: set[NidStateKey] = set()
+        for other in snapshot_nids[1:]:
+            if other == first:
+                continue
+            other_blocks = self._block_nids(other) if other else []
+            shared = 0
+            for mine, theirs in zip(first_blocks, other_blocks, strict=False):
+                if mine != theirs:
+                    break
+                shared += 1
+            own = first_blocks[shared:] + other_blocks[shared:]
+            candidates: set[NidStateKey] = set()
+            for packed in self._blocks(own).values():
+                candidates.update(block_keys(packed))
+            other_state = self.load(other)
+            keys.update(k for k in candidates if first_state.get(k) != other_state.get(k))
+        return keys
 
     def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
         """Every listed block: from the cache, the others in one query."""
