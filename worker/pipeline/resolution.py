@@ -28,7 +28,7 @@ from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
 from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
-from worker.storage.state import StateStore
+from worker.storage.state import StateStore, StateView
 
 #: Events kept for resolutions' walks, by ID; cleared when full.
 EVENT_MEMO_ENTRIES = 50_000
@@ -204,7 +204,7 @@ class _AgreedState(Mapping[StateKey, str]):
     __slots__ = ("_excluded", "_named", "_resolver", "_room_nid", "_state")
 
     def __init__(
-        self, resolver: NidResolver, state: NidState, excluded: set[NidStateKey], room_nid: int
+        self, resolver: NidResolver, state: StateView, excluded: set[NidStateKey], room_nid: int
     ) -> None:
         self._resolver = resolver
         self._state = state
