@@ -172,7 +172,7 @@ class PipelineTruth:
         return self.pipeline.to_state_map(self.pipeline.resolve_snapshots(room, snapshots))
 
     def _state(self, snapshot: int) -> StateMap:
-        return self.pipeline.to_state_map(self.pipeline.state.load(snapshot))
+        return self.pipeline.to_state_map(dict(self.pipeline.state.load(snapshot)))
 
     def close(self) -> None:
         self.db.close()

@@ -10,7 +10,8 @@ Scenarios (inputs are published before the clock starts, then drained):
 - Synapse in memory: the same forked events through Synapse's own auth and state
   resolution functions, no database (bench/synapse_yardstick.py); only when the test-only
   `oracle` extra is installed.
-- fork: a fork in a 10,000-member room through the pipeline (bench/fork_bench.py).
+- fork: a fork in a 10,000- and a 100,000-member room through the pipeline
+  (bench/fork_bench.py).
 - queries: state-query latency in a room with 10,000 state entries (bench/query_bench.py).
 - federation queries: backfill, missing_events and state_and_auth_chain latency in the
   same size of room (bench/federation_queries_bench.py).
@@ -314,6 +315,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if synapse_available() and not args.no_synapse:
         synapse = await asyncio.to_thread(bench_synapse, forked, version)
     fork = await asyncio.to_thread(bench_fork, args.fork_members, version)
+    fork_big = await asyncio.to_thread(bench_fork, args.fork_big_members, version)
     for result in (linear_result, small_result, forked_result, synapse):
         if result is not None:
             result["relay_ratio"] = result["events_per_s"] / relay["events_per_s"]
@@ -333,6 +335,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "scenarios": [linear_result, small_result, forked_result],
         "synapse_in_memory": synapse,
         "fork": fork,
+        "fork_big": fork_big,
         "queries": queries,
         "federation_queries": federation,
     }
@@ -382,22 +385,24 @@ def _table(report: dict[str, Any]) -> str:
             f"{synapse['events_per_s']:>9,.0f} {synapse['relay_ratio']:>8.3f}  "
             "(auth + state res only; no I/O)"
         )
-    fork = report["fork"]
-    lines += [
-        "",
-        f"fork in a {fork['members']:,}-member room ({fork['state_entries']:,} state "
-        "entries), through the pipeline in process:",
-    ]
-    for name, label in (
-        ("fork_event", "event creating the second extremity"),
-        ("event_while_forked", "event on one branch while forked"),
-        ("merge_event", "event merging the branches"),
-    ):
-        figures = fork[name]
-        lines.append(
-            f"  {label:<42} {figures['milliseconds']:>9.1f} ms "
-            f"{figures['triples_written']:>5} triples written"
-        )
+    for fork in (report["fork"], report["fork_big"]):
+        lines += [
+            "",
+            f"fork in a {fork['members']:,}-member room ({fork['state_entries']:,} state "
+            "entries), through the pipeline in process, per event (CPU ms in brackets):",
+        ]
+        for name, label in (
+            ("fork_event", "event creating the second extremity"),
+            ("event_while_forked", "49 joins on one branch while forked"),
+            ("topic_while_forked", "topic change on that branch"),
+            ("merge_event", "event merging the branches"),
+        ):
+            figures = fork[name]
+            lines.append(
+                f"  {label:<42} {figures['milliseconds']:>9.1f} ms "
+                f"({figures['cpu_milliseconds']:.1f}) "
+                f"{figures['triples_written']:>5.1f} triples written"
+            )
     q = report["queries"]
     lines += [
         "",
@@ -435,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-synapse", action="store_true", help="skip Synapse's in-memory yardstick"
     )
     parser.add_argument("--fork-members", type=int, default=10_000)
+    parser.add_argument("--fork-big-members", type=int, default=100_000)
     parser.add_argument("--query-entries", type=int, default=10_000)
     parser.add_argument("--query-samples", type=int, default=200)
     parser.add_argument("--federation-samples", type=int, default=50)
@@ -446,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.members, args.events, args.small_rooms = 200, 2000, 20
         args.forked_members, args.forked_events = 100, 500
         args.fork_members, args.query_entries, args.query_samples = 500, 500, 20
+        args.fork_big_members = 2_000
         args.federation_samples = 10
     report = asyncio.run(main_async(args))
     print(_table(report))

@@ -40,6 +40,7 @@ def fill(
     writer_caches = {
         **db.nid_caches(),
         **store.cache.caches(),
+        "derived_states": store.derived,
         "room_versions": events._room_versions,
     }
     states: dict[int, NidState] = {}

@@ -146,3 +146,33 @@ def test_store_full_writes_a_delta_not_a_copy(store: StateStore) -> None:
     assert store.stats.triples_written - written_before <= 2
     store.forget_caches()
     assert store.load(snap) == target
+
+
+def _whole_state_differences(states: list[dict[tuple[int, int], int]]) -> set[tuple[int, int]]:
+    """Keys not held by every state with the same event, by comparing whole maps."""
+    keys: set[tuple[int, int]] = set().union(*states)
+    return {k for k in keys if len({s.get(k) for s in states}) > 1}
+
+
+def test_differing_keys_from_block_lists_equal_whole_state_comparison(store: StateStore) -> None:
+    """`differing_keys` looks only at the blocks past the lists' shared prefix; on random
+    trees of snapshots (forks from old snapshots, removals, merges of trailing blocks
+    large enough to rewrite shared blocks) it finds exactly the keys a comparison of
+    the whole states finds."""
+    rng = random.Random(7)
+    snapshots = [0]
+    with store.db.transaction():
+        for _ in range(600):
+            parent = rng.choice(snapshots[-20:] if rng.random() < 0.8 else snapshots)
+            delta = {
+                (rng.randrange(1, 4), rng.randrange(1, 200)): rng.choice(
+                    (0, rng.randrange(1, 9999))
+                )
+                for _ in range(rng.choice((1, 1, 1, 3, 40)))
+            }
+            snapshots.append(store.derive(1, parent, delta))
+    store.forget_caches()
+    for _ in range(300):
+        chosen = rng.sample(snapshots, rng.choice((2, 2, 3)))
+        expected = _whole_state_differences([store.load(s) for s in chosen])
+        assert store.differing_keys(chosen) == expected

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, validate_auth_events
 from worker.matrix.events import CREATE, Event, StateKey
-from worker.storage.blocks import NidState
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED, STATUS_SOFT_FAILED
-from worker.storage.state import StateStore
+from worker.storage.state import StateStore, StateView
 
 
 @dataclass(slots=True)
@@ -102,7 +101,7 @@ class Authorizer:
             current = self.state.load(room.snapshot_nid)
             self._check(event, current, verdict, STATUS_SOFT_FAILED, "current")
 
-    def auth_state(self, event: Event, state: NidState) -> dict[StateKey, Event]:
+    def auth_state(self, event: Event, state: StateView) -> dict[StateKey, Event]:
         """The auth-relevant part of a NID state map, as events."""
         keys = auth_types_for_event(
             event.room_version, event.type, event.state_key, event.sender, event.content
@@ -121,7 +120,7 @@ class Authorizer:
     def _check(
         self,
         event: Event,
-        state: NidState,
+        state: StateView,
         verdict: Verdict,
         status: int,
         which: str,

@@ -164,7 +164,10 @@ class Extremities:
             added_nids = [new[key]] if new.get(key) != old.get(key) and key in new else []
             removed_nids = [old[key]] if added_nids and key in old else []
         else:
-            added_nids = [nid for k, nid in new.items() if old.get(k) != nid]
-            removed_nids = [nid for k, nid in old.items() if new.get(k) != nid]
+            # Only the keys the two snapshots' own blocks set can differ (after a
+            # resolution: the branches' changes since they parted), not the room's.
+            differing = sorted(self.state.differing_keys([old_snapshot, new_snapshot]))
+            added_nids = [new[k] for k in differing if k in new]
+            removed_nids = [old[k] for k in differing if k in old]
         ids = self.events.ids_of(added_nids + removed_nids)
         return [ids[n] for n in added_nids], [ids[n] for n in removed_nids]

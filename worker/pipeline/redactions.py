@@ -14,10 +14,9 @@ from worker.matrix.redaction import redact
 from worker.pipeline.authorize import Authorizer
 from worker.pipeline.limits import MaybeSet
 from worker.pipeline.outbox import Outbox
-from worker.storage.blocks import NidState
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
-from worker.storage.state import StateStore
+from worker.storage.state import StateStore, StateView
 
 
 class Redactions:
@@ -101,7 +100,7 @@ class Redactions:
             )
         )
 
-    def _sender_may_redact_any(self, event: Event, state: NidState) -> bool:
+    def _sender_may_redact_any(self, event: Event, state: StateView) -> bool:
         levels = PowerLevels(self.authorizer.auth_state(event, state), event.room_version)
         return levels.user_level(event.sender) >= levels.named("redact")
 

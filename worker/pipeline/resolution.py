@@ -16,23 +16,30 @@ does not change a branch's state.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
 from worker.matrix.state_res import resolve_conflicts
+from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
 from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
-from worker.storage.state import StateStore
+from worker.storage.state import StateStore, StateView
 
 #: Events kept for resolutions' walks, by ID; cleared when full.
 EVENT_MEMO_ENTRIES = 50_000
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
 RESOLUTION_CACHE_ENTRIES = 100_000
+
+#: Events a walk up the auth DAG may visit before it gives up for the walk down (which
+#: costs the room's size): a walk up that has not found an agreed event by then is
+#: exploring a large region no agreed event cites.
+AGREED_REACH_VISITS = 2_000
 
 #: The differing keys of several snapshots with the resolved event NID of each (0: the
 #: key is absent from the resolved state). Every other key has the same event in all
@@ -67,6 +74,8 @@ class NidResolver:
         #: room's auth events over and over (each resolution starts afresh), and the
         #: event store's LRU costs several times a plain dict lookup.
         self._settled: dict[str, tuple[Event, bool]] = {}
+        #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
+        self.citers = AuthCiters(db.conn, db.on_rollback)
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -94,7 +103,7 @@ class NidResolver:
         if cached is not None:
             return cached
         states = [self.state.load(s) for s in snapshots]
-        differing_keys = _differing_keys(states)
+        differing_keys = self.state.differing_keys(snapshots)
         if not differing_keys:
             return {}
         key_names = {key: self._key_name(key) for key in differing_keys}
@@ -112,12 +121,15 @@ class NidResolver:
             differing.append(named)
         self._unsettled = False
         self.db.on_rollback(self._settled.clear)
+        room_event = self.events.by_nid(next(iter(ids)))
+        agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         resolved = resolve_conflicts(
             get_room_version(room_version),
-            _AgreedState(self, states[0], differing_keys),
+            agreed,
             differing,
             self._event_for_resolution,
             is_rejected=self._is_rejected,
+            agreed_reach=agreed.reached,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
         if elsewhere:
@@ -181,18 +193,6 @@ class NidResolver:
         return found is not None and found[1]
 
 
-def _differing_keys(states: Sequence[NidState]) -> set[NidStateKey]:
-    """The keys not held by every state with the same event (v2's conflicted keys; v1
-    sorts them further). Compared with the first state through C-level item-set
-    operations, so equal parts cost no Python loop."""
-    first = states[0]
-    keys: set[NidStateKey] = set()
-    for other in states[1:]:
-        if other is not first:
-            keys.update(key for key, _ in first.items() ^ other.items())
-    return keys
-
-
 class _AgreedState(Mapping[StateKey, str]):
     """The entries all the input states agree on, in Matrix strings, named on lookup.
 
@@ -201,13 +201,64 @@ class _AgreedState(Mapping[StateKey, str]):
     Reading all values (a rare branch of the auth difference) names them all at once.
     """
 
-    __slots__ = ("_excluded", "_named", "_resolver", "_state")
+    __slots__ = ("_excluded", "_named", "_resolver", "_room_nid", "_state")
 
-    def __init__(self, resolver: NidResolver, state: NidState, excluded: set[NidStateKey]) -> None:
+    def __init__(
+        self, resolver: NidResolver, state: StateView, excluded: set[NidStateKey], room_nid: int
+    ) -> None:
         self._resolver = resolver
         self._state = state
         self._excluded = excluded
         self._named: dict[StateKey, str | None] = {}
+        self._room_nid = room_nid
+
+    def reached(self, candidates: set[str]) -> set[str] | None:
+        """The candidates in the auth chain of some agreed event (`AgreedReach`).
+
+        From each candidate, walk up through the events that cite it, level by level,
+        until an agreed event turns up (the candidate is in its chain) or nothing cites
+        further (it is in none). The answer is usually one step up: what the room's
+        state cites is cited by that state. Gives up (None) when the room's index is
+        incomplete or the walks visit more events than `AGREED_REACH_VISITS` plus the
+        state's size (about what the walk down would visit)."""
+        citers = self._resolver.citers.room(self._room_nid)
+        if not citers.complete:
+            return None
+        rows = self._resolver.events.rows(candidates)
+        state, excluded, keys, by_nid = self._state, self._excluded, citers.keys, citers.by_nid
+        budget = AGREED_REACH_VISITS + len(state)
+        found: set[str] = set()
+        #: Events whose every citer, up to the end, was visited without an agreed one.
+        barren: set[int] = set()
+        for candidate in candidates:
+            row = rows.get(candidate)
+            # Level by level; each level is the citer lists of the one before, read
+            # in place: the create event's list is the room's state events, and the
+            # first few usually settle it.
+            level: list[Sequence[int]] = [citers.by_id.get(candidate, ())]
+            if row is not None:
+                level.append(by_nid.get(row.nid, ()))
+            seen: set[int] = set()
+            while level and candidate not in found:
+                following: list[Sequence[int]] = []
+                for nid in itertools.chain.from_iterable(level):
+                    if nid in seen or nid in barren:
+                        continue
+                    key = keys[nid]
+                    if state.get(key) == nid and key not in excluded:
+                        found.add(candidate)
+                        break
+                    budget -= 1
+                    if budget < 0:
+                        return None
+                    seen.add(nid)
+                    cited_by = by_nid.get(nid)
+                    if cited_by:
+                        following.append(cited_by)
+                level = following
+            if candidate not in found:
+                barren |= seen
+        return found
 
     def _lookup(self, key: StateKey) -> str | None:
         try:

@@ -93,6 +93,12 @@ def merge_blocks(blocks: Iterable[bytes], *, keep_removed: bool = False) -> NidS
     return state
 
 
+def block_keys(packed: bytes) -> Iterable[NidStateKey]:
+    """The (type NID, state key NID) keys a packed block sets or removes."""
+    values = _int64s(packed)
+    return zip(values[0::3], values[1::3], strict=True)
+
+
 def block_hash(packed: bytes) -> bytes:
     return hashlib.sha256(packed).digest()
 

@@ -7,13 +7,15 @@ the hot path never touches strings for state it does not look at.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.storage.blocks import (
     NidState,
     NidStateKey,
     block_hash,
+    block_keys,
     entry_count,
     merge_blocks,
     pack_entries,
@@ -21,10 +23,84 @@ from worker.storage.blocks import (
     snapshot_hash,
 )
 from worker.storage.database import Database, StorageError
+from worker.storage.lru import LruByWeight
 from worker.storage.snapshots import SnapshotCache
+
+#: A state as `StateStore.load` gives it: a plain map, or a `DerivedState` on one.
+StateView = Mapping[NidStateKey, int]
 
 #: Block lists cost ~8 bytes a block; 100,000 blocks' worth is under a MB.
 BLOCK_LIST_CACHE_ENTRIES = 100_000
+
+
+class DerivedState(Mapping[NidStateKey, int]):
+    """A state written by `derive`: a plain map it shares and the changes on it.
+
+    Copying the parent's map for every state event costs the room's size (a 100,000
+    entry dict copy is milliseconds); this costs the changes since the last plain map.
+    Once those outgrow about the square root of the map (`_flat_after`), `derive` makes
+    a plain map again, so copies stay rare and lookups two dict probes at most.
+    """
+
+    __slots__ = ("_len", "base", "changes")
+
+    def __init__(self, base: NidState, changes: NidState) -> None:
+        #: Never changed: shared with the cache and with other derived states.
+        self.base = base
+        #: Key → event NID, 0 where the key is removed.
+        self.changes = changes
+        self._len = len(base)
+        for key, event_nid in changes.items():
+            if key in base:
+                self._len -= not event_nid
+            else:
+                self._len += bool(event_nid)
+
+    def get(self, key: NidStateKey, default: int | None = None) -> int | None:  # type: ignore[override]
+        event_nid = self.changes.get(key)
+        if event_nid is None:
+            return self.base.get(key, default)
+        return event_nid or default
+
+    def __getitem__(self, key: NidStateKey) -> int:
+        event_nid = self.changes.get(key)
+        if event_nid is None:
+            return self.base[key]
+        if not event_nid:
+            raise KeyError(key)
+        return event_nid
+
+    def __contains__(self, key: object) -> bool:
+        event_nid = self.changes.get(key)  # type: ignore[call-overload]
+        return key in self.base if event_nid is None else bool(event_nid)
+
+    def __iter__(self) -> Iterator[NidStateKey]:
+        changes = self.changes
+        for key in self.base:
+            if key not in changes:
+                yield key
+        for key, event_nid in changes.items():
+            if event_nid:
+                yield key
+
+    def __len__(self) -> int:
+        return self._len
+
+    def flat(self) -> NidState:
+        state = dict(self.base)
+        for key, event_nid in self.changes.items():
+            if event_nid:
+                state[key] = event_nid
+            else:
+                state.pop(key, None)
+        return state
+
+
+def _flat_after(base_size: int) -> int:
+    """Changes a `DerivedState` may hold before a plain map is made: a copy of the base
+    every ~√(2n) changes and a copy of the changes each time cost √(2n) per change
+    together, the least over both (n = 100,000: ~450 entries instead of 100,000)."""
+    return max(64, math.isqrt(2 * base_size))
 
 
 @dataclass(slots=True)
@@ -60,17 +136,24 @@ class StateStore:
         self.db = db
         self.stats = WriteStats()
         self.cache = SnapshotCache(cache_entries, block_cache_entries, BLOCK_LIST_CACHE_ENTRIES)
+        #: Derived states, weighed by their changes plus a share of the base they hold
+        #: on to (bases are shared by up to ~√(2n) states).
+        self.derived: LruByWeight[int, DerivedState] = LruByWeight(cache_entries)
 
     def forget_caches(self) -> None:
         """Drop everything cached; used after a rollback, when NIDs may be reused."""
         self.cache.clear()
+        self.derived.clear()
 
     # -- reading ------------------------------------------------------------------
 
-    def load(self, snapshot_nid: int) -> NidState:
+    def load(self, snapshot_nid: int) -> StateView:
         """The state map of a snapshot (read-only; shared with the cache)."""
         if snapshot_nid == 0:
             return {}
+        derived = self.derived.get(snapshot_nid)
+        if derived is not None:
+            return derived
         state = self.cache.state(snapshot_nid)
         if state is None:
             block_nids = self._block_nids(snapshot_nid)
@@ -84,6 +167,35 @@ class StateStore:
         block_nids = self._block_nids(snapshot_nid)
         blocks = self._blocks(block_nids)
         return [(nid, entry_count(blocks[nid])) for nid in block_nids]
+
+    def differing_keys(self, snapshot_nids: Sequence[int]) -> set[NidStateKey]:
+        """The keys not held by every one of the snapshots' states with the same event.
+
+        A snapshot is its blocks applied in order, so a key that no block after the
+        lists' common prefix sets has the same event in both states (the prefix's last
+        one). Only the keys of the blocks past the shared prefix are compared: after a
+        fork, the branches' own blocks, whatever the size of the room.
+        """
+        first = snapshot_nids[0]
+        first_blocks = self._block_nids(first) if first else []
+        first_state = self.load(first)
+        keys: set[NidStateKey] = set()
+        for other in snapshot_nids[1:]:
+            if other == first:
+                continue
+            other_blocks = self._block_nids(other) if other else []
+            shared = 0
+            for mine, theirs in zip(first_blocks, other_blocks, strict=False):
+                if mine != theirs:
+                    break
+                shared += 1
+            own = first_blocks[shared:] + other_blocks[shared:]
+            candidates: set[NidStateKey] = set()
+            for packed in self._blocks(own).values():
+                candidates.update(block_keys(packed))
+            other_state = self.load(other)
+            keys.update(k for k in candidates if first_state.get(k) != other_state.get(k))
+        return keys
 
     def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
         """Every listed block: from the cache, the others in one query."""
@@ -142,13 +254,18 @@ class StateStore:
         )
         self.db.on_rollback(self.forget_caches)
         self.stats.snapshots_created += 1
-        new_state = dict(parent_state)
-        for key, event_nid in effective.items():
-            if event_nid:
-                new_state[key] = event_nid
-            else:
-                new_state.pop(key, None)
-        self.cache.remember_state(snapshot_nid, new_state)
+        if isinstance(parent_state, DerivedState):
+            base, changes = parent_state.base, dict(parent_state.changes)
+        else:
+            base = parent_state if isinstance(parent_state, dict) else dict(parent_state)
+            changes = {}
+        changes.update(effective)
+        derived = DerivedState(base, changes)
+        if len(changes) > _flat_after(len(base)):
+            self.cache.remember_state(snapshot_nid, derived.flat())
+        else:
+            weight = len(changes) + 1 + len(base) // 16
+            self.derived.put(snapshot_nid, derived, weight)
         self.cache.remember_block_nids(snapshot_nid, block_nids)
         return snapshot_nid
 

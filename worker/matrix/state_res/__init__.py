@@ -11,7 +11,12 @@ from collections.abc import Mapping, Sequence
 
 from worker.matrix.events import StateKey, StateMap
 from worker.matrix.room_versions import RoomVersion, StateResAlgorithm
-from worker.matrix.state_res.difference import AuthChain, Conflicts, analyse_conflicts
+from worker.matrix.state_res.difference import (
+    AgreedReach,
+    AuthChain,
+    Conflicts,
+    analyse_conflicts,
+)
 from worker.matrix.state_res.difference import auth_difference as _auth_difference
 from worker.matrix.state_res.ordering import (
     is_power_event,
@@ -35,6 +40,7 @@ from worker.matrix.state_res.v1 import resolve_v1_conflicts
 from worker.matrix.state_res.v2 import resolve_v2_conflicts
 
 __all__ = [
+    "AgreedReach",
     "AuthChain",
     "ConflictedState",
     "Conflicts",
@@ -98,6 +104,7 @@ def resolve_conflicts(
     get_event: GetEvent,
     auth_chain: AuthChain | None = None,
     is_rejected: IsRejected | None = None,
+    agreed_reach: AgreedReach | None = None,
 ) -> StateMap:
     """`resolve_state` for callers that split the state maps themselves.
 
@@ -110,8 +117,8 @@ def resolve_conflicts(
     The point is the cost: a caller whose maps are large and mostly equal, and kept in
     another form (the store's NID maps), splits them there and names only the
     differing part; `unconflicted` is only looked up by key (and its values read in
-    full only in the rare case `analyse_conflicts` describes), so it may be a mapping
-    that names entries on demand.
+    full only in the rare case `analyse_conflicts` describes, and not even then when
+    `agreed_reach` answers), so it may be a mapping that names entries on demand.
     """
     if not differing or not any(differing):
         return {}
@@ -123,7 +130,7 @@ def resolve_conflicts(
     source = EventSource(room_version, get_event, is_rejected, first_create_ids(creates))
     if room_version.state_res is StateResAlgorithm.V1:
         return resolve_v1_conflicts(unconflicted, differing, source)
-    return resolve_v2_conflicts(unconflicted, differing, source, auth_chain)
+    return resolve_v2_conflicts(unconflicted, differing, source, auth_chain, agreed_reach)
 
 
 def auth_difference(

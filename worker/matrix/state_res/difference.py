@@ -13,9 +13,10 @@ chains and C_i for the chains of map i's conflicted events, map i's full chain i
 K ∪ C_i, and the auth difference is (∪C_i − ∩C_i) − K. The first part comes from the
 small conflicted region. K only matters for candidates that are neither conflicted
 nor unconflicted events themselves (superseded state cited on one side of a fork);
-only when such candidates exist is K probed, by a walk down from the unconflicted
-events that stops at events every conflicted chain already holds (their chains hold
-no candidate) and as soon as every candidate is accounted for.
+only when such candidates exist is K probed: by storage's `agreed_reach` when it has
+one (a walk up from the candidates), else by a walk down from the unconflicted events
+that stops at events every conflicted chain already holds (their chains hold no
+candidate) and as soon as every candidate is accounted for.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from worker.matrix.state_res.split import ConflictedState, split_conflicted
 
 #: Storage's fast path: the IDs in the auth chains of the given events, without them.
 AuthChain = Callable[[Iterable[str]], set[str]]
+
+#: Storage's fast path for K: of the given events, those in the auth chain of some
+#: unconflicted event (found by walking up from them through the events that cite
+#: them, which stops at the first unconflicted one), or None when it cannot tell.
+AgreedReach = Callable[[set[str]], set[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ def analyse_conflicts(
     *,
     with_subgraph: bool,
     auth_chain: AuthChain | None = None,
+    agreed_reach: AgreedReach | None = None,
 ) -> Conflicts:
     """The auth difference of `state_sets`, and their conflicted state subgraph if asked."""
     roots = [{state[key] for key in conflicted if key in state} for state in state_sets]
@@ -129,9 +136,12 @@ def analyse_conflicts(
                 continue
         superseded.add(event_id)
     if superseded:
-        difference |= superseded - _reached_from_unconflicted(
-            superseded, unconflicted, masks, full, source, auth_chain
-        )
+        reached = agreed_reach(superseded) if agreed_reach is not None else None
+        if reached is None:
+            reached = _reached_from_unconflicted(
+                superseded, unconflicted, masks, full, source, auth_chain
+            )
+        difference |= superseded - reached
 
     subgraph: set[str] = set()
     if with_subgraph:

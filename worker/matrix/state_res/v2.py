@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from worker.matrix.events import StateKey, StateMap
 from worker.matrix.room_versions import StateResAlgorithm
-from worker.matrix.state_res.difference import AuthChain, analyse_conflicts
+from worker.matrix.state_res.difference import AgreedReach, AuthChain, analyse_conflicts
 from worker.matrix.state_res.iterative import PartialState, iterative_auth_checks
 from worker.matrix.state_res.ordering import (
     is_power_event,
@@ -32,6 +32,7 @@ def resolve_v2_conflicts(
     differing: Sequence[Mapping[StateKey, str]],
     source: EventSource,
     auth_chain: AuthChain | None = None,
+    agreed_reach: AgreedReach | None = None,
 ) -> StateMap:
     """The resolved entries outside the unconflicted state map, given the split.
 
@@ -56,6 +57,7 @@ def resolve_v2_conflicts(
         source,
         with_subgraph=v2_1,
         auth_chain=auth_chain,
+        agreed_reach=agreed_reach,
     )
     full_conflicted: set[str] = set().union(*conflicted.values())
     full_conflicted |= conflicts.auth_difference
