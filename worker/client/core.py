@@ -150,17 +150,24 @@ class ClientCore(Started):
         return await self.ask(name, body, _as_map)
 
     async def ask(
-        self, name: str, body: Mapping[str, Any] | None, read: Callable[[dict[str, Any]], T]
+        self,
+        name: str,
+        body: Mapping[str, Any] | None,
+        read: Callable[[dict[str, Any]], T],
+        *,
+        tuples: bool = False,
     ) -> T:
         """`request`, with the reply map turned into a typed result by `read` (while
-        a big reply's decoding still has the garbage collector paused)."""
+        a big reply's decoding still has the garbage collector paused); with
+        `tuples`, the reply's arrays come as tuples (`read_reply`)."""
         count = self.partitions
         if count < 2:
-            return await self._request(self.subjects.query(name), name, body, read)
+            return await self._request(self.subjects.query(name), name, body, read, tuples=tuples)
         room_id = (body or {}).get("room_id")
         if isinstance(room_id, str) or name not in SPANNING:
             partition = partition_of_room(room_id, count) if isinstance(room_id, str) else 0
-            return await self._request(self.subjects.query(name, partition), name, body, read)
+            subject = self.subjects.query(name, partition)
+            return await self._request(subject, name, body, read, tuples=tuples)
         replies = await asyncio.gather(
             *(
                 self._request(self.subjects.query(name, k), name, body, _as_map)
@@ -177,6 +184,8 @@ class ClientCore(Started):
         body: Mapping[str, Any] | None,
         read: Callable[[dict[str, Any]], T],
         timeout: float | None = None,
+        *,
+        tuples: bool = False,
     ) -> T:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
         wait = timeout or self.timeout
@@ -188,7 +197,7 @@ class ClientCore(Started):
                 f"no worker answers on {subject}: is it running, with "
                 f"subject prefix {self.subjects.prefix!r}?",
             ) from None
-        return read_reply(name, data, read)
+        return read_reply(name, data, read, tuples=tuples)
 
     async def worker_info(self, service_id: str) -> dict[str, Any] | None:
         """The micro service INFO of the query service instance `service_id` (its

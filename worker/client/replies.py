@@ -60,12 +60,15 @@ def collector_paused(paused: bool = True) -> Iterator[None]:
         gc.enable()
 
 
-def read_reply(name: str, data: bytes, read: Callable[[dict[str, Any]], T]) -> T:
+def read_reply(
+    name: str, data: bytes, read: Callable[[dict[str, Any]], T], *, tuples: bool = False
+) -> T:
     """Decode a reply's bytes into a map and then `read` it (a typed result); raise
-    the error it carries."""
+    the error it carries. With `tuples`, msgpack arrays decode as tuples, which is
+    twice as fast for a state's 10,000 triples (for readers that copy them anyway)."""
     with collector_paused(len(data) >= LARGE_REPLY):
         try:
-            result = msgpack.unpackb(data, raw=False)
+            result = msgpack.unpackb(data, raw=False, use_list=not tuples)
         except Exception as exc:  # msgpack raises several unrelated types
             raise RoomserverError(
                 BAD_REPLY, f"the reply to {name} is not msgpack ({exc})"
@@ -74,7 +77,11 @@ def read_reply(name: str, data: bytes, read: Callable[[dict[str, Any]], T]) -> T
             raise RoomserverError(BAD_REPLY, f"the reply to {name} is not a map")
         if is_error_reply(result):
             raise RoomserverError.from_wire(result)
-        return read(result)
+        value = read(result)
+        # The decoded map goes before the collector is back (unless it is the value):
+        # what the next collection has to look at is then only what the caller keeps.
+        del result
+        return value
 
 
 class NoResponders(Exception):
