@@ -56,6 +56,7 @@ from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
 from worker.client import RoomserverClient, RoomserverError
 from worker.config import load_config
+from worker.matrix.builder import RoomBuilder
 from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import SERVICE_NAME
 from worker.query.chunks import chunk_size
@@ -235,7 +236,7 @@ def built_room(members: int, *, cache: bool = True) -> tuple[Path, str]:
     temporary directory each time (the caller removes it).
     """
     schema = hashlib.sha256(Path(storage_schema.__file__).read_bytes()).hexdigest()[:12]
-    pdus = linear_room(ROOM_VERSION, members=members, events=0, seed=11)
+    pdus = _joined_room(members)
     first = next(pdus)
     room_id = str(first["room_id"])
     target = _cache_dir() / f"room-{members}-v{ROOM_VERSION}-{schema}"
@@ -266,6 +267,21 @@ def built_room(members: int, *, cache: bool = True) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     building.rename(target)
     return target, room_id
+
+
+def _joined_room(members: int) -> Iterator[dict[str, Any]]:
+    """PDUs of a public room's bootstrap and then `members` joins, one after another.
+
+    Each join is built against the bootstrap's state alone: all a new member's join
+    needs for its auth events (create, power levels, join rules). The builder would
+    otherwise copy the room's whole state, growing, for every join: quadratic, hours
+    for 100,000 members.
+    """
+    builder = RoomBuilder(ROOM_VERSION, "@creator:example.org", start_ts=1_700_000_000_000)
+    yield from (dict(event.pdu) for event in builder.bootstrap(join_rule="public"))
+    base = builder.current_state
+    for i in range(members):
+        yield dict(builder.join(f"@user{i}:example.org", state=base).pdu)
 
 
 def _process(pipeline: Pipeline, batch: list[InboundMessage]) -> None:
