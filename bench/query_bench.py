@@ -239,8 +239,8 @@ def built_room(members: int, *, cache: bool = True) -> tuple[Path, str]:
     pdus = _joined_room(members)
     first = next(pdus)
     room_id = str(first["room_id"])
-    target = _cache_dir() / f"room-{members}-v{ROOM_VERSION}-{schema}"
-    if cache and (target / "room_id").exists():
+    target = _cache_dir() / f"joined-{members}-v{ROOM_VERSION}-{schema}"
+    if cache and _cached_room(target) == room_id:
         return target, room_id
     if cache:
         _cache_dir().mkdir(parents=True, exist_ok=True)
@@ -267,6 +267,12 @@ def built_room(members: int, *, cache: bool = True) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     building.rename(target)
     return target, room_id
+
+
+def _cached_room(target: Path) -> str | None:
+    """The room ID a cached build holds (None when there is no finished build)."""
+    marker = target / "room_id"
+    return marker.read_text() if marker.exists() else None
 
 
 def _joined_room(members: int) -> Iterator[dict[str, Any]]:
