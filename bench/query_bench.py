@@ -1,7 +1,9 @@
-"""State-query latency: a room whose state has 10,000 entries, asked over NATS.
+"""State-query latency: a room whose state has 10,000 entries, asked over NATS; and
+the whole state of a 100,000-member room, which comes in chunks.
 
-`python -m bench.query_bench [--entries N] [--samples S] [--restarts R]` (starts its own
-nats-server), or `bench_queries(url, workdir)` from `bench.run`.
+`python -m bench.query_bench [--entries N] [--samples S] [--restarts R]
+[--big-members M]` (starts its own nats-server), or `bench_queries(url, workdir)` and
+`bench_big_state(url, workdir)` from `bench.run`.
 
 The room (create, the creator's join, power levels, join rules and N-4 more joins) is
 fed to a worker running as its own process (`roomserver run`, as in production, so its
@@ -15,6 +17,13 @@ current state is timed from this process through the real request/reply path
 - filtered: warm, only the power levels (what a client about to send an event asks);
 - service: the worker's own average processing time for the warm queries, from the
   micro service's stats (`$SRV.STATS`): the part that is not NATS or the client.
+
+The big room (`bench_big_state`) is built the cheap way: its joins go through the
+pipeline in this process, straight into a storage directory (no NATS, no outputs),
+which is kept in a cache keyed by the member count and the storage schema, so that
+the next run starts at once. A worker process is then started on a copy and asked for
+the room's whole state through the client (cold, then warm) and once through
+`roomserver state`.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,12 +49,19 @@ import msgpack
 from nats.aio.client import Client as NATS
 
 from bench.common import worker_env
+from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
+from worker.bus.subjects import Subjects
 from worker.client import RoomserverClient, RoomserverError
 from worker.config import load_config
+from worker.matrix.builder import RoomBuilder
+from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import SERVICE_NAME
+from worker.query.chunks import chunk_size
+from worker.storage import schema as storage_schema
+from worker.storage.database import Database
 from worker.synthetic import linear_room
 
 ROOM_VERSION = "10"
@@ -204,12 +222,184 @@ async def bench_queries(
     }
 
 
-async def _main(entries: int, samples: int, restarts: int) -> dict[str, Any]:
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "roomserver-bench"
+
+
+def built_room(members: int, *, cache: bool = True) -> tuple[Path, str]:
+    """A storage directory holding a linear room of `members` joins (plus its
+    bootstrap), built through the pipeline in this process; and the room ID.
+
+    Cached under ~/.cache/roomserver-bench by member count and a hash of the storage
+    schema (a changed schema builds afresh); without `cache`, built in a fresh
+    temporary directory each time (the caller removes it).
+    """
+    schema = hashlib.sha256(Path(storage_schema.__file__).read_bytes()).hexdigest()[:12]
+    pdus = _joined_room(members)
+    first = next(pdus)
+    room_id = str(first["room_id"])
+    target = _cache_dir() / f"joined-{members}-v{ROOM_VERSION}-{schema}"
+    if cache and _cached_room(target) == room_id:
+        return target, room_id
+    if cache:
+        _cache_dir().mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix="big-room-", dir=_cache_dir() if cache else None))
+    previous = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *previous[1:])
+    db = Database(building)
+    try:
+        pipeline = Pipeline(db, Subjects())
+        subject = Subjects().input(room_id)
+        batch: list[InboundMessage] = []
+        for seq, pdu in enumerate([first, *pdus], start=1):
+            body = msgpack.packb({"event": pdu}, use_bin_type=True)
+            batch.append(InboundMessage(subject, body, seq))
+            if len(batch) == 512:
+                _process(pipeline, batch)
+        _process(pipeline, batch)
+    finally:
+        db.close()
+        gc.set_threshold(*previous)
+    (building / "room_id").write_text(room_id)
+    if not cache:
+        return building, room_id
+    shutil.rmtree(target, ignore_errors=True)
+    building.rename(target)
+    return target, room_id
+
+
+def _cached_room(target: Path) -> str | None:
+    """The room ID a cached build holds (None when there is no finished build)."""
+    marker = target / "room_id"
+    return marker.read_text() if marker.exists() else None
+
+
+def _joined_room(members: int) -> Iterator[dict[str, Any]]:
+    """PDUs of a public room's bootstrap and then `members` joins, one after another.
+
+    Each join is built against the bootstrap's state alone: all a new member's join
+    needs for its auth events (create, power levels, join rules). The builder would
+    otherwise copy the room's whole state, growing, for every join: quadratic, hours
+    for 100,000 members.
+    """
+    builder = RoomBuilder(ROOM_VERSION, "@creator:example.org", start_ts=1_700_000_000_000)
+    yield from (dict(event.pdu) for event in builder.bootstrap(join_rule="public"))
+    base = builder.current_state
+    for i in range(members):
+        yield dict(builder.join(f"@user{i}:example.org", state=base).pdu)
+
+
+def _process(pipeline: Pipeline, batch: list[InboundMessage]) -> None:
+    """One batch through the pipeline; its outbox rows are dropped (no one reads
+    them: the worker must not publish 100,000 outputs when it starts)."""
+    if not batch:
+        return
+    results = pipeline.process_batch(batch)
+    if any(r is not Disposition.ACK for r in results):
+        raise RuntimeError(f"the pipeline refused a join: {results}")
+    pipeline.db.outbox.delete_through(2**62)
+    batch.clear()
+
+
+async def bench_big_state(
+    url: str, workdir: Path, *, members: int = 100_000, samples: int = 10, cache: bool = True
+) -> dict[str, Any]:
+    """The whole state of a room of `members` joins, through the client (chunked when
+    over max_payload) and through `roomserver state`.
+
+    Returns {"members", "entries", "reply_bytes", "chunks", "build_seconds" (0 when
+    cached), "cold_ms", "warm": {p50_ms, p99_ms, samples}, "cli_seconds"}.
+    """
+    began = time.perf_counter()
+    built, room_id = await asyncio.to_thread(built_room, members, cache=cache)
+    build_seconds = time.perf_counter() - began
+    tag = uuid.uuid4().hex[:10]
+    storage = workdir / f"big-{tag}"
+    shutil.copytree(built, storage)
+    if not cache:
+        shutil.rmtree(built, ignore_errors=True)
+    env = worker_env(url, storage, f"b{tag}", streams_storage="memory", log_level="warning")
+    config = load_config(None, env)
+    nc = await connect(config.nats, name="big-state-bench")
+    js = nc.jetstream()
+    try:
+        await ensure_streams(js, config)
+        client = RoomserverClient(nc, config, timeout=60)
+        with (
+            open(workdir / f"big-{tag}.log", "ab") as log,
+            _worker_process(env, workdir, log),
+        ):
+            await _until_answering(client)
+            start = time.perf_counter()
+            state = await client.state(room_id)
+            cold = time.perf_counter() - start
+            entries = len(state.entries)
+            if entries != members + BOOTSTRAP_STATE:
+                raise RuntimeError(f"the big room's state has {entries} entries")
+            del state
+            reply = await client.request("state", {"room_id": room_id})
+            reply_bytes = len(msgpack.packb(reply, use_bin_type=True))
+            del reply
+            warm: list[float] = []
+            for _ in range(samples):
+                start = time.perf_counter()
+                await client.state(room_id)
+                warm.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            printed = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "worker.cli", "state", room_id],
+                env={**os.environ, **env},
+                cwd=workdir,
+                capture_output=True,
+                check=True,
+            )
+            cli_seconds = time.perf_counter() - start
+            if len(printed.stdout.splitlines()) != entries + 2:
+                raise RuntimeError("roomserver state did not print every entry")
+    finally:
+        for stream in (config.streams.input, config.streams.output, config.streams.deadletter):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
+        max_payload = nc.max_payload
+        await nc.close()
+        shutil.rmtree(storage, ignore_errors=True)
+    return {
+        "members": members,
+        "entries": entries,
+        "reply_bytes": reply_bytes,
+        "chunks": -(-reply_bytes // chunk_size(max_payload)),
+        "build_seconds": round(build_seconds, 2),
+        "cold_ms": round(cold * 1000, 1),
+        "warm": _summary(warm),
+        "cli_seconds": round(cli_seconds, 2),
+    }
+
+
+async def _main(
+    entries: int, samples: int, restarts: int, big_members: int, cache: bool
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="query-bench-") as tmp:
         async with EmbeddedNatsServer(Path(tmp) / "nats", port=0) as server:
-            return await bench_queries(
+            result = await bench_queries(
                 server.url, Path(tmp), entries=entries, samples=samples, restarts=restarts
             )
+            if big_members:
+                result["big_state"] = await bench_big_state(
+                    server.url, Path(tmp), members=big_members, cache=cache
+                )
+            return result
+
+
+def big_state_line(big: dict[str, Any]) -> str:
+    """One line for a report: the big room's whole state."""
+    return (
+        f"whole state, {big['members']:,}-member room ({big['entries']:,} entries, "
+        f"{big['reply_bytes']:,} bytes in {big['chunks']} chunks): cold {big['cold_ms']:.0f} ms, "
+        f"warm p50 {big['warm']['p50_ms']:.0f} ms, p99 {big['warm']['p99_ms']:.0f} ms; "
+        f"roomserver state {big['cli_seconds']:.2f} s"
+    )
 
 
 def main() -> None:
@@ -217,8 +407,14 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--restarts", type=int, default=10, help="cold samples")
+    parser.add_argument(
+        "--big-members", type=int, default=100_000, help="members of the big room (0: skip)"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="build the big room afresh")
     args = parser.parse_args()
-    result = asyncio.run(_main(args.entries, args.samples, args.restarts))
+    result = asyncio.run(
+        _main(args.entries, args.samples, args.restarts, args.big_members, not args.no_cache)
+    )
     print(f"state query, {result['entries']} entries, reply {result['reply_bytes']} bytes")
     for name in ("cold", "warm", "filtered"):
         figures = result[name]
@@ -227,6 +423,8 @@ def main() -> None:
             f"   ({figures['samples']} samples)"
         )
     print(f"  service   avg {result['service_warm_avg_ms']:8.3f} ms   (warm, inside the worker)")
+    if "big_state" in result:
+        print(big_state_line(result["big_state"]))
     print(json.dumps(result))
 
 

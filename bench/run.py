@@ -48,7 +48,7 @@ from bench.common import worker_env
 from bench.federation_queries_bench import bench_federation
 from bench.fork_bench import bench_fork
 from bench.forked_room import build_forked_room
-from bench.query_bench import bench_queries
+from bench.query_bench import bench_big_state, bench_queries, big_state_line
 from bench.synapse_yardstick import bench_synapse, synapse_available
 from worker.bus.connection import connect
 from worker.bus.publisher import Outgoing, Publisher
@@ -304,6 +304,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             queries = await bench_queries(
                 server.url, workdir, entries=args.query_entries, samples=args.query_samples
             )
+            queries["big_state"] = await bench_big_state(
+                server.url, workdir, members=args.big_state_members
+            )
             federation = await bench_federation(
                 server.url, workdir, members=args.query_entries, samples=args.federation_samples
             )
@@ -412,6 +415,7 @@ def _table(report: dict[str, Any]) -> str:
         f"one key p50 {q['filtered']['p50_ms']:.2f} ms; "
         f"service time (warm) {q['service_warm_avg_ms']:.1f} ms",
     ]
+    lines.append(big_state_line(q["big_state"]))
     fed = report["federation_queries"]
     lines += ["", f"federation queries, {fed['members']:,}-member room ({fed['events']:,} events):"]
     for name, label in (
@@ -443,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fork-big-members", type=int, default=100_000)
     parser.add_argument("--query-entries", type=int, default=10_000)
     parser.add_argument("--query-samples", type=int, default=200)
+    parser.add_argument("--big-state-members", type=int, default=100_000)
     parser.add_argument("--federation-samples", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     args = parser.parse_args(argv)
@@ -453,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.forked_members, args.forked_events = 100, 500
         args.fork_members, args.query_entries, args.query_samples = 500, 500, 20
         args.fork_big_members = 2_000
+        args.big_state_members = 15_000
         args.federation_samples = 10
     report = asyncio.run(main_async(args))
     print(_table(report))

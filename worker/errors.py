@@ -28,8 +28,10 @@ NO_DATABASE: Final = "no_database"
 #: Client side: no worker answered (none running, another subject prefix, a timeout),
 #: or NATS itself could not be reached.
 UNAVAILABLE: Final = "unavailable"
-#: Client side: the answer is not a reply map.
+#: Client side: the answer is not a reply map (or its chunks do not add up to one).
 BAD_REPLY: Final = "bad_reply"
+#: Client side: a chunked reply lost a chunk, or a chunk came too late.
+INCOMPLETE_REPLY: Final = "incomplete_reply"
 
 
 class RoomserverError(Exception):

@@ -56,12 +56,19 @@ async def test_reply_too_large_for_nats(config: Config, js: JetStreamContext, nc
         inputs = [input_for(e.pdu) for e in [*events, *big]]
         await publish_inputs(js, config, inputs, room_version=VERSION)
         await wait_processed(worker, len(inputs))
+        ids = [e.event_id for e in big]
+        # A request that does not say it reassembles chunks (an older client, `nats
+        # req`) is refused as before: the contract's one-message reply.
+        subject = Subjects(config.streams.subject_prefix).query("events")
+        raw = await nc.request(subject, msgpack.packb({"event_ids": ids}), timeout=10)
+        refused = msgpack.unpackb(raw.data)
+        assert refused["error"] == "too_large" and "max_payload" in refused["message"]
+        assert raw.headers is not None and raw.headers["Nats-Service-Error-Code"] == "413"
+        # worker.client does, and gets every event, in chunks.
         client = RoomserverClient(nc, config)
-        with pytest.raises(RoomserverError, match="max_payload") as too_large:
-            await client.events([e.event_id for e in big])
-        assert too_large.value.code == "too_large"
-        # Fewer IDs fit.
-        assert len((await client.events([e.event_id for e in big[:3]])).events) == 3
+        found = await client.events(ids)
+        assert [e.event_id for e in found.events] == ids and found.missing == []
+        assert {e.event["content"]["body"] for e in found.events} == {"x" * 60_000}
 
 
 async def test_no_worker_answering(config: Config, nc: NATS) -> None:

@@ -17,6 +17,7 @@ from worker.client import RoomserverClient, server_urls
 from worker.config import Config
 from worker.errors import (
     BAD_REQUEST,
+    INCOMPLETE_REPLY,
     NO_DATABASE,
     UNAVAILABLE,
     UNKNOWN_EVENT,
@@ -49,6 +50,7 @@ EXIT_CONFIG: Final = 78
 #: Error codes (worker.errors) and the exit status each gives.
 _STATUS_OF_CODE: Final = {
     UNAVAILABLE: EXIT_UNREACHABLE,
+    INCOMPLETE_REPLY: EXIT_UNREACHABLE,
     UNKNOWN_ROOM: EXIT_NOT_FOUND,
     UNKNOWN_EVENT: EXIT_NOT_FOUND,
     NO_DATABASE: EXIT_NOT_FOUND,

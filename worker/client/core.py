@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Self, TypeVar
 
 import msgpack
 import nats.errors
@@ -18,13 +18,20 @@ from worker.bus.partitions import partition_of_room
 from worker.bus.publisher import Publisher
 from worker.bus.subjects import Subjects
 from worker.client.outputs import OutputStream
+from worker.client.replies import NoResponders, ReplyInbox, read_reply
 from worker.config import Config
-from worker.errors import BAD_REPLY, UNAVAILABLE, UNKNOWN_EVENT, RoomserverError, is_error_reply
+from worker.errors import UNAVAILABLE, UNKNOWN_EVENT, RoomserverError
 from worker.matrix.room_versions import RoomVersion
 from worker.query.gather import SPANNING, merge_replies
-from worker.query.schema import SERVICE_NAME, WORKER_HEADER
+from worker.query.schema import SERVICE_NAME
 
 DEFAULT_TIMEOUT: Final = 5.0
+
+T = TypeVar("T")
+
+
+def _as_map(reply: dict[str, Any]) -> dict[str, Any]:
+    return reply
 
 
 class ClientCore(Started):
@@ -53,6 +60,7 @@ class ClientCore(Started):
         self._js = nc.jetstream()
         self._publisher = Publisher(self._js, self.config, timeout=timeout)
         self._versions: dict[str, RoomVersion] = {}
+        self._replies = ReplyInbox(nc)
         self._owns_connection = False
         #: The query service instance (micro service ID) that gave the last answer.
         self.answered_by: str | None = None
@@ -96,6 +104,7 @@ class ClientCore(Started):
 
     async def close(self) -> None:
         """Close the connection if `connect` made it (a borrowed one is left open)."""
+        await self._replies.close()
         if self._owns_connection and not self.nc.is_closed:
             await self.nc.drain()
 
@@ -135,48 +144,60 @@ class ClientCore(Started):
         With partitions, a query naming a room goes to the worker of the room's
         partition (the hash nats-server files its inputs by), and a query naming none
         (`rooms`, `events`, ...) to every partition, whose replies are merged into the
-        one a single worker would have given.
+        one a single worker would have given. A reply too big for one NATS message
+        comes in chunks, put back together here (worker.client.replies).
         """
+        return await self.ask(name, body, _as_map)
+
+    async def ask(
+        self,
+        name: str,
+        body: Mapping[str, Any] | None,
+        read: Callable[[dict[str, Any]], T],
+        *,
+        tuples: bool = False,
+    ) -> T:
+        """`request`, with the reply map turned into a typed result by `read` (while
+        a big reply's decoding still has the garbage collector paused); with
+        `tuples`, the reply's arrays come as tuples (`read_reply`)."""
         count = self.partitions
         if count < 2:
-            return await self._request(self.subjects.query(name), name, body, self.timeout)
+            return await self._request(self.subjects.query(name), name, body, read, tuples=tuples)
         room_id = (body or {}).get("room_id")
         if isinstance(room_id, str) or name not in SPANNING:
             partition = partition_of_room(room_id, count) if isinstance(room_id, str) else 0
             subject = self.subjects.query(name, partition)
-            return await self._request(subject, name, body, self.timeout)
+            return await self._request(subject, name, body, read, tuples=tuples)
         replies = await asyncio.gather(
             *(
-                self._request(self.subjects.query(name, k), name, body, self.timeout)
+                self._request(self.subjects.query(name, k), name, body, _as_map)
                 for k in range(count)
             ),
             return_exceptions=True,
         )
-        return merge_replies(name, body or {}, _answered(replies))
+        return read(merge_replies(name, body or {}, _answered(replies)))
 
     async def _request(
-        self, subject: str, name: str, body: Mapping[str, Any] | None, timeout: float
-    ) -> dict[str, Any]:
+        self,
+        subject: str,
+        name: str,
+        body: Mapping[str, Any] | None,
+        read: Callable[[dict[str, Any]], T],
+        timeout: float | None = None,
+        *,
+        tuples: bool = False,
+    ) -> T:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
+        wait = timeout or self.timeout
         try:
-            reply = await self.nc.request(subject, payload, timeout=timeout)
-        except nats.errors.NoRespondersError:
+            data, self.answered_by = await self._replies.ask(subject, name, payload, wait)
+        except NoResponders:
             raise RoomserverError(
                 UNAVAILABLE,
                 f"no worker answers on {subject}: is it running, with "
                 f"subject prefix {self.subjects.prefix!r}?",
             ) from None
-        except TimeoutError:
-            raise RoomserverError(
-                UNAVAILABLE, f"no answer to {name} within {timeout:g} s"
-            ) from None
-        self.answered_by = (reply.headers or {}).get(WORKER_HEADER)
-        result = msgpack.unpackb(reply.data, raw=False)
-        if not isinstance(result, dict):
-            raise RoomserverError(BAD_REPLY, f"the reply to {name} is not a map")
-        if is_error_reply(result):
-            raise RoomserverError.from_wire(result)
-        return result
+        return read_reply(name, data, read, tuples=tuples)
 
     async def worker_info(self, service_id: str) -> dict[str, Any] | None:
         """The micro service INFO of the query service instance `service_id` (its

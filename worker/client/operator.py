@@ -25,13 +25,13 @@ class Operator(ClientCore):
         """Have the worker process a parked room's waiting inputs now (it may take a
         while: `timeout` defaults to the client's)."""
         partition = partition_of_room(room_id, self.partitions) if self.partitions > 1 else None
-        reply = await self._request(
+        return await self._request(
             self.subjects.admin("retry", partition),
             "retry",
             {"room_id": room_id},
-            timeout or self.timeout,
+            Retried.from_wire,
+            timeout,
         )
-        return Retried.from_wire(reply)
 
     async def dead_letters(
         self, *, room_id: str | None = None, code: str | None = None

@@ -44,10 +44,10 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return State.from_wire(await self.request("state", body))
+        return await self.ask("state", body, State.from_wire, tuples=True)
 
     async def events(self, event_ids: Sequence[str]) -> Events:
-        return Events.from_wire(await self.request("events", {"event_ids": list(event_ids)}))
+        return await self.ask("events", {"event_ids": list(event_ids)}, Events.from_wire)
 
     async def event(self, event_id: str) -> EventInfo:
         """One event; RoomserverError `unknown_event` when the worker does not have it."""
@@ -73,7 +73,7 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return Latest.from_wire(await self.request("latest", body))
+        return await self.ask("latest", body, Latest.from_wire, tuples=True)
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"

@@ -38,6 +38,7 @@ from worker.errors import (
     UNKNOWN_ROOM,
     RoomserverError,
 )
+from worker.query.chunks import ACCEPT_CHUNKS_HEADER, accepts_chunks, chunk_size, split
 from worker.query.federation import FederationQueries
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
@@ -349,12 +350,14 @@ class QueryService:
             try:
                 fields = Fields(decode_request(request.data), allowed)
                 body = pack_reply(await handler(fields))
-                if len(body) > self._nc.max_payload:
+                chunked = len(body) > self._nc.max_payload
+                if chunked and not accepts_chunks(request.headers):
                     raise RoomserverError(
                         TOO_LARGE,
                         f"the reply would be {len(body)} bytes, over the NATS server's "
                         f"max_payload of {self._nc.max_payload}; ask for less (filter by "
-                        "types or keys, or list fewer IDs)",
+                        "types or keys, or list fewer IDs), or accept a chunked reply "
+                        f"(request header {ACCEPT_CHUNKS_HEADER}: 1, as worker.client does)",
                     )
             except RoomserverError as exc:
                 await self._fail(request, errors, exc)
@@ -363,7 +366,10 @@ class QueryService:
                 failed = RoomserverError(INTERNAL_ERROR, f"the query failed: {exc!r}")
                 await self._fail(request, errors, failed)
             else:
-                await self._respond(request, body)
+                if chunked:
+                    await self._respond_in_chunks(request, name, body)
+                else:
+                    await self._respond(request, body)
 
         return handle
 
@@ -373,6 +379,15 @@ class QueryService:
         one_line = " ".join(error.message.splitlines())
         headers = {ERROR_HEADER: one_line, ERROR_CODE_HEADER: _STATUS.get(error.code, "500")}
         await self._respond(request, error_body(error), headers)
+
+    async def _respond_in_chunks(self, request: Request, name: str, body: bytes) -> None:
+        """Send a reply over max_payload as numbered chunks to the requester's inbox
+        (worker.query.chunks): published back to back, so NATS keeps their order."""
+        size = chunk_size(self._nc.max_payload)
+        count = -(-len(body) // size)
+        log.debug("reply sent in chunks", query=name, bytes=len(body), chunks=count)
+        for part, headers in split(body, size):
+            await self._respond(request, part, headers)
 
     async def _respond(
         self, request: Request, body: bytes, headers: dict[str, str] | None = None
