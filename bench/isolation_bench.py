@@ -80,7 +80,7 @@ def _prepare(pdus: Sequence[dict[str, Any]], version: str) -> list[Prepared]:
     return out
 
 
-def _forked_events(version: str, members: int, rounds: int) -> tuple[list[Event], list[Event]]:
+def forked_events(version: str, members: int, rounds: int) -> tuple[list[Event], list[Event]]:
     """(setup: the room with `members` joined, the stream that keeps it forked)."""
     builder = RoomBuilder(version, ADMIN, keep_history=False)
     setup = builder.bootstrap()
@@ -123,7 +123,7 @@ def build_inputs(
     if path.exists():
         cached: dict[str, Any] = msgpack.unpackb(path.read_bytes(), raw=False)
         return cached
-    setup, stream = _forked_events(version, members, rounds)
+    setup, stream = forked_events(version, members, rounds)
     small = [
         _prepare(list(linear_room(version, members=3, events=per_room, seed=5000 + r)), version)
         for r in range(rooms)

@@ -1,21 +1,22 @@
 """The order in which a transaction takes the inputs in hand (worker.runner.fairness):
-cheap rooms first, a room's inputs always in stream order, no room starved."""
+rooms that had little of the thread lately first, a room's inputs always in stream
+order, a busy room slowed but never starved."""
 
 from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from worker.runner.fairness import UNMEASURED, InHand, Scheduler, cost_class
+from worker.runner.fairness import HALF_LIFE, InHand, RoomShares, Scheduler, share_class
 
 CLIENT = NATS()
 
 
-def _in_hand(*items: tuple[str, int, float]) -> list[InHand]:
-    """(room, number, fetched at) → inputs in hand; the number names the input."""
+def _in_hand(*items: tuple[str, int]) -> list[InHand]:
+    """(room, number) → inputs in hand, in fetch order; the number names the input."""
     return [
-        InHand(Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode()), fetched_at=at)
-        for room, n, at in items
+        InHand(Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode()), 0.0, 0.0)
+        for room, n in items
     ]
 
 
@@ -23,55 +24,43 @@ def _names(items: list[InHand]) -> list[str]:
     return [f"{i.subject.rsplit('.', 1)[1]}{i.message.data.decode()}" for i in items]
 
 
-def test_cost_classes_double() -> None:
-    assert cost_class(None) == UNMEASURED
-    assert cost_class(0.0001) == cost_class(0.0005) == 0
-    assert cost_class(0.0009) == 1
-    assert cost_class(0.0011) == 2
-    assert cost_class(0.05) > cost_class(0.02) > cost_class(0.002)
+def test_share_classes_double() -> None:
+    assert share_class(0.0) == share_class(0.0005) == share_class(0.001) == 0
+    assert share_class(0.0019) == 1
+    assert share_class(0.0021) == 2
+    assert share_class(0.5) > share_class(0.05) > share_class(0.005)
 
 
-def test_cheap_rooms_first_and_each_rooms_inputs_in_order() -> None:
-    scheduler = Scheduler(max_defer=1.0)
-    scheduler.costs.record("rs.input.big", 0.040)
-    scheduler.costs.record("rs.input.a", 0.0004)
-    scheduler.costs.record("rs.input.b", 0.0003)
-    hand = _in_hand(("big", 1, 0.0), ("a", 1, 0.0), ("big", 2, 0.0), ("b", 1, 0.0), ("a", 2, 0.0))
-    # a and b share the cheapest class, so they keep their fetch order between them.
-    assert _names(scheduler.order(hand, now=0.1)) == ["a1", "b1", "a2", "big1", "big2"]
+def test_busy_room_after_the_others_each_rooms_inputs_in_order() -> None:
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    scheduler.shares.record("rs.input.a", 0.0004, now=0.0)
+    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
+    # a and the unseen room share the smallest class: they keep their fetch order.
+    assert _names(scheduler.order(hand, now=0.0)) == ["a1", "new1", "a2", "big1", "big2"]
 
 
-def test_unmeasured_rooms_go_first() -> None:
-    scheduler = Scheduler(max_defer=1.0)
-    scheduler.costs.record("rs.input.a", 0.0001)
-    hand = _in_hand(("a", 1, 0.0), ("new", 1, 0.0), ("a", 2, 0.0), ("new", 2, 0.0))
-    assert _names(scheduler.order(hand, now=0.0)) == ["new1", "new2", "a1", "a2"]
+def test_shares_decay_so_a_waiting_room_is_not_starved() -> None:
+    shares = RoomShares()
+    shares.record("rs.input.big", 0.400, now=0.0)
+    assert shares.get("rs.input.big", now=HALF_LIFE) == 0.200
+    scheduler = Scheduler(shares)
+    hand = _in_hand(("big", 1), ("a", 1))
+    assert _names(scheduler.order(hand, now=0.0)) == ["a1", "big1"]
+    # After nine half-lives 400 ms are under a millisecond: big is back in the first
+    # class, and fetch order decides.
+    assert _names(scheduler.order(hand, now=9 * HALF_LIFE)) == ["big1", "a1"]
 
 
-def test_a_room_passed_over_too_long_goes_first_oldest_first() -> None:
-    scheduler = Scheduler(max_defer=1.0)
-    scheduler.costs.record("rs.input.big", 0.040)
-    scheduler.costs.record("rs.input.huge", 0.080)
-    scheduler.costs.record("rs.input.a", 0.0004)
-    hand = _in_hand(
-        ("huge", 1, 0.5), ("big", 1, 1.0), ("a", 1, 2.0), ("big", 2, 2.0), ("new", 1, 2.0)
-    )
-    # At 2.2 s huge and big have waited past max_defer: they go first, the longer
-    # waiting first, and big's younger input stays right behind its older one.
-    assert _names(scheduler.order(hand, now=2.2)) == ["huge1", "big1", "big2", "new1", "a1"]
+def test_recorded_laps_add_up_and_the_oldest_rooms_are_forgotten() -> None:
+    scheduler = Scheduler()
+    done = _in_hand(("r", 1), ("r", 2), ("s", 1))
+    scheduler.record(done, [0.010, 0.020, 0.001], now=5.0)
+    assert abs(scheduler.shares.get("rs.input.r", now=5.0) - 0.030) < 1e-12
+    assert scheduler.shares.get("rs.input.s", now=5.0) == 0.001
 
-
-def test_costs_follow_a_room_that_changes_and_forget_the_oldest_rooms() -> None:
-    scheduler = Scheduler(max_defer=1.0)
-    done = _in_hand(("r", 1, 0.0))
-    scheduler.record(done, [0.040])
-    assert cost_class(scheduler.costs.get("rs.input.r")) == cost_class(0.040)
-    for _ in range(20):
-        scheduler.record(done, [0.0002])
-    assert cost_class(scheduler.costs.get("rs.input.r")) == 0
-
-    scheduler.costs = type(scheduler.costs)(capacity=2)
+    shares = RoomShares(capacity=2)
     for room in ("x", "y", "z"):
-        scheduler.costs.record(f"rs.input.{room}", 0.001)
-    assert scheduler.costs.get("rs.input.x") is None
-    assert scheduler.costs.get("rs.input.z") == 0.001
+        shares.record(f"rs.input.{room}", 0.005, now=0.0)
+    assert shares.get("rs.input.x", now=0.0) == 0.0
+    assert shares.get("rs.input.z", now=0.0) == 0.005

@@ -101,12 +101,9 @@ class ConsumerConfig:
     max_deliver: int = 0
     max_ack_pending: int = 1024
     #: Seconds of processing after which a transaction commits and its outputs are
-    #: published; the inputs in hand that it did not reach go into the next one. 0: no
-    #: limit (everything in hand in one transaction).
+    #: published; the inputs in hand that it did not reach go into the next one (see
+    #: worker.runner.fairness). 0: no limit, a fetched batch is one transaction.
     batch_budget: float = 0.02
-    #: Seconds an input in hand may be passed over for cheaper rooms' inputs before it
-    #: goes first (see worker.runner.fairness).
-    max_defer: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,13 +478,6 @@ def _validate_consumer(config: Config, check: _Checker) -> None:
         check.fail("consumer.ack_wait", f"must be positive, got {consumer.ack_wait:g}")
     check.at_least("consumer.max_deliver", consumer.max_deliver, 0)
     check.at_least("consumer.batch_budget", consumer.batch_budget, 0)
-    check.at_least("consumer.max_defer", consumer.max_defer, 0)
-    if consumer.max_defer >= consumer.ack_wait:
-        check.fail(
-            "consumer.max_defer",
-            f"must be less than consumer.ack_wait ({consumer.ack_wait:g} s), "
-            f"got {consumer.max_defer:g} s",
-        )
     if consumer.max_deliver == 1:
         check.fail("consumer.max_deliver", "1 would never redeliver; use 0 (unlimited) or >= 2")
     if consumer.max_ack_pending < consumer.batch_size:

@@ -7,22 +7,24 @@ milliseconds); its backlog of 120 events sits in the input stream ahead of a new
 room's first event, and all of them are there before the worker starts, so they are
 fetched together. Before the change, a fetched batch was one transaction and its outputs
 were published in stream order after it: the small room's output came last. Now a
-transaction commits once `consumer.batch_budget` (20 ms) of work is spent and the next
-takes the rooms not measured yet or measured cheap first, so the small room's output
-comes while most of the backlog is still to do.
+transaction commits once `consumer.batch_budget` (20 ms) of work is spent, and the next
+takes first the rooms that had the least of the worker's time lately
+(worker.runner.fairness), so the small room's output comes before the backlog is done.
 
-Why this cannot flake: the first transaction takes the inputs in stream order (nothing
-is measured yet) and stops after 20 ms; 120 events of the forked room cost far more than
-that on any machine (a slower machine only widens the margin). The second transaction
-puts the small room, still unmeasured, before the forked room, now measured. Nothing
-waits on time: the test reads the output stream until every output is there.
+Why this cannot flake: the first transaction takes the inputs in stream order (no room
+has had any time yet) and stops after 20 ms; 108 events of the forked room cost far more
+than that on any machine (a slower machine only widens the margin). The forked room then
+has a share of 20 ms or more, which takes over four seconds to decay to the smallest
+class, where the small room (no share) is: the second transaction, which follows at
+once, takes the small room first. Nothing waits on time: the test reads the output
+stream until every output is there.
 """
 
 from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from bench.isolation_bench import _forked_events
+from bench.isolation_bench import forked_events
 from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
 from worker.bus.streams import ensure_streams
 from worker.config import Config
@@ -37,7 +39,7 @@ ROUNDS = 48
 async def test_small_room_is_not_held_up_by_a_forked_rooms_backlog(
     config: Config, js: JetStreamContext
 ) -> None:
-    setup, backlog = _forked_events(VERSION, MEMBERS, ROUNDS)
+    setup, backlog = forked_events(VERSION, MEMBERS, ROUNDS)
     small = RoomBuilder(VERSION, "@small:example.org").create()
     reader = outputs_reader(js, config)
 

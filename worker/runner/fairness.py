@@ -1,20 +1,24 @@
 """Which of the inputs in hand the next transaction takes first: no room waits for another.
 
-The input loop holds up to `consumer.batch_size` fetched inputs. A transaction takes them
-in the order given here and commits once `consumer.batch_budget` seconds of work are
-spent (worker.pipeline.batch.Stopwatch); what it did not reach waits for the next one.
-So that one expensive room (a large forked room resolves state for every event) does not
-hold up the cheap ones fetched with it, rooms whose inputs have been cheap go first:
+The input loop holds fetched inputs in hand. A transaction takes them in the order given
+here and commits once `consumer.batch_budget` seconds of work are spent
+(worker.pipeline.batch.Stopwatch); what it did not reach waits for the next one. So that
+one busy, expensive room (a large forked room resolves state for every event) does not
+hold up the others fetched with it, the thread is shared out by the time each room has
+had lately, as a processor-sharing scheduler does:
 
-- each room (its input subject) has a measured cost per input, a moving average;
-- the costs fall into classes a power of two wide; classes go cheapest first, and a
-  room not measured yet goes before all of them (it has shown no cost);
+- each room (its input subject) has its recent share: the seconds its inputs took,
+  halved every `HALF_LIFE` seconds;
+- the shares fall into classes a power of two wide, everything under `SMALLEST_SHARE`
+  (rooms not seen lately included) in the first; classes go smallest first;
 - within a class the inputs keep the order they were fetched in, and a room's inputs
   always do, since they all share the room's class: a room's inputs are processed in
-  stream order;
-- a room whose oldest input in hand has been passed over for `consumer.max_defer`
-  seconds goes before every class, oldest first, so no room starves however busy the
-  cheaper ones are.
+  stream order.
+
+A room that takes a large part of the thread goes after the rooms that take little, so
+their inputs wait for at most the transaction under way. It is slowed, never starved:
+while it waits its share decays, until it reaches the class of the rooms served before
+it and its inputs go in fetch order with theirs.
 
 Nothing here changes what an input does, only when: inputs of different rooms do not
 depend on each other.
@@ -29,80 +33,80 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-#: Rooms whose cost is remembered; the least recently seen are forgotten first.
-ROOM_COSTS = 10_000
-#: Weight of the newest measurement in a room's moving average.
-SMOOTHING = 0.3
-#: Upper bound (seconds) of the cheapest cost class; each next class is twice as wide.
-CHEAPEST_CLASS = 0.0005
-#: The class of rooms not measured yet: before every measured one.
-UNMEASURED = -1
+#: Rooms whose share is remembered; the least recently served are forgotten first (a
+#: forgotten room has no share, as if it had not been seen).
+ROOM_SHARES = 10_000
+#: Seconds in which a room's share halves.
+HALF_LIFE = 1.0
+#: Upper bound (seconds) of the smallest share class; each next class is twice as wide.
+SMALLEST_SHARE = 0.001
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InHand:
-    """A fetched input not processed yet, and when it was fetched (monotonic seconds)."""
+    """A fetched input not processed yet: when it was fetched, and when JetStream was
+    last told it is in progress (monotonic seconds)."""
 
     message: Msg
     fetched_at: float
+    touched_at: float
 
     @property
     def subject(self) -> str:
         return self.message.subject
 
 
-def cost_class(seconds: float | None) -> int:
-    """The class of a room that costs `seconds` per input: 0 up to CHEAPEST_CLASS, then
-    one more for each doubling; UNMEASURED if the room has no measurement."""
-    if seconds is None:
-        return UNMEASURED
-    if seconds <= CHEAPEST_CLASS:
+def share_class(seconds: float) -> int:
+    """The class of a room whose recent share is `seconds`: 0 up to SMALLEST_SHARE, then
+    one more for each doubling."""
+    if seconds <= SMALLEST_SHARE:
         return 0
-    return math.ceil(math.log2(seconds / CHEAPEST_CLASS))
+    return math.ceil(math.log2(seconds / SMALLEST_SHARE))
 
 
-class RoomCosts:
-    """Each room's measured cost per input (seconds), for the rooms seen lately."""
+class RoomShares:
+    """Each room's recent share of the database thread (seconds, decaying)."""
 
-    def __init__(self, capacity: int = ROOM_COSTS) -> None:
+    def __init__(self, half_life: float = HALF_LIFE, capacity: int = ROOM_SHARES) -> None:
+        self._half_life = half_life
         self._capacity = capacity
-        self._costs: OrderedDict[str, float] = OrderedDict()
+        #: subject → (seconds, as of when).
+        self._shares: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def get(self, subject: str) -> float | None:
-        return self._costs.get(subject)
+    def get(self, subject: str, now: float) -> float:
+        share = self._shares.get(subject)
+        if share is None:
+            return 0.0
+        seconds, when = share
+        decay: float = 0.5 ** (max(0.0, now - when) / self._half_life)
+        return seconds * decay
 
-    def record(self, subject: str, seconds: float) -> None:
-        """Fold one input's time into its room's average."""
-        old = self._costs.pop(subject, None)
-        self._costs[subject] = seconds if old is None else old + SMOOTHING * (seconds - old)
-        if len(self._costs) > self._capacity:
-            self._costs.popitem(last=False)
+    def record(self, subject: str, seconds: float, now: float) -> None:
+        """Add the time one input of the room took."""
+        total = self.get(subject, now) + seconds
+        self._shares.pop(subject, None)
+        self._shares[subject] = (total, now)
+        if len(self._shares) > self._capacity:
+            self._shares.popitem(last=False)
 
 
 class Scheduler:
     """Orders the inputs in hand for the next transaction (see the module docstring)."""
 
-    def __init__(self, max_defer: float) -> None:
-        self.max_defer = max_defer
-        self.costs = RoomCosts()
+    def __init__(self, shares: RoomShares | None = None) -> None:
+        self.shares = shares if shares is not None else RoomShares()
 
-    def record(self, done: Sequence[InHand], laps: Sequence[float]) -> None:
+    def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""
         for item, seconds in zip(done, laps, strict=False):
-            self.costs.record(item.subject, seconds)
+            self.shares.record(item.subject, seconds, now)
 
     def order(self, in_hand: Sequence[InHand], now: float) -> list[InHand]:
         """`in_hand` (in fetch order) in the order the next transaction should take it."""
-        oldest: dict[str, float] = {}
+        classes: dict[str, int] = {}
         for item in in_hand:
-            oldest.setdefault(item.subject, item.fetched_at)
-        keys: dict[str, tuple[int, float]] = {}
-        for subject, fetched_at in oldest.items():
-            if now - fetched_at >= self.max_defer:
-                # Overdue: before every class, the longest waiting first.
-                keys[subject] = (UNMEASURED - 1, fetched_at)
-            else:
-                keys[subject] = (cost_class(self.costs.get(subject)), 0.0)
-        # sorted() is stable: inputs with equal keys (a room's, among others) keep their
-        # fetch order.
-        return sorted(in_hand, key=lambda item: keys[item.subject])
+            if item.subject not in classes:
+                classes[item.subject] = share_class(self.shares.get(item.subject, now))
+        # sorted() is stable: inputs of one class (a room's among them) keep their fetch
+        # order.
+        return sorted(in_hand, key=lambda item: classes[item.subject])

@@ -1,8 +1,8 @@
 """The input loop: fetch → process in the database thread → settle → publish.
 
-Fetched inputs are held in hand (up to consumer.batch_size) and processed in
-transactions: each takes them in the order worker.runner.fairness gives (rooms whose
-inputs are cheap first, each room's inputs in stream order) and commits once
+Fetched inputs are held in hand (up to consumer.max_ack_pending) and processed in
+transactions: each takes them in the order worker.runner.fairness gives (rooms that had
+little of the thread lately first, each room's inputs in stream order) and commits once
 consumer.batch_budget seconds of work are spent, so a small room's input never waits
 behind a whole batch of an expensive room's. The next fetch runs while a transaction
 is processed. Once a transaction is committed its acks and outputs are settled in the
@@ -97,8 +97,13 @@ class InputLoop:
         self.settling = Settling()
         #: Fetched inputs not processed yet, in fetch order.
         self.in_hand: list[InHand] = []
-        self.scheduler = Scheduler(config.consumer.max_defer)
-        pipeline.batch.budget = config.consumer.batch_budget or None
+        self.scheduler = Scheduler()
+        budget = config.consumer.batch_budget
+        #: Most inputs in hand: with a budget, as many as JetStream hands out, so that
+        #: cheap rooms' inputs are fetched past an expensive room's backlog; without
+        #: one, a batch.
+        self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
+        pipeline.batch.budget = budget or None
         pipeline.batch.committed = metrics.batch_messages.observe
         #: The fetch under way, if any (it runs beside the database work).
         self._fetching: asyncio.Future[list[Msg]] | None = None
@@ -134,6 +139,7 @@ class InputLoop:
                 continue
             if self.in_hand:
                 await self._handle(stop)
+                await self._keep_alive()
             await between_batches(stop)
         await self._collect_fetch()
         while self.in_hand:
@@ -172,11 +178,9 @@ class InputLoop:
     async def _fetch(self, stop: asyncio.Event) -> bool:
         """Start a fetch if there is room in hand; take what it brought if it is done,
         or wait for it if nothing is in hand. False if the fetch failed."""
-        batch_size = self.config.consumer.batch_size
-        if self._fetching is None and len(self.in_hand) < batch_size:
-            self._fetching = asyncio.ensure_future(
-                self.consumer.fetch_batch(batch_size - len(self.in_hand))
-            )
+        room = self.capacity - len(self.in_hand)
+        if self._fetching is None and room > 0:
+            self._fetching = asyncio.ensure_future(self.consumer.fetch_batch(room))
         if self._fetching is None or (self.in_hand and not self._fetching.done()):
             return True
         fetching, self._fetching = self._fetching, None
@@ -198,7 +202,7 @@ class InputLoop:
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
-        self.in_hand.extend(InHand(message, now) for message in messages)
+        self.in_hand.extend(InHand(message, now, now) for message in messages)
         last = messages[-1].metadata
         if last is not None and last.num_pending is not None:
             self.metrics.consumer_lag.set(last.num_pending)
@@ -224,12 +228,23 @@ class InputLoop:
         if dispositions is None:
             return
         done = ordered[: len(dispositions)]
-        self.scheduler.record(done, self.pipeline.batch.stopwatch.laps)
+        self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
         self.in_hand = [item for item in self.in_hand if id(item) not in finished]
         rows = self.pipeline.outbox.emitted
         messages = [item.message for item in done]
         await self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that inputs held in hand for half of ack_wait are in progress,
+        so that it does not deliver them again while they wait their turn."""
+        now = time.monotonic()
+        limit = self.config.consumer.ack_wait / 2
+        waiting = [item for item in self.in_hand if now - item.touched_at >= limit]
+        if waiting:
+            await settle([item.message for item in waiting], [Msg.in_progress] * len(waiting))
+            for item in waiting:
+                item.touched_at = now
 
     async def _process(
         self, ordered: list[InHand], stop: asyncio.Event
