@@ -142,6 +142,12 @@ def build_inputs(
     return result
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -295,9 +301,11 @@ async def bench_isolation(
             _feed_forked(nc, subjects, forked_stream, watcher, window, stop)
         )
         started = time.perf_counter()
+        cpu_before = _cpu_seconds(proc.pid)
         published = await _pace_small(nc, subjects, small, rate, seconds)
         forked_in_window = watcher.forked_outputs
         elapsed = time.perf_counter() - started
+        worker_cpu = _cpu_seconds(proc.pid) - cpu_before
         stop.set()
         forked_sent = await forked_task
         deadline = time.monotonic() + 120
@@ -325,6 +333,7 @@ async def bench_isolation(
         "forked_window": window,
         "forked_sent": forked_sent,
         "forked_events_per_s": forked_in_window / elapsed,
+        "worker_cpu_share": worker_cpu / elapsed,
         "latency_ms": {
             "p50": round(_percentile(latencies, 0.50), 2),
             "p90": round(_percentile(latencies, 0.90), 2),
@@ -345,7 +354,8 @@ def table(result: dict[str, Any]) -> str:
         f"{result['members']:,}-member room ({result['forked_window']} outstanding):\n"
         f"  small-room publish-to-output  p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, "
         f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms; "
-        f"forked room {result['forked_events_per_s']:,.0f} events/s"
+        f"forked room {result['forked_events_per_s']:,.0f} events/s; "
+        f"worker CPU {result['worker_cpu_share']:.0%}"
     )
 
 

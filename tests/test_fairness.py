@@ -7,6 +7,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from worker.pipeline import InboundMessage
 from worker.runner.fairness import HALF_LIFE, InHand, RoomShares, Scheduler, share_class
 
 CLIENT = NATS()
@@ -14,10 +15,11 @@ CLIENT = NATS()
 
 def _in_hand(*items: tuple[str, int]) -> list[InHand]:
     """(room, number) → inputs in hand, in fetch order; the number names the input."""
-    return [
-        InHand(Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode()), 0.0, 0.0)
-        for room, n in items
-    ]
+    hand = []
+    for room, n in items:
+        message = Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode())
+        hand.append(InHand(message, InboundMessage(message.subject, message.data, n), 0.0, 0.0))
+    return hand
 
 
 def _names(items: list[InHand]) -> list[str]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from worker.pipeline import InboundMessage
+
 #: Rooms whose share is remembered; the least recently served are forgotten first (a
 #: forgotten room has no share, as if it had not been seen).
 ROOM_SHARES = 10_000
@@ -44,10 +46,12 @@ SMALLEST_SHARE = 0.001
 
 @dataclass(slots=True)
 class InHand:
-    """A fetched input not processed yet: when it was fetched, and when JetStream was
-    last told it is in progress (monotonic seconds)."""
+    """A fetched input not processed yet: the message, what the pipeline takes of it,
+    when it was fetched, and when JetStream was last told it is in progress (monotonic
+    seconds)."""
 
     message: Msg
+    inbound: InboundMessage
     fetched_at: float
     touched_at: float
 
@@ -107,6 +111,8 @@ class Scheduler:
         for item in in_hand:
             if item.subject not in classes:
                 classes[item.subject] = share_class(self.shares.get(item.subject, now))
+        if len(set(classes.values())) <= 1:
+            return list(in_hand)
         # sorted() is stable: inputs of one class (a room's among them) keep their fetch
         # order.
         return sorted(in_hand, key=lambda item: classes[item.subject])

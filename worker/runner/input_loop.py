@@ -202,7 +202,19 @@ class InputLoop:
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
-        self.in_hand.extend(InHand(message, now, now) for message in messages)
+        self.in_hand.extend(
+            InHand(
+                message,
+                InboundMessage(
+                    message.subject,
+                    message.data,
+                    message.metadata.sequence.stream if message.metadata else 0,
+                ),
+                now,
+                now,
+            )
+            for message in messages
+        )
         last = messages[-1].metadata
         if last is not None and last.num_pending is not None:
             self.metrics.consumer_lag.set(last.num_pending)
@@ -255,14 +267,7 @@ class InputLoop:
         A transient database fault retries in place: handing the inputs back (nak)
         would let the ones after them overtake them, and a room's inputs must be
         processed in stream order."""
-        inbound = [
-            InboundMessage(
-                item.subject,
-                item.message.data,
-                item.message.metadata.sequence.stream if item.message.metadata else 0,
-            )
-            for item in ordered
-        ]
+        inbound = [item.inbound for item in ordered]
         delay = TRANSIENT_RETRY_DELAY
         while True:
             started = time.perf_counter()
