@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 #: nats-server version from which a consumer can be rewound (ADR-60).
 REWIND_SERVER_VERSION = (2, 14)
+#: Fewest inputs offered to a transaction with a budget.
+MIN_OFFERED = 16
 #: How each disposition settles its message.
 _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
     Disposition.ACK: Msg.ack,
@@ -105,6 +107,10 @@ class InputLoop:
         self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
         pipeline.batch.budget = budget or None
         pipeline.batch.committed = metrics.batch_messages.observe
+        #: Inputs offered to the next transaction: twice what the last one reached
+        #: before its budget was spent, so that the work a batch does up front for all
+        #: its inputs is not done for many it will not reach.
+        self._offered = config.consumer.batch_size
         #: The fetch under way, if any (it runs beside the database work).
         self._fetching: asyncio.Future[list[Msg]] | None = None
         #: Whether the loop is fetching (readiness).
@@ -236,9 +242,14 @@ class InputLoop:
     async def _handle(self, stop: asyncio.Event) -> None:
         """One transaction over the inputs in hand, and the settling of those it did."""
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
+        if self.pipeline.batch.budget is not None:
+            ordered = ordered[: self._offered]
         dispositions = await self._process(ordered, stop)
         if dispositions is None:
             return
+        self._offered = min(
+            self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
+        )
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
