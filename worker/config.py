@@ -100,9 +100,10 @@ class ConsumerConfig:
     # can never succeed are dead-lettered by the worker rather than dropped by JetStream.
     max_deliver: int = 0
     max_ack_pending: int = 1024
-    #: Seconds of processing after which a transaction commits and its outputs are
-    #: published; the inputs in hand that it did not reach go into the next one (see
-    #: worker.runner.fairness). 0: no limit, a fetched batch is one transaction.
+    #: Seconds of processing (CPU time of the database thread) after which a
+    #: transaction commits and its outputs are published; the inputs in hand that it
+    #: did not reach go into the next one (see worker.runner.fairness). 0: no limit, a
+    #: fetched batch is one transaction.
     batch_budget: float = 0.02
 
 
