@@ -317,6 +317,16 @@ async def bench_isolation(
                 raise TimeoutError(f"{missing} small-room events got no output")
             await asyncio.sleep(0.05)
         await sub.unsubscribe()
+        port = env.get("ROOMSERVER_METRICS_LISTEN_PORT", "0")
+        if port != "0":
+            import urllib.request
+
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            for line in text.splitlines():
+                if line.startswith(("roomserver_batch_", "roomserver_commit_seconds_")) and (
+                    "_sum" in line or "_count" in line
+                ):
+                    print(line)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

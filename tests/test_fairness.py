@@ -66,3 +66,18 @@ def test_recorded_laps_add_up_and_the_oldest_rooms_are_forgotten() -> None:
         shares.record(f"rs.input.{room}", 0.005, now=0.0)
     assert shares.get("rs.input.x", now=0.0) == 0.0
     assert shares.get("rs.input.z", now=0.0) == 0.005
+
+
+def test_first_group_counts_the_leading_inputs_of_the_cheap_rooms() -> None:
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    # b's share is four times a's: another class, the same group.
+    scheduler.shares.record("rs.input.a", 0.002, now=0.0)
+    scheduler.shares.record("rs.input.b", 0.008, now=0.0)
+    hand = _in_hand(("big", 1), ("b", 1), ("a", 1), ("big", 2), ("new", 1))
+    ordered = scheduler.order(hand, now=0.0)
+    assert _names(ordered) == ["new1", "a1", "b1", "big1", "big2"]
+    # new (class 0), a (1) and b (3) are within three classes of the first; big is not.
+    assert scheduler.first_group(ordered) == 3
+    assert scheduler.first_group(ordered[3:]) == 2
+    assert scheduler.first_group([]) == 0

@@ -8,6 +8,7 @@ that the inputs of other rooms waiting behind an expensive one are not held up b
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,9 +75,14 @@ class Stopwatch:
     waited for a processor, and more, smaller transactions would make it fall behind.
     Created and lapped in that thread."""
 
-    def __init__(self, budget: float | None = None) -> None:
+    def __init__(
+        self, budget: float | None = None, interrupt: threading.Event | None = None
+    ) -> None:
         #: Seconds of work after which the transaction should commit; None: no limit.
         self.budget = budget
+        #: Set (from another thread) when inputs that should not wait came in: the
+        #: transaction commits after the input under way, budget or not.
+        self.interrupt = interrupt
         self.started = self._last = time.thread_time()
         #: Seconds each input took, in the order they were processed.
         self.laps: list[float] = []
@@ -86,7 +92,10 @@ class Stopwatch:
         now = time.thread_time()
         self.laps.append(now - self._last)
         self._last = now
-        return self.budget is not None and now - self.started >= self.budget
+        if self.budget is None:
+            return False
+        interrupted = self.interrupt is not None and self.interrupt.is_set()
+        return interrupted or now - self.started >= self.budget
 
 
 class Batch:
@@ -104,6 +113,8 @@ class Batch:
         #: Seconds of work after which a batch of inputs commits (None: no limit); the
         #: input loop sets it from consumer.batch_budget.
         self.budget: float | None = None
+        #: Set by the input loop when a batch should commit after its current input.
+        self.interrupt = threading.Event()
         #: The open (or last) transaction's laps, one per input of a batch.
         self.stopwatch = Stopwatch()
         #: Told how many inputs a batch took once it commits, before its counts join
@@ -112,7 +123,7 @@ class Batch:
 
     def start_stopwatch(self) -> Stopwatch:
         """The stopwatch of a batch of inputs starting now, with the batch budget."""
-        self.stopwatch = Stopwatch(self.budget)
+        self.stopwatch = Stopwatch(self.budget, self.interrupt)
         return self.stopwatch
 
     @contextmanager

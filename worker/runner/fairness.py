@@ -15,10 +15,18 @@ had lately, as a processor-sharing scheduler does:
   always do, since they all share the room's class: a room's inputs are processed in
   stream order.
 
-A room that takes a large part of the thread goes after the rooms that take little, so
-their inputs wait for at most the transaction under way. It is slowed, never starved:
-while it waits its share decays, until it reaches the class of the rooms served before
-it and its inputs go in fetch order with theirs.
+A room that takes a large part of the thread goes after the rooms that take little. The
+outputs of a transaction are published when it commits, so inputs of the cheap rooms
+taken before costlier ones would still wait for those; the input loop therefore (1)
+after a transaction that went on into a costlier group, takes the first group alone
+(rooms within GROUP_SPAN classes of the first) in the next, and (2) when a fetch brings
+inputs of a cheaper group while a transaction is busy with a costlier room's, has the
+transaction commit after the input under way (its interrupt). A small room's input
+then waits for about one input of the busy room, and a short transaction of its own.
+
+The busy room is slowed, never starved: while it waits its share decays, until it
+reaches the class of the rooms served before it and its inputs go in fetch order with
+theirs.
 
 Nothing here changes what an input does, only when: inputs of different rooms do not
 depend on each other.
@@ -42,6 +50,8 @@ ROOM_SHARES = 10_000
 HALF_LIFE = 1.0
 #: Upper bound (seconds) of the smallest share class; each next class is twice as wide.
 SMALLEST_SHARE = 0.001
+#: Classes above the first that still count as its group (see `Scheduler.first_group`).
+GROUP_SPAN = 3
 
 
 @dataclass(slots=True)
@@ -99,6 +109,27 @@ class Scheduler:
 
     def __init__(self, shares: RoomShares | None = None) -> None:
         self.shares = shares if shares is not None else RoomShares()
+        #: Each room's class as of the last `order`.
+        self._classes: dict[str, int] = {}
+
+    def cheaper(self, messages: Sequence[Msg], subject: str, now: float) -> bool:
+        """Whether any of `messages` is of a room in a group cheaper than `subject`'s."""
+        current = share_class(self.shares.get(subject, now))
+        return any(
+            share_class(self.shares.get(m.subject, now)) + GROUP_SPAN < current for m in messages
+        )
+
+    def first_group(self, ordered: Sequence[InHand]) -> int:
+        """How many of `ordered` (as `order` gave it) lead it in the first group: rooms
+        whose share is at most GROUP_SPAN classes above the first one's (small rooms'
+        shares vary by a few times, a busy room's is hundreds of times theirs)."""
+        if not ordered:
+            return 0
+        last = self._classes[ordered[0].subject] + GROUP_SPAN
+        for count, item in enumerate(ordered):
+            if self._classes[item.subject] > last:
+                return count
+        return len(ordered)
 
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""
@@ -107,7 +138,7 @@ class Scheduler:
 
     def order(self, in_hand: Sequence[InHand], now: float) -> list[InHand]:
         """`in_hand` (in fetch order) in the order the next transaction should take it."""
-        classes: dict[str, int] = {}
+        self._classes = classes = {}
         for item in in_hand:
             if item.subject not in classes:
                 classes[item.subject] = share_class(self.shares.get(item.subject, now))

@@ -111,6 +111,12 @@ class InputLoop:
         #: before its budget was spent, so that the work a batch does up front for all
         #: its inputs is not done for many it will not reach.
         self._offered = config.consumer.batch_size
+        #: Whether the next transaction takes only the inputs of the first group: the
+        #: last one went on into a costlier group, and the cheap inputs that came in
+        #: meanwhile should not wait for such work again.
+        self._first_group_only = False
+        #: The inputs offered to the transaction under way (empty between them).
+        self._running: list[InHand] = []
         #: The fetch under way, if any (it runs beside the database work).
         self._fetching: asyncio.Future[list[Msg]] | None = None
         #: Whether the loop is fetching (readiness).
@@ -187,6 +193,7 @@ class InputLoop:
         room = self.capacity - len(self.in_hand)
         if self._fetching is None and room > 0:
             self._fetching = asyncio.ensure_future(self.consumer.fetch_batch(room))
+            self._fetching.add_done_callback(self._on_fetched)
         if self._fetching is None or (self.in_hand and not self._fetching.done()):
             return True
         fetching, self._fetching = self._fetching, None
@@ -205,6 +212,18 @@ class InputLoop:
                 self.metrics.consumer_lag.set(0)
             await self.relay.forget_published()
         return True
+
+    def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
+        """While a transaction runs: if the fetch brought inputs of rooms far cheaper
+        than the one it is processing, ask it to commit after its current input, so
+        that they do not wait for the rest of its budget."""
+        running = self._running
+        if not running or fetching.cancelled() or fetching.exception() is not None:
+            return
+        reached = len(self.pipeline.batch.stopwatch.laps)
+        current = running[min(reached, len(running) - 1)]
+        if self.scheduler.cheaper(fetching.result(), current.subject, time.monotonic()):
+            self.pipeline.batch.interrupt.set()
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
@@ -243,14 +262,23 @@ class InputLoop:
         """One transaction over the inputs in hand, and the settling of those it did."""
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
         if self.pipeline.batch.budget is not None:
-            ordered = ordered[: self._offered]
-        dispositions = await self._process(ordered, stop)
+            offered = self._offered
+            if self._first_group_only:
+                offered = min(offered, self.scheduler.first_group(ordered))
+            ordered = ordered[:offered]
+        self.pipeline.batch.interrupt.clear()
+        self._running = ordered
+        try:
+            dispositions = await self._process(ordered, stop)
+        finally:
+            self._running = []
         if dispositions is None:
             return
         self._offered = min(
             self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
         )
         done = ordered[: len(dispositions)]
+        self._first_group_only = self.scheduler.first_group(done) < len(done)
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
         self.in_hand = [item for item in self.in_hand if id(item) not in finished]
