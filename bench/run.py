@@ -15,6 +15,8 @@ Scenarios (inputs are published before the clock starts, then drained):
 - queries: state-query latency in a room with 10,000 state entries (bench/query_bench.py).
 - federation queries: backfill, missing_events and state_and_auth_chain latency in the
   same size of room (bench/federation_queries_bench.py).
+- isolation: small rooms' publish-to-output latency at 1,000 events/s beside a busy forked
+  10,000-member room in the same worker (bench/isolation_bench.py).
 
 `--quick` runs every scenario at a small size (about a minute), as a smoke test.
 
@@ -48,6 +50,8 @@ from bench.common import worker_env
 from bench.federation_queries_bench import bench_federation
 from bench.fork_bench import bench_fork
 from bench.forked_room import build_forked_room
+from bench.isolation_bench import bench_isolation, quick_parameters
+from bench.isolation_bench import table as isolation_table
 from bench.query_bench import bench_big_state, bench_queries, big_state_line
 from bench.synapse_yardstick import bench_synapse, synapse_available
 from worker.bus.connection import connect
@@ -310,6 +314,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             federation = await bench_federation(
                 server.url, workdir, members=args.query_entries, samples=args.federation_samples
             )
+            isolation = await bench_isolation(
+                server.url, workdir, **(quick_parameters() if args.quick else {})
+            )
     forked_result["outcomes"] = forked_outcomes
     forked_result["merges"] = sum(1 for p in forked if len(p["prev_events"]) > 1)
     forked_result["members"] = args.forked_members
@@ -341,6 +348,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "fork_big": fork_big,
         "queries": queries,
         "federation_queries": federation,
+        "isolation": isolation,
     }
 
 
@@ -429,6 +437,7 @@ def _table(report: dict[str, Any]) -> str:
         lines.append(
             f"  {label:<44} p50 {figures['p50_ms']:8.2f} ms   p99 {figures['p99_ms']:8.2f} ms"
         )
+    lines += ["", isolation_table(report["isolation"])]
     return "\n".join(lines)
 
 

@@ -100,6 +100,11 @@ class ConsumerConfig:
     # can never succeed are dead-lettered by the worker rather than dropped by JetStream.
     max_deliver: int = 0
     max_ack_pending: int = 1024
+    #: Seconds of processing (CPU time of the database thread) after which a
+    #: transaction commits and its outputs are published; the inputs in hand that it
+    #: did not reach go into the next one (see worker.runner.fairness). 0: no limit, a
+    #: fetched batch is one transaction.
+    batch_budget: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +478,7 @@ def _validate_consumer(config: Config, check: _Checker) -> None:
     if consumer.ack_wait <= 0:
         check.fail("consumer.ack_wait", f"must be positive, got {consumer.ack_wait:g}")
     check.at_least("consumer.max_deliver", consumer.max_deliver, 0)
+    check.at_least("consumer.batch_budget", consumer.batch_budget, 0)
     if consumer.max_deliver == 1:
         check.fail("consumer.max_deliver", "1 would never redeliver; use 0 (unlimited) or >= 2")
     if consumer.max_ack_pending < consumer.batch_size:

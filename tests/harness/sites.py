@@ -198,15 +198,14 @@ def compare(result: RunResult, reference: RunResult, feed: Feed) -> Figures:
     assert figures.duplicate_dead_letters == 0
     assert None not in output_ids
 
-    # Every output exactly once, in the same order and with the same bytes.
+    # Every output exactly once, with the same bytes, and in its room's order: rooms
+    # interleave differently from run to run, since cheap rooms' inputs go before an
+    # expensive room's (worker.runner.fairness); a room's inputs never do.
     assert len(result.outputs) == len(reference.outputs)
-    for got, want in zip(result.outputs, reference.outputs, strict=True):
-        assert (got.subject, got.msg_id, got.data) == (want.subject, want.msg_id, want.data), (
-            f"output #{got.seq} differs"
-        )
-    assert [(m.subject, m.msg_id, m.data) for m in result.dead_letters] == [
+    assert _by_subject(result.outputs) == _by_subject(reference.outputs)
+    assert sorted((m.subject, m.msg_id, m.data) for m in result.dead_letters) == sorted(
         (m.subject, m.msg_id, m.data) for m in reference.dead_letters
-    ]
+    )
     assert len(reference.dead_letters) == feed.bad_inputs
 
     # The database holds the same events, statuses, states, rooms and redactions.

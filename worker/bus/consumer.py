@@ -88,16 +88,18 @@ class PullConsumer(Started):
         info: api.ConsumerInfo = await self._js.consumer_info(self._stream, self.durable)
         return info
 
-    async def fetch_batch(self) -> list[Msg]:
-        """Up to consumer.batch_size messages; empty when none came within fetch_timeout.
+    async def fetch_batch(self, limit: int | None = None) -> list[Msg]:
+        """Up to `limit` (default consumer.batch_size) messages; empty when none came
+        within fetch_timeout.
 
         Whatever it returns must each be acked, nak'ed or terminated by the caller.
         """
         if self._subscription is None:
             await self.start()
         assert self._subscription is not None
+        batch = self._batch_size if limit is None else min(limit, self._batch_size)
         try:
-            return await self._subscription.fetch(self._batch_size, timeout=self._fetch_timeout)
+            return await self._subscription.fetch(batch, timeout=self._fetch_timeout)
         except TimeoutError:
             # nats-py raises its own TimeoutError subclasses or a bare asyncio one,
             # depending on where in the pull request the deadline passes.

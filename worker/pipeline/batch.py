@@ -1,13 +1,16 @@
 """The batch: what the consumer hands over, what each input becomes, and the counts.
 
-A fetched batch is one SQLite transaction and each input inside it a savepoint; its
-counts join the totals only once the transaction commits, so a batch retried after a
-transient fault is counted once.
+A batch is one SQLite transaction and each input inside it a savepoint; its counts join
+the totals only once the transaction commits, so a batch retried after a transient fault
+is counted once. A batch may stop early once its time budget is spent (`Stopwatch`), so
+that the inputs of other rooms waiting behind an expensive one are not held up by it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -60,6 +63,41 @@ class Counters:
             self.dead_letter_codes[code] = self.dead_letter_codes.get(code, 0) + count
 
 
+class Stopwatch:
+    """Times each input of a transaction, and tells when the transaction's budget is spent.
+
+    The input loop learns from the laps what each room's inputs cost (see
+    worker.runner.fairness), and a transaction whose budget is spent commits what it has
+    done so that the outputs of the cheaper inputs before it are not kept waiting.
+
+    Time is the CPU time of the thread that processes the batch (the database thread):
+    on a busy machine, wall-clock time would cut batches short by the time the process
+    waited for a processor, and more, smaller transactions would make it fall behind.
+    Created and lapped in that thread."""
+
+    def __init__(
+        self, budget: float | None = None, interrupt: threading.Event | None = None
+    ) -> None:
+        #: Seconds of work after which the transaction should commit; None: no limit.
+        self.budget = budget
+        #: Set (from another thread) when inputs that should not wait came in: the
+        #: transaction commits after the input under way, budget or not.
+        self.interrupt = interrupt
+        self.started = self._last = time.thread_time()
+        #: Seconds each input took, in the order they were processed.
+        self.laps: list[float] = []
+
+    def lap(self) -> bool:
+        """Record the input just processed; True once the budget is spent."""
+        now = time.thread_time()
+        self.laps.append(now - self._last)
+        self._last = now
+        if self.budget is None:
+            return False
+        interrupted = self.interrupt is not None and self.interrupt.is_set()
+        return interrupted or now - self.started >= self.budget
+
+
 class Batch:
     """The transaction a batch runs in, and its counts.
 
@@ -72,6 +110,21 @@ class Batch:
         self.outputs = outputs
         self.totals = Counters()
         self.counts = Counters()
+        #: Seconds of work after which a batch of inputs commits (None: no limit); the
+        #: input loop sets it from consumer.batch_budget.
+        self.budget: float | None = None
+        #: Set by the input loop when a batch should commit after its current input.
+        self.interrupt = threading.Event()
+        #: The open (or last) transaction's laps, one per input of a batch.
+        self.stopwatch = Stopwatch()
+        #: Told how many inputs a batch took once it commits, before its counts join
+        #: the totals, so that metrics never show the counts without the batch.
+        self.committed: Callable[[int], None] | None = None
+
+    def start_stopwatch(self) -> Stopwatch:
+        """The stopwatch of a batch of inputs starting now, with the batch budget."""
+        self.stopwatch = Stopwatch(self.budget, self.interrupt)
+        return self.stopwatch
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -79,9 +132,12 @@ class Batch:
         one, and its counts join the totals when it commits."""
         self.outbox.begin()
         self.counts = Counters()
+        self.stopwatch = Stopwatch()
         with self.db.transaction():
             self.outbox.delete_published()
             yield
+        if self.committed is not None and self.stopwatch.laps:
+            self.committed(len(self.stopwatch.laps))
         self.totals.add(self.counts)
 
     def dead_letter(

@@ -106,15 +106,21 @@ class Pipeline:
     def process_batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
         """Process a batch in one transaction; transient faults propagate for a retry.
 
-        Afterwards `outbox.emitted` holds the outbox rows the batch committed, so the
-        caller can publish them without reading them back."""
+        With a `batch.budget` the transaction commits once that much work is spent, after
+        one input at least: the dispositions then cover only the first inputs, and the
+        caller hands the rest to the next batch; `batch.stopwatch.laps` holds what each
+        input took. Afterwards `outbox.emitted` holds the outbox rows the batch
+        committed, so the caller can publish them without reading them back."""
         with self._transaction():
             try:
                 self.recipe.prefetch(messages)
                 results = []
+                stopwatch = self.batch.start_stopwatch()
                 for message in messages:
                     results.append(self._process_message(message))
                     self._process_woken()
+                    if stopwatch.lap():
+                        break
             finally:
                 self.recipe.forget_prefetched()
         return results

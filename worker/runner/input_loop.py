@@ -1,10 +1,15 @@
 """The input loop: fetch → process in the database thread → settle → publish.
 
-A batch is processed in one transaction; once it is committed its acks and outputs are
-settled in the background while the next batch is processed (the database thread is
-the bottleneck; this keeps it busy), but never beside the settling of the batch before
-(outputs keep their order). A lost connection rewinds the consumer to the oldest input
-not acknowledged, so nothing in flight is lost.
+Fetched inputs are held in hand (up to consumer.max_ack_pending) and processed in
+transactions: each takes them in the order worker.runner.fairness gives (rooms that had
+little of the thread lately first, each room's inputs in stream order) and commits once
+consumer.batch_budget seconds of work are spent, so a small room's input never waits
+behind a whole batch of an expensive room's. The next fetch runs while a transaction
+is processed. Once a transaction is committed its acks and outputs are settled in the
+background while the next one is processed (the database thread is the bottleneck;
+this keeps it busy), but never beside the settling of the one before (outputs keep
+their order). A lost connection rewinds the consumer to the oldest input not
+acknowledged, so nothing in flight is lost.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
+from worker.runner.fairness import InHand, Scheduler
 from worker.runner.outbox_relay import OutboxRelay
 from worker.storage.database import OutboxRow, is_transient
 
@@ -40,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 #: nats-server version from which a consumer can be rewound (ADR-60).
 REWIND_SERVER_VERSION = (2, 14)
+#: Fewest inputs offered to a transaction with a budget.
+MIN_OFFERED = 16
 #: How each disposition settles its message.
 _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
     Disposition.ACK: Msg.ack,
@@ -89,6 +97,28 @@ class InputLoop:
         self.progress = progress
         self.metrics = metrics
         self.settling = Settling()
+        #: Fetched inputs not processed yet, in fetch order.
+        self.in_hand: list[InHand] = []
+        self.scheduler = Scheduler()
+        budget = config.consumer.batch_budget
+        #: Most inputs in hand: with a budget, as many as JetStream hands out, so that
+        #: cheap rooms' inputs are fetched past an expensive room's backlog; without
+        #: one, a batch.
+        self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
+        pipeline.batch.budget = budget or None
+        pipeline.batch.committed = metrics.batch_messages.observe
+        #: Inputs offered to the next transaction: twice what the last one reached
+        #: before its budget was spent, so that the work a batch does up front for all
+        #: its inputs is not done for many it will not reach.
+        self._offered = config.consumer.batch_size
+        #: Whether the next transaction takes only the inputs of the first group: the
+        #: last one went on into a costlier group, and the cheap inputs that came in
+        #: meanwhile should not wait for such work again.
+        self._first_group_only = False
+        #: The inputs offered to the transaction under way (empty between them).
+        self._running: list[InHand] = []
+        #: The fetch under way, if any (it runs beside the database work).
+        self._fetching: asyncio.Future[list[Msg]] | None = None
         #: Whether the loop is fetching (readiness).
         self.running = False
         self._warned_no_rewind = False
@@ -96,10 +126,10 @@ class InputLoop:
     async def run(
         self, stop: asyncio.Event, between_batches: Callable[[asyncio.Event], Awaitable[None]]
     ) -> None:
-        """Fetch and process until `stop`; `between_batches` runs after every fetch.
+        """Fetch and process until `stop`; `between_batches` runs after every batch.
 
-        Stop is checked between batches: a fetch waits at most fetch_timeout, and a
-        batch in hand is always finished, so shutdown never strands a message."""
+        Stop is checked between batches: a fetch waits at most fetch_timeout, and the
+        inputs in hand are always finished, so shutdown never strands a message."""
         nc = self.link.nc
         self.running = not stop.is_set()
         reconnects = nc.stats["reconnects"]
@@ -108,15 +138,24 @@ class InputLoop:
                 await self.link.wait_connected(stop)
                 continue
             if nc.stats["reconnects"] != reconnects:
-                # Anything in flight when the connection dropped may be lost.
+                # Anything in flight when the connection dropped may be lost. What is in
+                # hand stays: it is older than anything the rewind brings back, which
+                # is processed again as duplicates.
                 reconnects = nc.stats["reconnects"]
+                await self._collect_fetch()
                 await self.settling.wait()
                 await self.resume(stop)
                 await self.relay.drain(stop)
                 continue
-            if not await self._fetch_and_handle(stop):
+            if not await self._fetch(stop):
                 continue
+            if self.in_hand:
+                await self._handle(stop)
+                await self._keep_alive()
             await between_batches(stop)
+        await self._collect_fetch()
+        while self.in_hand:
+            await self._handle(stop)
         self.running = False
         await self.settling.wait()
         await self.relay.forget_published()
@@ -148,45 +187,126 @@ class InputLoop:
                 await sleep_unless_stopped(delay, stop)
                 delay = next_delay(delay, 5.0)
 
-    async def _fetch_and_handle(self, stop: asyncio.Event) -> bool:
-        """One fetch, and its batch handled; False if the fetch failed."""
+    async def _fetch(self, stop: asyncio.Event) -> bool:
+        """Start a fetch if there is room in hand; take what it brought if it is done,
+        or wait for it if nothing is in hand. False if the fetch failed."""
+        room = self.capacity - len(self.in_hand)
+        if self._fetching is None and room > 0:
+            self._fetching = asyncio.ensure_future(self.consumer.fetch_batch(room))
+            self._fetching.add_done_callback(self._on_fetched)
+        if self._fetching is None or (self.in_hand and not self._fetching.done()):
+            return True
+        fetching, self._fetching = self._fetching, None
         try:
-            messages = await self.consumer.fetch_batch()
+            messages = await fetching
         except NATS_ERRORS as exc:
             log.warning("fetching inputs failed; retrying", error=repr(exc))
-            await sleep_unless_stopped(self.config.consumer.fetch_timeout, stop)
+            if not self.in_hand:
+                await sleep_unless_stopped(self.config.consumer.fetch_timeout, stop)
             return False
         if messages:
-            await self._handle(messages, stop)
-        else:
+            self._take(messages)
+        elif not self.in_hand:
             await self.settling.wait()
             if self.link.nc.is_connected:
                 self.metrics.consumer_lag.set(0)
             await self.relay.forget_published()
         return True
 
-    async def _handle(self, messages: list[Msg], stop: asyncio.Event) -> None:
-        """Process one fetched batch and settle every message in it."""
-        self.metrics.batch_messages.observe(len(messages))
-        dispositions = await self._process(messages, stop)
-        if dispositions is None:
+    def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
+        """While a transaction runs: if the fetch brought inputs of rooms far cheaper
+        than the one it is processing, ask it to commit after its current input, so
+        that they do not wait for the rest of its budget."""
+        running = self._running
+        if not running or fetching.cancelled() or fetching.exception() is not None:
             return
+        reached = len(self.pipeline.batch.stopwatch.laps)
+        current = running[min(reached, len(running) - 1)]
+        if self.scheduler.cheaper(fetching.result(), current.subject, time.monotonic()):
+            self.pipeline.batch.interrupt.set()
+
+    def _take(self, messages: list[Msg]) -> None:
+        now = time.monotonic()
+        self.in_hand.extend(
+            InHand(
+                message,
+                InboundMessage(
+                    message.subject,
+                    message.data,
+                    message.metadata.sequence.stream if message.metadata else 0,
+                ),
+                now,
+                now,
+            )
+            for message in messages
+        )
         last = messages[-1].metadata
         if last is not None and last.num_pending is not None:
             self.metrics.consumer_lag.set(last.num_pending)
+
+    async def _collect_fetch(self) -> None:
+        """Wait for the fetch under way (never cancelled: messages it had taken would be
+        lost until ack_wait) and keep what it brought."""
+        fetching, self._fetching = self._fetching, None
+        if fetching is None:
+            return
+        try:
+            messages = await fetching
+        except NATS_ERRORS as exc:
+            log.warning("fetching inputs failed", error=repr(exc))
+            return
+        if messages:
+            self._take(messages)
+
+    async def _handle(self, stop: asyncio.Event) -> None:
+        """One transaction over the inputs in hand, and the settling of those it did."""
+        ordered = self.scheduler.order(self.in_hand, time.monotonic())
+        if self.pipeline.batch.budget is not None:
+            offered = self._offered
+            if self._first_group_only:
+                offered = min(offered, self.scheduler.first_group(ordered))
+            ordered = ordered[:offered]
+        self.pipeline.batch.interrupt.clear()
+        self._running = ordered
+        try:
+            dispositions = await self._process(ordered, stop)
+        finally:
+            self._running = []
+        if dispositions is None:
+            return
+        self._offered = min(
+            self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
+        )
+        done = ordered[: len(dispositions)]
+        self._first_group_only = self.scheduler.first_group(done) < len(done)
+        self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
+        finished = {id(item) for item in done}
+        self.in_hand = [item for item in self.in_hand if id(item) not in finished]
         rows = self.pipeline.outbox.emitted
+        messages = [item.message for item in done]
         await self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
 
-    async def _process(self, messages: list[Msg], stop: asyncio.Event) -> list[Disposition] | None:
-        """The batch's dispositions, once committed; None if it was handed back.
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that inputs held in hand for half of ack_wait are in progress,
+        so that it does not deliver them again while they wait their turn."""
+        now = time.monotonic()
+        limit = self.config.consumer.ack_wait / 2
+        waiting = [item for item in self.in_hand if now - item.touched_at >= limit]
+        if waiting:
+            await settle([item.message for item in waiting], [Msg.in_progress] * len(waiting))
+            for item in waiting:
+                item.touched_at = now
 
-        A transient database fault retries the same batch in place: handing it back
-        (nak) would let the inputs after it overtake it, and a room's inputs must be
+    async def _process(
+        self, ordered: list[InHand], stop: asyncio.Event
+    ) -> list[Disposition] | None:
+        """The dispositions of the inputs the transaction reached (the first ones of
+        `ordered`), once committed; None if everything in hand was handed back.
+
+        A transient database fault retries in place: handing the inputs back (nak)
+        would let the ones after them overtake them, and a room's inputs must be
         processed in stream order."""
-        inbound = [
-            InboundMessage(m.subject, m.data, m.metadata.sequence.stream if m.metadata else 0)
-            for m in messages
-        ]
+        inbound = [item.inbound for item in ordered]
         delay = TRANSIENT_RETRY_DELAY
         while True:
             started = time.perf_counter()
@@ -198,12 +318,14 @@ class InputLoop:
                 if not is_transient(exc):
                     raise
                 self.metrics.transient_retries.inc()
+                in_hand = [item.message for item in self.in_hand]
                 if stop.is_set():
-                    log.warning("transient database fault while stopping; batch handed back")
-                    await settle(messages, [Msg.nak] * len(messages))
+                    log.warning("transient database fault while stopping; inputs handed back")
+                    self.in_hand = []
+                    await settle(in_hand, [Msg.nak] * len(in_hand))
                     return None
                 log.warning("transient database fault; retrying the batch", error=str(exc))
-                await settle(messages, [Msg.in_progress] * len(messages))
+                await settle(in_hand, [Msg.in_progress] * len(in_hand))
                 await sleep_unless_stopped(delay, stop)
                 delay = next_delay(delay)
 

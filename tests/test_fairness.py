@@ -1,0 +1,83 @@
+"""The order in which a transaction takes the inputs in hand (worker.runner.fairness):
+rooms that had little of the thread lately first, a room's inputs always in stream
+order, a busy room slowed but never starved."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from worker.pipeline import InboundMessage
+from worker.runner.fairness import HALF_LIFE, InHand, RoomShares, Scheduler, share_class
+
+CLIENT = NATS()
+
+
+def _in_hand(*items: tuple[str, int]) -> list[InHand]:
+    """(room, number) → inputs in hand, in fetch order; the number names the input."""
+    hand = []
+    for room, n in items:
+        message = Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode())
+        hand.append(InHand(message, InboundMessage(message.subject, message.data, n), 0.0, 0.0))
+    return hand
+
+
+def _names(items: list[InHand]) -> list[str]:
+    return [f"{i.subject.rsplit('.', 1)[1]}{i.message.data.decode()}" for i in items]
+
+
+def test_share_classes_double() -> None:
+    assert share_class(0.0) == share_class(0.0005) == share_class(0.001) == 0
+    assert share_class(0.0019) == 1
+    assert share_class(0.0021) == 2
+    assert share_class(0.5) > share_class(0.05) > share_class(0.005)
+
+
+def test_busy_room_after_the_others_each_rooms_inputs_in_order() -> None:
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    scheduler.shares.record("rs.input.a", 0.0004, now=0.0)
+    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
+    # a and the unseen room share the smallest class: they keep their fetch order.
+    assert _names(scheduler.order(hand, now=0.0)) == ["a1", "new1", "a2", "big1", "big2"]
+
+
+def test_shares_decay_so_a_waiting_room_is_not_starved() -> None:
+    shares = RoomShares()
+    shares.record("rs.input.big", 0.400, now=0.0)
+    assert shares.get("rs.input.big", now=HALF_LIFE) == 0.200
+    scheduler = Scheduler(shares)
+    hand = _in_hand(("big", 1), ("a", 1))
+    assert _names(scheduler.order(hand, now=0.0)) == ["a1", "big1"]
+    # After nine half-lives 400 ms are under a millisecond: big is back in the first
+    # class, and fetch order decides.
+    assert _names(scheduler.order(hand, now=9 * HALF_LIFE)) == ["big1", "a1"]
+
+
+def test_recorded_laps_add_up_and_the_oldest_rooms_are_forgotten() -> None:
+    scheduler = Scheduler()
+    done = _in_hand(("r", 1), ("r", 2), ("s", 1))
+    scheduler.record(done, [0.010, 0.020, 0.001], now=5.0)
+    assert abs(scheduler.shares.get("rs.input.r", now=5.0) - 0.030) < 1e-12
+    assert scheduler.shares.get("rs.input.s", now=5.0) == 0.001
+
+    shares = RoomShares(capacity=2)
+    for room in ("x", "y", "z"):
+        shares.record(f"rs.input.{room}", 0.005, now=0.0)
+    assert shares.get("rs.input.x", now=0.0) == 0.0
+    assert shares.get("rs.input.z", now=0.0) == 0.005
+
+
+def test_first_group_counts_the_leading_inputs_of_the_cheap_rooms() -> None:
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    # b's share is four times a's: another class, the same group.
+    scheduler.shares.record("rs.input.a", 0.002, now=0.0)
+    scheduler.shares.record("rs.input.b", 0.008, now=0.0)
+    hand = _in_hand(("big", 1), ("b", 1), ("a", 1), ("big", 2), ("new", 1))
+    ordered = scheduler.order(hand, now=0.0)
+    assert _names(ordered) == ["new1", "a1", "b1", "big1", "big2"]
+    # new (class 0), a (1) and b (3) are within three classes of the first; big is not.
+    assert scheduler.first_group(ordered) == 3
+    assert scheduler.first_group(ordered[3:]) == 2
+    assert scheduler.first_group([]) == 0

@@ -1,0 +1,149 @@
+"""Which of the inputs in hand the next transaction takes first: no room waits for another.
+
+The input loop holds fetched inputs in hand. A transaction takes them in the order given
+here and commits once `consumer.batch_budget` seconds of work are spent
+(worker.pipeline.batch.Stopwatch); what it did not reach waits for the next one. So that
+one busy, expensive room (a large forked room resolves state for every event) does not
+hold up the others fetched with it, the thread is shared out by the time each room has
+had lately, as a processor-sharing scheduler does:
+
+- each room (its input subject) has its recent share: the seconds its inputs took,
+  halved every `HALF_LIFE` seconds;
+- the shares fall into classes a power of two wide, everything under `SMALLEST_SHARE`
+  (rooms not seen lately included) in the first; classes go smallest first;
+- within a class the inputs keep the order they were fetched in, and a room's inputs
+  always do, since they all share the room's class: a room's inputs are processed in
+  stream order.
+
+A room that takes a large part of the thread goes after the rooms that take little. The
+outputs of a transaction are published when it commits, so inputs of the cheap rooms
+taken before costlier ones would still wait for those; the input loop therefore (1)
+after a transaction that went on into a costlier group, takes the first group alone
+(rooms within GROUP_SPAN classes of the first) in the next, and (2) when a fetch brings
+inputs of a cheaper group while a transaction is busy with a costlier room's, has the
+transaction commit after the input under way (its interrupt). A small room's input
+then waits for about one input of the busy room, and a short transaction of its own.
+
+The busy room is slowed, never starved: while it waits its share decays, until it
+reaches the class of the rooms served before it and its inputs go in fetch order with
+theirs.
+
+Nothing here changes what an input does, only when: inputs of different rooms do not
+depend on each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+
+from worker.pipeline import InboundMessage
+
+#: Rooms whose share is remembered; the least recently served are forgotten first (a
+#: forgotten room has no share, as if it had not been seen).
+ROOM_SHARES = 10_000
+#: Seconds in which a room's share halves.
+HALF_LIFE = 1.0
+#: Upper bound (seconds) of the smallest share class; each next class is twice as wide.
+SMALLEST_SHARE = 0.001
+#: Classes above the first that still count as its group (see `Scheduler.first_group`).
+GROUP_SPAN = 3
+
+
+@dataclass(slots=True)
+class InHand:
+    """A fetched input not processed yet: the message, what the pipeline takes of it,
+    when it was fetched, and when JetStream was last told it is in progress (monotonic
+    seconds)."""
+
+    message: Msg
+    inbound: InboundMessage
+    fetched_at: float
+    touched_at: float
+
+    @property
+    def subject(self) -> str:
+        return self.message.subject
+
+
+def share_class(seconds: float) -> int:
+    """The class of a room whose recent share is `seconds`: 0 up to SMALLEST_SHARE, then
+    one more for each doubling."""
+    if seconds <= SMALLEST_SHARE:
+        return 0
+    return math.ceil(math.log2(seconds / SMALLEST_SHARE))
+
+
+class RoomShares:
+    """Each room's recent share of the database thread (seconds, decaying)."""
+
+    def __init__(self, half_life: float = HALF_LIFE, capacity: int = ROOM_SHARES) -> None:
+        self._half_life = half_life
+        self._capacity = capacity
+        #: subject → (seconds, as of when).
+        self._shares: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def get(self, subject: str, now: float) -> float:
+        share = self._shares.get(subject)
+        if share is None:
+            return 0.0
+        seconds, when = share
+        decay: float = 0.5 ** (max(0.0, now - when) / self._half_life)
+        return seconds * decay
+
+    def record(self, subject: str, seconds: float, now: float) -> None:
+        """Add the time one input of the room took."""
+        total = self.get(subject, now) + seconds
+        self._shares.pop(subject, None)
+        self._shares[subject] = (total, now)
+        if len(self._shares) > self._capacity:
+            self._shares.popitem(last=False)
+
+
+class Scheduler:
+    """Orders the inputs in hand for the next transaction (see the module docstring)."""
+
+    def __init__(self, shares: RoomShares | None = None) -> None:
+        self.shares = shares if shares is not None else RoomShares()
+        #: Each room's class as of the last `order`.
+        self._classes: dict[str, int] = {}
+
+    def cheaper(self, messages: Sequence[Msg], subject: str, now: float) -> bool:
+        """Whether any of `messages` is of a room in a group cheaper than `subject`'s."""
+        current = share_class(self.shares.get(subject, now))
+        return any(
+            share_class(self.shares.get(m.subject, now)) + GROUP_SPAN < current for m in messages
+        )
+
+    def first_group(self, ordered: Sequence[InHand]) -> int:
+        """How many of `ordered` (as `order` gave it) lead it in the first group: rooms
+        whose share is at most GROUP_SPAN classes above the first one's (small rooms'
+        shares vary by a few times, a busy room's is hundreds of times theirs)."""
+        if not ordered:
+            return 0
+        last = self._classes[ordered[0].subject] + GROUP_SPAN
+        for count, item in enumerate(ordered):
+            if self._classes[item.subject] > last:
+                return count
+        return len(ordered)
+
+    def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
+        """What each processed input took, in the order they were processed."""
+        for item, seconds in zip(done, laps, strict=False):
+            self.shares.record(item.subject, seconds, now)
+
+    def order(self, in_hand: Sequence[InHand], now: float) -> list[InHand]:
+        """`in_hand` (in fetch order) in the order the next transaction should take it."""
+        self._classes = classes = {}
+        for item in in_hand:
+            if item.subject not in classes:
+                classes[item.subject] = share_class(self.shares.get(item.subject, now))
+        if len(set(classes.values())) <= 1:
+            return list(in_hand)
+        # sorted() is stable: inputs of one class (a room's among them) keep their fetch
+        # order.
+        return sorted(in_hand, key=lambda item: classes[item.subject])
