@@ -4,8 +4,9 @@ the budgets are counted in entries, so what an entry really costs is measured he
 
 Small rooms are the expensive shape per entry: a block of two or three entries carries
 the same object and LRU overhead as one of sixty. Before the block budget was lowered
-from 1,000,000 to 250,000 entries, blocks alone came to ~88 MiB and the worker grew
-past 240 MB over 10,000 small rooms (bench/memory_bench.py).
+from 1,000,000 to 200,000 entries, blocks alone came to ~88 MiB, and over 10,000
+small rooms (bench/memory_bench.py) the worker kept growing, by half between the second
+and the last tenth of the run, to 219 MiB.
 
 Each cache is filled to a tenth of its budget with the same shapes and its traced
 allocations scaled up: the cost is linear in the items held.
@@ -24,7 +25,7 @@ MIB = 2**20
 SCALE = 10
 #: The documented budgets (docs/storage.md), in MiB at the default entry bounds.
 STATES_MIB = 60
-BLOCKS_MIB = 25
+BLOCKS_MIB = 20
 BLOCK_LISTS_MIB = 10
 FIRST_NID = 1_000_000
 
