@@ -197,6 +197,18 @@ async def bench_worker(
     }
 
 
+def _worker_rows(
+    label: Callable[[argparse.Namespace], str],
+) -> Callable[[dict[str, Any] | None, argparse.Namespace], list[Row]]:
+    """The rows of a `bench_worker` scenario, labelled from the options."""
+
+    def rows(s: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]:
+        assert s is not None
+        return _worker_row(label(args), s)
+
+    return rows
+
+
 def _count_state(pdus: Sequence[dict[str, Any]]) -> int:
     return sum(1 for p in pdus if "state_key" in p)
 
@@ -425,13 +437,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "linear",
         _run_linear,
-        lambda s, a: _worker_row(f"linear room, {a.members:,} members", s or {}),
+        _worker_rows(lambda a: f"linear room, {a.members:,} members"),
         (Option("--members", 2000, 200), Option("--events", 50_000, 2000)),
     ),
     Scenario(
         "small_rooms",
         _run_small,
-        lambda s, a: _worker_row(f"small rooms, {a.small_rooms} of ~24 events", s or {}),
+        _worker_rows(lambda a: f"small rooms, {a.small_rooms} of ~24 events"),
         (Option("--small-rooms", 300, 20),),
     ),
     Scenario(
