@@ -142,6 +142,7 @@ async def bench_memory(
         "peak_rss_mib": peak / 1024,
         "rss_mib_by_tenth": tenths,
         "growth_second_to_last_tenth": tenths[-1] / tenths[1] - 1,
+        "growth_fifth_to_last_tenth": tenths[-1] / tenths[4] - 1,
         "flat": tenths[-1] <= tenths[1] * (1 + FLAT_TOLERANCE),
         "below_limit": peak * 1024 < RSS_LIMIT_BYTES,
         "rss_limit_mib": RSS_LIMIT_BYTES / 2**20,
@@ -155,7 +156,8 @@ def summary(result: dict[str, Any]) -> str:
     return (
         f"RSS by tenth {result['rss_mib_by_tenth']}; "
         f"{'flat' if result['flat'] else 'NOT flat'} "
-        f"({result['growth_second_to_last_tenth']:+.1%} 2nd→10th tenth); "
+        f"({result['growth_second_to_last_tenth']:+.1%} 2nd→10th tenth, "
+        f"{result['growth_fifth_to_last_tenth']:+.1%} 5th→10th); "
         f"{'below' if result['below_limit'] else 'ABOVE'} "
         f"{result['rss_limit_mib']:.0f} MiB (250 MB)"
     )
