@@ -10,6 +10,8 @@ state in the N partition databases together must equal the single worker's
 (worker.diff), or the figures do not count.
 
     python -m bench.partitions_bench [--rooms 300] [--events 30] [--partitions 2]
+
+`make bench` runs it as bench/run.py's `partitions` scenario, in the one table.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import worker_env
-from bench.run import BATCH, Prepared, _inputs, bench_relay, publish_inputs
+from bench.common import BATCH, Prepared, bench_relay, prepare_inputs, publish_inputs, worker_env
 from worker.bus.server import EmbeddedNatsServer
 from worker.config import load_config, partition_directory
 from worker.diff import differences
@@ -42,7 +43,7 @@ RESULTS = Path(__file__).parent / "results"
 def build_items(rooms: int, events: int, version: str = "10") -> list[Prepared]:
     """`rooms` linear rooms of `events` events after 5 joins, interleaved room by room."""
     per_room = [
-        _inputs(list(linear_room(version, members=5, events=events, seed=seed)), version)
+        prepare_inputs(list(linear_room(version, members=5, events=events, seed=seed)), version)
         for seed in range(1, rooms + 1)
     ]
     return [item for row in itertools.zip_longest(*per_room) for item in row if item]
@@ -123,28 +124,40 @@ async def bench_partitions(
     }, contents
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    items = build_items(args.rooms, args.events)
-    with tempfile.TemporaryDirectory(prefix="partitions-bench-") as tmp:
-        workdir = Path(tmp)
-        async with EmbeddedNatsServer(workdir / "nats", port=0) as server:
-            relay = await bench_relay(server.url, items, "relay")
-            one, one_contents = await bench_partitions(server.url, items, 1, workdir, "one")
-            many, many_contents = await bench_partitions(
-                server.url, items, args.partitions, workdir, "many"
-            )
+async def bench_partition_runs(
+    url: str, workdir: Path, *, rooms: int = 300, events: int = 30, partitions: int = 2
+) -> dict[str, Any]:
+    """One worker, then `partitions` workers, over the same rooms; the figures of both
+    and whether their stores agree (bench/run.py's `partitions` scenario)."""
+    items = build_items(rooms, events)
+    one, one_contents = await bench_partitions(url, items, 1, workdir, "one")
+    many, many_contents = await bench_partitions(url, items, partitions, workdir, "many")
     found = list(differences(one_contents, many_contents))
     return {
-        "rooms": args.rooms,
+        "rooms": rooms,
         "inputs": len(items),
         "cpus": os.cpu_count(),
-        "relay": relay,
         "one_partition": one,
         "partitioned": many,
         "speed_up": many["events_per_s"] / one["events_per_s"],
         "same_outcomes": not found,
         "differences": found[:20],
     }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="partitions-bench-") as tmp:
+        workdir = Path(tmp)
+        async with EmbeddedNatsServer(workdir / "nats", port=0) as server:
+            relay = await bench_relay(server.url, build_items(args.rooms, args.events), "relay")
+            report = await bench_partition_runs(
+                server.url,
+                workdir,
+                rooms=args.rooms,
+                events=args.events,
+                partitions=args.partitions,
+            )
+    return {**report, "relay": relay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

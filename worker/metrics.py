@@ -173,7 +173,7 @@ class WorkerMetrics:
         )
         self.batch_messages = histogram(
             "roomserver_batch_messages",
-            "Input messages per transaction (a budgeted transaction may take part of what was fetched)",
+            "Input messages per transaction (a budgeted one may take part of a fetch)",
             buckets=_BATCH_SIZE_BUCKETS,
         )
         self.commit_seconds = histogram(

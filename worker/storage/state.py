@@ -124,8 +124,12 @@ class StateStore:
     #: this bounds memory, not the working set: the hot states are the rooms' heads and
     #: fork points, a few per active room. ~300,000 entries is ~30 MB.
     STATE_CACHE_ENTRIES = 300_000
-    #: Packed blocks cost 24 bytes an entry and are what a cold state is rebuilt from.
-    BLOCK_CACHE_ENTRIES = 1_000_000
+    #: Packed blocks are what a cold state is rebuilt from: 24 bytes an entry, plus some
+    #: 150 bytes of object and LRU overhead a block, so small rooms' blocks (2–3
+    #: entries) cost ~90 bytes a unit of weight; 200,000 is ~18 MB
+    #: (tests/storage/test_cache_memory.py). A million let the worker grow by ~70 MB
+    #: through a run over 10,000 small rooms (bench/memory_bench.py).
+    BLOCK_CACHE_ENTRIES = 200_000
 
     def __init__(
         self,

@@ -1,0 +1,91 @@
+"""The writer's state caches, filled to their default budgets with small rooms' states
+and blocks, cost no more memory than their documented budget (docs/storage.md, Caches):
+the budgets are counted in entries, so what an entry really costs is measured here.
+
+Small rooms are the expensive shape per entry: a block of two or three entries carries
+the same object and LRU overhead as one of sixty. Before the block budget was lowered
+from 1,000,000 to 200,000 entries, blocks alone came to ~88 MiB, and over 10,000
+small rooms (bench/memory_bench.py) the worker kept growing, by half between the second
+and the last tenth of the run, to 219 MiB.
+
+Each cache is filled to a tenth of its budget with the same shapes and its traced
+allocations scaled up: the cost is linear in the items held.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+
+from worker.storage.blocks import pack_entries
+from worker.storage.snapshots import SnapshotCache
+from worker.storage.state import BLOCK_LIST_CACHE_ENTRIES, StateStore
+
+MIB = 2**20
+SCALE = 10
+#: The documented budgets (docs/storage.md), in MiB at the default entry bounds.
+STATES_MIB = 60
+BLOCKS_MIB = 20
+BLOCK_LISTS_MIB = 10
+FIRST_NID = 1_000_000
+
+
+def _traced(fill: Callable[[SnapshotCache], None]) -> tuple[int, SnapshotCache]:
+    """Bytes allocated (and still held) by `fill` on a cache with the default bounds
+    divided by SCALE."""
+    cache = SnapshotCache(
+        StateStore.STATE_CACHE_ENTRIES // SCALE,
+        StateStore.BLOCK_CACHE_ENTRIES // SCALE,
+        BLOCK_LIST_CACHE_ENTRIES // SCALE,
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        fill(cache)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return after - before, cache
+
+
+def _full(cache: SnapshotCache, name: str) -> None:
+    lru = cache.caches()[name]
+    assert lru.budget - lru.weight < lru.budget // 10, (name, lru.weight, lru.budget)
+
+
+def test_small_room_states_fit_their_budget() -> None:
+    def fill(cache: SnapshotCache) -> None:
+        # 13 entries: a small room's create, power levels, join rules, topic, name and
+        # members; every key and event NID its own (the worst case: no sharing).
+        for s in range(StateStore.STATE_CACHE_ENTRIES // SCALE // 10):
+            first = FIRST_NID + s * 13
+            cache.remember_state(
+                FIRST_NID + s, {(300 + k % 7, first + k): first + k for k in range(13)}
+            )
+
+    used, cache = _traced(fill)
+    _full(cache, "states")
+    assert used * SCALE <= STATES_MIB * MIB, used * SCALE / MIB
+
+
+def test_small_room_blocks_fit_their_budget() -> None:
+    def fill(cache: SnapshotCache) -> None:
+        for b in range(StateStore.BLOCK_CACHE_ENTRIES // SCALE):
+            first = FIRST_NID + b * 3
+            cache.remember_block(
+                FIRST_NID + b, pack_entries({(300 + k, first + k): first + k for k in range(3)})
+            )
+
+    used, cache = _traced(fill)
+    _full(cache, "blocks")
+    assert used * SCALE <= BLOCKS_MIB * MIB, used * SCALE / MIB
+
+
+def test_block_lists_fit_their_budget() -> None:
+    def fill(cache: SnapshotCache) -> None:
+        for s in range(BLOCK_LIST_CACHE_ENTRIES // SCALE):
+            cache.remember_block_nids(FIRST_NID + s, [FIRST_NID + s + i for i in range(6)])
+
+    used, cache = _traced(fill)
+    _full(cache, "block_lists")
+    assert used * SCALE <= BLOCK_LISTS_MIB * MIB, used * SCALE / MIB
