@@ -36,6 +36,12 @@ from worker.storage.read_state import StateReads
 from worker.storage.read_state import StateTriple as StateTriple
 from worker.storage.schema import STATUS_NAMES, STATUS_OUTLIER, WELL_KNOWN_TYPES
 
+#: The reader's budget, in state entries, for merged states and for packed blocks each
+#: (~130 and ~24–90 bytes an entry: ~50–90 MiB if both fill). Four whole states of a
+#: 100,000-member room stay warm; a worker is meant to stay under 250 MB
+#: (docs/storage.md, Caches).
+READER_CACHE_ENTRIES = 400_000
+
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
 #: `at` values for state at an event.
@@ -167,7 +173,7 @@ class Reader:
         self._states = StateReads(self.rows, self._names, cache_entries)
 
     @classmethod
-    async def open(cls, storage_path: Path, *, cache_entries: int = 2_000_000) -> Reader:
+    async def open(cls, storage_path: Path, *, cache_entries: int = READER_CACHE_ENTRIES) -> Reader:
         """Open the database under `storage_path` read-only (ReadError `no_database`
         when there is none)."""
         path = existing_database(storage_path)
