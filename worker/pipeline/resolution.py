@@ -17,7 +17,7 @@ does not change a branch's state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
@@ -35,6 +35,9 @@ EVENT_MEMO_ENTRIES = 50_000
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
 RESOLUTION_CACHE_ENTRIES = 100_000
+
+#: Auth chain IDs kept for the conflicted events' walks, over all the chains kept.
+AUTH_CHAIN_CACHE_IDS = 1_000_000
 
 #: Events a walk up the auth DAG may visit before it gives up for the walk down (which
 #: costs the room's size): a walk up that has not found an agreed event by then is
@@ -76,6 +79,12 @@ class NidResolver:
         self._settled: dict[str, tuple[Event, bool]] = {}
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
         self.citers = AuthCiters(db.conn, db.on_rollback)
+        #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
+        #: every event is settled (see `_settled`): an event's auth events are part of
+        #: its ID, so such a chain never changes. The auth difference unions the chains
+        #: of the conflicted events; a forked room's conflict holds the same events, or
+        #: events citing them, resolution after resolution.
+        self._chains: LruByWeight[str, frozenset[str]] = LruByWeight(AUTH_CHAIN_CACHE_IDS)
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -121,13 +130,18 @@ class NidResolver:
             differing.append(named)
         self._unsettled = False
         self.db.on_rollback(self._settled.clear)
+        self.db.on_rollback(self._chains.clear)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
+        version = get_room_version(room_version)
         resolved = resolve_conflicts(
-            get_room_version(room_version),
+            version,
             agreed,
             differing,
             self._event_for_resolution,
+            # Legacy (v1, v2) event IDs are chosen by their servers, so their auth
+            # events may cite in a cycle: the walk of `analyse_conflicts` copes.
+            auth_chain=None if version.auth_events_are_pairs else self._auth_chain,
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
         )
@@ -150,6 +164,64 @@ class NidResolver:
             self.cache.put(cache_key, changes, len(changes) + 1)
             self.db.on_rollback(self.cache.clear)
         return changes
+
+    def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
+        """The IDs in the auth chains of the given events (`AuthChain`): the union of
+        each one's chain, walked once per event and kept while settled."""
+        chain: set[str] = set()
+        for event_id in event_ids:
+            chain |= self._chain(event_id)
+        return chain
+
+    def _chain(self, root: str) -> frozenset[str]:
+        """The IDs in one event's auth chain, itself excluded.
+
+        Depth first from the event, down to the events whose chain is kept, each event's
+        chain made after its auth events' (the union of theirs and themselves). An
+        unknown event cites nothing, as in the walk of `analyse_conflicts`; a chain
+        that holds an unknown or outlier event, or starts at one, is not kept (the
+        lookups note it for the resolution, as the walk's did), since the event may
+        arrive or its status change."""
+        kept = self._chains.get(root)
+        if kept is not None:
+            return kept
+        #: The chains made by this call, kept or not, with whether each is settled.
+        made: dict[str, tuple[frozenset[str], bool]] = {}
+        on_stack = {root}
+        stack = [(root, self._auth_ids(root))]
+        while stack:
+            node, auth_ids = stack[-1]
+            for auth_id in auth_ids:
+                if auth_id in made:
+                    continue
+                kept = self._chains.get(auth_id)
+                if kept is not None:
+                    made[auth_id] = (kept, True)
+                    continue
+                if auth_id in on_stack:
+                    # Hashed event IDs cannot cite in a cycle; legacy ones never come here.
+                    raise StorageError(f"{auth_id} is in its own auth chain")
+                on_stack.add(auth_id)
+                stack.append((auth_id, self._auth_ids(auth_id)))
+                break
+            else:
+                stack.pop()
+                on_stack.discard(node)
+                chain: set[str] = set(auth_ids)
+                settled = node in self._settled
+                for auth_id in auth_ids:
+                    below, below_settled = made[auth_id]
+                    chain |= below
+                    settled = settled and below_settled
+                frozen = frozenset(chain)
+                made[node] = (frozen, settled)
+                if settled:
+                    self._chains.put(node, frozen, len(frozen) + 1)
+        return made[root][0]
+
+    def _auth_ids(self, event_id: str) -> tuple[str, ...]:
+        found = self._lookup(event_id)
+        return found[0].auth_event_ids if found is not None else ()
 
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""

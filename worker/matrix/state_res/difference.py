@@ -138,8 +138,15 @@ def analyse_conflicts(
     if superseded:
         reached = agreed_reach(superseded) if agreed_reach is not None else None
         if reached is None:
+            # A caller with `agreed_reach` keeps chains for the conflicted events, not
+            # for the whole state: the walk down stops once the candidates are found.
             reached = _reached_from_unconflicted(
-                superseded, unconflicted, masks, full, source, auth_chain
+                superseded,
+                unconflicted,
+                masks,
+                full,
+                source,
+                auth_chain if agreed_reach is None else None,
             )
         difference |= superseded - reached
 
