@@ -85,6 +85,10 @@ class NidResolver:
         #: of the conflicted events; a forked room's conflict holds the same events, or
         #: events citing them, resolution after resolution.
         self._chains: LruByWeight[str, frozenset[str]] = LruByWeight(AUTH_CHAIN_CACHE_IDS)
+        #: Event ID → the NID of a state event whose auth chain holds it, as the last
+        #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
+        #: while that event is still agreed on, the next walk's answer is known.
+        self.witnesses: dict[str, int] = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -131,6 +135,7 @@ class NidResolver:
         self._unsettled = False
         self.db.on_rollback(self._settled.clear)
         self.db.on_rollback(self._chains.clear)
+        self.db.on_rollback(self.witnesses.clear)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
@@ -292,17 +297,29 @@ class _AgreedState(Mapping[StateKey, str]):
         further (it is in none). The answer is usually one step up: what the room's
         state cites is cited by that state. Gives up (None) when the room's index is
         incomplete or the walks visit more events than `AGREED_REACH_VISITS` plus the
-        state's size (about what the walk down would visit)."""
+        state's size (about what the walk down would visit). A candidate whose
+        witness from an earlier walk (`NidResolver.witnesses`) is still agreed on needs
+        no walk: a forked room asks about the same superseded events again and again."""
         citers = self._resolver.citers.room(self._room_nid)
         if not citers.complete:
             return None
-        rows = self._resolver.events.rows(candidates)
         state, excluded, keys, by_nid = self._state, self._excluded, citers.keys, citers.by_nid
-        budget = AGREED_REACH_VISITS + len(state)
+        witnesses = self._resolver.witnesses
+        if len(witnesses) >= EVENT_MEMO_ENTRIES:
+            witnesses.clear()
         found: set[str] = set()
+        for candidate in candidates:
+            witness = witnesses.get(candidate)
+            if witness is not None:
+                key = keys.get(witness)
+                if key is not None and state.get(key) == witness and key not in excluded:
+                    found.add(candidate)
+        unknown = candidates - found
+        rows = self._resolver.events.rows(unknown)
+        budget = AGREED_REACH_VISITS + len(state)
         #: Events whose every citer, up to the end, was visited without an agreed one.
         barren: set[int] = set()
-        for candidate in candidates:
+        for candidate in unknown:
             row = rows.get(candidate)
             # Level by level; each level is the citer lists of the one before, read
             # in place: the create event's list is the room's state events, and the
@@ -319,6 +336,7 @@ class _AgreedState(Mapping[StateKey, str]):
                     key = keys[nid]
                     if state.get(key) == nid and key not in excluded:
                         found.add(candidate)
+                        witnesses[candidate] = nid
                         break
                     budget -= 1
                     if budget < 0:
