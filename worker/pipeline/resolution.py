@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import resolve_conflicts
+from worker.matrix.state_res import AuthOutcomes, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
@@ -89,6 +89,8 @@ class NidResolver:
         #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
         #: while that event is still agreed on, the next walk's answer is known.
         self.witnesses: dict[str, int] = {}
+        #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
+        self._auth_outcomes: AuthOutcomes = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -136,19 +138,23 @@ class NidResolver:
         self.db.on_rollback(self._settled.clear)
         self.db.on_rollback(self._chains.clear)
         self.db.on_rollback(self.witnesses.clear)
+        if len(self._auth_outcomes) >= EVENT_MEMO_ENTRIES:
+            self._auth_outcomes.clear()
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
+        hashed_ids = not version.auth_events_are_pairs
         resolved = resolve_conflicts(
             version,
             agreed,
             differing,
             self._event_for_resolution,
-            # Legacy (v1, v2) event IDs are chosen by their servers, so their auth
-            # events may cite in a cycle: the walk of `analyse_conflicts` copes.
-            auth_chain=None if version.auth_events_are_pairs else self._auth_chain,
+            # Legacy (v1, v2) event IDs are chosen by their servers: they do not fix
+            # their events, and auth events may cite in a cycle (the walk copes).
+            auth_chain=self._auth_chain if hashed_ids else None,
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
+            auth_outcomes=self._auth_outcomes if hashed_ids else None,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
         if elsewhere:

@@ -4,12 +4,13 @@ Every step of the algorithms asks the same questions about the same few events m
 times over (what are this event's auth events, is it rejected, which power levels event
 does it cite), so one `EventSource` per resolution memoizes the caller's lookup and the
 derived answers. It is deliberately short-lived: it holds no state between resolutions,
-so callers never have to think about invalidation.
+so callers never have to think about invalidation. The one exception is the caller's
+own: `auth_outcomes`, which a caller whose event IDs fix their events may keep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
 from worker.matrix.auth import user_power_level
 from worker.matrix.auth.power_levels import Level
@@ -23,6 +24,11 @@ POWER_LEVELS_KEY: StateKey = (POWER_LEVELS, "")
 GetEvent = Callable[[str], Event | None]
 #: True for an event that was rejected (failed authorization when it was received).
 IsRejected = Callable[[str], bool]
+#: Outcomes of the auth rules kept by a caller across resolutions: (event ID, the
+#: (state key, event ID) pairs of the auth state it was checked against) → allowed.
+#: The rules read nothing else, so with event IDs that fix their events (hashed IDs, a
+#: store that never changes an event) an outcome holds for good.
+AuthOutcomes = MutableMapping[tuple[str, frozenset[tuple[StateKey, str]]], bool]
 
 
 def _never_rejected(_event_id: str) -> bool:
@@ -41,6 +47,7 @@ class EventSource:
         "_pl_parent",
         "_rejected",
         "_usable",
+        "auth_outcomes",
         "room_version",
     )
 
@@ -50,8 +57,10 @@ class EventSource:
         get_event: GetEvent,
         is_rejected: IsRejected | None = None,
         create_candidates: Iterable[str] = (),
+        auth_outcomes: AuthOutcomes | None = None,
     ) -> None:
         self.room_version = room_version
+        self.auth_outcomes = auth_outcomes
         self._get = get_event
         self._is_rejected = is_rejected if is_rejected is not None else _never_rejected
         self._events: dict[str, Event | None] = {}
