@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import AuthOutcomes, resolve_conflicts
+from worker.matrix.state_res import AuthOutcomes, PowerLevelsParents, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
@@ -91,6 +91,8 @@ class NidResolver:
         self.witnesses: dict[str, int] = {}
         #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
         self._auth_outcomes: AuthOutcomes = {}
+        #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
+        self._pl_parents: PowerLevelsParents = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -138,8 +140,10 @@ class NidResolver:
         self.db.on_rollback(self._settled.clear)
         self.db.on_rollback(self._chains.clear)
         self.db.on_rollback(self.witnesses.clear)
-        if len(self._auth_outcomes) >= EVENT_MEMO_ENTRIES:
-            self._auth_outcomes.clear()
+        for memo in (self._auth_outcomes, self._pl_parents):
+            if len(memo) >= EVENT_MEMO_ENTRIES:
+                memo.clear()
+            self.db.on_rollback(memo.clear)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
@@ -155,6 +159,7 @@ class NidResolver:
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
             auth_outcomes=self._auth_outcomes if hashed_ids else None,
+            pl_parents=self._pl_parents if hashed_ids else None,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
         if elsewhere:

@@ -29,6 +29,7 @@ from worker.matrix.state_res.source import (
     EventSource,
     GetEvent,
     IsRejected,
+    PowerLevelsParents,
     first_create_ids,
 )
 from worker.matrix.state_res.split import (
@@ -49,6 +50,7 @@ __all__ = [
     "EventSource",
     "GetEvent",
     "IsRejected",
+    "PowerLevelsParents",
     "analyse_conflicts",
     "auth_difference",
     "is_power_event",
@@ -108,6 +110,7 @@ def resolve_conflicts(
     is_rejected: IsRejected | None = None,
     agreed_reach: AgreedReach | None = None,
     auth_outcomes: AuthOutcomes | None = None,
+    pl_parents: PowerLevelsParents | None = None,
 ) -> StateMap:
     """`resolve_state` for callers that split the state maps themselves.
 
@@ -122,8 +125,8 @@ def resolve_conflicts(
     differing part; `unconflicted` is only looked up by key (and its values read in
     full only in the rare case `analyse_conflicts` describes, and not even then when
     `agreed_reach` answers), so it may be a mapping that names entries on demand.
-    `auth_outcomes`, if given, keeps the auth rules' outcomes across resolutions (see
-    `AuthOutcomes` for when that is sound).
+    `auth_outcomes` and `pl_parents`, if given, keep the auth rules' outcomes and the
+    power levels parents across resolutions (see `AuthOutcomes` for when that is sound).
     """
     if not differing or not any(differing):
         return {}
@@ -133,7 +136,7 @@ def resolve_conflicts(
         if (create := state.get(CREATE_KEY) or unconflicted.get(CREATE_KEY)) is not None
     ]
     source = EventSource(
-        room_version, get_event, is_rejected, first_create_ids(creates), auth_outcomes
+        room_version, get_event, is_rejected, first_create_ids(creates), auth_outcomes, pl_parents
     )
     if room_version.state_res is StateResAlgorithm.V1:
         return resolve_v1_conflicts(unconflicted, differing, source)

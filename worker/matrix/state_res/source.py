@@ -29,6 +29,9 @@ IsRejected = Callable[[str], bool]
 #: The rules read nothing else, so with event IDs that fix their events (hashed IDs, a
 #: store that never changes an event) an outcome holds for good.
 AuthOutcomes = MutableMapping[tuple[str, frozenset[tuple[StateKey, str]]], bool]
+#: Power levels parents kept by a caller across resolutions (`power_levels_parent`),
+#: on the same terms as `AuthOutcomes`: only answers read from known events are kept.
+PowerLevelsParents = MutableMapping[str, str | None]
 
 
 def _never_rejected(_event_id: str) -> bool:
@@ -48,6 +51,7 @@ class EventSource:
         "_rejected",
         "_usable",
         "auth_outcomes",
+        "pl_parents",
         "room_version",
     )
 
@@ -58,9 +62,11 @@ class EventSource:
         is_rejected: IsRejected | None = None,
         create_candidates: Iterable[str] = (),
         auth_outcomes: AuthOutcomes | None = None,
+        pl_parents: PowerLevelsParents | None = None,
     ) -> None:
         self.room_version = room_version
         self.auth_outcomes = auth_outcomes
+        self.pl_parents = pl_parents
         self._get = get_event
         self._is_rejected = is_rejected if is_rejected is not None else _never_rejected
         self._events: dict[str, Event | None] = {}
@@ -129,17 +135,23 @@ class EventSource:
             return self._pl_parent[event_id]
         except KeyError:
             pass
+        kept = self.pl_parents
+        if kept is not None and event_id in kept:
+            parent = self._pl_parent[event_id] = kept[event_id]
+            return parent
         parent = None
+        # An unknown event may arrive and change the answer: only keep one without.
+        known = self.event(event_id) is not None
         for auth_id in self.auth_ids(event_id):
             auth_event = self.event(auth_id)
-            if (
-                auth_event is not None
-                and auth_event.type == POWER_LEVELS
-                and auth_event.state_key == ""
-            ):
+            if auth_event is None:
+                known = False
+            elif auth_event.type == POWER_LEVELS and auth_event.state_key == "":
                 parent = auth_id
                 break
         self._pl_parent[event_id] = parent
+        if kept is not None and known:
+            kept[event_id] = parent
         return parent
 
     def room_create(self) -> Event | None:
