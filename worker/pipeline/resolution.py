@@ -91,6 +91,8 @@ class NidResolver:
         self.witnesses: dict[str, int] = {}
         #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
         self._auth_outcomes: AuthOutcomes = {}
+        #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
+        self._usable: dict[str, tuple[StateKey, Event] | None] = {}
         #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
         self._pl_parents: PowerLevelsParents = {}
 
@@ -138,6 +140,7 @@ class NidResolver:
             differing.append(named)
         self._unsettled = False
         self.db.on_rollback(self._settled.clear)
+        self.db.on_rollback(self._usable.clear)
         self.db.on_rollback(self._chains.clear)
         self.db.on_rollback(self.witnesses.clear)
         for memo in (self._auth_outcomes, self._pl_parents):
@@ -160,6 +163,7 @@ class NidResolver:
             agreed_reach=agreed.reached,
             auth_outcomes=self._auth_outcomes if hashed_ids else None,
             pl_parents=self._pl_parents if hashed_ids else None,
+            usable_of=self._usable_keyed,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
         if elsewhere:
@@ -271,6 +275,24 @@ class NidResolver:
                 self._settled.clear()
             self._settled[event_id] = found
         return found
+
+    def _usable_keyed(self, event_id: str) -> tuple[StateKey, Event] | None:
+        """The event with its state key if it is known, a state event and not rejected
+        (`EventSource.usable_keyed`), kept for settled events."""
+        try:
+            return self._usable[event_id]
+        except KeyError:
+            pass
+        found = self._lookup(event_id)
+        if found is None:
+            return None
+        event, rejected = found
+        keyed = (event.key, event) if event.is_state and not rejected else None
+        if event_id in self._settled:
+            if len(self._usable) >= EVENT_MEMO_ENTRIES:
+                self._usable.clear()
+            self._usable[event_id] = keyed
+        return keyed
 
     def _event_for_resolution(self, event_id: str) -> Event | None:
         found = self._lookup(event_id)
@@ -385,7 +407,11 @@ class _AgreedState(Mapping[StateKey, str]):
         return isinstance(key, tuple) and self._lookup(key) is not None
 
     def get(self, key: StateKey, default: str | None = None) -> str | None:  # type: ignore[override]
-        event_id = self._lookup(key)
+        # The auth checks' hot path: names already looked up cost one dict read.
+        try:
+            event_id = self._named[key]
+        except KeyError:
+            event_id = self._lookup(key)
         return event_id if event_id is not None else default
 
     def _nid_items(self) -> Iterator[tuple[NidStateKey, int]]:

@@ -30,6 +30,7 @@ from worker.matrix.state_res.source import (
     GetEvent,
     IsRejected,
     PowerLevelsParents,
+    UsableKeyed,
     first_create_ids,
 )
 from worker.matrix.state_res.split import (
@@ -51,6 +52,7 @@ __all__ = [
     "GetEvent",
     "IsRejected",
     "PowerLevelsParents",
+    "UsableKeyed",
     "analyse_conflicts",
     "auth_difference",
     "is_power_event",
@@ -111,6 +113,7 @@ def resolve_conflicts(
     agreed_reach: AgreedReach | None = None,
     auth_outcomes: AuthOutcomes | None = None,
     pl_parents: PowerLevelsParents | None = None,
+    usable_of: UsableKeyed | None = None,
 ) -> StateMap:
     """`resolve_state` for callers that split the state maps themselves.
 
@@ -126,7 +129,8 @@ def resolve_conflicts(
     full only in the rare case `analyse_conflicts` describes, and not even then when
     `agreed_reach` answers), so it may be a mapping that names entries on demand.
     `auth_outcomes` and `pl_parents`, if given, keep the auth rules' outcomes and the
-    power levels parents across resolutions (see `AuthOutcomes` for when that is sound).
+    power levels parents across resolutions (see `AuthOutcomes` for when that is sound);
+    `usable_of` answers `EventSource.usable_keyed` from the caller's own memo.
     """
     if not differing or not any(differing):
         return {}
@@ -136,7 +140,13 @@ def resolve_conflicts(
         if (create := state.get(CREATE_KEY) or unconflicted.get(CREATE_KEY)) is not None
     ]
     source = EventSource(
-        room_version, get_event, is_rejected, first_create_ids(creates), auth_outcomes, pl_parents
+        room_version,
+        get_event,
+        is_rejected,
+        first_create_ids(creates),
+        auth_outcomes,
+        pl_parents,
+        usable_of,
     )
     if room_version.state_res is StateResAlgorithm.V1:
         return resolve_v1_conflicts(unconflicted, differing, source)

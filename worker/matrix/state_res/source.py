@@ -29,6 +29,9 @@ IsRejected = Callable[[str], bool]
 #: The rules read nothing else, so with event IDs that fix their events (hashed IDs, a
 #: store that never changes an event) an outcome holds for good.
 AuthOutcomes = MutableMapping[tuple[str, frozenset[tuple[StateKey, str]]], bool]
+#: A caller's own `EventSource.usable_keyed` (kept across resolutions, say): the event's
+#: state key and the event when it is known, a state event and not rejected, else None.
+UsableKeyed = Callable[[str], "tuple[StateKey, Event] | None"]
 #: Power levels parents kept by a caller across resolutions (`power_levels_parent`),
 #: on the same terms as `AuthOutcomes`: only answers read from known events are kept.
 PowerLevelsParents = MutableMapping[str, str | None]
@@ -53,6 +56,7 @@ class EventSource:
         "auth_outcomes",
         "pl_parents",
         "room_version",
+        "usable_of",
     )
 
     def __init__(
@@ -63,8 +67,10 @@ class EventSource:
         create_candidates: Iterable[str] = (),
         auth_outcomes: AuthOutcomes | None = None,
         pl_parents: PowerLevelsParents | None = None,
+        usable_of: UsableKeyed | None = None,
     ) -> None:
         self.room_version = room_version
+        self.usable_of = usable_of
         self.auth_outcomes = auth_outcomes
         self.pl_parents = pl_parents
         self._get = get_event
@@ -122,6 +128,9 @@ class EventSource:
             return self._usable[event_id]
         except KeyError:
             pass
+        if self.usable_of is not None:
+            keyed = self._usable[event_id] = self.usable_of(event_id)
+            return keyed
         event = self.event(event_id)
         keyed = None
         if event is not None and event.is_state and not self.rejected(event_id):
