@@ -243,6 +243,11 @@ class NidResolver:
         found = self._lookup(event_id)
         return found[0].auth_event_ids if found is not None else ()
 
+    def remembers(self, room_version: str, snapshots: Sequence[int]) -> bool:
+        """Whether the resolution of these snapshots is remembered: final, unless the
+        transaction is undone (`changes` of a single snapshot is nothing to remember)."""
+        return self.cache.get((room_version, frozenset(snapshots))) is not None
+
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
         ids = self.events.ids_of(state.values())
