@@ -41,7 +41,7 @@ def test_walk_up_agrees_with_walk_down(
         resolver = agreed._resolver
         source = EventSource(get_room_version(version), resolver._event_for_resolution)
         # No masks: the walk down then prunes nothing, which changes its cost only.
-        truth = _reached_from_unconflicted(set(candidates), agreed, {}, 1, source, None)
+        truth = _reached_from_unconflicted(set(candidates), agreed, set(), source, None)
         assert found == truth
         compared["calls"] += 1
         compared["in_chain"] += len(truth)

@@ -17,11 +17,11 @@ does not change a branch's state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import resolve_conflicts
+from worker.matrix.state_res import AuthOutcomes, PowerLevelsParents, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
@@ -35,6 +35,9 @@ EVENT_MEMO_ENTRIES = 50_000
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
 RESOLUTION_CACHE_ENTRIES = 100_000
+
+#: Auth chain IDs kept for the conflicted events' walks, over all the chains kept.
+AUTH_CHAIN_CACHE_IDS = 1_000_000
 
 #: Events a walk up the auth DAG may visit before it gives up for the walk down (which
 #: costs the room's size): a walk up that has not found an agreed event by then is
@@ -76,6 +79,22 @@ class NidResolver:
         self._settled: dict[str, tuple[Event, bool]] = {}
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
         self.citers = AuthCiters(db.conn, db.on_rollback)
+        #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
+        #: every event is settled (see `_settled`): an event's auth events are part of
+        #: its ID, so such a chain never changes. The auth difference unions the chains
+        #: of the conflicted events; a forked room's conflict holds the same events, or
+        #: events citing them, resolution after resolution.
+        self._chains: LruByWeight[str, frozenset[str]] = LruByWeight(AUTH_CHAIN_CACHE_IDS)
+        #: Event ID → the NID of a state event whose auth chain holds it, as the last
+        #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
+        #: while that event is still agreed on, the next walk's answer is known.
+        self.witnesses: dict[str, int] = {}
+        #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
+        self._auth_outcomes: AuthOutcomes = {}
+        #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
+        self._usable: dict[str, tuple[StateKey, Event] | None] = {}
+        #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
+        self._pl_parents: PowerLevelsParents = {}
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -121,15 +140,30 @@ class NidResolver:
             differing.append(named)
         self._unsettled = False
         self.db.on_rollback(self._settled.clear)
+        self.db.on_rollback(self._usable.clear)
+        self.db.on_rollback(self._chains.clear)
+        self.db.on_rollback(self.witnesses.clear)
+        for memo in (self._auth_outcomes, self._pl_parents):
+            if len(memo) >= EVENT_MEMO_ENTRIES:
+                memo.clear()
+            self.db.on_rollback(memo.clear)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
+        version = get_room_version(room_version)
+        hashed_ids = not version.auth_events_are_pairs
         resolved = resolve_conflicts(
-            get_room_version(room_version),
+            version,
             agreed,
             differing,
             self._event_for_resolution,
+            # Legacy (v1, v2) event IDs are chosen by their servers: they do not fix
+            # their events, and auth events may cite in a cycle (the walk copes).
+            auth_chain=self._auth_chain if hashed_ids else None,
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
+            auth_outcomes=self._auth_outcomes if hashed_ids else None,
+            pl_parents=self._pl_parents if hashed_ids else None,
+            usable_of=self._usable_keyed,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
         if elsewhere:
@@ -150,6 +184,69 @@ class NidResolver:
             self.cache.put(cache_key, changes, len(changes) + 1)
             self.db.on_rollback(self.cache.clear)
         return changes
+
+    def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
+        """The IDs in the auth chains of the given events (`AuthChain`): the union of
+        each one's chain, walked once per event and kept while settled."""
+        chain: set[str] = set()
+        for event_id in event_ids:
+            chain |= self._chain(event_id)
+        return chain
+
+    def _chain(self, root: str) -> frozenset[str]:
+        """The IDs in one event's auth chain, itself excluded.
+
+        Depth first from the event, down to the events whose chain is kept, each event's
+        chain made after its auth events' (the union of theirs and themselves). An
+        unknown event cites nothing, as in the walk of `analyse_conflicts`; a chain
+        that holds an unknown or outlier event, or starts at one, is not kept (the
+        lookups note it for the resolution, as the walk's did), since the event may
+        arrive or its status change."""
+        kept = self._chains.get(root)
+        if kept is not None:
+            return kept
+        #: The chains made by this call, kept or not, with whether each is settled.
+        made: dict[str, tuple[frozenset[str], bool]] = {}
+        on_stack = {root}
+        stack = [(root, self._auth_ids(root))]
+        while stack:
+            node, auth_ids = stack[-1]
+            for auth_id in auth_ids:
+                if auth_id in made:
+                    continue
+                kept = self._chains.get(auth_id)
+                if kept is not None:
+                    made[auth_id] = (kept, True)
+                    continue
+                if auth_id in on_stack:
+                    # Hashed event IDs cannot cite in a cycle; legacy ones never come here.
+                    raise StorageError(f"{auth_id} is in its own auth chain")
+                on_stack.add(auth_id)
+                stack.append((auth_id, self._auth_ids(auth_id)))
+                break
+            else:
+                stack.pop()
+                on_stack.discard(node)
+                chain: set[str] = set(auth_ids)
+                settled = node in self._settled
+                for auth_id in auth_ids:
+                    below, below_settled = made[auth_id]
+                    chain |= below
+                    settled = settled and below_settled
+                frozen = frozenset(chain)
+                made[node] = (frozen, settled)
+                if settled:
+                    self._chains.put(node, frozen, len(frozen) + 1)
+        return made[root][0]
+
+    def _auth_ids(self, event_id: str) -> tuple[str, ...]:
+        found = self._lookup(event_id)
+        return found[0].auth_event_ids if found is not None else ()
+
+    def remembers(self, room_version: str, snapshots: Sequence[int]) -> bool:
+        """Whether the resolution of these snapshots is remembered: final, unless the
+        transaction is undone (`changes` of a single snapshot is nothing to remember)."""
+        return self.cache.get((room_version, frozenset(snapshots))) is not None
 
     def to_state_map(self, state: NidState) -> StateMap:
         """A NID state map in Matrix strings: (type, state key) → event ID."""
@@ -183,6 +280,24 @@ class NidResolver:
                 self._settled.clear()
             self._settled[event_id] = found
         return found
+
+    def _usable_keyed(self, event_id: str) -> tuple[StateKey, Event] | None:
+        """The event with its state key if it is known, a state event and not rejected
+        (`EventSource.usable_keyed`), kept for settled events."""
+        try:
+            return self._usable[event_id]
+        except KeyError:
+            pass
+        found = self._lookup(event_id)
+        if found is None:
+            return None
+        event, rejected = found
+        keyed = (event.key, event) if event.is_state and not rejected else None
+        if event_id in self._settled:
+            if len(self._usable) >= EVENT_MEMO_ENTRIES:
+                self._usable.clear()
+            self._usable[event_id] = keyed
+        return keyed
 
     def _event_for_resolution(self, event_id: str) -> Event | None:
         found = self._lookup(event_id)
@@ -220,17 +335,29 @@ class _AgreedState(Mapping[StateKey, str]):
         further (it is in none). The answer is usually one step up: what the room's
         state cites is cited by that state. Gives up (None) when the room's index is
         incomplete or the walks visit more events than `AGREED_REACH_VISITS` plus the
-        state's size (about what the walk down would visit)."""
+        state's size (about what the walk down would visit). A candidate whose
+        witness from an earlier walk (`NidResolver.witnesses`) is still agreed on needs
+        no walk: a forked room asks about the same superseded events again and again."""
         citers = self._resolver.citers.room(self._room_nid)
         if not citers.complete:
             return None
-        rows = self._resolver.events.rows(candidates)
         state, excluded, keys, by_nid = self._state, self._excluded, citers.keys, citers.by_nid
-        budget = AGREED_REACH_VISITS + len(state)
+        witnesses = self._resolver.witnesses
+        if len(witnesses) >= EVENT_MEMO_ENTRIES:
+            witnesses.clear()
         found: set[str] = set()
+        for candidate in candidates:
+            witness = witnesses.get(candidate)
+            if witness is not None:
+                key = keys.get(witness)
+                if key is not None and state.get(key) == witness and key not in excluded:
+                    found.add(candidate)
+        unknown = candidates - found
+        rows = self._resolver.events.rows(unknown)
+        budget = AGREED_REACH_VISITS + len(state)
         #: Events whose every citer, up to the end, was visited without an agreed one.
         barren: set[int] = set()
-        for candidate in candidates:
+        for candidate in unknown:
             row = rows.get(candidate)
             # Level by level; each level is the citer lists of the one before, read
             # in place: the create event's list is the room's state events, and the
@@ -247,6 +374,7 @@ class _AgreedState(Mapping[StateKey, str]):
                     key = keys[nid]
                     if state.get(key) == nid and key not in excluded:
                         found.add(candidate)
+                        witnesses[candidate] = nid
                         break
                     budget -= 1
                     if budget < 0:
@@ -284,7 +412,11 @@ class _AgreedState(Mapping[StateKey, str]):
         return isinstance(key, tuple) and self._lookup(key) is not None
 
     def get(self, key: StateKey, default: str | None = None) -> str | None:  # type: ignore[override]
-        event_id = self._lookup(key)
+        # The auth checks' hot path: names already looked up cost one dict read.
+        try:
+            event_id = self._named[key]
+        except KeyError:
+            event_id = self._lookup(key)
         return event_id if event_id is not None else default
 
     def _nid_items(self) -> Iterator[tuple[NidStateKey, int]]:

@@ -18,8 +18,12 @@ from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore, StoredEvent
+from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore
+
+#: Resolved snapshots kept by their inputs (see `EventStates.resolve_and_store`).
+RESOLVED_SNAPSHOTS = 10_000
 
 
 class EventStates:
@@ -32,6 +36,13 @@ class EventStates:
         self.state = state
         self.events = events
         self.resolver = resolver
+        #: (room version, input snapshots in order) → the stored resolution. A forked
+        #: room resolves its extremities' snapshots again after every event that does
+        #: not change a branch's state; the same inputs give the same snapshot (same
+        #: changes, same base, same blocks), so it is looked up instead of derived.
+        self._resolved: LruByWeight[tuple[str, tuple[int, ...]], int] = LruByWeight(
+            RESOLVED_SNAPSHOTS
+        )
 
     def before(self, event: Event, inp: InputMessage, room: RoomRow) -> int:
         """The snapshot of the state before a timeline event."""
@@ -95,14 +106,25 @@ class EventStates:
         is its differences there; the rest of the state is never looked at."""
         if len(snapshots) == 1:
             return snapshots[0]
+        inputs = (room.room_version, tuple(snapshots))
+        resolved = self._resolved.get(inputs)
+        if resolved is not None:
+            return resolved
         changes = self.resolver.changes(room.room_version, snapshots)
         if not changes:
-            return snapshots[0]
-        states = {s: self.state.load(s) for s in snapshots}
-        closest = min(snapshots, key=lambda s: _disagreements(states[s], changes))
-        base = states[closest]
-        delta = {key: nid for key, nid in changes.items() if base.get(key, 0) != nid}
-        return self.state.derive(room.nid, closest, delta)
+            resolved = snapshots[0]
+        else:
+            states = {s: self.state.load(s) for s in snapshots}
+            closest = min(snapshots, key=lambda s: _disagreements(states[s], changes))
+            base = states[closest]
+            delta = {key: nid for key, nid in changes.items() if base.get(key, 0) != nid}
+            resolved = self.state.derive(room.nid, closest, delta)
+        # Only what the resolver remembered is final (see `NidResolver.changes`); an
+        # undone transaction may take the snapshot with it.
+        if self.resolver.remembers(room.room_version, snapshots):
+            self._resolved.put(inputs, resolved)
+            self.db.on_rollback(self._resolved.clear)
+        return resolved
 
     def _supplied(self, state_event_ids: Sequence[str], room: RoomRow) -> int:
         rows = self.db.get_event_rows(state_event_ids)

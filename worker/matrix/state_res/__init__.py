@@ -25,9 +25,12 @@ from worker.matrix.state_res.ordering import (
 )
 from worker.matrix.state_res.source import (
     CREATE_KEY,
+    AuthOutcomes,
     EventSource,
     GetEvent,
     IsRejected,
+    PowerLevelsParents,
+    UsableKeyed,
     first_create_ids,
 )
 from worker.matrix.state_res.split import (
@@ -42,11 +45,14 @@ from worker.matrix.state_res.v2 import resolve_v2_conflicts
 __all__ = [
     "AgreedReach",
     "AuthChain",
+    "AuthOutcomes",
     "ConflictedState",
     "Conflicts",
     "EventSource",
     "GetEvent",
     "IsRejected",
+    "PowerLevelsParents",
+    "UsableKeyed",
     "analyse_conflicts",
     "auth_difference",
     "is_power_event",
@@ -105,6 +111,9 @@ def resolve_conflicts(
     auth_chain: AuthChain | None = None,
     is_rejected: IsRejected | None = None,
     agreed_reach: AgreedReach | None = None,
+    auth_outcomes: AuthOutcomes | None = None,
+    pl_parents: PowerLevelsParents | None = None,
+    usable_of: UsableKeyed | None = None,
 ) -> StateMap:
     """`resolve_state` for callers that split the state maps themselves.
 
@@ -119,6 +128,9 @@ def resolve_conflicts(
     differing part; `unconflicted` is only looked up by key (and its values read in
     full only in the rare case `analyse_conflicts` describes, and not even then when
     `agreed_reach` answers), so it may be a mapping that names entries on demand.
+    `auth_outcomes` and `pl_parents`, if given, keep the auth rules' outcomes and the
+    power levels parents across resolutions (see `AuthOutcomes` for when that is sound);
+    `usable_of` answers `EventSource.usable_keyed` from the caller's own memo.
     """
     if not differing or not any(differing):
         return {}
@@ -127,7 +139,15 @@ def resolve_conflicts(
         for state in differing
         if (create := state.get(CREATE_KEY) or unconflicted.get(CREATE_KEY)) is not None
     ]
-    source = EventSource(room_version, get_event, is_rejected, first_create_ids(creates))
+    source = EventSource(
+        room_version,
+        get_event,
+        is_rejected,
+        first_create_ids(creates),
+        auth_outcomes,
+        pl_parents,
+        usable_of,
+    )
     if room_version.state_res is StateResAlgorithm.V1:
         return resolve_v1_conflicts(unconflicted, differing, source)
     return resolve_v2_conflicts(unconflicted, differing, source, auth_chain, agreed_reach)

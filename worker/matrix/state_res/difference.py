@@ -45,14 +45,15 @@ class Conflicts:
 
 
 class _Region:
-    """The conflicted events' auth chains, with the maps each event is reachable from."""
+    """The conflicted events' auth chains: which events some maps' chains hold but not all."""
 
-    __slots__ = ("edges", "masks", "postorder")
+    __slots__ = ("edges", "everywhere", "partial", "postorder")
 
     def __init__(self) -> None:
-        #: event ID → bit i set when the event is in the full chain of map i's
-        #: conflicted events (the events themselves included).
-        self.masks: dict[str, int] = {}
+        #: The events in the full chain of every map's conflicted events (the events
+        #: themselves included), and those in some but not all of them.
+        self.everywhere: set[str] = set()
+        self.partial: set[str] = set()
         #: event ID → its auth event IDs (only filled by `walk`).
         self.edges: dict[str, tuple[str, ...]] = {}
         #: Every event after all of its auth events (only filled by `walk`).
@@ -77,7 +78,7 @@ class _Region:
                 else:
                     stack.pop()
                     postorder.append(node)
-        masks = self.masks
+        masks: dict[str, int] = {}
         for index, ids in enumerate(roots):
             bit = 1 << index
             for event_id in ids:
@@ -86,13 +87,15 @@ class _Region:
             mask = masks.get(node, 0)
             for child in edges[node]:
                 masks[child] = masks.get(child, 0) | mask
+        full = (1 << len(roots)) - 1
+        for event_id, mask in masks.items():
+            (self.everywhere if mask == full else self.partial).add(event_id)
 
     def from_chains(self, roots: Sequence[set[str]], auth_chain: AuthChain) -> None:
-        masks = self.masks
-        for index, ids in enumerate(roots):
-            bit = 1 << index
-            for event_id in auth_chain(ids) | ids:
-                masks[event_id] = masks.get(event_id, 0) | bit
+        """The same sets from storage's chains, by set operations on whole chains."""
+        chains = [auth_chain(ids) | ids for ids in roots]
+        self.everywhere = set.intersection(*chains)
+        self.partial = set.union(*chains) - self.everywhere
 
 
 def analyse_conflicts(
@@ -107,21 +110,17 @@ def analyse_conflicts(
 ) -> Conflicts:
     """The auth difference of `state_sets`, and their conflicted state subgraph if asked."""
     roots = [{state[key] for key in conflicted if key in state} for state in state_sets]
-    full = (1 << len(state_sets)) - 1
     region = _Region()
     if with_subgraph or auth_chain is None:
         region.walk(roots, source)
     else:
         region.from_chains(roots, auth_chain)
-    masks = region.masks
 
     conflicted_ids: set[str] = set().union(*roots)
     unconflicted_ids: set[str] | None = None
     difference: set[str] = set()
     superseded: set[str] = set()
-    for event_id, mask in masks.items():
-        if mask == full:
-            continue
+    for event_id in region.partial:
         if event_id in conflicted_ids:
             difference.add(event_id)
             continue
@@ -138,8 +137,14 @@ def analyse_conflicts(
     if superseded:
         reached = agreed_reach(superseded) if agreed_reach is not None else None
         if reached is None:
+            # A caller with `agreed_reach` keeps chains for the conflicted events, not
+            # for the whole state: the walk down stops once the candidates are found.
             reached = _reached_from_unconflicted(
-                superseded, unconflicted, masks, full, source, auth_chain
+                superseded,
+                unconflicted,
+                region.everywhere,
+                source,
+                auth_chain if agreed_reach is None else None,
             )
         difference |= superseded - reached
 
@@ -155,17 +160,15 @@ def analyse_conflicts(
 def _reached_from_unconflicted(
     candidates: set[str],
     unconflicted: Mapping[StateKey, str],
-    masks: Mapping[str, int],
-    full: int,
+    everywhere: set[str],
     source: EventSource,
     auth_chain: AuthChain | None,
 ) -> set[str]:
     """The candidates that lie in the auth chain of some unconflicted event (that is, in K).
 
-    An event every conflicted chain holds (mask == full) is skipped, with all it cites:
-    its chain is in every C_i and so holds no candidate.
+    An event every conflicted chain holds (`everywhere`, which this takes over) is
+    skipped, with all it cites: its chain is in every C_i and so holds no candidate.
     """
-    everywhere = {event_id for event_id, mask in masks.items() if mask == full}
     starts = [event_id for event_id in unconflicted.values() if event_id not in everywhere]
     if auth_chain is not None:
         return candidates & auth_chain(starts)

@@ -13,6 +13,14 @@ from worker.matrix.events import Event, StateKey, StateMap
 from worker.matrix.state_res.source import CREATE_KEY, EventSource
 
 
+def _allowed(event: Event, auth_state: Mapping[StateKey, Event]) -> bool:
+    try:
+        check_auth(event, auth_state)
+    except AuthError:
+        return False
+    return True
+
+
 class PartialState:
     """A state map built as changes over a base map that is never written to."""
 
@@ -41,6 +49,7 @@ def iterative_auth_checks(
     usable = source.usable_keyed
     changes = state.changes
     base = state.base
+    outcomes = source.auth_outcomes
     for event_id in event_ids:
         keyed = usable(event_id)  # rejected events are never admitted
         if keyed is None:
@@ -63,8 +72,15 @@ def iterative_auth_checks(
             create = source.create_for(event)
             if create is not None:
                 auth_state[CREATE_KEY] = create
-        try:
-            check_auth(event, auth_state)
-        except AuthError:
-            continue
-        changes[key] = event_id
+        if outcomes is None:
+            allowed = _allowed(event, auth_state)
+        else:
+            # A forked room checks the same events against the same auth states in
+            # resolution after resolution.
+            checked = (event_id, frozenset((k, e.event_id) for k, e in auth_state.items()))
+            known = outcomes.get(checked)
+            if known is None:
+                known = outcomes[checked] = _allowed(event, auth_state)
+            allowed = known
+        if allowed:
+            changes[key] = event_id

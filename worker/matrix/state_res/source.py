@@ -4,12 +4,13 @@ Every step of the algorithms asks the same questions about the same few events m
 times over (what are this event's auth events, is it rejected, which power levels event
 does it cite), so one `EventSource` per resolution memoizes the caller's lookup and the
 derived answers. It is deliberately short-lived: it holds no state between resolutions,
-so callers never have to think about invalidation.
+so callers never have to think about invalidation. The one exception is the caller's
+own: `auth_outcomes`, which a caller whose event IDs fix their events may keep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
 from worker.matrix.auth import user_power_level
 from worker.matrix.auth.power_levels import Level
@@ -23,6 +24,17 @@ POWER_LEVELS_KEY: StateKey = (POWER_LEVELS, "")
 GetEvent = Callable[[str], Event | None]
 #: True for an event that was rejected (failed authorization when it was received).
 IsRejected = Callable[[str], bool]
+#: Outcomes of the auth rules kept by a caller across resolutions: (event ID, the
+#: (state key, event ID) pairs of the auth state it was checked against) → allowed.
+#: The rules read nothing else, so with event IDs that fix their events (hashed IDs, a
+#: store that never changes an event) an outcome holds for good.
+AuthOutcomes = MutableMapping[tuple[str, frozenset[tuple[StateKey, str]]], bool]
+#: A caller's own `EventSource.usable_keyed` (kept across resolutions, say): the event's
+#: state key and the event when it is known, a state event and not rejected, else None.
+UsableKeyed = Callable[[str], "tuple[StateKey, Event] | None"]
+#: Power levels parents kept by a caller across resolutions (`power_levels_parent`),
+#: on the same terms as `AuthOutcomes`: only answers read from known events are kept.
+PowerLevelsParents = MutableMapping[str, str | None]
 
 
 def _never_rejected(_event_id: str) -> bool:
@@ -41,7 +53,10 @@ class EventSource:
         "_pl_parent",
         "_rejected",
         "_usable",
+        "auth_outcomes",
+        "pl_parents",
         "room_version",
+        "usable_of",
     )
 
     def __init__(
@@ -50,8 +65,14 @@ class EventSource:
         get_event: GetEvent,
         is_rejected: IsRejected | None = None,
         create_candidates: Iterable[str] = (),
+        auth_outcomes: AuthOutcomes | None = None,
+        pl_parents: PowerLevelsParents | None = None,
+        usable_of: UsableKeyed | None = None,
     ) -> None:
         self.room_version = room_version
+        self.usable_of = usable_of
+        self.auth_outcomes = auth_outcomes
+        self.pl_parents = pl_parents
         self._get = get_event
         self._is_rejected = is_rejected if is_rejected is not None else _never_rejected
         self._events: dict[str, Event | None] = {}
@@ -107,6 +128,9 @@ class EventSource:
             return self._usable[event_id]
         except KeyError:
             pass
+        if self.usable_of is not None:
+            keyed = self._usable[event_id] = self.usable_of(event_id)
+            return keyed
         event = self.event(event_id)
         keyed = None
         if event is not None and event.is_state and not self.rejected(event_id):
@@ -120,17 +144,23 @@ class EventSource:
             return self._pl_parent[event_id]
         except KeyError:
             pass
+        kept = self.pl_parents
+        if kept is not None and event_id in kept:
+            parent = self._pl_parent[event_id] = kept[event_id]
+            return parent
         parent = None
+        # An unknown event may arrive and change the answer: only keep one without.
+        known = self.event(event_id) is not None
         for auth_id in self.auth_ids(event_id):
             auth_event = self.event(auth_id)
-            if (
-                auth_event is not None
-                and auth_event.type == POWER_LEVELS
-                and auth_event.state_key == ""
-            ):
+            if auth_event is None:
+                known = False
+            elif auth_event.type == POWER_LEVELS and auth_event.state_key == "":
                 parent = auth_id
                 break
         self._pl_parent[event_id] = parent
+        if kept is not None and known:
+            kept[event_id] = parent
         return parent
 
     def room_create(self) -> Event | None:
