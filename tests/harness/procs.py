@@ -176,20 +176,33 @@ class NatsProcess:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log (for a failing test's message)."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
     async def start(self, timeout: float = 20.0) -> None:
         assert self.process is None or self.process.poll() is not None
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                find_nats_server_binary(),
-                *("--addr", "127.0.0.1", "--port", str(self.port)),
-                *("--jetstream", "--store_dir", str(self.store_dir)),
-                *self.extra_args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # The server's own log, kept beside its store: when a cluster test fails, it
+        # says why (a route that never connected, an election that did not end).
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [
+                    find_nats_server_binary(),
+                    *("--addr", "127.0.0.1", "--port", str(self.port)),
+                    *("--jetstream", "--store_dir", str(self.store_dir)),
+                    *self.extra_args,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
         deadline = time.monotonic() + timeout
         while not await self._accepts_connections():
             if self.process.poll() is not None:

@@ -99,7 +99,7 @@ class Site:
         return cli(self.env(), self.base / "cwd", *args, timeout=timeout)
 
     async def publish(
-        self, feed: Feed, timeout: float = 30.0, messages: Sequence[Outgoing] | None = None
+        self, feed: Feed, timeout: float = 60.0, messages: Sequence[Outgoing] | None = None
     ) -> None:
         """Publish the feed's inputs (or only `messages`, a part of them)."""
         # A new cluster answers only once it has elected its JetStream leaders.
@@ -108,9 +108,12 @@ class Site:
             try:
                 await ensure_streams(self.js, self.config)
                 break
-            except (APIError, TimeoutError):
+            except (APIError, TimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    logs = "\n".join(
+                        f"--- {s.store_dir.name}:\n{s.log_tail()}" for s in self.servers
+                    )
+                    raise AssertionError(f"JetStream did not answer: {exc!r}\n{logs}") from exc
                 await asyncio.sleep(0.1)
         chosen = feed.messages if messages is None else messages
         acks = await Publisher(self.js, self.config).publish_many(chosen)
