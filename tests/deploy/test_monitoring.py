@@ -231,10 +231,27 @@ def prometheus(tmp_path: Path, metrics_port: int) -> Iterator[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
+        wait_until_ready(port, process)
         yield port
     finally:
         process.terminate()
         process.wait(30)
+
+
+def wait_until_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Poll Prometheus's readiness endpoint until it answers 200: before that, it
+    refuses connections or answers queries with 503 "Service Unavailable"."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert process.poll() is None, f"prometheus exited with {process.returncode}"
+        assert time.monotonic() < deadline, "prometheus did not become ready within 60 s"
+        time.sleep(0.1)
 
 
 def query(port: int, expr: str) -> dict[str, Any]:
