@@ -31,10 +31,8 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -45,17 +43,12 @@ import msgpack
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bench.common import worker_env
-from worker.bus.connection import connect
-from worker.bus.publisher import Outgoing, Publisher
+from bench.common import Prepared, WorkerProcess, prepare_inputs, publish_inputs, worker_env
 from worker.bus.server import EmbeddedNatsServer
-from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Config, load_config
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.events import Event, StateMap
-from worker.matrix.hashes import compute_event_id
-from worker.matrix.room_versions import get_room_version
 from worker.synthetic import linear_room
 
 CACHE = Path(tempfile.gettempdir()) / "roomserver-bench-cache"
@@ -66,19 +59,6 @@ MERGE_EVERY = 4
 SMALL_SETUP = 8
 #: How often the small rooms' pacer publishes what is due.
 TICK = 0.005
-
-#: (room ID, msgpack input body, event ID) of one prepared input.
-Prepared = tuple[str, bytes, str]
-
-
-def _prepare(pdus: Sequence[dict[str, Any]], version: str) -> list[Prepared]:
-    room_version = get_room_version(version)
-    out = []
-    for pdu in pdus:
-        event_id = compute_event_id(pdu, room_version)
-        room_id = pdu.get("room_id") or "!" + event_id[1:]
-        out.append((room_id, msgpack.packb({"event": pdu}, use_bin_type=True), event_id))
-    return out
 
 
 def forked_events(version: str, members: int, rounds: int) -> tuple[list[Event], list[Event]]:
@@ -126,12 +106,14 @@ def build_inputs(
         return cached
     setup, stream = forked_events(version, members, rounds)
     small = [
-        _prepare(list(linear_room(version, members=3, events=per_room, seed=5000 + r)), version)
+        prepare_inputs(
+            list(linear_room(version, members=3, events=per_room, seed=5000 + r)), version
+        )
         for r in range(rooms)
     ]
     inputs = {
-        "forked_setup": _prepare([dict(e.pdu) for e in setup], version),
-        "forked_stream": _prepare([dict(e.pdu) for e in stream], version),
+        "forked_setup": prepare_inputs([dict(e.pdu) for e in setup], version),
+        "forked_stream": prepare_inputs([dict(e.pdu) for e in stream], version),
         "small": small,
     }
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -266,31 +248,9 @@ async def bench_isolation(
     env = worker_env(url, storage, f"b{tag}", log_level="warning", **(extra_env or {}))
     config = load_config(None, env)
     subjects = Subjects(config.streams.subject_prefix)
-    nc = await connect(config.nats)
-    js = nc.jetstream()
-    await ensure_streams(js, config)
     setup = forked_setup + [item for r in small for item in r[:SMALL_SETUP]]
-    publisher = Publisher(js, config)
-    for start in range(0, len(setup), 2000):
-        await publisher.publish_many(
-            Outgoing(subjects.input(room_id), body, eid)
-            for room_id, body, eid in setup[start : start + 2000]
-        )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run"],
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
-    )
-    tail: list[str] = []
-
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            tail.append(raw.decode(errors="replace"))
-            del tail[:-30]
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
+    nc = await publish_inputs(config, setup)
+    worker = WorkerProcess(env)
     try:
         setup_started = time.perf_counter()
         await _wait_outputs(nc, config, len(setup), timeout=900)
@@ -302,17 +262,16 @@ async def bench_isolation(
             _feed_forked(nc, subjects, forked_stream, watcher, window, stop)
         )
         started = time.perf_counter()
-        cpu_before = _cpu_seconds(proc.pid)
+        cpu_before = _cpu_seconds(worker.proc.pid)
         published = await _pace_small(nc, subjects, small, rate, seconds)
         forked_in_window = watcher.forked_outputs
         elapsed = time.perf_counter() - started
-        worker_cpu = _cpu_seconds(proc.pid) - cpu_before
+        worker_cpu = _cpu_seconds(worker.proc.pid) - cpu_before
         stop.set()
         forked_sent = await forked_task
         deadline = time.monotonic() + 120
         while any(e not in watcher.arrived for e in published):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited ({proc.returncode}): {''.join(tail)}")
+            worker.check_alive()
             if time.monotonic() > deadline:
                 missing = sum(1 for e in published if e not in watcher.arrived)
                 raise TimeoutError(f"{missing} small-room events got no output")
@@ -328,9 +287,7 @@ async def bench_isolation(
                 ):
                     print(line)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        reader.join(timeout=10)
+        worker.stop()
         await nc.close()
     latencies = [(watcher.arrived[e] - t) * 1000 for e, t in published.items()]
     return {
