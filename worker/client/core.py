@@ -156,18 +156,22 @@ class ClientCore(Started):
         read: Callable[[dict[str, Any]], T],
         *,
         tuples: bool = False,
+        grouped: bool = False,
     ) -> T:
         """`request`, with the reply map turned into a typed result by `read` (while
         a big reply's decoding still has the garbage collector paused); with
-        `tuples`, the reply's arrays come as tuples (`read_reply`)."""
+        `tuples`, the reply's arrays come as tuples (`read_reply`); with `grouped`,
+        a state comes in the grouped form (for a `read` that takes it: `State`,
+        `Latest`)."""
         count = self.partitions
         if count < 2:
-            return await self._request(self.subjects.query(name), name, body, read, tuples=tuples)
+            subject = self.subjects.query(name)
+            return await self._request(subject, name, body, read, tuples=tuples, grouped=grouped)
         room_id = (body or {}).get("room_id")
         if isinstance(room_id, str) or name not in SPANNING:
             partition = partition_of_room(room_id, count) if isinstance(room_id, str) else 0
             subject = self.subjects.query(name, partition)
-            return await self._request(subject, name, body, read, tuples=tuples)
+            return await self._request(subject, name, body, read, tuples=tuples, grouped=grouped)
         replies = await asyncio.gather(
             *(
                 self._request(self.subjects.query(name, k), name, body, _as_map)
@@ -186,11 +190,14 @@ class ClientCore(Started):
         timeout: float | None = None,
         *,
         tuples: bool = False,
+        grouped: bool = False,
     ) -> T:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
         wait = timeout or self.timeout
         try:
-            data, self.answered_by = await self._replies.ask(subject, name, payload, wait)
+            data, self.answered_by = await self._replies.ask(
+                subject, name, payload, wait, grouped=grouped
+            )
         except NoResponders:
             raise RoomserverError(
                 UNAVAILABLE,

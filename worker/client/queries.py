@@ -44,7 +44,7 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return await self.ask("state", body, State.from_wire, tuples=True)
+        return await self.ask("state", body, State.from_wire, tuples=True, grouped=True)
 
     async def events(self, event_ids: Sequence[str]) -> Events:
         return await self.ask("events", {"event_ids": list(event_ids)}, Events.from_wire)
@@ -73,7 +73,7 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return await self.ask("latest", body, Latest.from_wire, tuples=True)
+        return await self.ask("latest", body, Latest.from_wire, tuples=True, grouped=True)
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"

