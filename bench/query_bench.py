@@ -16,7 +16,12 @@ current state is timed from this process through the real request/reply path
 - warm: the same query repeated;
 - filtered: warm, only the power levels (what a client about to send an event asks);
 - service: the worker's own average processing time for the warm queries, from the
-  micro service's stats (`$SRV.STATS`): the part that is not NATS or the client.
+  micro service's stats (`$SRV.STATS`): the part that is not NATS or the client;
+- floor: a bare nats-py request/reply carrying as many bytes as the warm reply, answered
+  by a process that does nothing else (`--floor-responder`), one after each warm query:
+  what moving those bytes through NATS and nats-py costs on this machine at that
+  moment, whatever the worker and the client do; and the same for the bytes of the
+  contract's triples (`reply_bytes`), what the reply weighed before the grouped form.
 
 The big room (`bench_big_state`) is built the cheap way: its joins go through the
 pipeline in this process, straight into a storage directory (no NATS, no outputs),
@@ -60,6 +65,7 @@ from worker.matrix.builder import RoomBuilder
 from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import SERVICE_NAME
 from worker.query.chunks import chunk_size
+from worker.query.schema import ACCEPT_STATE_HEADER, GROUPED
 from worker.storage import schema as storage_schema
 from worker.storage.database import Database
 from worker.synthetic import linear_room
@@ -117,6 +123,58 @@ async def _until_answering(client: RoomserverClient, timeout: float = 60.0) -> N
             await asyncio.sleep(0.02)
 
 
+#: Subject the floor responder answers on: the request's body is the reply's size.
+FLOOR_SUBJECT = "bench.floor"
+
+
+async def _floor_responder(url: str) -> None:
+    """Answer each request on FLOOR_SUBJECT with as many (random) bytes as it asks for:
+    nothing but nats-py, in its own process as the worker is."""
+    client = NATS()
+    await client.connect(url)
+    bodies: dict[int, bytes] = {}
+
+    async def answer(msg: Any) -> None:
+        size = int(msg.data)
+        body = bodies.get(size)
+        if body is None:
+            body = bodies[size] = os.urandom(size)
+        await msg.respond(body)
+
+    await client.subscribe(FLOOR_SUBJECT, cb=answer)
+    await client.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+@contextlib.contextmanager
+def _floor_process(url: str) -> Iterator[None]:
+    """The floor responder, started and ready; stopped on the way out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.query_bench", "--floor-responder", url],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the floor responder did not start")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def _floor_request(nc: NATS, size: int) -> float:
+    """Seconds for one bare request whose reply is `size` bytes."""
+    began = time.perf_counter()
+    reply = await nc.request(FLOOR_SUBJECT, str(size).encode(), timeout=60)
+    elapsed = time.perf_counter() - began
+    if len(reply.data) != size:
+        raise RuntimeError(f"the floor responder sent {len(reply.data)} bytes, not {size}")
+    return elapsed
+
+
 async def _service_stats(nc: NATS, prefix: str, window: float = 0.5) -> dict[str, Any]:
     """The `state` endpoint's stats from the one roomserver service using `prefix`.
 
@@ -144,8 +202,10 @@ async def bench_queries(
 ) -> dict[str, Any]:
     """Feed a room with `entries` state entries to a worker and time the state query.
 
-    Returns {"entries", "reply_bytes", "feed_seconds", "cold": {p50_ms, p99_ms,
-    samples}, "warm": {...}, "filtered": {...}, "service_warm_avg_ms"}.
+    Returns {"entries", "reply_bytes" (the contract's triples), "grouped_reply_bytes"
+    (what the client gets), "feed_seconds", "cold": {p50_ms, p99_ms, samples}, "warm":
+    {...}, "filtered": {...}, "service_warm_avg_ms", "floor": {...} (bare request/reply
+    of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
     """
     if restarts < 1 or samples < 1:
         raise ValueError("restarts and samples must be at least 1")
@@ -187,16 +247,28 @@ async def bench_queries(
                         raise RuntimeError(
                             f"the room's state has {len(state.entries)} entries, not {entries}"
                         )
-            with _worker_process(env, workdir, log):
+            with _worker_process(env, workdir, log), _floor_process(url):
                 await _until_answering(client)
                 reply = await client.request("state", {"room_id": room_id})
                 reply_bytes = len(msgpack.packb(reply, use_bin_type=True))
+                grouped = await nc.request(
+                    client.subjects.query("state"),
+                    msgpack.packb({"room_id": room_id}),
+                    timeout=60,
+                    headers={ACCEPT_STATE_HEADER: GROUPED},
+                )
+                grouped_bytes = len(grouped.data)
                 before = await _service_stats(nc, config.streams.subject_prefix)
                 warm: list[float] = []
+                floor: list[float] = []
+                floor_triples: list[float] = []
                 for _ in range(samples):
                     began = time.perf_counter()
                     await client.state(room_id)
                     warm.append(time.perf_counter() - began)
+                    # The floor in the same moment: one bare request/reply of each size.
+                    floor.append(await _floor_request(nc, grouped_bytes))
+                    floor_triples.append(await _floor_request(nc, reply_bytes))
                 after = await _service_stats(nc, config.streams.subject_prefix)
                 filtered: list[float] = []
                 for _ in range(samples):
@@ -214,11 +286,14 @@ async def bench_queries(
     return {
         "entries": entries,
         "reply_bytes": reply_bytes,
+        "grouped_reply_bytes": grouped_bytes,
         "feed_seconds": round(feed_seconds, 2),
         "cold": _summary(cold),
         "warm": _summary(warm),
         "filtered": _summary(filtered),
         "service_warm_avg_ms": round(service_ns / 1e6, 3),
+        "floor": _summary(floor),
+        "floor_triples": _summary(floor_triples),
     }
 
 
@@ -411,12 +486,16 @@ def main() -> None:
         "--big-members", type=int, default=100_000, help="members of the big room (0: skip)"
     )
     parser.add_argument("--no-cache", action="store_true", help="build the big room afresh")
+    parser.add_argument("--floor-responder", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_responder:
+        asyncio.run(_floor_responder(args.floor_responder))
+        return
     result = asyncio.run(
         _main(args.entries, args.samples, args.restarts, args.big_members, not args.no_cache)
     )
     print(f"state query, {result['entries']} entries, reply {result['reply_bytes']} bytes")
-    for name in ("cold", "warm", "filtered"):
+    for name in ("cold", "warm", "filtered", "floor", "floor_triples"):
         figures = result[name]
         print(
             f"  {name:<9} p50 {figures['p50_ms']:8.3f} ms   p99 {figures['p99_ms']:8.3f} ms"

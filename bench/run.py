@@ -366,6 +366,12 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"one key p50 {q['filtered']['p50_ms']:.2f} ms; "
             f"service (warm) {q['service_warm_avg_ms']:.1f} ms",
         ),
+        Row(
+            f"  floor: bare nats-py request/reply of {q['grouped_reply_bytes']:,} B "
+            f"(of {q['reply_bytes']:,} B)",
+            figures=f"p50 {q['floor']['p50_ms']:.1f} ms, p99 {q['floor']['p99_ms']:.1f} ms "
+            f"(p50 {q['floor_triples']['p50_ms']:.1f}, p99 {q['floor_triples']['p99_ms']:.1f})",
+        ),
     ]
 
 
