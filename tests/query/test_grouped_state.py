@@ -17,7 +17,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from tests.query.scenario import served_story
+from tests.harness.e2e import publish_inputs
+from tests.query.scenario import ALICE, VERSION, served_story, wait_processed
 from worker.bus.subjects import Subjects
 from worker.client import RoomserverClient
 from worker.config import Config
@@ -25,6 +26,9 @@ from worker.query.schema import (
     ACCEPT_STATE_HEADER,
     GROUPED,
     GROUPED_FIELD,
+    IF_STATE_HEADER,
+    TAG_FIELD,
+    UNCHANGED_FIELD,
     Latest,
     State,
     StateEntry,
@@ -84,8 +88,10 @@ async def both_forms(
     new = await ask(nc, config, name, body, grouped=True)
     assert GROUPED_FIELD not in old and "state" in old, old
     assert "state" not in new and GROUPED_FIELD in new, new
+    # Besides the state, the same fields (and the tag of a whole current state).
+    assert TAG_FIELD not in old
     assert {k: v for k, v in old.items() if k != "state"} == {
-        k: v for k, v in new.items() if k != GROUPED_FIELD
+        k: v for k, v in new.items() if k not in (GROUPED_FIELD, TAG_FIELD)
     }
     return old, new
 
@@ -164,3 +170,70 @@ async def test_client_asks_for_grouped_and_reads_either_form(
         from_triples = State.from_wire(raw)
         assert sorted(from_triples.entries) == sorted(state.entries)
         assert (from_triples.room_id, from_triples.event_id) == (state.room_id, None)
+
+
+async def test_unchanged_state_is_not_sent_again(
+    config: Config, js: JetStreamContext, nc: NATS
+) -> None:
+    async with served_story(config, js) as (worker, story):
+        room = story.room_id
+        first = await ask(nc, config, "state", {"room_id": room}, grouped=True)
+        full_size = len(msgpack.packb(first))
+        tag = first[TAG_FIELD]
+        assert isinstance(tag, str) and tag
+        subject = Subjects(config.streams.subject_prefix).query("state")
+
+        async def ask_again(if_state: str, grouped: bool = True) -> Any:
+            headers = {IF_STATE_HEADER: if_state}
+            if grouped:
+                headers[ACCEPT_STATE_HEADER] = GROUPED
+            body = msgpack.packb({"room_id": room})
+            reply = await nc.request(subject, body, timeout=5, headers=headers)
+            return msgpack.unpackb(reply.data, raw=False)
+
+        # The tag of the current state: a few bytes saying so, and no state.
+        assert await ask_again(tag) == {"room_id": room, UNCHANGED_FIELD: True, TAG_FIELD: tag}
+        # Any other tag: the whole state again, named by the same tag.
+        other = await ask_again(tag + "0")
+        assert other == first
+        # Without the grouped form the header means nothing: the contract's reply.
+        old = await ask_again(tag, grouped=False)
+        assert set(old) == {"room_id", "state"}
+        assert as_map(old["state"]) == story.current_state()
+        # Only a whole current state is named (a state at an event, or a part, is not).
+        at = await ask(nc, config, "state", {"room_id": room, "event_id": story.head}, grouped=True)
+        part = await ask(nc, config, "state", {"room_id": room, "types": ["x"]}, grouped=True)
+        assert TAG_FIELD not in at and TAG_FIELD not in part
+
+        # Through the client: the second ask moves a few bytes, not the state.
+        client = RoomserverClient(nc, config)
+        state = await client.state(room)
+        assert as_map(state.entries) == story.current_state()
+        state.entries.clear()  # the caller's list is its own
+        received = nc.stats["in_bytes"]
+        again = await client.state(room)
+        assert nc.stats["in_bytes"] - received < full_size / 4
+        assert as_map(again.entries) == story.current_state()
+        assert again == State(room, None, None, again.entries)
+
+        # The state changes: the next ask gets the new state, never the kept copy.
+        story.main(
+            "new_topic", story.builder.state_event, ALICE, "m.room.topic", "", {"topic": "x"}
+        )
+        await publish_inputs(js, config, [story.inputs[-1]], room_version=VERSION)
+        await wait_processed(worker, len(story.inputs))
+        changed = await client.state(room)
+        with Inspector.open(Path(config.storage.path)) as inspector:
+            stored = inspector.rows.contents().rooms[room].current_state
+        assert stored[("m.room.topic", "")] == story.id("new_topic")
+        assert as_map(changed.entries) == stored == story.current_state()
+        cached = client.state_cache.get(room)
+        assert cached is not None and cached.tag != tag
+
+        # A client that keeps no states always gets the whole state.
+        plain = RoomserverClient(nc, config, state_cache_entries=0)
+        for _ in range(2):
+            received = nc.stats["in_bytes"]
+            assert as_map((await plain.state(room)).entries) == stored
+            assert nc.stats["in_bytes"] - received >= full_size
+        assert len(plain.state_cache) == 0

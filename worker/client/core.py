@@ -19,6 +19,7 @@ from worker.bus.publisher import Publisher
 from worker.bus.subjects import Subjects
 from worker.client.outputs import OutputStream
 from worker.client.replies import NoResponders, ReplyInbox, read_reply
+from worker.client.state_cache import DEFAULT_STATE_CACHE_ENTRIES, StateCache
 from worker.config import Config
 from worker.errors import UNAVAILABLE, UNKNOWN_EVENT, RoomserverError
 from worker.matrix.room_versions import RoomVersion
@@ -49,6 +50,7 @@ class ClientCore(Started):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         default_room_version: str | None = None,
+        state_cache_entries: int = DEFAULT_STATE_CACHE_ENTRIES,
     ) -> None:
         self.nc = nc
         self.config = config or Config()
@@ -64,6 +66,9 @@ class ClientCore(Started):
         self._owns_connection = False
         #: The query service instance (micro service ID) that gave the last answer.
         self.answered_by: str | None = None
+        #: Rooms' last whole current states, checked with the worker before use
+        #: (worker.client.state_cache); `state_cache_entries=0` keeps none.
+        self.state_cache = StateCache(state_cache_entries)
 
     @classmethod
     async def connect(
@@ -74,6 +79,7 @@ class ClientCore(Started):
         timeout: float = DEFAULT_TIMEOUT,
         servers: Sequence[str] | None = None,
         connect_timeout: float | None = None,
+        state_cache_entries: int = DEFAULT_STATE_CACHE_ENTRIES,
     ) -> Self:
         """Connect to `servers`, or as the configuration says (`server_urls`).
 
@@ -90,7 +96,7 @@ class ClientCore(Started):
                 UNAVAILABLE,
                 f"cannot reach NATS at {', '.join(targets)} within {connect_timeout:g} s",
             ) from None
-        client = cls(nc, config, timeout=timeout)
+        client = cls(nc, config, timeout=timeout, state_cache_entries=state_cache_entries)
         client._owns_connection = True
         return client
 
@@ -156,22 +162,21 @@ class ClientCore(Started):
         read: Callable[[dict[str, Any]], T],
         *,
         tuples: bool = False,
-        grouped: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
         """`request`, with the reply map turned into a typed result by `read` (while
         a big reply's decoding still has the garbage collector paused); with
-        `tuples`, the reply's arrays come as tuples (`read_reply`); with `grouped`,
-        a state comes in the grouped form (for a `read` that takes it: `State`,
-        `Latest`)."""
+        `tuples`, the reply's arrays come as tuples (`read_reply`); `headers` go with
+        the request (the grouped state form is asked for so: docs/queries.md)."""
         count = self.partitions
         if count < 2:
             subject = self.subjects.query(name)
-            return await self._request(subject, name, body, read, tuples=tuples, grouped=grouped)
+            return await self._request(subject, name, body, read, tuples=tuples, headers=headers)
         room_id = (body or {}).get("room_id")
         if isinstance(room_id, str) or name not in SPANNING:
             partition = partition_of_room(room_id, count) if isinstance(room_id, str) else 0
             subject = self.subjects.query(name, partition)
-            return await self._request(subject, name, body, read, tuples=tuples, grouped=grouped)
+            return await self._request(subject, name, body, read, tuples=tuples, headers=headers)
         replies = await asyncio.gather(
             *(
                 self._request(self.subjects.query(name, k), name, body, _as_map)
@@ -190,14 +195,12 @@ class ClientCore(Started):
         timeout: float | None = None,
         *,
         tuples: bool = False,
-        grouped: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
         payload = msgpack.packb(dict(body or {}), use_bin_type=True)
         wait = timeout or self.timeout
         try:
-            data, self.answered_by = await self._replies.ask(
-                subject, name, payload, wait, grouped=grouped
-            )
+            data, self.answered_by = await self._replies.ask(subject, name, payload, wait, headers)
         except NoResponders:
             raise RoomserverError(
                 UNAVAILABLE,

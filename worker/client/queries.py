@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from worker.client.core import ClientCore
-from worker.errors import UNKNOWN_EVENT, RoomserverError
+from worker.errors import BAD_REPLY, UNKNOWN_EVENT, RoomserverError
 from worker.query.schema import (
+    ACCEPT_STATE_HEADER,
+    GROUPED,
+    IF_STATE_HEADER,
+    TAG_FIELD,
+    UNCHANGED_FIELD,
     AuthChain,
     EventInfo,
     Events,
@@ -20,6 +25,9 @@ from worker.query.schema import (
     RoomSummary,
     State,
 )
+
+#: The typed state queries read states in the grouped form (docs/queries.md).
+_GROUPED: Final = {ACCEPT_STATE_HEADER: GROUPED}
 
 
 class RoomQueries(ClientCore):
@@ -44,7 +52,33 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return await self.ask("state", body, State.from_wire, tuples=True, grouped=True)
+        if event_id is None and types is None and keys is None:
+            return await self._current_state(room_id, body)
+        return await self.ask("state", body, State.from_wire, tuples=True, headers=_GROUPED)
+
+    async def _current_state(self, room_id: str, body: dict[str, Any]) -> State:
+        """A room's whole current state, sent with the tag of the copy the client has
+        (if any): the worker answers `unchanged` while that is still the current state
+        (worker.client.state_cache)."""
+        cached = self.state_cache.get(room_id)
+        headers = _GROUPED if cached is None else {**_GROUPED, IF_STATE_HEADER: cached.tag}
+
+        def read(wire: Mapping[str, Any]) -> State:
+            tag = wire.get(TAG_FIELD)
+            if wire.get(UNCHANGED_FIELD):
+                if cached is None or tag != cached.tag:
+                    raise RoomserverError(
+                        BAD_REPLY, f"the reply to state says unchanged, but not from {tag!r}"
+                    )
+                return State(room_id, None, None, list(cached.entries))
+            state = State.from_wire(wire)
+            if isinstance(tag, str):
+                self.state_cache.put(room_id, tag, state.entries)
+            else:  # a worker that names no states
+                self.state_cache.discard(room_id)
+            return state
+
+        return await self.ask("state", body, read, tuples=True, headers=headers)
 
     async def events(self, event_ids: Sequence[str]) -> Events:
         return await self.ask("events", {"event_ids": list(event_ids)}, Events.from_wire)
@@ -73,7 +107,7 @@ class RoomQueries(ClientCore):
             body["types"] = list(types)
         if keys is not None:
             body["keys"] = [list(k) for k in keys]
-        return await self.ask("latest", body, Latest.from_wire, tuples=True, grouped=True)
+        return await self.ask("latest", body, Latest.from_wire, tuples=True, headers=_GROUPED)
 
     async def membership(
         self, room_id: str, user_id: str, *, event_id: str | None = None, at: str = "before"

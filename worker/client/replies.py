@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 
 from worker.errors import BAD_REPLY, INCOMPLETE_REPLY, UNAVAILABLE, RoomserverError, is_error_reply
 from worker.query.chunks import ACCEPT_CHUNKS_HEADER, Reassembly, chunk_place
-from worker.query.schema import ACCEPT_STATE_HEADER, GROUPED, WORKER_HEADER
+from worker.query.schema import WORKER_HEADER
 
 T = TypeVar("T")
 
@@ -41,10 +41,8 @@ _NO_RESPONDERS: Final = "503"
 #: Messages and bytes the inbox may hold before nats-py drops them: several whole
 #: chunked replies (the subscription's defaults would do; this says what is needed).
 _PENDING_BYTES: Final = 512 * 1024 * 1024
-#: Every request's headers: chunks accepted; and, for the typed state queries, states
-#: asked for in the grouped form (docs/queries.md).
+#: Every request's headers: chunks accepted.
 _HEADERS: Final = {ACCEPT_CHUNKS_HEADER: "1"}
-_GROUPED_HEADERS: Final = {**_HEADERS, ACCEPT_STATE_HEADER: GROUPED}
 
 
 @contextlib.contextmanager
@@ -115,11 +113,16 @@ class ReplyInbox:
             queue.put_nowait(msg)
 
     async def ask(
-        self, subject: str, name: str, payload: bytes, timeout: float, *, grouped: bool = False
+        self,
+        subject: str,
+        name: str,
+        payload: bytes,
+        timeout: float,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[bytes, str | None]:
-        """Send a request and return its reply's bytes (reassembled when chunked) and
-        the `Roomserver-Worker` header of who answered; with `grouped`, asking for
-        states in the grouped form. NoResponders when no one listens on `subject`."""
+        """Send a request (with `headers` besides its own) and return its reply's
+        bytes (reassembled when chunked) and the `Roomserver-Worker` header of who
+        answered. NoResponders when no one listens on `subject`."""
         await self._subscribe()
         self._next += 1
         token = str(self._next)
@@ -130,7 +133,7 @@ class ReplyInbox:
                 subject,
                 payload,
                 reply=f"{self._prefix}{token}",
-                headers=_GROUPED_HEADERS if grouped else _HEADERS,
+                headers={**_HEADERS, **headers} if headers else _HEADERS,
             )
             first = await self._next_message(queue, subject, name, timeout, None)
             headers = first.headers or {}

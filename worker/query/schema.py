@@ -28,6 +28,13 @@ ACCEPT_STATE_HEADER: Final = "Roomserver-Accept-State"
 GROUPED: Final = "grouped"
 #: The reply field that carries a state in the grouped form, instead of `state`.
 GROUPED_FIELD: Final = "state_by_type"
+#: Reply field (grouped replies of a whole current state): names that state, for
+#: asking again with the request header IF_STATE_HEADER.
+TAG_FIELD: Final = "state_tag"
+#: Request header: the tag of the whole current state the client already has; a reply
+#: with UNCHANGED_FIELD true (and no state) says it is still the room's current state.
+IF_STATE_HEADER: Final = "Roomserver-If-State"
+UNCHANGED_FIELD: Final = "state_unchanged"
 
 
 def accepts_grouped(headers: Mapping[str, str] | None) -> bool:
@@ -127,6 +134,8 @@ class State:
     packed: RawMsgpack | None = field(default=None, repr=False, compare=False)
     #: Service side: send the grouped form (the request asked for it).
     grouped: bool = field(default=False, repr=False, compare=False)
+    #: Service side: the whole current state's tag, sent with it (grouped only).
+    tag: str | None = field(default=None, repr=False, compare=False)
 
     def as_map(self) -> dict[tuple[str, str], str]:
         """(type, state key) → event ID."""
@@ -138,7 +147,14 @@ class State:
             wire["event_id"] = self.event_id
             wire["at"] = self.at
         _put_state(wire, self.entries, self.packed, self.grouped)
+        if self.tag is not None:
+            wire[TAG_FIELD] = self.tag
         return wire
+
+    @staticmethod
+    def unchanged(room_id: str, tag: str) -> Wire:
+        """The reply to a request whose IF_STATE_HEADER names the current state."""
+        return {"room_id": room_id, UNCHANGED_FIELD: True, TAG_FIELD: tag}
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Self:

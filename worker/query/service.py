@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import secrets
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from worker.query.chunks import ACCEPT_CHUNKS_HEADER, accepts_chunks, chunk_size
 from worker.query.federation import FederationQueries
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
+    IF_STATE_HEADER,
     SERVICE_NAME,
     WORKER_HEADER,
     AuthChain,
@@ -147,6 +149,9 @@ class Queries:
         self.reader = reader
         self.packed_states = PackedStates(packed_state_bytes)
         self.federation = FederationQueries(reader)
+        #: Makes state tags unique to this instance: snapshot NIDs are this database's
+        #: own, so a tag from another worker (or an earlier run) must never match.
+        self._instance = secrets.token_hex(6)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -195,9 +200,15 @@ class Queries:
         keys = fields.optional_key_list("keys")
         grouped = accepts_grouped(fields.headers)
         snapshot_nid, _ = await self.reader.snapshot_at(room_id, event_id, at)
+        tag: str | None = None
+        if grouped and event_id is None and types is None and keys is None:
+            # A whole current state: named, so that the client can ask again with it.
+            tag = f"{self._instance}.{snapshot_nid}"
+            if fields.headers.get(IF_STATE_HEADER) == tag:
+                return State.unchanged(room_id, tag)
         entries, packed = await self._state(snapshot_nid, types, keys, grouped)
         at_or_none = at if event_id is not None else None
-        return State(room_id, event_id, at_or_none, entries, packed, grouped).to_wire()
+        return State(room_id, event_id, at_or_none, entries, packed, grouped, tag).to_wire()
 
     async def events(self, fields: Fields) -> Wire:
         found, missing = await self.reader.events(fields.string_list("event_ids"))

@@ -1,0 +1,68 @@
+"""The client's copy of rooms' current states, checked with the worker on every query.
+
+A client that asks for a room's whole current state again (a sync worker, a bot: the
+same room, over and over) mostly gets back what it already has. So the client keeps
+the last whole current state of recently asked rooms with the tag the worker gave it
+(docs/queries.md, "Asking again for an unchanged state"), and sends the tag with the
+next request; if the room's current state is still that snapshot, the worker answers
+in a few bytes that it is unchanged, and the client returns its copy. The worker
+decides every time, from the room's row read then, so the answer is never staler than
+a full reply would have been; only the bytes and the decoding are saved.
+
+The copy is bounded by entries (least recently asked room out first): a state bigger
+than the whole budget is never kept.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from worker.query.schema import StateEntry
+
+#: Entries kept by default: five states of a 10,000-member room (~230 bytes an entry
+#: when the caller keeps nothing else of them: about 11 MB at most).
+DEFAULT_STATE_CACHE_ENTRIES: Final = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    """A room's whole current state as one worker named it (its tag)."""
+
+    tag: str
+    entries: tuple[StateEntry, ...]
+
+
+class StateCache:
+    """Rooms' last whole current states, within a budget of entries."""
+
+    def __init__(self, budget: int = DEFAULT_STATE_CACHE_ENTRIES) -> None:
+        self._items: OrderedDict[str, CachedState] = OrderedDict()
+        self._budget = budget
+        self._size = 0
+
+    def get(self, room_id: str) -> CachedState | None:
+        cached = self._items.get(room_id)
+        if cached is not None:
+            self._items.move_to_end(room_id)
+        return cached
+
+    def put(self, room_id: str, tag: str, entries: list[StateEntry]) -> None:
+        """Keep `entries` (copied: the caller's list may change) as the room's state."""
+        self.discard(room_id)
+        if len(entries) > self._budget:
+            return
+        self._items[room_id] = CachedState(tag, tuple(entries))
+        self._size += len(entries)
+        while self._size > self._budget:
+            _, dropped = self._items.popitem(last=False)
+            self._size -= len(dropped.entries)
+
+    def discard(self, room_id: str) -> None:
+        dropped = self._items.pop(room_id, None)
+        if dropped is not None:
+            self._size -= len(dropped.entries)
+
+    def __len__(self) -> int:
+        return len(self._items)
