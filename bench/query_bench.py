@@ -13,7 +13,10 @@ current state is timed from this process through the real request/reply path
 
 - cold: the first query after the worker starts, nothing decoded yet (the worker is
   restarted R times; SQLite's files stay in the OS's cache);
-- warm: the same query repeated;
+- warm: the same query repeated, the whole state sent each time (a client that keeps
+  no states: `state_cache_entries=0`);
+- unchanged: the same by a client that keeps the states it got (the default), so that
+  the worker answers that the state is unchanged instead of sending it again;
 - filtered: warm, only the power levels (what a client about to send an event asks);
 - service: the worker's own average processing time for the warm queries, from the
   micro service's stats (`$SRV.STATS`): the part that is not NATS or the client;
@@ -204,8 +207,8 @@ async def bench_queries(
 
     Returns {"entries", "reply_bytes" (the contract's triples), "grouped_reply_bytes"
     (what the client gets), "feed_seconds", "cold": {p50_ms, p99_ms, samples}, "warm":
-    {...}, "filtered": {...}, "service_warm_avg_ms", "floor": {...} (bare request/reply
-    of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
+    {...}, "filtered": {...}, "unchanged": {...}, "service_warm_avg_ms", "floor": {...}
+    (bare request/reply of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
     """
     if restarts < 1 or samples < 1:
         raise ValueError("restarts and samples must be at least 1")
@@ -221,7 +224,8 @@ async def bench_queries(
     log_path = workdir / f"query-{tag}.log"
     try:
         await ensure_streams(js, config)
-        client = RoomserverClient(nc, config, timeout=60)
+        # Keeping no states: every query below moves the whole state (but `unchanged`).
+        client = RoomserverClient(nc, config, timeout=60, state_cache_entries=0)
         for start in range(0, len(pdus), 2000):
             await client.publish_many(pdus[start : start + 2000])
         count = len(pdus)
@@ -275,6 +279,15 @@ async def bench_queries(
                     began = time.perf_counter()
                     await client.state(room_id, keys=[("m.room.power_levels", "")])
                     filtered.append(time.perf_counter() - began)
+                keeping = RoomserverClient(nc, config, timeout=60)
+                await keeping.state(room_id)
+                unchanged: list[float] = []
+                for _ in range(samples):
+                    began = time.perf_counter()
+                    state = await keeping.state(room_id)
+                    unchanged.append(time.perf_counter() - began)
+                if len(state.entries) != entries:
+                    raise RuntimeError(f"the kept state has {len(state.entries)} entries")
     finally:
         for stream in (config.streams.input, config.streams.output, config.streams.deadletter):
             with contextlib.suppress(Exception):
@@ -291,6 +304,7 @@ async def bench_queries(
         "cold": _summary(cold),
         "warm": _summary(warm),
         "filtered": _summary(filtered),
+        "unchanged": _summary(unchanged),
         "service_warm_avg_ms": round(service_ns / 1e6, 3),
         "floor": _summary(floor),
         "floor_triples": _summary(floor_triples),
@@ -495,7 +509,7 @@ def main() -> None:
         _main(args.entries, args.samples, args.restarts, args.big_members, not args.no_cache)
     )
     print(f"state query, {result['entries']} entries, reply {result['reply_bytes']} bytes")
-    for name in ("cold", "warm", "filtered", "floor", "floor_triples"):
+    for name in ("cold", "warm", "filtered", "unchanged", "floor", "floor_triples"):
         figures = result[name]
         print(
             f"  {name:<9} p50 {figures['p50_ms']:8.3f} ms   p99 {figures['p99_ms']:8.3f} ms"

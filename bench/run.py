@@ -367,6 +367,10 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"service (warm) {q['service_warm_avg_ms']:.1f} ms",
         ),
         Row(
+            "  warm, state unchanged since the client's last ask",
+            figures=f"p50 {q['unchanged']['p50_ms']:.2f} ms, p99 {q['unchanged']['p99_ms']:.1f} ms",
+        ),
+        Row(
             f"  floor: bare nats-py request/reply of {q['grouped_reply_bytes']:,} B "
             f"(of {q['reply_bytes']:,} B)",
             figures=f"p50 {q['floor']['p50_ms']:.1f} ms, p99 {q['floor']['p99_ms']:.1f} ms "
