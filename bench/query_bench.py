@@ -266,13 +266,15 @@ async def bench_queries(
                 warm: list[float] = []
                 floor: list[float] = []
                 floor_triples: list[float] = []
-                for _ in range(samples):
+                for i in range(samples):
                     began = time.perf_counter()
                     await client.state(room_id)
                     warm.append(time.perf_counter() - began)
-                    # The floor in the same moment: one bare request/reply of each size.
-                    floor.append(await _floor_request(nc, grouped_bytes))
-                    floor_triples.append(await _floor_request(nc, reply_bytes))
+                    # The floor in the same moment: one bare request/reply of each size,
+                    # in turns first (the worker may still be busy after its reply).
+                    sizes = [(floor, grouped_bytes), (floor_triples, reply_bytes)]
+                    for figures, size in sizes[:: 1 if i % 2 else -1]:
+                        figures.append(await _floor_request(nc, size))
                 after = await _service_stats(nc, config.streams.subject_prefix)
                 filtered: list[float] = []
                 for _ in range(samples):
