@@ -15,11 +15,11 @@ than the whole budget is never kept.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
 from worker.query.schema import StateEntry
+from worker.storage.lru import LruByWeight
 
 #: Entries kept by default: five states of a 10,000-member room (~230 bytes an entry
 #: when the caller keeps nothing else of them: about 11 MB at most).
@@ -38,31 +38,21 @@ class StateCache:
     """Rooms' last whole current states, within a budget of entries."""
 
     def __init__(self, budget: int = DEFAULT_STATE_CACHE_ENTRIES) -> None:
-        self._items: OrderedDict[str, CachedState] = OrderedDict()
-        self._budget = budget
-        self._size = 0
+        self._states: LruByWeight[str, CachedState] = LruByWeight(budget)
 
     def get(self, room_id: str) -> CachedState | None:
-        cached = self._items.get(room_id)
-        if cached is not None:
-            self._items.move_to_end(room_id)
-        return cached
+        return self._states.get(room_id)
 
     def put(self, room_id: str, tag: str, entries: list[StateEntry]) -> None:
-        """Keep `entries` (copied: the caller's list may change) as the room's state."""
-        self.discard(room_id)
-        if len(entries) > self._budget:
+        """Keep `entries` (copied: the caller's list may change) as the room's state;
+        one bigger than the whole budget is not kept (nor an older copy)."""
+        if len(entries) > self._states.budget:
+            self._states.discard(room_id)
             return
-        self._items[room_id] = CachedState(tag, tuple(entries))
-        self._size += len(entries)
-        while self._size > self._budget:
-            _, dropped = self._items.popitem(last=False)
-            self._size -= len(dropped.entries)
+        self._states.put(room_id, CachedState(tag, tuple(entries)), len(entries))
 
     def discard(self, room_id: str) -> None:
-        dropped = self._items.pop(room_id, None)
-        if dropped is not None:
-            self._size -= len(dropped.entries)
+        self._states.discard(room_id)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._states)
