@@ -138,3 +138,38 @@ def test_per_room_caches_fit_their_budget(tmp_path: Path) -> None:
     for cache, bound in bounded:
         assert len(cache) == bound // SCALE, (len(cache), bound)
     assert used * SCALE <= ROOM_CACHES_MIB * MIB, used * SCALE / MIB
+
+
+#: Derived states (`StateStore.derived`) of small rooms at their default bound, in MiB:
+#: ~17 measured (~63 bytes a unit of weight; a small room's derived state weighs ~12).
+DERIVED_MIB = 24
+
+
+def test_small_room_derived_states_fit_their_budget(tmp_path: Path) -> None:
+    """Rooms shaped as bench/memory_bench.py's (a linear room's state changes: its
+    bootstrap, ten members joining, a topic, a name and profile changes), each state
+    change derived from the last, until the derived states fill a tenth of their bound.
+    The block caches are kept to one item, so what is measured is the derived states."""
+    db = Database(tmp_path)
+    store = StateStore(db, cache_entries=StateStore.STATE_CACHE_ENTRIES // SCALE)
+    store.cache.caches()["blocks"].budget = 1
+    store.cache.caches()["block_lists"].budget = 1
+    event_nid = FIRST_NID
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with db.transaction():
+            for r in range(120):
+                room = db.create_room(f"!{r:018d}abcdefgh:example.org", "10")
+                members = [(2, 100 + r * 11 + m) for m in range(11)]
+                changes = [(1, 1), members[0], (3, 1), (4, 1), *members[1:], (5, 1), (6, 1)]
+                snapshot = 0
+                for key in [*changes, *members[1:8]]:
+                    event_nid += 1
+                    snapshot = store.derive(room.nid, snapshot, {key: event_nid})
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    derived = store.derived
+    assert derived.budget - derived.weight < derived.budget // 10, (derived.weight, derived.budget)
+    assert used * SCALE <= DERIVED_MIB * MIB, used * SCALE / MIB
