@@ -85,6 +85,17 @@ def _tenths(samples: Sequence[tuple[float, int, int]], total: int) -> list[float
     return out
 
 
+def rss_anon_kib(pid: int) -> int:
+    """The anonymous part of a process's RSS (KiB; /proc/PID/status RssAnon): the heap
+    and every other private mapping. The rest is file-backed (shared libraries, and a
+    database file if SQLite mapped it), which the caches do not grow."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
 async def bench_memory(
     url: str,
     workdir: Path,
@@ -109,6 +120,8 @@ async def bench_memory(
     worker = WorkerProcess(env)
     #: (seconds since start, outputs so far, RSS KiB), one a second.
     samples: list[tuple[float, int, int]] = []
+    #: The same with the anonymous part of the RSS.
+    anon: list[tuple[float, int, int]] = []
     next_sample = 0.0
     try:
         deadline = time.monotonic() + 4 * 3600
@@ -117,6 +130,7 @@ async def bench_memory(
             now = time.perf_counter()
             if now >= next_sample or outputs >= total:
                 samples.append((now - worker.spawned, outputs, worker.rss_kib()[0]))
+                anon.append((now - worker.spawned, outputs, rss_anon_kib(worker.proc.pid)))
                 next_sample = now + 1.0
             if outputs >= total:
                 break
@@ -141,6 +155,7 @@ async def bench_memory(
         "prepare_seconds": prepare_seconds,
         "peak_rss_mib": peak / 1024,
         "rss_mib_by_tenth": tenths,
+        "rss_anon_mib_by_tenth": _tenths(anon, total),
         "growth_second_to_last_tenth": tenths[-1] / tenths[1] - 1,
         "growth_fifth_to_last_tenth": tenths[-1] / tenths[4] - 1,
         "flat": tenths[-1] <= tenths[1] * (1 + FLAT_TOLERANCE),

@@ -23,8 +23,9 @@ class CacheLimits:
 
     #: Room rows (a few hundred bytes each, their forward extremities included).
     rooms: int = 10_000
-    #: Input subjects with their room (one per active room).
-    subjects: int = 100_000
+    #: Input subjects with their room (one per active room, ~250 bytes each): as many
+    #: as room rows; a subject forgotten costs one parse of it again.
+    subjects: int = 10_000
     #: IDs the awaited-prev-events filter mirrors before it gives up mirroring.
     awaited_prevs: int = 100_000
     #: IDs the late-redaction-targets filter mirrors before it gives up mirroring.

@@ -56,8 +56,9 @@ def decode_event_json(raw: bytes) -> Any:
 class EventStore:
     #: Parsed events cost 1–3 KB each; the hot ones are auth events and recent events.
     CACHE_SIZE = 10_000
-    #: Rooms whose version is remembered (a few hundred bytes each).
-    ROOM_VERSION_CACHE_SIZE = 100_000
+    #: Rooms whose version is remembered (~140 bytes each): as many as the pipeline's
+    #: room rows (`CacheLimits.rooms`), whose rooms are the ones being written.
+    ROOM_VERSION_CACHE_SIZE = 10_000
 
     def __init__(
         self,
