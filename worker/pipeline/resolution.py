@@ -26,11 +26,11 @@ from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
-from worker.storage.lru import LruByWeight
+from worker.storage.lru import BoundedMemo, LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore, StateView
 
-#: Events kept for resolutions' walks, by ID; cleared when full.
+#: Entries of each memo of facts about settled events (`BoundedMemo`: emptied when full).
 EVENT_MEMO_ENTRIES = 50_000
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
@@ -66,7 +66,8 @@ class NidResolver:
         #: (room version, input snapshots) → changes. Snapshots and events never
         #: change once committed, so an entry stays right unless the resolution read
         #: something that may still change (see `_unsettled`) or the transaction that
-        #: stored its inputs is undone, when NIDs may be reused (then it is cleared).
+        #: stored its inputs is undone, when NIDs may be reused (then it is cleared,
+        #: with every memo below: see `_forget`).
         self.cache: LruByWeight[tuple[str, frozenset[int]], Changes] = LruByWeight(cache_entries)
         #: Set when the resolution under way looked up an event that is unknown or an
         #: outlier: either may become a different answer later (the event arrives, or
@@ -76,9 +77,9 @@ class NidResolver:
         #: facts that never change once committed. The auth difference walks a large
         #: room's auth events over and over (each resolution starts afresh), and the
         #: event store's LRU costs several times a plain dict lookup.
-        self._settled: dict[str, tuple[Event, bool]] = {}
+        self._settled: BoundedMemo[str, tuple[Event, bool]] = BoundedMemo(EVENT_MEMO_ENTRIES)
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
-        self.citers = AuthCiters(db.conn, db.on_rollback)
+        self.citers = AuthCiters(db.conn, db.on_rollback_once)
         #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
         #: every event is settled (see `_settled`): an event's auth events are part of
         #: its ID, so such a chain never changes. The auth difference unions the chains
@@ -88,13 +89,28 @@ class NidResolver:
         #: Event ID → the NID of a state event whose auth chain holds it, as the last
         #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
         #: while that event is still agreed on, the next walk's answer is known.
-        self.witnesses: dict[str, int] = {}
+        self.witnesses: BoundedMemo[str, int] = BoundedMemo(EVENT_MEMO_ENTRIES)
         #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
-        self._auth_outcomes: AuthOutcomes = {}
+        self._auth_outcomes: AuthOutcomes = BoundedMemo(EVENT_MEMO_ENTRIES)
         #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
-        self._usable: dict[str, tuple[StateKey, Event] | None] = {}
+        self._usable: BoundedMemo[str, tuple[StateKey, Event] | None] = BoundedMemo(
+            EVENT_MEMO_ENTRIES
+        )
         #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
-        self._pl_parents: PowerLevelsParents = {}
+        self._pl_parents: PowerLevelsParents = BoundedMemo(EVENT_MEMO_ENTRIES)
+
+    def _forget(self) -> None:
+        """Drop every answer kept across resolutions: the transaction (or input) that
+        stored events they read was undone, and NIDs and IDs may come back different.
+        Registered once per transaction and input (`on_rollback_once`), before a
+        resolution adds anything."""
+        self.cache.clear()
+        self._settled.clear()
+        self._chains.clear()
+        self.witnesses.clear()
+        self._auth_outcomes.clear()
+        self._usable.clear()
+        self._pl_parents.clear()
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -139,14 +155,7 @@ class NidResolver:
                     back[event_id] = (key, nid)
             differing.append(named)
         self._unsettled = False
-        self.db.on_rollback(self._settled.clear)
-        self.db.on_rollback(self._usable.clear)
-        self.db.on_rollback(self._chains.clear)
-        self.db.on_rollback(self.witnesses.clear)
-        for memo in (self._auth_outcomes, self._pl_parents):
-            if len(memo) >= EVENT_MEMO_ENTRIES:
-                memo.clear()
-            self.db.on_rollback(memo.clear)
+        self.db.on_rollback_once(self._forget)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
@@ -182,7 +191,6 @@ class NidResolver:
         # order, so only order-free answers are remembered.
         if not self._unsettled and all(name[0] != CREATE for name in key_names.values()):
             self.cache.put(cache_key, changes, len(changes) + 1)
-            self.db.on_rollback(self.cache.clear)
         return changes
 
     def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
@@ -276,8 +284,6 @@ class NidResolver:
         if stored.row.status == STATUS_OUTLIER:
             self._unsettled = True
         else:
-            if len(self._settled) >= EVENT_MEMO_ENTRIES:
-                self._settled.clear()
             self._settled[event_id] = found
         return found
 
@@ -294,8 +300,6 @@ class NidResolver:
         event, rejected = found
         keyed = (event.key, event) if event.is_state and not rejected else None
         if event_id in self._settled:
-            if len(self._usable) >= EVENT_MEMO_ENTRIES:
-                self._usable.clear()
             self._usable[event_id] = keyed
         return keyed
 
@@ -343,8 +347,6 @@ class _AgreedState(Mapping[StateKey, str]):
             return None
         state, excluded, keys, by_nid = self._state, self._excluded, citers.keys, citers.by_nid
         witnesses = self._resolver.witnesses
-        if len(witnesses) >= EVENT_MEMO_ENTRIES:
-            witnesses.clear()
         found: set[str] = set()
         for candidate in candidates:
             witness = witnesses.get(candidate)

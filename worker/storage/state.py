@@ -256,7 +256,7 @@ class StateStore:
         snapshot_nid = self.db.block_rows.put_snapshot(
             snapshot_hash(room_nid, block_nids), room_nid, block_nids
         )
-        self.db.on_rollback(self.forget_caches)
+        self.db.on_rollback_once(self.forget_caches)
         self.stats.snapshots_created += 1
         if isinstance(parent_state, DerivedState):
             base, changes = parent_state.base, dict(parent_state.changes)
