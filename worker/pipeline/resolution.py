@@ -98,6 +98,11 @@ class NidResolver:
         )
         #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
         self._pl_parents: PowerLevelsParents = BoundedMemo(EVENT_MEMO_ENTRIES)
+        #: State keys in NIDs and in names, both ways: the auth checks look the same
+        #: few keys up in the agreed state in every resolution, and the NID tables'
+        #: LRUs cost several dict reads each. Only stored names are kept.
+        self._key_nids: BoundedMemo[StateKey, NidStateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        self._key_names: BoundedMemo[NidStateKey, StateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
 
     def _forget(self) -> None:
         """Drop every answer kept across resolutions: the transaction (or input) that
@@ -111,6 +116,8 @@ class NidResolver:
         self._auth_outcomes.clear()
         self._usable.clear()
         self._pl_parents.clear()
+        self._key_nids.clear()
+        self._key_names.clear()
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -141,6 +148,7 @@ class NidResolver:
         differing_keys = self.state.differing_keys(snapshots)
         if not differing_keys:
             return {}
+        self.db.on_rollback_once(self._forget)
         key_names = {key: self._key_name(key) for key in differing_keys}
         ids = self.events.ids_of({s[k] for s in states for k in differing_keys if k in s})
         back: dict[str, tuple[NidStateKey, int]] = {}
@@ -155,7 +163,6 @@ class NidResolver:
                     back[event_id] = (key, nid)
             differing.append(named)
         self._unsettled = False
-        self.db.on_rollback_once(self._forget)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
@@ -195,10 +202,18 @@ class NidResolver:
 
     def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The IDs in the auth chains of the given events (`AuthChain`): the union of
-        each one's chain, walked once per event and kept while settled."""
+        each one's chain, walked once per event and kept while settled.
+
+        The union holds the chain of every event in it (a chain holds its events'
+        chains), so an event already in it adds nothing; taking the longest chains
+        first, the events they hold (the power levels and join rules that members'
+        events cite, say) are skipped."""
         chain: set[str] = set()
-        for event_id in event_ids:
-            chain |= self._chain(event_id)
+        roots = [(self._chain(event_id), event_id) for event_id in set(event_ids)]
+        roots.sort(key=lambda root: len(root[0]), reverse=True)
+        for below, event_id in roots:
+            if event_id not in chain:
+                chain |= below
         return chain
 
     def _chain(self, root: str) -> frozenset[str]:
@@ -263,13 +278,25 @@ class NidResolver:
         return {(type_name(t), sk_name(k)): ids[e] for (t, k), e in state.items()}
 
     def _key_name(self, key: NidStateKey) -> StateKey:
-        return (self.db.type_name(key[0]), self.db.state_key_name(key[1]))
+        try:
+            return self._key_names[key]
+        except KeyError:
+            pass
+        name = self._key_names[key] = (self.db.type_name(key[0]), self.db.state_key_name(key[1]))
+        return name
 
     def _key_nid(self, key: StateKey) -> NidStateKey | None:
         """The NIDs of a state key, or None if no stored state has it (writes nothing)."""
+        try:
+            return self._key_nids[key]
+        except KeyError:
+            pass
         type_nid = self.db.type_nid(key[0], create=False)
         state_key_nid = self.db.state_key_nid(key[1], create=False) if type_nid else 0
-        return (type_nid, state_key_nid) if state_key_nid else None
+        if not state_key_nid:
+            return None  # not kept: a later event may store the name
+        nid_key = self._key_nids[key] = (type_nid, state_key_nid)
+        return nid_key
 
     def _lookup(self, event_id: str) -> tuple[Event, bool] | None:
         """The event and whether it was rejected; notes an unknown or outlier event."""
