@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import AuthOutcomes, PowerLevelsParents, resolve_conflicts
+from worker.matrix.state_res import KeptAnswers, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
@@ -90,14 +90,18 @@ class NidResolver:
         #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
         #: while that event is still agreed on, the next walk's answer is known.
         self.witnesses: BoundedMemo[str, int] = BoundedMemo(EVENT_MEMO_ENTRIES)
-        #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
-        self._auth_outcomes: AuthOutcomes = BoundedMemo(EVENT_MEMO_ENTRIES)
+        #: Answers about events kept across resolutions (hashed event IDs only): the
+        #: auth rules' outcomes, power levels parents, auth types, power events.
+        self._kept = KeptAnswers(
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+        )
         #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
         self._usable: BoundedMemo[str, tuple[StateKey, Event] | None] = BoundedMemo(
             EVENT_MEMO_ENTRIES
         )
-        #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
-        self._pl_parents: PowerLevelsParents = BoundedMemo(EVENT_MEMO_ENTRIES)
         #: State keys in NIDs and in names, both ways: the auth checks look the same
         #: few keys up in the agreed state in every resolution, and the NID tables'
         #: LRUs cost several dict reads each. Only stored names are kept.
@@ -113,9 +117,8 @@ class NidResolver:
         self._settled.clear()
         self._chains.clear()
         self.witnesses.clear()
-        self._auth_outcomes.clear()
+        self._kept.clear()
         self._usable.clear()
-        self._pl_parents.clear()
         self._key_nids.clear()
         self._key_names.clear()
 
@@ -177,8 +180,7 @@ class NidResolver:
             auth_chain=self._auth_chain if hashed_ids else None,
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
-            auth_outcomes=self._auth_outcomes if hashed_ids else None,
-            pl_parents=self._pl_parents if hashed_ids else None,
+            kept=self._kept if hashed_ids else None,
             usable_of=self._usable_keyed,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
