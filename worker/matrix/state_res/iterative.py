@@ -75,7 +75,7 @@ def iterative_auth_checks(
         else:
             # A forked room checks the same events against the same auth states in
             # resolution after resolution.
-            checked = (event_id, frozenset((k, e.event_id) for k, e in auth_state.items()))
+            checked = (event_id, frozenset([(k, e.event_id) for k, e in auth_state.items()]))
             known = outcomes.get(checked)
             if known is None:
                 known = outcomes[checked] = _allowed(event, auth_state)
