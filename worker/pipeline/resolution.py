@@ -21,16 +21,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from worker.matrix.events import CREATE, Event, StateKey, StateMap
 from worker.matrix.room_versions import get_room_version
-from worker.matrix.state_res import AuthOutcomes, PowerLevelsParents, resolve_conflicts
+from worker.matrix.state_res import KeptAnswers, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
-from worker.storage.lru import LruByWeight
+from worker.storage.lru import BoundedMemo, LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore, StateView
 
-#: Events kept for resolutions' walks, by ID; cleared when full.
+#: Entries of each memo of facts about settled events (`BoundedMemo`: emptied when full).
 EVENT_MEMO_ENTRIES = 50_000
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
@@ -66,7 +66,8 @@ class NidResolver:
         #: (room version, input snapshots) → changes. Snapshots and events never
         #: change once committed, so an entry stays right unless the resolution read
         #: something that may still change (see `_unsettled`) or the transaction that
-        #: stored its inputs is undone, when NIDs may be reused (then it is cleared).
+        #: stored its inputs is undone, when NIDs may be reused (then it is cleared,
+        #: with every memo below: see `_forget`).
         self.cache: LruByWeight[tuple[str, frozenset[int]], Changes] = LruByWeight(cache_entries)
         #: Set when the resolution under way looked up an event that is unknown or an
         #: outlier: either may become a different answer later (the event arrives, or
@@ -76,9 +77,9 @@ class NidResolver:
         #: facts that never change once committed. The auth difference walks a large
         #: room's auth events over and over (each resolution starts afresh), and the
         #: event store's LRU costs several times a plain dict lookup.
-        self._settled: dict[str, tuple[Event, bool]] = {}
+        self._settled: BoundedMemo[str, tuple[Event, bool]] = BoundedMemo(EVENT_MEMO_ENTRIES)
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
-        self.citers = AuthCiters(db.conn, db.on_rollback)
+        self.citers = AuthCiters(db.conn, db.on_rollback_once)
         #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
         #: every event is settled (see `_settled`): an event's auth events are part of
         #: its ID, so such a chain never changes. The auth difference unions the chains
@@ -88,13 +89,38 @@ class NidResolver:
         #: Event ID → the NID of a state event whose auth chain holds it, as the last
         #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
         #: while that event is still agreed on, the next walk's answer is known.
-        self.witnesses: dict[str, int] = {}
-        #: The auth rules' outcomes in the iterative auth checks (`AuthOutcomes`).
-        self._auth_outcomes: AuthOutcomes = {}
+        self.witnesses: BoundedMemo[str, int] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        #: Answers about events kept across resolutions (hashed event IDs only): the
+        #: auth rules' outcomes, power levels parents, auth types, power events.
+        self._kept = KeptAnswers(
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(EVENT_MEMO_ENTRIES),
+        )
         #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
-        self._usable: dict[str, tuple[StateKey, Event] | None] = {}
-        #: Each event's power levels auth event, for the mainline (`PowerLevelsParents`).
-        self._pl_parents: PowerLevelsParents = {}
+        self._usable: BoundedMemo[str, tuple[StateKey, Event] | None] = BoundedMemo(
+            EVENT_MEMO_ENTRIES
+        )
+        #: State keys in NIDs and in names, both ways: the auth checks look the same
+        #: few keys up in the agreed state in every resolution, and the NID tables'
+        #: LRUs cost several dict reads each. Only stored names are kept.
+        self._key_nids: BoundedMemo[StateKey, NidStateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        self._key_names: BoundedMemo[NidStateKey, StateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
+
+    def _forget(self) -> None:
+        """Drop every answer kept across resolutions: the transaction (or input) that
+        stored events they read was undone, and NIDs and IDs may come back different.
+        Registered once per transaction and input (`on_rollback_once`), before a
+        resolution adds anything."""
+        self.cache.clear()
+        self._settled.clear()
+        self._chains.clear()
+        self.witnesses.clear()
+        self._kept.clear()
+        self._usable.clear()
+        self._key_nids.clear()
+        self._key_names.clear()
 
     def resolve(self, room_version: str, snapshots: Sequence[int]) -> NidState:
         """The resolution of several snapshots as a NID state map; writes nothing."""
@@ -125,6 +151,7 @@ class NidResolver:
         differing_keys = self.state.differing_keys(snapshots)
         if not differing_keys:
             return {}
+        self.db.on_rollback_once(self._forget)
         key_names = {key: self._key_name(key) for key in differing_keys}
         ids = self.events.ids_of({s[k] for s in states for k in differing_keys if k in s})
         back: dict[str, tuple[NidStateKey, int]] = {}
@@ -139,14 +166,6 @@ class NidResolver:
                     back[event_id] = (key, nid)
             differing.append(named)
         self._unsettled = False
-        self.db.on_rollback(self._settled.clear)
-        self.db.on_rollback(self._usable.clear)
-        self.db.on_rollback(self._chains.clear)
-        self.db.on_rollback(self.witnesses.clear)
-        for memo in (self._auth_outcomes, self._pl_parents):
-            if len(memo) >= EVENT_MEMO_ENTRIES:
-                memo.clear()
-            self.db.on_rollback(memo.clear)
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
         version = get_room_version(room_version)
@@ -161,8 +180,7 @@ class NidResolver:
             auth_chain=self._auth_chain if hashed_ids else None,
             is_rejected=self._is_rejected,
             agreed_reach=agreed.reached,
-            auth_outcomes=self._auth_outcomes if hashed_ids else None,
-            pl_parents=self._pl_parents if hashed_ids else None,
+            kept=self._kept if hashed_ids else None,
             usable_of=self._usable_keyed,
         )
         elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
@@ -182,15 +200,22 @@ class NidResolver:
         # order, so only order-free answers are remembered.
         if not self._unsettled and all(name[0] != CREATE for name in key_names.values()):
             self.cache.put(cache_key, changes, len(changes) + 1)
-            self.db.on_rollback(self.cache.clear)
         return changes
 
     def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The IDs in the auth chains of the given events (`AuthChain`): the union of
-        each one's chain, walked once per event and kept while settled."""
+        each one's chain, walked once per event and kept while settled.
+
+        The union holds the chain of every event in it (a chain holds its events'
+        chains), so an event already in it adds nothing; taking the longest chains
+        first, the events they hold (the power levels and join rules that members'
+        events cite, say) are skipped."""
         chain: set[str] = set()
-        for event_id in event_ids:
-            chain |= self._chain(event_id)
+        roots = [(self._chain(event_id), event_id) for event_id in set(event_ids)]
+        roots.sort(key=lambda root: len(root[0]), reverse=True)
+        for below, event_id in roots:
+            if event_id not in chain:
+                chain |= below
         return chain
 
     def _chain(self, root: str) -> frozenset[str]:
@@ -255,13 +280,25 @@ class NidResolver:
         return {(type_name(t), sk_name(k)): ids[e] for (t, k), e in state.items()}
 
     def _key_name(self, key: NidStateKey) -> StateKey:
-        return (self.db.type_name(key[0]), self.db.state_key_name(key[1]))
+        try:
+            return self._key_names[key]
+        except KeyError:
+            pass
+        name = self._key_names[key] = (self.db.type_name(key[0]), self.db.state_key_name(key[1]))
+        return name
 
     def _key_nid(self, key: StateKey) -> NidStateKey | None:
         """The NIDs of a state key, or None if no stored state has it (writes nothing)."""
+        try:
+            return self._key_nids[key]
+        except KeyError:
+            pass
         type_nid = self.db.type_nid(key[0], create=False)
         state_key_nid = self.db.state_key_nid(key[1], create=False) if type_nid else 0
-        return (type_nid, state_key_nid) if state_key_nid else None
+        if not state_key_nid:
+            return None  # not kept: a later event may store the name
+        nid_key = self._key_nids[key] = (type_nid, state_key_nid)
+        return nid_key
 
     def _lookup(self, event_id: str) -> tuple[Event, bool] | None:
         """The event and whether it was rejected; notes an unknown or outlier event."""
@@ -276,8 +313,6 @@ class NidResolver:
         if stored.row.status == STATUS_OUTLIER:
             self._unsettled = True
         else:
-            if len(self._settled) >= EVENT_MEMO_ENTRIES:
-                self._settled.clear()
             self._settled[event_id] = found
         return found
 
@@ -294,8 +329,6 @@ class NidResolver:
         event, rejected = found
         keyed = (event.key, event) if event.is_state and not rejected else None
         if event_id in self._settled:
-            if len(self._usable) >= EVENT_MEMO_ENTRIES:
-                self._usable.clear()
             self._usable[event_id] = keyed
         return keyed
 
@@ -343,8 +376,6 @@ class _AgreedState(Mapping[StateKey, str]):
             return None
         state, excluded, keys, by_nid = self._state, self._excluded, citers.keys, citers.by_nid
         witnesses = self._resolver.witnesses
-        if len(witnesses) >= EVENT_MEMO_ENTRIES:
-            witnesses.clear()
         found: set[str] = set()
         for candidate in candidates:
             witness = witnesses.get(candidate)

@@ -92,6 +92,9 @@ class WriteConnection:
         self._in_txn = False
         self._broken = False
         self._rollback_hooks: list[Callable[[], None]] = []
+        #: The hooks `on_rollback_once` registered since the transaction or the
+        #: current input's savepoint began: where a rollback would run them.
+        self._once_hooks: set[Callable[[], None]] = set()
         self._commit_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
@@ -109,6 +112,7 @@ class WriteConnection:
         self._in_txn = True
         self._broken = False
         self._rollback_hooks = []
+        self._once_hooks = set()
         try:
             yield
             for hook in self._commit_hooks:
@@ -126,6 +130,7 @@ class WriteConnection:
         finally:
             self._in_txn = False
             self._rollback_hooks = []
+            self._once_hooks = set()
 
     @property
     def in_transaction(self) -> bool:
@@ -139,6 +144,8 @@ class WriteConnection:
         If SQLite ended the whole transaction (see `transaction`), there is nothing to
         roll back to: the error goes up as it is and the batch fails."""
         hooks_before = len(self._rollback_hooks)
+        # A hook registered before would not run if this input is undone.
+        self._once_hooks = set()
         self.conn.execute("SAVEPOINT one_input")
         try:
             yield
@@ -156,6 +163,7 @@ class WriteConnection:
             for hook in reversed(self._rollback_hooks[hooks_before:]):
                 hook()
             del self._rollback_hooks[hooks_before:]
+            self._once_hooks = set()
             raise
 
     def before_commit(self, hook: Callable[[], None]) -> None:
@@ -168,6 +176,15 @@ class WriteConnection:
         """Register cache cleanup to run if the current transaction is undone (hooks run
         newest first, so one may restore the value its own change replaced)."""
         if self._in_txn:
+            self._rollback_hooks.append(hook)
+
+    def on_rollback_once(self, hook: Callable[[], None]) -> None:
+        """`on_rollback` for a hook that forgets all its owner cached (clears whole
+        caches): registered once where it would run (since the transaction, or the
+        input's savepoint, began), however often the owner asks, so a hot path may ask
+        on every write. Hooks compare by equality (the same bound method is equal)."""
+        if self._in_txn and hook not in self._once_hooks:
+            self._once_hooks.add(hook)
             self._rollback_hooks.append(hook)
 
     def _forget_uncommitted(self) -> None:

@@ -1,8 +1,11 @@
-"""The one bounded cache of the storage layer: an LRU map bounded by a total weight.
+"""The bounded caches of the storage layer: an LRU map bounded by a total weight, and a
+memo emptied when full.
 
 The storage caches that grow with the data (decoded states, packed blocks, block
-lists, NID names, room versions, on the write side and the read side) sit behind this
-class, so each has a configured bound that `weight` and `budget` let a test check.
+lists, NID names, room versions, on the write side and the read side) sit behind
+`LruByWeight`, so each has a configured bound that `weight` and `budget` let a test
+check. `BoundedMemo` is for memos read far more often than written (state
+resolution's facts about settled events), where a plain dict's reads are the point.
 """
 
 from __future__ import annotations
@@ -98,3 +101,26 @@ class LruByWeight(Generic[K, V]):
         self._values.clear()
         self._weights.clear()
         self._weight = 0
+
+
+class BoundedMemo(dict[K, V]):
+    """A plain dict of lasting facts (a hot path's memo), emptied when it reaches `limit`
+    entries and one more is stored.
+
+    Reads are the dict's own, at C speed: the memos this serves are read many times for
+    each write, where an LRU's recency update on every read would cost more than the
+    memo saves. Emptying at once forgets the hot entries too, but they come back after
+    one miss each, and it keeps the bound without any bookkeeping. Only item
+    assignment (`memo[key] = value`) is bounded: write through it alone.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if len(self) >= self.limit and key not in self:
+            self.clear()
+        super().__setitem__(key, value)

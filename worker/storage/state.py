@@ -183,8 +183,12 @@ class StateStore:
         first = snapshot_nids[0]
         first_blocks = self._block_nids(first) if first else []
         first_state = self.load(first)
+        first_get = first_state.get
         keys: set[NidStateKey] = set()
-        for other in snapshot_nids[1:]:
+        #: The keys of the first list's blocks from a position on: the other lists
+        #: usually part from it at the same block (the fork).
+        first_tails: dict[int, set[NidStateKey]] = {}
+        for other in dict.fromkeys(snapshot_nids[1:]):
             if other == first:
                 continue
             other_blocks = self._block_nids(other) if other else []
@@ -193,12 +197,21 @@ class StateStore:
                 if mine != theirs:
                     break
                 shared += 1
-            own = first_blocks[shared:] + other_blocks[shared:]
-            candidates: set[NidStateKey] = set()
-            for packed in self._blocks(own).values():
-                candidates.update(block_keys(packed))
-            other_state = self.load(other)
-            keys.update(k for k in candidates if first_state.get(k) != other_state.get(k))
+            first_tail = first_tails.get(shared)
+            if first_tail is None:
+                first_tail = first_tails[shared] = self._keys_of(first_blocks[shared:])
+            candidates = first_tail | self._keys_of(other_blocks[shared:])
+            # A key already known to differ need not be compared again.
+            candidates -= keys
+            other_get = self.load(other).get
+            keys.update([k for k in candidates if first_get(k) != other_get(k)])
+        return keys
+
+    def _keys_of(self, block_nids: list[int]) -> set[NidStateKey]:
+        """The keys the blocks set or remove."""
+        keys: set[NidStateKey] = set()
+        for packed in self._blocks(block_nids).values():
+            keys.update(block_keys(packed))
         return keys
 
     def _blocks(self, block_nids: list[int]) -> dict[int, bytes]:
@@ -256,7 +269,7 @@ class StateStore:
         snapshot_nid = self.db.block_rows.put_snapshot(
             snapshot_hash(room_nid, block_nids), room_nid, block_nids
         )
-        self.db.on_rollback(self.forget_caches)
+        self.db.on_rollback_once(self.forget_caches)
         self.stats.snapshots_created += 1
         if isinstance(parent_state, DerivedState):
             base, changes = parent_state.base, dict(parent_state.changes)

@@ -29,6 +29,7 @@ from worker.matrix.state_res.source import (
     EventSource,
     GetEvent,
     IsRejected,
+    KeptAnswers,
     PowerLevelsParents,
     UsableKeyed,
     first_create_ids,
@@ -51,6 +52,7 @@ __all__ = [
     "EventSource",
     "GetEvent",
     "IsRejected",
+    "KeptAnswers",
     "PowerLevelsParents",
     "UsableKeyed",
     "analyse_conflicts",
@@ -111,8 +113,7 @@ def resolve_conflicts(
     auth_chain: AuthChain | None = None,
     is_rejected: IsRejected | None = None,
     agreed_reach: AgreedReach | None = None,
-    auth_outcomes: AuthOutcomes | None = None,
-    pl_parents: PowerLevelsParents | None = None,
+    kept: KeptAnswers | None = None,
     usable_of: UsableKeyed | None = None,
 ) -> StateMap:
     """`resolve_state` for callers that split the state maps themselves.
@@ -128,9 +129,9 @@ def resolve_conflicts(
     differing part; `unconflicted` is only looked up by key (and its values read in
     full only in the rare case `analyse_conflicts` describes, and not even then when
     `agreed_reach` answers), so it may be a mapping that names entries on demand.
-    `auth_outcomes` and `pl_parents`, if given, keep the auth rules' outcomes and the
-    power levels parents across resolutions (see `AuthOutcomes` for when that is sound);
-    `usable_of` answers `EventSource.usable_keyed` from the caller's own memo.
+    `kept`, if given, keeps answers about events across resolutions (see
+    `KeptAnswers` for when that is sound); `usable_of` answers
+    `EventSource.usable_keyed` from the caller's own memo.
     """
     if not differing or not any(differing):
         return {}
@@ -144,8 +145,7 @@ def resolve_conflicts(
         get_event,
         is_rejected,
         first_create_ids(creates),
-        auth_outcomes,
-        pl_parents,
+        kept,
         usable_of,
     )
     if room_version.state_res is StateResAlgorithm.V1:

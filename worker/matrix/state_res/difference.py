@@ -120,9 +120,17 @@ def analyse_conflicts(
     unconflicted_ids: set[str] | None = None
     difference: set[str] = set()
     superseded: set[str] = set()
+    usable = source.usable_keyed
     for event_id in region.partial:
         if event_id in conflicted_ids:
             difference.add(event_id)
+            continue
+        # Usually a usable state event, whose key the caller's memo may know already.
+        keyed = usable(event_id)
+        if keyed is not None:
+            if unconflicted.get(keyed[0]) == event_id:
+                continue
+            superseded.add(event_id)
             continue
         event = source.event(event_id)
         if event is not None and event.is_state:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from worker.matrix.auth import AuthError, auth_types_for_event, check_auth
+from worker.matrix.auth import AuthError, check_auth
 from worker.matrix.events import Event, StateKey, StateMap
 from worker.matrix.state_res.source import CREATE_KEY, EventSource
 
@@ -45,8 +45,8 @@ def iterative_auth_checks(
     create event, which v12 events never cite. A rejected event is not admitted even if
     it would pass now (as Synapse: a rejected event stays out of every state).
     """
-    room_version = source.room_version
     usable = source.usable_keyed
+    auth_types = source.auth_types
     changes = state.changes
     base = state.base
     outcomes = source.auth_outcomes
@@ -60,9 +60,7 @@ def iterative_auth_checks(
             auth_keyed = usable(auth_id)
             if auth_keyed is not None:
                 auth_state[auth_keyed[0]] = auth_keyed[1]
-        for auth_key in auth_types_for_event(
-            room_version, event.type, key[1], event.sender, event.content
-        ):
+        for auth_key in auth_types(event_id, event):
             current_id = changes.get(auth_key) or base.get(auth_key)
             if current_id is not None:
                 current = usable(current_id)
@@ -77,7 +75,7 @@ def iterative_auth_checks(
         else:
             # A forked room checks the same events against the same auth states in
             # resolution after resolution.
-            checked = (event_id, frozenset((k, e.event_id) for k, e in auth_state.items()))
+            checked = (event_id, frozenset([(k, e.event_id) for k, e in auth_state.items()]))
             known = outcomes.get(checked)
             if known is None:
                 known = outcomes[checked] = _allowed(event, auth_state)

@@ -12,20 +12,9 @@ import heapq
 from collections.abc import Collection, Iterable
 
 from worker.matrix.auth.power_levels import Level
-from worker.matrix.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Event
-from worker.matrix.state_res.source import EventSource
+from worker.matrix.state_res.source import EventSource, is_power_event
 
-_REMOVING_MEMBERSHIPS = ("leave", "ban")
-
-
-def is_power_event(event: Event) -> bool:
-    """An event that may take away someone's ability to act: they are resolved first."""
-    event_type = event.type
-    if event_type in (POWER_LEVELS, JOIN_RULES, CREATE):
-        return event.state_key == ""
-    if event_type == MEMBER:
-        return event.membership in _REMOVING_MEMBERSHIPS and event.sender != event.state_key
-    return False
+__all__ = ["is_power_event", "mainline_order", "reverse_topological_power_order"]
 
 
 def reverse_topological_power_order(

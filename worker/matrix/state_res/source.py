@@ -11,10 +11,11 @@ own: `auth_outcomes`, which a caller whose event IDs fix their events may keep.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
 
-from worker.matrix.auth import user_power_level
+from worker.matrix.auth import auth_types_for_event, user_power_level
 from worker.matrix.auth.power_levels import Level
-from worker.matrix.events import CREATE, POWER_LEVELS, Event, StateKey
+from worker.matrix.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Event, StateKey
 from worker.matrix.room_versions import RoomVersion
 
 CREATE_KEY: StateKey = (CREATE, "")
@@ -37,6 +38,43 @@ UsableKeyed = Callable[[str], "tuple[StateKey, Event] | None"]
 PowerLevelsParents = MutableMapping[str, str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAnswers:
+    """Answers a caller keeps across resolutions, in memos of its own (bounded as it
+    likes). A forked room resolves the same events over and over, and each answer
+    here is read from one event (and the events it cites), so it holds for good
+    where an event ID fixes its event: hashed IDs (room versions 3 on), in a store
+    that never changes an event. Legacy IDs are chosen by their servers: no memos."""
+
+    #: The auth rules' outcomes (`AuthOutcomes`).
+    auth_outcomes: AuthOutcomes
+    #: `EventSource.power_levels_parent`, only answers read from known events.
+    pl_parents: PowerLevelsParents
+    #: Event ID → the state keys its auth events selection names (`EventSource.auth_types`).
+    auth_types: MutableMapping[str, tuple[StateKey, ...]]
+    #: Event ID → whether the event is a power event (`EventSource.is_power`).
+    power_events: MutableMapping[str, bool]
+
+    def clear(self) -> None:
+        self.auth_outcomes.clear()
+        self.pl_parents.clear()
+        self.auth_types.clear()
+        self.power_events.clear()
+
+
+_REMOVING_MEMBERSHIPS = ("leave", "ban")
+
+
+def is_power_event(event: Event) -> bool:
+    """An event that may take away someone's ability to act: they are resolved first."""
+    event_type = event.type
+    if event_type in (POWER_LEVELS, JOIN_RULES, CREATE):
+        return event.state_key == ""
+    if event_type == MEMBER:
+        return event.membership in _REMOVING_MEMBERSHIPS and event.sender != event.state_key
+    return False
+
+
 def _never_rejected(_event_id: str) -> bool:
     return False
 
@@ -45,12 +83,14 @@ class EventSource:
     """Memoized access to the events of one room during one resolution."""
 
     __slots__ = (
+        "_auth_types",
         "_create",
         "_create_candidates",
         "_events",
         "_get",
         "_is_rejected",
         "_pl_parent",
+        "_power_events",
         "_rejected",
         "_usable",
         "auth_outcomes",
@@ -65,14 +105,16 @@ class EventSource:
         get_event: GetEvent,
         is_rejected: IsRejected | None = None,
         create_candidates: Iterable[str] = (),
-        auth_outcomes: AuthOutcomes | None = None,
-        pl_parents: PowerLevelsParents | None = None,
+        kept: KeptAnswers | None = None,
         usable_of: UsableKeyed | None = None,
     ) -> None:
         self.room_version = room_version
         self.usable_of = usable_of
-        self.auth_outcomes = auth_outcomes
-        self.pl_parents = pl_parents
+        self.auth_outcomes = kept.auth_outcomes if kept is not None else None
+        self.pl_parents = kept.pl_parents if kept is not None else None
+        # Without a caller's memos, these last for this resolution only.
+        self._auth_types = kept.auth_types if kept is not None else {}
+        self._power_events = kept.power_events if kept is not None else {}
         self._get = get_event
         self._is_rejected = is_rejected if is_rejected is not None else _never_rejected
         self._events: dict[str, Event | None] = {}
@@ -137,6 +179,29 @@ class EventSource:
             keyed = (event.key, event)
         self._usable[event_id] = keyed
         return keyed
+
+    def auth_types(self, event_id: str, event: Event) -> tuple[StateKey, ...]:
+        """The state keys the event's auth events selection names (`auth_types_for_event`),
+        remembered: the iterative auth checks ask it of the same events every resolution."""
+        try:
+            return self._auth_types[event_id]
+        except KeyError:
+            pass
+        types = self._auth_types[event_id] = tuple(
+            auth_types_for_event(
+                self.room_version, event.type, event.state_key, event.sender, event.content
+            )
+        )
+        return types
+
+    def is_power(self, event_id: str, event: Event) -> bool:
+        """`is_power_event` of the event, remembered."""
+        try:
+            return self._power_events[event_id]
+        except KeyError:
+            pass
+        power = self._power_events[event_id] = is_power_event(event)
+        return power
 
     def power_levels_parent(self, event_id: str) -> str | None:
         """The `m.room.power_levels` event among this event's auth events (the first one)."""

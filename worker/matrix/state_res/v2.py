@@ -18,11 +18,7 @@ from worker.matrix.events import StateKey, StateMap
 from worker.matrix.room_versions import StateResAlgorithm
 from worker.matrix.state_res.difference import AgreedReach, AuthChain, analyse_conflicts
 from worker.matrix.state_res.iterative import PartialState, iterative_auth_checks
-from worker.matrix.state_res.ordering import (
-    is_power_event,
-    mainline_order,
-    reverse_topological_power_order,
-)
+from worker.matrix.state_res.ordering import mainline_order, reverse_topological_power_order
 from worker.matrix.state_res.source import POWER_LEVELS_KEY, EventSource
 from worker.matrix.state_res.split import ConflictedState
 
@@ -66,7 +62,8 @@ def resolve_v2_conflicts(
     full_conflicted = set(known)
 
     # 1. Power events and their auth ancestors in the set, power-ordered.
-    power_events = [e for e, event in known.items() if is_power_event(event)]
+    is_power = source.is_power
+    power_events = [e for e, event in known.items() if is_power(e, event)]
     ordered_power = reverse_topological_power_order(power_events, full_conflicted, source)
 
     # 2. Iterative auth checks from the unconflicted state map (v2.1: from nothing).
