@@ -121,6 +121,7 @@ class Pipeline:
                     self._process_woken()
                     if stopwatch.lap():
                         break
+                stopwatch.finish()
             finally:
                 self.recipe.forget_prefetched()
         return results

@@ -95,27 +95,44 @@ class Recipe:
         Runs inside the batch's transaction, before any input. Parsing is pure, so an
         input processed later with the same room version uses the result as is; an input
         that fails here is simply processed as if it had not been seen (its error, if
-        any, is raised in its own turn, in its own savepoint)."""
-        self.forget_prefetched()
+        any, is raised in its own turn, in its own savepoint).
+
+        A transaction whose budget is spent leaves some of its inputs to the next one,
+        which is offered them again: their parses are kept for it (they are pure), so
+        that an input is decoded and parsed once however many transactions it is
+        offered to. Only the parses of `messages` are kept, which bounds them by a
+        batch."""
+        kept, self._parsed = self._parsed, {}
+        self._absent = set()
         ids: list[str] = []
         for message in messages:
-            try:
-                inp = decode_input(message.data)
-                room_id = self.p.rooms.of_subject(message.subject)
-                if room_id is None:
+            parsed = kept.get(message)
+            if parsed is None:
+                parsed = self._parse(message)
+                if parsed is None:
                     continue
-                version, _ = self.p.rooms.version_for(inp, room_id)
-                event = parse_pdu(inp.event, version)
-            except Exception:  # raised again in the input's own turn, in its savepoint
-                continue
-            self._parsed[message] = _Parsed(inp, version, event)
-            ids.append(event.event_id)
+            self._parsed[message] = parsed
+            ids.append(parsed.event.event_id)
         if ids:
             self._absent = set(ids).difference(self.p.db.get_event_rows(ids))
 
+    def _parse(self, message: InboundMessage) -> _Parsed | None:
+        """The input decoded and its event parsed, or None if either fails."""
+        try:
+            inp = decode_input(message.data)
+            room_id = self.p.rooms.of_subject(message.subject)
+            if room_id is None:
+                return None
+            version, _ = self.p.rooms.version_for(inp, room_id)
+            event = parse_pdu(inp.event, version)
+        except Exception:  # raised again in the input's own turn, in its savepoint
+            return None
+        return _Parsed(inp, version, event)
+
     def forget_prefetched(self) -> None:
-        """The batch is over (or undone): what `prefetch` learned no longer holds."""
-        self._parsed = {}
+        """The batch is over (or undone): which events were stored no longer holds.
+        The parses of the inputs it did not reach stay for the next batch (see
+        `prefetch`)."""
         self._absent = set()
 
     def process(self, message: InboundMessage, *, force: bool = False) -> None:

@@ -6,24 +6,26 @@ little of the thread lately first, each room's inputs in stream order) and commi
 consumer.batch_budget seconds of work are spent, so a small room's input never waits
 behind a whole batch of an expensive room's. The next fetch runs while a transaction
 is processed. Once a transaction is committed its acks and outputs are settled in the
-background while the next one is processed (the database thread is the bottleneck;
-this keeps it busy), but never beside the settling of the one before (outputs keep
-their order). A lost connection rewinds the consumer to the oldest input not
-acknowledged, so nothing in flight is lost.
+background while the next ones are processed (the database thread is the bottleneck;
+this keeps it busy), each batch's after the one before (outputs keep their order). A
+lost connection rewinds the consumer to the oldest input not acknowledged, so nothing
+in flight is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from worker.bus.consumer import PullConsumer
+from worker.bus.consumer import PullConsumer, stream_position
 from worker.bus.rewind import rewind_to_ack_floor
 from worker.config import Config
 from worker.metrics import WorkerMetrics
@@ -56,22 +58,49 @@ _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
 
 
 class Settling:
-    """The last committed batch's acks and outputs, settled in the background; at most
-    one at a time."""
+    """Committed batches' acks and outputs, settled in the background in commit order.
+
+    A batch's settling starts once the one before it is settled (outputs keep their
+    order), but the loop does not wait for that: it queues the batch behind the one
+    being settled and goes on to the next transaction at once, so the database thread
+    is not left idle while JetStream acknowledges the last outputs. At most two batches
+    are settled or queued at a time, which bounds what is held in memory."""
+
+    #: Batches being settled or queued behind one another.
+    DEPTH = 2
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
 
     async def wait(self) -> None:
-        """Wait for the last batch's acks and outputs; raises what settling raised."""
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        """Wait for every batch queued; raises what settling raised."""
+        tasks, self._tasks = self._tasks, collections.deque()
+        # All of them are awaited, so that a failure the later ones repeat is not left
+        # unretrieved; the first is raised.
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
-    async def start(self, work: Awaitable[None]) -> None:
-        """Settle a batch once the one before is settled."""
-        await self.wait()
-        self._task = asyncio.ensure_future(work)
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Queue a batch's settling behind the ones before it, once fewer than DEPTH
+        are queued."""
+        while len(self._tasks) >= self.DEPTH:
+            await self._tasks.popleft()
+        before = self._tasks[-1] if self._tasks else None
+        self._tasks.append(asyncio.ensure_future(_after(before, work)))
+
+
+async def _after(before: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]) -> None:
+    """`work`, once `before` is done; not at all if `before` failed (its outputs
+    would overtake the failed batch's)."""
+    if before is not None:
+        try:
+            await asyncio.shield(before)
+        except BaseException:
+            work.close()
+            raise
+    await work
 
 
 class InputLoop:
@@ -227,22 +256,12 @@ class InputLoop:
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
-        self.in_hand.extend(
-            InHand(
-                message,
-                InboundMessage(
-                    message.subject,
-                    message.data,
-                    message.metadata.sequence.stream if message.metadata else 0,
-                ),
-                now,
-                now,
-            )
-            for message in messages
-        )
-        last = messages[-1].metadata
-        if last is not None and last.num_pending is not None:
-            self.metrics.consumer_lag.set(last.num_pending)
+        pending = 0
+        for message in messages:
+            sequence, pending = stream_position(message)
+            inbound = InboundMessage(message.subject, message.data, sequence)
+            self.in_hand.append(InHand(message, inbound, now, now))
+        self.metrics.consumer_lag.set(pending)
 
     async def _collect_fetch(self) -> None:
         """Wait for the fetch under way (never cancelled: messages it had taken would be
