@@ -4,19 +4,25 @@ Fetched inputs are held in hand (up to consumer.max_ack_pending) and processed i
 transactions: each takes them in the order worker.runner.fairness gives (rooms that had
 little of the thread lately first, each room's inputs in stream order) and commits once
 consumer.batch_budget seconds of work are spent, so a small room's input never waits
-behind a whole batch of an expensive room's. The next fetch runs while a transaction
-is processed. Once a transaction is committed its acks and outputs are settled in the
-background while the next one is processed (the database thread is the bottleneck;
-this keeps it busy), but never beside the settling of the one before (outputs keep
-their order). A lost connection rewinds the consumer to the oldest input not
-acknowledged, so nothing in flight is lost.
+behind a whole batch of an expensive room's. A fetch is always under way while a
+transaction is processed (one is started as soon as the last one is taken), so that
+cheap rooms' inputs that come in meanwhile are seen and can cut it short. While a
+transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
+that the event loop's network work does not wait for the database thread's Python
+for the default 5 ms each time it wakes. Once a transaction is committed its acks and
+outputs are settled in the background while the next one is processed (the database
+thread is the bottleneck; this keeps it busy), but never beside the settling of the one
+before (outputs keep their order). A lost connection rewinds the consumer to the oldest
+input not acknowledged, so nothing in flight is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import nats.errors
 import structlog
@@ -48,11 +54,39 @@ log = structlog.get_logger(__name__)
 REWIND_SERVER_VERSION = (2, 14)
 #: Fewest inputs offered to a transaction with a budget.
 MIN_OFFERED = 16
+#: Seconds after which a thread waiting for the GIL asks its holder for it while a
+#: transaction runs (Python's default is 5 ms): the event loop wakes for every fetch,
+#: ack and publish reply, and would otherwise wait that long behind the database
+#: thread's pure-Python work (state resolution) each time.
+SWITCH_INTERVAL = 0.0005
 #: How each disposition settles its message.
 _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
     Disposition.ACK: Msg.ack,
     Disposition.TERM: Msg.term,
 }
+
+
+#: Transactions running with SWITCH_INTERVAL (the input loops of this process), and the
+#: interval to restore when none is.
+_quick_switches: list[float] = []
+
+
+@contextlib.contextmanager
+def quick_thread_switches() -> Iterator[None]:
+    """SWITCH_INTERVAL while inside (the interval is the process's: restored when the
+    last transaction using it ends)."""
+    if not _quick_switches:
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(min(default, SWITCH_INTERVAL))
+    else:
+        default = _quick_switches[0]
+    _quick_switches.append(default)
+    try:
+        yield
+    finally:
+        _quick_switches.pop()
+        if not _quick_switches:
+            sys.setswitchinterval(default)
 
 
 class Settling:
@@ -111,10 +145,6 @@ class InputLoop:
         #: before its budget was spent, so that the work a batch does up front for all
         #: its inputs is not done for many it will not reach.
         self._offered = config.consumer.batch_size
-        #: Whether the next transaction takes only the inputs of the first group: the
-        #: last one went on into a costlier group, and the cheap inputs that came in
-        #: meanwhile should not wait for such work again.
-        self._first_group_only = False
         #: The inputs offered to the transaction under way (empty between them).
         self._running: list[InHand] = []
         #: The fetch under way, if any (it runs beside the database work).
@@ -187,13 +217,18 @@ class InputLoop:
                 await sleep_unless_stopped(delay, stop)
                 delay = next_delay(delay, 5.0)
 
-    async def _fetch(self, stop: asyncio.Event) -> bool:
-        """Start a fetch if there is room in hand; take what it brought if it is done,
-        or wait for it if nothing is in hand. False if the fetch failed."""
+    def _start_fetch(self) -> None:
+        """Start a fetch, unless one is under way or the hand is full."""
         room = self.capacity - len(self.in_hand)
         if self._fetching is None and room > 0:
             self._fetching = asyncio.ensure_future(self.consumer.fetch_batch(room))
             self._fetching.add_done_callback(self._on_fetched)
+
+    async def _fetch(self, stop: asyncio.Event) -> bool:
+        """Start a fetch if there is room in hand; take what it brought if it is done,
+        or wait for it if nothing is in hand, and start the next one at once. False if
+        the fetch failed."""
+        self._start_fetch()
         if self._fetching is None or (self.in_hand and not self._fetching.done()):
             return True
         fetching, self._fetching = self._fetching, None
@@ -211,6 +246,8 @@ class InputLoop:
             if self.link.nc.is_connected:
                 self.metrics.consumer_lag.set(0)
             await self.relay.forget_published()
+        # Under way while the next transaction runs: what comes in meanwhile is seen.
+        self._start_fetch()
         return True
 
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
@@ -261,12 +298,12 @@ class InputLoop:
     async def _handle(self, stop: asyncio.Event) -> None:
         """One transaction over the inputs in hand, and the settling of those it did."""
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
-        if self.pipeline.batch.budget is not None:
-            offered = self._offered
-            if self._first_group_only:
-                offered = min(offered, self.scheduler.first_group(ordered))
-            ordered = ordered[:offered]
         self.pipeline.batch.interrupt.clear()
+        if self.pipeline.batch.budget is not None:
+            ordered, just_one = self.scheduler.turn(ordered)
+            ordered = ordered[: self._offered]
+            if just_one:
+                self.pipeline.batch.interrupt.set()
         self._running = ordered
         try:
             dispositions = await self._process(ordered, stop)
@@ -278,7 +315,6 @@ class InputLoop:
             self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
         )
         done = ordered[: len(dispositions)]
-        self._first_group_only = self.scheduler.first_group(done) < len(done)
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
         self.in_hand = [item for item in self.in_hand if id(item) not in finished]
@@ -311,7 +347,8 @@ class InputLoop:
         while True:
             started = time.perf_counter()
             try:
-                dispositions = await self.db_thread.run(self.pipeline.process_batch, inbound)
+                with quick_thread_switches():
+                    dispositions = await self.db_thread.run(self.pipeline.process_batch, inbound)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 return dispositions
             except Exception as exc:
