@@ -87,22 +87,25 @@ def test_a_transaction_takes_one_group_and_the_groups_take_turns() -> None:
     """Cheap rooms' outputs are published when their transaction commits: a costlier
     room's input taken after them in the same transaction would hold them back. So a
     transaction takes one group; while both wait, the groups alternate, and the costlier
-    group's transaction commits after one input (cheap inputs are waiting)."""
+    group's transaction learns since when cheap inputs wait (it gives way PATIENCE
+    after)."""
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
     hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("b", 1))
 
-    taken, just_one = scheduler.turn(scheduler.order(hand, now=0.0))
-    assert (_names(taken), just_one) == (["a1", "b1"], False)
+    taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting_since) == (["a1", "b1"], None)
 
-    # a and b are done; a2 came in meanwhile: big's turn, one input only.
-    hand = [*_in_hand(("big", 1), ("big", 2)), *_in_hand(("a", 2))]
-    taken, just_one = scheduler.turn(scheduler.order(hand, now=0.0))
-    assert (_names(taken), just_one) == (["big1", "big2"], True)
+    # a and b are done; a2 and a3 came in meanwhile: big's turn.
+    cheap = _in_hand(("a", 2), ("a", 3))
+    cheap[0].fetched_at, cheap[1].fetched_at = 7.0, 5.0
+    hand = [*_in_hand(("big", 1), ("big", 2)), *cheap]
+    taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting_since) == (["big1", "big2"], 5.0)
 
     # big1 is done: the cheap rooms again, then big.
-    hand = [*_in_hand(("big", 2)), *_in_hand(("a", 2))]
-    assert _names(scheduler.turn(scheduler.order(hand, now=0.0))[0]) == ["a2"]
+    hand = [*_in_hand(("big", 2)), *cheap]
+    assert _names(scheduler.turn(scheduler.order(hand, now=0.0))[0]) == ["a2", "a3"]
     assert _names(scheduler.turn(scheduler.order(hand[:1], now=0.0))[0]) == ["big2"]
 
 
@@ -111,8 +114,8 @@ def test_one_group_in_hand_is_taken_whole() -> None:
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
     hand = _in_hand(("a", 1), ("new", 1), ("a", 2))
     for _ in range(2):
-        taken, just_one = scheduler.turn(scheduler.order(hand, now=0.0))
-        assert (_names(taken), just_one) == (["a1", "new1", "a2"], False)
+        taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
+        assert (_names(taken), waiting_since) == (["a1", "new1", "a2"], None)
     alone = _in_hand(("big", 1), ("big", 2))
-    assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, False)
-    assert scheduler.turn([]) == ([], False)
+    assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, None)
+    assert scheduler.turn([]) == ([], None)

@@ -44,7 +44,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import InHand, Scheduler
+from worker.runner.fairness import PATIENCE, InHand, Scheduler
 from worker.runner.outbox_relay import OutboxRelay
 from worker.storage.database import OutboxRow, is_transient
 
@@ -147,6 +147,9 @@ class InputLoop:
         self._offered = config.consumer.batch_size
         #: The inputs offered to the transaction under way (empty between them).
         self._running: list[InHand] = []
+        #: When the transaction under way gives way to cheaper inputs (see
+        #: worker.runner.fairness.PATIENCE), if it is to.
+        self._give_way: asyncio.TimerHandle | None = None
         #: The fetch under way, if any (it runs beside the database work).
         self._fetching: asyncio.Future[list[Msg]] | None = None
         #: Whether the loop is fetching (readiness).
@@ -252,15 +255,28 @@ class InputLoop:
 
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
         """While a transaction runs: if the fetch brought inputs of rooms far cheaper
-        than the one it is processing, ask it to commit after its current input, so
-        that they do not wait for the rest of its budget."""
+        than the one it is processing, have it commit after the input under way once
+        they have waited PATIENCE, so that they do not wait for the rest of its budget."""
         running = self._running
         if not running or fetching.cancelled() or fetching.exception() is not None:
             return
         reached = len(self.pipeline.batch.stopwatch.laps)
         current = running[min(reached, len(running) - 1)]
-        if self.scheduler.cheaper(fetching.result(), current.subject, time.monotonic()):
-            self.pipeline.batch.interrupt.set()
+        now = time.monotonic()
+        if self.scheduler.cheaper(fetching.result(), current.subject, now):
+            self._give_way_at(now + PATIENCE)
+
+    def _give_way_at(self, when: float) -> None:
+        """Interrupt the transaction under way at `when` (monotonic seconds), or
+        earlier if already due earlier."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + (when - time.monotonic())
+        timer = self._give_way
+        if timer is not None:
+            if timer.when() <= at:
+                return
+            timer.cancel()
+        self._give_way = loop.call_at(at, self.pipeline.batch.interrupt.set)
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
@@ -300,20 +316,26 @@ class InputLoop:
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
         self.pipeline.batch.interrupt.clear()
         if self.pipeline.batch.budget is not None:
-            ordered, just_one = self.scheduler.turn(ordered)
+            ordered, waiting_since = self.scheduler.turn(ordered)
             ordered = ordered[: self._offered]
-            if just_one:
-                self.pipeline.batch.interrupt.set()
+            if waiting_since is not None:
+                self._give_way_at(waiting_since + PATIENCE)
         self._running = ordered
         try:
             dispositions = await self._process(ordered, stop)
         finally:
             self._running = []
+            if self._give_way is not None:
+                self._give_way.cancel()
+                self._give_way = None
         if dispositions is None:
             return
-        self._offered = min(
-            self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
-        )
+        if not self.pipeline.batch.interrupt.is_set():
+            # Cut short by its budget or done with all it was offered (a transaction
+            # that gave way says nothing of how many inputs fit in the budget).
+            self._offered = min(
+                self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
+            )
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
