@@ -10,10 +10,10 @@ cheap rooms' inputs that come in meanwhile are seen and can cut it short. While 
 transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
 that the event loop's network work does not wait for the database thread's Python
 for the default 5 ms each time it wakes. Once a transaction is committed its acks and
-outputs are settled in the background while the next one is processed (the database
-thread is the bottleneck; this keeps it busy), but never beside the settling of the one
-before (outputs keep their order). A lost connection rewinds the consumer to the oldest
-input not acknowledged, so nothing in flight is lost.
+outputs are settled in the background while the next ones are processed (the database
+thread is the bottleneck; this keeps it busy), each after the one before (outputs keep
+their order). A lost connection rewinds the consumer to the oldest input not
+acknowledged, so nothing in flight is lost.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import nats.errors
 import structlog
@@ -90,22 +91,35 @@ def quick_thread_switches() -> Iterator[None]:
 
 
 class Settling:
-    """The last committed batch's acks and outputs, settled in the background; at most
-    one at a time."""
+    """Committed batches' acks and outputs, settled in the background one after the
+    other, in commit order (outputs keep their order); the next transaction does not
+    wait for them. How many wait is bounded by consumer.max_ack_pending: their inputs
+    are not acknowledged yet."""
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
+        #: The settling of the last batch committed (it waits for the ones before).
+        self._task: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
-        """Wait for the last batch's acks and outputs; raises what settling raised."""
+        """Wait for every batch's acks and outputs; raises what settling raised."""
         task, self._task = self._task, None
         if task is not None:
             await task
 
-    async def start(self, work: Awaitable[None]) -> None:
-        """Settle a batch once the one before is settled."""
-        await self.wait()
-        self._task = asyncio.ensure_future(work)
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Settle a batch once the one before is settled (not if that failed: `wait`
+        then raises its error)."""
+        self._task = asyncio.ensure_future(self._after(self._task, work))
+
+    @staticmethod
+    async def _after(before: asyncio.Future[None] | None, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            if before is not None:
+                await before
+        except BaseException:
+            work.close()
+            raise
+        await work
 
 
 class InputLoop:
@@ -141,10 +155,11 @@ class InputLoop:
         self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
         pipeline.batch.budget = budget or None
         pipeline.batch.committed = metrics.batch_messages.observe
-        #: Inputs offered to the next transaction: twice what the last one reached
-        #: before its budget was spent, so that the work a batch does up front for all
-        #: its inputs is not done for many it will not reach.
-        self._offered = config.consumer.batch_size
+        #: Inputs offered to the next transaction: twice what the last one of its kind
+        #: reached before its budget was spent, so that the work a batch does up front
+        #: for all its inputs is not done for many it will not reach. Two kinds: a
+        #: costlier group's turn while cheaper inputs wait (True), and the others.
+        self._offered = dict.fromkeys((False, True), config.consumer.batch_size)
         #: The inputs offered to the transaction under way (empty between them).
         self._running: list[InHand] = []
         #: When the transaction under way gives way to cheaper inputs (see
@@ -315,9 +330,11 @@ class InputLoop:
         """One transaction over the inputs in hand, and the settling of those it did."""
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
         self.pipeline.batch.interrupt.clear()
+        costlier = False
         if self.pipeline.batch.budget is not None:
             ordered, waiting_since = self.scheduler.turn(ordered)
-            ordered = ordered[: self._offered]
+            costlier = waiting_since is not None
+            ordered = ordered[: self._offered[costlier]]
             if waiting_since is not None:
                 self._give_way_at(waiting_since + PATIENCE)
         self._running = ordered
@@ -333,7 +350,7 @@ class InputLoop:
         if not self.pipeline.batch.interrupt.is_set():
             # Cut short by its budget or done with all it was offered (a transaction
             # that gave way says nothing of how many inputs fit in the budget).
-            self._offered = min(
+            self._offered[costlier] = min(
                 self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
             )
         done = ordered[: len(dispositions)]
@@ -342,7 +359,7 @@ class InputLoop:
         self.in_hand = [item for item in self.in_hand if id(item) not in finished]
         rows = self.pipeline.outbox.emitted
         messages = [item.message for item in done]
-        await self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
+        self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that inputs held in hand for half of ack_wait are in progress,
