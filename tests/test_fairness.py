@@ -87,21 +87,19 @@ def test_a_transaction_takes_one_group_and_the_groups_take_turns() -> None:
     """Cheap rooms' outputs are published when their transaction commits: a costlier
     room's input taken after them in the same transaction would hold them back. So a
     transaction takes one group; while both wait, the groups alternate, and the costlier
-    group's transaction learns since when cheap inputs wait (it gives way PATIENCE
-    after)."""
+    group's transaction is told cheap inputs wait (its budget is then PATIENCE)."""
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
     hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("b", 1))
 
-    taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
-    assert (_names(taken), waiting_since) == (["a1", "b1"], None)
+    taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting) == (["a1", "b1"], False)
 
     # a and b are done; a2 and a3 came in meanwhile: big's turn.
     cheap = _in_hand(("a", 2), ("a", 3))
-    cheap[0].fetched_at, cheap[1].fetched_at = 7.0, 5.0
     hand = [*_in_hand(("big", 1), ("big", 2)), *cheap]
-    taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
-    assert (_names(taken), waiting_since) == (["big1", "big2"], 5.0)
+    taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting) == (["big1", "big2"], True)
 
     # big1 is done: the cheap rooms again, then big.
     hand = [*_in_hand(("big", 2)), *cheap]
@@ -114,8 +112,8 @@ def test_one_group_in_hand_is_taken_whole() -> None:
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
     hand = _in_hand(("a", 1), ("new", 1), ("a", 2))
     for _ in range(2):
-        taken, waiting_since = scheduler.turn(scheduler.order(hand, now=0.0))
-        assert (_names(taken), waiting_since) == (["a1", "new1", "a2"], None)
+        taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+        assert (_names(taken), waiting) == (["a1", "new1", "a2"], False)
     alone = _in_hand(("big", 1), ("big", 2))
-    assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, None)
-    assert scheduler.turn([]) == ([], None)
+    assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, False)
+    assert scheduler.turn([]) == ([], False)

@@ -20,10 +20,11 @@ outputs of a transaction are published when it commits, so inputs of the cheap r
 would still wait for a costlier room's taken after them in the same transaction; a
 transaction therefore takes the inputs of one group only (`Scheduler.turn`): the first
 group (rooms within GROUP_SPAN classes of the cheapest in hand), or the rest, in turns
-while both wait. A turn of the costlier rooms gives way (commits after the input under
-way: the input loop's interrupt) once a cheaper input, in hand when it started or
-brought by a fetch since, has waited PATIENCE. A small room's input then waits for
-about that, one input of the busy room, and a short transaction of its own.
+while both wait. A turn of the costlier rooms while cheaper inputs wait has PATIENCE for
+its budget, and one that a fetch brings cheaper inputs to gives way PATIENCE later
+(commits after the input under way: the input loop's interrupt). A small room's input
+then waits for about that, one input of the busy room, and a short transaction of its
+own.
 
 The busy room is slowed, never starved: it has every other transaction while cheap
 inputs keep coming, and while it waits its share decays, until it reaches the class of
@@ -53,10 +54,11 @@ HALF_LIFE = 1.0
 SMALLEST_SHARE = 0.001
 #: Classes above the first that still count as its group (see `Scheduler.first_group`).
 GROUP_SPAN = 3
-#: Seconds a cheaper room's input waits in hand, at most, before a costlier room's
-#: transaction gives way (commits after the input under way): a few of the costlier
-#: room's inputs share the cost of a commit, and a cheap input still waits for about
-#: this, one costlier input and two commits.
+#: Seconds of work a costlier room's transaction does, at most, while cheaper rooms'
+#: inputs wait: its budget if they wait when it starts, and how long after a fetch
+#: brings some it gives way (commits after the input under way). A few of the costlier
+#: room's inputs share the cost of a commit, and a cheap input waits for about this,
+#: one costlier input and two commits.
 PATIENCE = 0.010
 
 
@@ -139,10 +141,9 @@ class Scheduler:
                 return count
         return len(ordered)
 
-    def turn(self, ordered: Sequence[InHand]) -> tuple[list[InHand], float | None]:
+    def turn(self, ordered: Sequence[InHand]) -> tuple[list[InHand], bool]:
         """The inputs of `ordered` (as `order` gave it) the next transaction takes, and
-        since when the oldest cheaper input left waiting has been in hand (None if none
-        is: see PATIENCE).
+        whether cheaper inputs are left waiting (its budget is then PATIENCE).
 
         One group only: the first group's inputs, or, if the last turn was theirs while
         costlier inputs waited, the costlier inputs. Each room's inputs are in one
@@ -151,12 +152,12 @@ class Scheduler:
         first = self.first_group(ordered)
         if first == len(ordered):
             self._cheap_turn = False
-            return list(ordered), None
+            return list(ordered), False
         if self._cheap_turn:
             self._cheap_turn = False
-            return list(ordered[first:]), min(item.fetched_at for item in ordered[:first])
+            return list(ordered[first:]), True
         self._cheap_turn = True
-        return list(ordered[:first]), None
+        return list(ordered[:first]), False
 
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""

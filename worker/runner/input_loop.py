@@ -153,7 +153,7 @@ class InputLoop:
         #: cheap rooms' inputs are fetched past an expensive room's backlog; without
         #: one, a batch.
         self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
-        pipeline.batch.budget = budget or None
+        self._budget = pipeline.batch.budget = budget or None
         pipeline.batch.committed = metrics.batch_messages.observe
         #: Inputs offered to the next transaction: twice what the last one of its kind
         #: reached before its budget was spent, so that the work a batch does up front
@@ -331,12 +331,10 @@ class InputLoop:
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
         self.pipeline.batch.interrupt.clear()
         costlier = False
-        if self.pipeline.batch.budget is not None:
-            ordered, waiting_since = self.scheduler.turn(ordered)
-            costlier = waiting_since is not None
+        if self._budget is not None:
+            ordered, costlier = self.scheduler.turn(ordered)
             ordered = ordered[: self._offered[costlier]]
-            if waiting_since is not None:
-                self._give_way_at(waiting_since + PATIENCE)
+            self.pipeline.batch.budget = min(self._budget, PATIENCE) if costlier else self._budget
         self._running = ordered
         try:
             dispositions = await self._process(ordered, stop)
