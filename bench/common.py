@@ -4,6 +4,7 @@ each other's messages), publishing, the bare relay, and the worker as its own pr
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +31,18 @@ BATCH = 256
 
 #: (room ID, msgpack input body, event ID) of one prepared input.
 Prepared = tuple[str, bytes, str]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of `values` (`fraction` in (0, 1]): the smallest value
+    that at least `fraction` of them do not exceed, so always one of the values (the
+    p99 of 100 values is the 99th smallest, of 1,000 the 990th); NaN if there are none.
+    One rule for every benchmark, so that their figures compare."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 def prepare_inputs(pdus: Sequence[dict[str, Any]], version: str) -> list[Prepared]:

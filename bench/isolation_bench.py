@@ -43,7 +43,14 @@ import msgpack
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from bench.common import Prepared, WorkerProcess, prepare_inputs, publish_inputs, worker_env
+from bench.common import (
+    Prepared,
+    WorkerProcess,
+    percentile,
+    prepare_inputs,
+    publish_inputs,
+    worker_env,
+)
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.subjects import Subjects
 from worker.config import Config, load_config
@@ -129,13 +136,6 @@ def _cpu_seconds(pid: int) -> float:
     """User and system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Watcher:
@@ -304,9 +304,9 @@ async def bench_isolation(
         "forked_events_per_s": forked_in_window / elapsed,
         "worker_cpu_share": worker_cpu / elapsed,
         "latency_ms": {
-            "p50": round(_percentile(latencies, 0.50), 2),
-            "p90": round(_percentile(latencies, 0.90), 2),
-            "p99": round(_percentile(latencies, 0.99), 2),
+            "p50": round(percentile(latencies, 0.50), 2),
+            "p90": round(percentile(latencies, 0.90), 2),
+            "p99": round(percentile(latencies, 0.99), 2),
             "max": round(max(latencies), 2),
         },
         "setup_seconds": setup_seconds,

@@ -56,7 +56,7 @@ from typing import IO, Any
 import msgpack
 from nats.aio.client import Client as NATS
 
-from bench.common import worker_env
+from bench.common import percentile, worker_env
 from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
@@ -78,16 +78,11 @@ ROOM_VERSION = "10"
 BOOTSTRAP_STATE = 4
 
 
-def _percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
-
-
 def _summary(samples_s: list[float]) -> dict[str, float]:
     ms = [s * 1000 for s in samples_s]
     return {
-        "p50_ms": round(_percentile(ms, 0.50), 3),
-        "p99_ms": round(_percentile(ms, 0.99), 3),
+        "p50_ms": round(percentile(ms, 0.50), 3),
+        "p99_ms": round(percentile(ms, 0.99), 3),
         "samples": len(ms),
     }
 

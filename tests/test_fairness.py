@@ -81,3 +81,39 @@ def test_first_group_counts_the_leading_inputs_of_the_cheap_rooms() -> None:
     assert scheduler.first_group(ordered) == 3
     assert scheduler.first_group(ordered[3:]) == 2
     assert scheduler.first_group([]) == 0
+
+
+def test_a_transaction_takes_one_group_and_the_groups_take_turns() -> None:
+    """Cheap rooms' outputs are published when their transaction commits: a costlier
+    room's input taken after them in the same transaction would hold them back. So a
+    transaction takes one group; while both wait, the groups alternate, and the costlier
+    group's transaction is told cheap inputs wait (its budget is then PATIENCE)."""
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("b", 1))
+
+    taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting) == (["a1", "b1"], False)
+
+    # a and b are done; a2 and a3 came in meanwhile: big's turn.
+    cheap = _in_hand(("a", 2), ("a", 3))
+    hand = [*_in_hand(("big", 1), ("big", 2)), *cheap]
+    taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert (_names(taken), waiting) == (["big1", "big2"], True)
+
+    # big1 is done: the cheap rooms again, then big.
+    hand = [*_in_hand(("big", 2)), *cheap]
+    assert _names(scheduler.turn(scheduler.order(hand, now=0.0))[0]) == ["a2", "a3"]
+    assert _names(scheduler.turn(scheduler.order(hand[:1], now=0.0))[0]) == ["big2"]
+
+
+def test_one_group_in_hand_is_taken_whole() -> None:
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    hand = _in_hand(("a", 1), ("new", 1), ("a", 2))
+    for _ in range(2):
+        taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
+        assert (_names(taken), waiting) == (["a1", "new1", "a2"], False)
+    alone = _in_hand(("big", 1), ("big", 2))
+    assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, False)
+    assert scheduler.turn([]) == ([], False)

@@ -17,16 +17,18 @@ had lately, as a processor-sharing scheduler does:
 
 A room that takes a large part of the thread goes after the rooms that take little. The
 outputs of a transaction are published when it commits, so inputs of the cheap rooms
-taken before costlier ones would still wait for those; the input loop therefore (1)
-after a transaction that went on into a costlier group, takes the first group alone
-(rooms within GROUP_SPAN classes of the first) in the next, and (2) when a fetch brings
-inputs of a cheaper group while a transaction is busy with a costlier room's, has the
-transaction commit after the input under way (its interrupt). A small room's input
-then waits for about one input of the busy room, and a short transaction of its own.
+would still wait for a costlier room's taken after them in the same transaction; a
+transaction therefore takes the inputs of one group only (`Scheduler.turn`): the first
+group (rooms within GROUP_SPAN classes of the cheapest in hand), or the rest, in turns
+while both wait. A turn of the costlier rooms while cheaper inputs wait has PATIENCE for
+its budget, and one that a fetch brings cheaper inputs to gives way PATIENCE later
+(commits after the input under way: the input loop's interrupt). A small room's input
+then waits for about that, one input of the busy room, and a short transaction of its
+own.
 
-The busy room is slowed, never starved: while it waits its share decays, until it
-reaches the class of the rooms served before it and its inputs go in fetch order with
-theirs.
+The busy room is slowed, never starved: it has every other transaction while cheap
+inputs keep coming, and while it waits its share decays, until it reaches the class of
+the rooms served before it and its inputs go in fetch order with theirs.
 
 Nothing here changes what an input does, only when: inputs of different rooms do not
 depend on each other.
@@ -52,6 +54,12 @@ HALF_LIFE = 1.0
 SMALLEST_SHARE = 0.001
 #: Classes above the first that still count as its group (see `Scheduler.first_group`).
 GROUP_SPAN = 3
+#: Seconds of work a costlier room's transaction does, at most, while cheaper rooms'
+#: inputs wait: its budget if they wait when it starts, and how long after a fetch
+#: brings some it gives way (commits after the input under way). A few of the costlier
+#: room's inputs share the cost of a commit, and a cheap input waits for about this,
+#: one costlier input and two commits.
+PATIENCE = 0.010
 
 
 @dataclass(slots=True)
@@ -111,6 +119,8 @@ class Scheduler:
         self.shares = shares if shares is not None else RoomShares()
         #: Each room's class as of the last `order`.
         self._classes: dict[str, int] = {}
+        #: Whether the last `turn` went to the first group while costlier inputs waited.
+        self._cheap_turn = False
 
     def cheaper(self, messages: Sequence[Msg], subject: str, now: float) -> bool:
         """Whether any of `messages` is of a room in a group cheaper than `subject`'s."""
@@ -130,6 +140,24 @@ class Scheduler:
             if self._classes[item.subject] > last:
                 return count
         return len(ordered)
+
+    def turn(self, ordered: Sequence[InHand]) -> tuple[list[InHand], bool]:
+        """The inputs of `ordered` (as `order` gave it) the next transaction takes, and
+        whether cheaper inputs are left waiting (its budget is then PATIENCE).
+
+        One group only: the first group's inputs, or, if the last turn was theirs while
+        costlier inputs waited, the costlier inputs. Each room's inputs are in one
+        group, so they keep their order; a costlier room gets every other turn, so it is
+        never starved."""
+        first = self.first_group(ordered)
+        if first == len(ordered):
+            self._cheap_turn = False
+            return list(ordered), False
+        if self._cheap_turn:
+            self._cheap_turn = False
+            return list(ordered[first:]), True
+        self._cheap_turn = True
+        return list(ordered[:first]), False
 
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""

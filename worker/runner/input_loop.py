@@ -4,20 +4,25 @@ Fetched inputs are held in hand (up to consumer.max_ack_pending) and processed i
 transactions: each takes them in the order worker.runner.fairness gives (rooms that had
 little of the thread lately first, each room's inputs in stream order) and commits once
 consumer.batch_budget seconds of work are spent, so a small room's input never waits
-behind a whole batch of an expensive room's. The next fetch runs while a transaction
-is processed. Once a transaction is committed its acks and outputs are settled in the
-background while the next ones are processed (the database thread is the bottleneck;
-this keeps it busy), each batch's after the one before (outputs keep their order). A
-lost connection rewinds the consumer to the oldest input not acknowledged, so nothing
-in flight is lost.
+behind a whole batch of an expensive room's. A fetch is always under way while a
+transaction is processed (one is started as soon as the last one is taken), so that
+cheap rooms' inputs that come in meanwhile are seen and can cut it short. While a
+transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
+that the event loop's network work does not wait for the database thread's Python
+for the default 5 ms each time it wakes. Once a transaction is committed its acks and
+outputs are settled in the background while the next ones are processed (the database
+thread is the bottleneck; this keeps it busy), each after the one before (outputs keep
+their order). A lost connection rewinds the consumer to the oldest input not
+acknowledged, so nothing in flight is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
+import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import nats.errors
@@ -40,7 +45,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import InHand, Scheduler
+from worker.runner.fairness import PATIENCE, InHand, Scheduler
 from worker.runner.outbox_relay import OutboxRelay
 from worker.storage.database import OutboxRow, is_transient
 
@@ -50,6 +55,11 @@ log = structlog.get_logger(__name__)
 REWIND_SERVER_VERSION = (2, 14)
 #: Fewest inputs offered to a transaction with a budget.
 MIN_OFFERED = 16
+#: Seconds after which a thread waiting for the GIL asks its holder for it while a
+#: transaction runs (Python's default is 5 ms): the event loop wakes for every fetch,
+#: ack and publish reply, and would otherwise wait that long behind the database
+#: thread's pure-Python work (state resolution) each time.
+SWITCH_INTERVAL = 0.0005
 #: How each disposition settles its message.
 _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
     Disposition.ACK: Msg.ack,
@@ -57,50 +67,59 @@ _SETTLE: dict[Disposition, Callable[[Msg], Awaitable[None]]] = {
 }
 
 
+#: Transactions running with SWITCH_INTERVAL (the input loops of this process), and the
+#: interval to restore when none is.
+_quick_switches: list[float] = []
+
+
+@contextlib.contextmanager
+def quick_thread_switches() -> Iterator[None]:
+    """SWITCH_INTERVAL while inside (the interval is the process's: restored when the
+    last transaction using it ends)."""
+    if not _quick_switches:
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(min(default, SWITCH_INTERVAL))
+    else:
+        default = _quick_switches[0]
+    _quick_switches.append(default)
+    try:
+        yield
+    finally:
+        _quick_switches.pop()
+        if not _quick_switches:
+            sys.setswitchinterval(default)
+
+
 class Settling:
-    """Committed batches' acks and outputs, settled in the background in commit order.
-
-    A batch's settling starts once the one before it is settled (outputs keep their
-    order), but the loop does not wait for that: it queues the batch behind the one
-    being settled and goes on to the next transaction at once, so the database thread
-    is not left idle while JetStream acknowledges the last outputs. At most two batches
-    are settled or queued at a time, which bounds what is held in memory."""
-
-    #: Batches being settled or queued behind one another.
-    DEPTH = 2
+    """Committed batches' acks and outputs, settled in the background one after the
+    other, in commit order (outputs keep their order); the next transaction does not
+    wait for them. How many wait is bounded by consumer.max_ack_pending: their inputs
+    are not acknowledged yet."""
 
     def __init__(self) -> None:
-        self._tasks: collections.deque[asyncio.Task[None]] = collections.deque()
+        #: The settling of the last batch committed (it waits for the ones before).
+        self._task: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
-        """Wait for every batch queued; raises what settling raised."""
-        tasks, self._tasks = self._tasks, collections.deque()
-        # All of them are awaited, so that a failure the later ones repeat is not left
-        # unretrieved; the first is raised.
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        """Wait for every batch's acks and outputs; raises what settling raised."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task
 
-    async def start(self, work: Coroutine[Any, Any, None]) -> None:
-        """Queue a batch's settling behind the ones before it, once fewer than DEPTH
-        are queued."""
-        while len(self._tasks) >= self.DEPTH:
-            await self._tasks.popleft()
-        before = self._tasks[-1] if self._tasks else None
-        self._tasks.append(asyncio.ensure_future(_after(before, work)))
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Settle a batch once the one before is settled (not if that failed: `wait`
+        then raises its error)."""
+        self._task = asyncio.ensure_future(self._after(self._task, work))
 
-
-async def _after(before: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]) -> None:
-    """`work`, once `before` is done; not at all if `before` failed (its outputs
-    would overtake the failed batch's)."""
-    if before is not None:
+    @staticmethod
+    async def _after(before: asyncio.Future[None] | None, work: Coroutine[Any, Any, None]) -> None:
         try:
-            await asyncio.shield(before)
+            if before is not None:
+                await before
         except BaseException:
             work.close()
             raise
-    await work
+        await work
 
 
 class InputLoop:
@@ -134,18 +153,18 @@ class InputLoop:
         #: cheap rooms' inputs are fetched past an expensive room's backlog; without
         #: one, a batch.
         self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
-        pipeline.batch.budget = budget or None
+        self._budget = pipeline.batch.budget = budget or None
         pipeline.batch.committed = metrics.batch_messages.observe
-        #: Inputs offered to the next transaction: twice what the last one reached
-        #: before its budget was spent, so that the work a batch does up front for all
-        #: its inputs is not done for many it will not reach.
-        self._offered = config.consumer.batch_size
-        #: Whether the next transaction takes only the inputs of the first group: the
-        #: last one went on into a costlier group, and the cheap inputs that came in
-        #: meanwhile should not wait for such work again.
-        self._first_group_only = False
+        #: Inputs offered to the next transaction: twice what the last one of its kind
+        #: reached before its budget was spent, so that the work a batch does up front
+        #: for all its inputs is not done for many it will not reach. Two kinds: a
+        #: costlier group's turn while cheaper inputs wait (True), and the others.
+        self._offered = dict.fromkeys((False, True), config.consumer.batch_size)
         #: The inputs offered to the transaction under way (empty between them).
         self._running: list[InHand] = []
+        #: When the transaction under way gives way to cheaper inputs (see
+        #: worker.runner.fairness.PATIENCE), if it is to.
+        self._give_way: asyncio.TimerHandle | None = None
         #: The fetch under way, if any (it runs beside the database work).
         self._fetching: asyncio.Future[list[Msg]] | None = None
         #: Whether the loop is fetching (readiness).
@@ -216,13 +235,18 @@ class InputLoop:
                 await sleep_unless_stopped(delay, stop)
                 delay = next_delay(delay, 5.0)
 
-    async def _fetch(self, stop: asyncio.Event) -> bool:
-        """Start a fetch if there is room in hand; take what it brought if it is done,
-        or wait for it if nothing is in hand. False if the fetch failed."""
+    def _start_fetch(self) -> None:
+        """Start a fetch, unless one is under way or the hand is full."""
         room = self.capacity - len(self.in_hand)
         if self._fetching is None and room > 0:
             self._fetching = asyncio.ensure_future(self.consumer.fetch_batch(room))
             self._fetching.add_done_callback(self._on_fetched)
+
+    async def _fetch(self, stop: asyncio.Event) -> bool:
+        """Start a fetch if there is room in hand; take what it brought if it is done,
+        or wait for it if nothing is in hand, and start the next one at once. False if
+        the fetch failed."""
+        self._start_fetch()
         if self._fetching is None or (self.in_hand and not self._fetching.done()):
             return True
         fetching, self._fetching = self._fetching, None
@@ -240,19 +264,34 @@ class InputLoop:
             if self.link.nc.is_connected:
                 self.metrics.consumer_lag.set(0)
             await self.relay.forget_published()
+        # Under way while the next transaction runs: what comes in meanwhile is seen.
+        self._start_fetch()
         return True
 
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
         """While a transaction runs: if the fetch brought inputs of rooms far cheaper
-        than the one it is processing, ask it to commit after its current input, so
-        that they do not wait for the rest of its budget."""
+        than the one it is processing, have it commit after the input under way once
+        they have waited PATIENCE, so that they do not wait for the rest of its budget."""
         running = self._running
         if not running or fetching.cancelled() or fetching.exception() is not None:
             return
         reached = len(self.pipeline.batch.stopwatch.laps)
         current = running[min(reached, len(running) - 1)]
-        if self.scheduler.cheaper(fetching.result(), current.subject, time.monotonic()):
-            self.pipeline.batch.interrupt.set()
+        now = time.monotonic()
+        if self.scheduler.cheaper(fetching.result(), current.subject, now):
+            self._give_way_at(now + PATIENCE)
+
+    def _give_way_at(self, when: float) -> None:
+        """Interrupt the transaction under way at `when` (monotonic seconds), or
+        earlier if already due earlier."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + (when - time.monotonic())
+        timer = self._give_way
+        if timer is not None:
+            if timer.when() <= at:
+                return
+            timer.cancel()
+        self._give_way = loop.call_at(at, self.pipeline.batch.interrupt.set)
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
@@ -280,30 +319,35 @@ class InputLoop:
     async def _handle(self, stop: asyncio.Event) -> None:
         """One transaction over the inputs in hand, and the settling of those it did."""
         ordered = self.scheduler.order(self.in_hand, time.monotonic())
-        if self.pipeline.batch.budget is not None:
-            offered = self._offered
-            if self._first_group_only:
-                offered = min(offered, self.scheduler.first_group(ordered))
-            ordered = ordered[:offered]
         self.pipeline.batch.interrupt.clear()
+        costlier = False
+        if self._budget is not None:
+            ordered, costlier = self.scheduler.turn(ordered)
+            ordered = ordered[: self._offered[costlier]]
+            self.pipeline.batch.budget = min(self._budget, PATIENCE) if costlier else self._budget
         self._running = ordered
         try:
             dispositions = await self._process(ordered, stop)
         finally:
             self._running = []
+            if self._give_way is not None:
+                self._give_way.cancel()
+                self._give_way = None
         if dispositions is None:
             return
-        self._offered = min(
-            self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
-        )
+        if not self.pipeline.batch.interrupt.is_set():
+            # Cut short by its budget or done with all it was offered (a transaction
+            # that gave way says nothing of how many inputs fit in the budget).
+            self._offered[costlier] = min(
+                self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
+            )
         done = ordered[: len(dispositions)]
-        self._first_group_only = self.scheduler.first_group(done) < len(done)
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
         finished = {id(item) for item in done}
         self.in_hand = [item for item in self.in_hand if id(item) not in finished]
         rows = self.pipeline.outbox.emitted
         messages = [item.message for item in done]
-        await self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
+        self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that inputs held in hand for half of ack_wait are in progress,
@@ -330,7 +374,8 @@ class InputLoop:
         while True:
             started = time.perf_counter()
             try:
-                dispositions = await self.db_thread.run(self.pipeline.process_batch, inbound)
+                with quick_thread_switches():
+                    dispositions = await self.db_thread.run(self.pipeline.process_batch, inbound)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 return dispositions
             except Exception as exc:
