@@ -12,9 +12,13 @@ comma := ,
 run: $(VENV)/.installed-test
 	$(BIN)/roomserver --config $(CONFIG) run
 
-# The whole suite: unit, nats, oracle (Synapse) and faults tests, slow ones included.
+# The whole suite: unit, nats, oracle (Synapse) and faults tests, slow ones included, in
+# TEST_JOBS processes (pytest-xdist). The fault tests and those that time themselves form
+# one group that a single process runs one after another (tests/conftest.py); the other
+# tests go to whichever process is free. TEST_JOBS=0: one process, as before.
+TEST_JOBS ?= 2
 test: $(VENV)/.installed-test+oracle
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 # Unit tests only (no nats-server, no Synapse, no worker process disturbed), without the
 # slow property tests and with fewer Hypothesis examples; see tests/README.md. Temporary

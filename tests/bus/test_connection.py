@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Server
 
+from tests.harness.procs import free_port
 from worker.bus.connection import (
     RECONNECT_MAX_DELAY,
     _choose_server,
@@ -49,13 +49,6 @@ def test_reconnect_prefers_the_server_tried_least() -> None:
     chosen, delay = _choose_server(servers, {})
     assert chosen is servers[1]
     assert 0 < delay <= 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_connects_past_a_dead_server(nats_server: EmbeddedNatsServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -67,6 +68,7 @@ async def test_unlimited_max_deliver(js: JetStreamContext, config: Config) -> No
         assert (await consumer.info()).config.max_deliver == -1
 
 
+@pytest.mark.timing
 async def test_empty_on_timeout(js: JetStreamContext, config: Config) -> None:
     config = with_section(config, "consumer", fetch_timeout=0.2)
     await ensure_streams(js, config)

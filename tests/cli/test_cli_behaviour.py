@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from nats.js import JetStreamContext
 
 from tests.harness.e2e import Result, cli
@@ -124,6 +125,7 @@ async def test_version_and_help(config: Config, tmp_path: Path) -> None:
     assert "exit statuses: 0 ok" in shown.out
 
 
+@pytest.mark.timing
 async def test_faults_are_one_line_with_their_exit_status(config: Config, tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
     one_line(

@@ -246,10 +246,22 @@ def nats_cluster(base: Path, size: int = 3) -> list[NatsProcess]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on now, for a server the test starts next.
+
+    The port is free only until someone else binds it. Under pytest-xdist (``make test``
+    runs two processes) the two processes would otherwise race for the same ports: each
+    takes only the ports of its own class, ``(port // 2) % workers == its index`` (the
+    kernel hands ``bind`` mostly odd ports, hence the halving), so a port one process
+    picked is never the next pick of the other.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if (port // 2) % workers == index % workers:
+            return port
 
 
 def cli(env: Mapping[str, str], cwd: Path, *args: str, timeout: float = 60) -> tuple[int, str]:
