@@ -119,15 +119,24 @@ class Recipe:
     def _parse(self, message: InboundMessage) -> _Parsed | None:
         """The input decoded and its event parsed, or None if either fails."""
         try:
-            inp = decode_input(message.data)
-            room_id = self.p.rooms.of_subject(message.subject)
-            if room_id is None:
+            decoded = self._decoded(message)
+            if decoded is None:
                 return None
-            version, _ = self.p.rooms.version_for(inp, room_id)
+            inp, version = decoded
             event = parse_pdu(inp.event, version)
         except Exception:  # raised again in the input's own turn, in its savepoint
             return None
         return _Parsed(inp, version, event)
+
+    def _decoded(self, message: InboundMessage) -> tuple[InputMessage, RoomVersion] | None:
+        """The input decoded, with the version of its room (None if its subject names
+        no room); raises what decoding raises."""
+        inp = decode_input(message.data)
+        room_id = self.p.rooms.of_subject(message.subject)
+        if room_id is None:
+            return None
+        version, _ = self.p.rooms.version_for(inp, room_id)
+        return inp, version
 
     def forget_prefetched(self) -> None:
         """The batch is over (or undone): which events were stored no longer holds.
@@ -167,12 +176,8 @@ class Recipe:
     def event_id_of(self, message: InboundMessage) -> str | None:
         """The input's event ID for the operator, if it can be read at all."""
         try:
-            inp = decode_input(message.data)
-            room_id = self.p.rooms.of_subject(message.subject)
-            if room_id is None:
-                return None
-            version, _ = self.p.rooms.version_for(inp, room_id)
-            return compute_event_id(inp.event, version)
+            decoded = self._decoded(message)
+            return None if decoded is None else compute_event_id(decoded[0].event, decoded[1])
         except Exception:
             return None
 
