@@ -117,31 +117,7 @@ def analyse_conflicts(
         region.from_chains(roots, auth_chain)
 
     conflicted_ids: set[str] = set().union(*roots)
-    unconflicted_ids: set[str] | None = None
-    difference: set[str] = set()
-    superseded: set[str] = set()
-    usable = source.usable_keyed
-    for event_id in region.partial:
-        if event_id in conflicted_ids:
-            difference.add(event_id)
-            continue
-        # Usually a usable state event, whose key the caller's memo may know already.
-        keyed = usable(event_id)
-        if keyed is not None:
-            if unconflicted.get(keyed[0]) == event_id:
-                continue
-            superseded.add(event_id)
-            continue
-        event = source.event(event_id)
-        if event is not None and event.is_state:
-            if unconflicted.get(event.key) == event_id:
-                continue
-        else:
-            if unconflicted_ids is None:
-                unconflicted_ids = set(unconflicted.values())
-            if event_id in unconflicted_ids:
-                continue
-        superseded.add(event_id)
+    difference, superseded = _classify(region.partial, conflicted_ids, unconflicted, source)
     if superseded:
         reached = agreed_reach(superseded) if agreed_reach is not None else None
         if reached is None:
@@ -163,6 +139,43 @@ def analyse_conflicts(
             if node in conflicted_ids or any(child in subgraph for child in edges[node]):
                 subgraph.add(node)
     return Conflicts(difference, subgraph)
+
+
+def _classify(
+    partial: Iterable[str],
+    conflicted_ids: set[str],
+    unconflicted: Mapping[StateKey, str],
+    source: EventSource,
+) -> tuple[set[str], set[str]]:
+    """The events in some but not all auth chains, split into those in the auth
+    difference for certain (conflicted events) and the candidates to check against the
+    agreed state's reach (superseded: neither conflicted nor unconflicted state); the
+    unconflicted state's own events are in neither."""
+    unconflicted_ids: set[str] | None = None
+    difference: set[str] = set()
+    superseded: set[str] = set()
+    usable = source.usable_keyed
+    for event_id in partial:
+        if event_id in conflicted_ids:
+            difference.add(event_id)
+            continue
+        # Usually a usable state event, whose key the caller's memo may know already.
+        keyed = usable(event_id)
+        if keyed is not None:
+            if unconflicted.get(keyed[0]) != event_id:
+                superseded.add(event_id)
+            continue
+        event = source.event(event_id)
+        if event is not None and event.is_state:
+            if unconflicted.get(event.key) == event_id:
+                continue
+        else:
+            if unconflicted_ids is None:
+                unconflicted_ids = set(unconflicted.values())
+            if event_id in unconflicted_ids:
+                continue
+        superseded.add(event_id)
+    return difference, superseded
 
 
 def _reached_from_unconflicted(
