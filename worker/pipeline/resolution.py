@@ -154,17 +154,7 @@ class NidResolver:
         self.db.on_rollback_once(self._forget)
         key_names = {key: self._key_name(key) for key in differing_keys}
         ids = self.events.ids_of({s[k] for s in states for k in differing_keys if k in s})
-        back: dict[str, tuple[NidStateKey, int]] = {}
-        differing: list[StateMap] = []
-        for state in states:
-            named: StateMap = {}
-            for key in differing_keys:
-                nid = state.get(key)
-                if nid is not None:
-                    event_id = ids[nid]
-                    named[key_names[key]] = event_id
-                    back[event_id] = (key, nid)
-            differing.append(named)
+        differing, back = _named(states, differing_keys, key_names, ids)
         self._unsettled = False
         room_event = self.events.by_nid(next(iter(ids)))
         agreed = _AgreedState(self, states[0], differing_keys, room_event.row.room_nid)
@@ -183,16 +173,7 @@ class NidResolver:
             kept=self._kept if hashed_ids else None,
             usable_of=self._usable_keyed,
         )
-        elsewhere = [event_id for event_id in resolved.values() if event_id not in back]
-        if elsewhere:
-            rows = self.events.rows(elsewhere)
-            for event_id in elsewhere:
-                row = rows.get(event_id)
-                if row is None or not row.state_key_nid:
-                    raise StorageError(
-                        f"state resolution chose {event_id}, which is not a stored state event"
-                    )
-                back[event_id] = ((row.type_nid, row.state_key_nid), row.nid)
+        self._look_up_elsewhere(resolved.values(), back)
         changes: Changes = dict.fromkeys(differing_keys, 0)
         changes.update(back[event_id] for event_id in resolved.values())
         # The create event is where v12 rooms take their create event from when an
@@ -201,6 +182,24 @@ class NidResolver:
         if not self._unsettled and all(name[0] != CREATE for name in key_names.values()):
             self.cache.put(cache_key, changes, len(changes) + 1)
         return changes
+
+    def _look_up_elsewhere(
+        self, chosen: Iterable[str], back: dict[str, tuple[NidStateKey, int]]
+    ) -> None:
+        """Add to `back` the key and NID of each chosen event that was in no input
+        state (v2 and v2.1 may choose one from the auth difference or the conflicted
+        subgraph); every such event is stored, or this is a bug of ours."""
+        elsewhere = [event_id for event_id in chosen if event_id not in back]
+        if not elsewhere:
+            return
+        rows = self.events.rows(elsewhere)
+        for event_id in elsewhere:
+            row = rows.get(event_id)
+            if row is None or not row.state_key_nid:
+                raise StorageError(
+                    f"state resolution chose {event_id}, which is not a stored state event"
+                )
+            back[event_id] = ((row.type_nid, row.state_key_nid), row.nid)
 
     def _auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The IDs in the auth chains of the given events (`AuthChain`): the union of
@@ -465,3 +464,25 @@ class _AgreedState(Mapping[StateKey, str]):
         nids = [nid for _, nid in self._nid_items()]
         ids = self._resolver.events.ids_of(nids)
         return [ids[nid] for nid in nids]
+
+
+def _named(
+    states: Sequence[Mapping[NidStateKey, int]],
+    differing_keys: Iterable[NidStateKey],
+    key_names: Mapping[NidStateKey, StateKey],
+    ids: Mapping[int, str],
+) -> tuple[list[StateMap], dict[str, tuple[NidStateKey, int]]]:
+    """The input states' differing entries in Matrix strings, for the resolver, and
+    the way back from each event ID to its key and NID."""
+    back: dict[str, tuple[NidStateKey, int]] = {}
+    differing: list[StateMap] = []
+    for state in states:
+        named: StateMap = {}
+        for key in differing_keys:
+            nid = state.get(key)
+            if nid is not None:
+                event_id = ids[nid]
+                named[key_names[key]] = event_id
+                back[event_id] = (key, nid)
+        differing.append(named)
+    return differing, back
