@@ -154,9 +154,12 @@ class Scheduler:
     def cheaper(self, messages: Sequence[Msg], subject: str, now: float) -> bool:
         """Whether any of `messages` is of a room in a group cheaper than `subject`'s."""
         current = share_class(self.shares.get(subject, now))
-        return any(
-            share_class(self.shares.get(m.subject, now)) + GROUP_SPAN < current for m in messages
-        )
+        if current <= GROUP_SPAN:
+            # No group is cheaper than the first one.
+            return False
+        # Each room once: a fetch brings up to consumer.batch_size inputs, of few rooms.
+        rooms = {m.subject for m in messages}
+        return any(share_class(self.shares.get(room, now)) + GROUP_SPAN < current for room in rooms)
 
     def first_group(self, ordered: Sequence[InHand]) -> int:
         """How many of `ordered` (as `order` gave it) lead it in the first group: rooms

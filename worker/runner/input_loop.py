@@ -391,8 +391,8 @@ class InputLoop:
         so that it does not deliver them again while they wait their turn."""
         now = time.monotonic()
         if now < self._next_touch:
-            # No input in hand was touched before the oldest was, as of the last look
-            # (inputs come in and are touched later, never earlier).
+            # None is due yet: as of the last look the oldest touch was this long
+            # ago, and inputs come in, and are touched, only later.
             return
         limit = self.config.consumer.ack_wait / 2
         waiting = [item for item in self.in_hand if now - item.touched_at >= limit]
