@@ -106,9 +106,10 @@ class ConsumerConfig:
     #: fetched batch is one transaction.
     batch_budget: float = 0.02
     #: The budget (seconds, as batch_budget) of a transaction that takes every input in
-    #: hand, so that no other input waits for its commit: more inputs share the cost of
-    #: a commit. Inputs of other rooms fetched while it runs bring it back to
-    #: batch_budget, and cheaper rooms' interrupt it as ever (worker.runner.fairness).
+    #: hand, all of one room, so that no other room's input waits for its commit: more
+    #: inputs share the cost of a commit. Inputs of other rooms fetched while it runs
+    #: bring it back to batch_budget, and cheaper rooms' interrupt it as ever
+    #: (worker.runner.fairness).
     #: Below batch_budget it is batch_budget.
     batch_budget_alone: float = 0.1
 

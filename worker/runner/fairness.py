@@ -196,16 +196,20 @@ class Scheduler:
         return list(ordered[:first]), False
 
     @staticmethod
-    def budget(taken: int, in_hand: int, costlier: bool, base: float, alone: float) -> float:
-        """The budget of a transaction taking `taken` of the `in_hand` inputs (as `turn`
-        gave them, `costlier` its second answer): PATIENCE for a costlier turn while
-        cheaper inputs wait; `alone` (if larger than `base`) when it takes everything in
-        hand, since no other input then waits for its commit, and a commit's cost is
-        shared by more inputs; `base` otherwise. Inputs fetched while it runs cut it
-        short (`give_way`)."""
+    def budget(
+        taken: int, in_hand: int, rooms: int, costlier: bool, base: float, alone: float
+    ) -> float:
+        """The budget of a transaction taking `taken` of the `in_hand` inputs, which are
+        of `rooms` rooms (`costlier`: `turn`'s second answer): PATIENCE for a costlier
+        turn while cheaper inputs wait; `alone` (if larger than `base`) when it takes
+        every input in hand and they are all of one room, since no other room's input
+        then waits for its commit, and more inputs share the cost of a commit; `base`
+        otherwise (inputs of several rooms in one transaction: a commit after `base`
+        lets the next transaction put the room that had less of the thread first).
+        Inputs fetched while it runs cut it short (`give_way`)."""
         if costlier:
             return min(base, PATIENCE)
-        if taken == in_hand:
+        if taken == in_hand and rooms == 1:
             return max(base, alone)
         return base
 

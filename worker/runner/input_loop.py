@@ -338,6 +338,7 @@ class InputLoop:
             budget = self.scheduler.budget(
                 len(ordered),
                 len(in_hand),
+                len(self._rooms),
                 costlier,
                 self._budget,
                 self.config.consumer.batch_budget_alone,
