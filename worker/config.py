@@ -105,6 +105,13 @@ class ConsumerConfig:
     #: did not reach go into the next one (see worker.runner.fairness). 0: no limit, a
     #: fetched batch is one transaction.
     batch_budget: float = 0.02
+    #: The budget (seconds, as batch_budget) of a transaction that takes every input in
+    #: hand, all of one room, so that no other room's input waits for its commit: more
+    #: inputs share the cost of a commit. Inputs of other rooms fetched while it runs
+    #: bring it back to batch_budget, and cheaper rooms' interrupt it as ever
+    #: (worker.runner.fairness).
+    #: Below batch_budget it is batch_budget.
+    batch_budget_alone: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,6 +486,7 @@ def _validate_consumer(config: Config, check: _Checker) -> None:
         check.fail("consumer.ack_wait", f"must be positive, got {consumer.ack_wait:g}")
     check.at_least("consumer.max_deliver", consumer.max_deliver, 0)
     check.at_least("consumer.batch_budget", consumer.batch_budget, 0)
+    check.at_least("consumer.batch_budget_alone", consumer.batch_budget_alone, 0)
     if consumer.max_deliver == 1:
         check.fail("consumer.max_deliver", "1 would never redeliver; use 0 (unlimited) or >= 2")
     if consumer.max_ack_pending < consumer.batch_size:

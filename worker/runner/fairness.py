@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 
@@ -72,10 +72,37 @@ class InHand:
     inbound: InboundMessage
     fetched_at: float
     touched_at: float
+    #: The input's room (its subject): a plain attribute, read for every input in hand
+    #: when it is ordered.
+    subject: str = field(init=False)
 
-    @property
-    def subject(self) -> str:
-        return self.message.subject
+    def __post_init__(self) -> None:
+        self.subject = self.message.subject
+
+
+@dataclass(slots=True)
+class Running:
+    """The transaction under way, as the input loop sees it."""
+
+    #: The inputs offered to it, in the order it takes them.
+    offered: list[InHand]
+    #: Its budget and the base one (consumer.batch_budget), seconds.
+    budget: float
+    base: float
+    #: When it started (monotonic seconds).
+    started: float
+    #: How many inputs it has done so far (read from the stopwatch's laps).
+    reached: Callable[[], int]
+    #: The rooms of `offered` if its budget is grown (see `Scheduler.give_way`).
+    rooms: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        grown = self.budget > self.base
+        self.rooms = frozenset(item.subject for item in self.offered) if grown else frozenset()
+
+    def current(self) -> str:
+        """The room of the input under way (the last one once all are done)."""
+        return self.offered[min(self.reached(), len(self.offered) - 1)].subject
 
 
 def share_class(seconds: float) -> int:
@@ -121,13 +148,18 @@ class Scheduler:
         self._classes: dict[str, int] = {}
         #: Whether the last `turn` went to the first group while costlier inputs waited.
         self._cheap_turn = False
+        #: Whether the last `order` kept the fetch order (one class in hand).
+        self.fetch_order = True
 
     def cheaper(self, messages: Sequence[Msg], subject: str, now: float) -> bool:
         """Whether any of `messages` is of a room in a group cheaper than `subject`'s."""
         current = share_class(self.shares.get(subject, now))
-        return any(
-            share_class(self.shares.get(m.subject, now)) + GROUP_SPAN < current for m in messages
-        )
+        if current <= GROUP_SPAN:
+            # No group is cheaper than the first one.
+            return False
+        # Each room once: a fetch brings up to consumer.batch_size inputs, of few rooms.
+        rooms = {m.subject for m in messages}
+        return any(share_class(self.shares.get(room, now)) + GROUP_SPAN < current for room in rooms)
 
     def first_group(self, ordered: Sequence[InHand]) -> int:
         """How many of `ordered` (as `order` gave it) lead it in the first group: rooms
@@ -135,7 +167,11 @@ class Scheduler:
         shares vary by a few times, a busy room's is hundreds of times theirs)."""
         if not ordered:
             return 0
-        last = self._classes[ordered[0].subject] + GROUP_SPAN
+        classes = self._classes
+        last = classes[ordered[0].subject] + GROUP_SPAN
+        if classes[ordered[-1].subject] <= last:
+            # `ordered` goes cheapest first: all of it is in the first group.
+            return len(ordered)
         for count, item in enumerate(ordered):
             if self._classes[item.subject] > last:
                 return count
@@ -159,18 +195,60 @@ class Scheduler:
         self._cheap_turn = True
         return list(ordered[:first]), False
 
+    @staticmethod
+    def budget(
+        taken: int, in_hand: int, rooms: int, costlier: bool, base: float, alone: float
+    ) -> float:
+        """The budget of a transaction taking `taken` of the `in_hand` inputs, which are
+        of `rooms` rooms (`costlier`: `turn`'s second answer): PATIENCE for a costlier
+        turn while cheaper inputs wait; `alone` (if larger than `base`) when it takes
+        every input in hand and they are all of one room, since no other room's input
+        then waits for its commit, and more inputs share the cost of a commit; `base`
+        otherwise (inputs of several rooms in one transaction: a commit after `base`
+        lets the next transaction put the room that had less of the thread first).
+        Inputs fetched while it runs cut it short (`give_way`)."""
+        if costlier:
+            return min(base, PATIENCE)
+        if taken == in_hand and rooms == 1:
+            return max(base, alone)
+        return base
+
+    def give_way(self, fetched: Sequence[Msg], running: Running, now: float) -> float | None:
+        """When (monotonic seconds) the transaction `running` should give way, now that
+        a fetch brought `fetched`; None: not before its budget is spent.
+
+        Inputs of a cheaper group wait PATIENCE. Inputs of other rooms of its group
+        wait for what a transaction with the base budget would have done: a budget
+        grown because the hand held nothing else (`budget`) does not apply once
+        something else waits. Inputs of its own rooms wait for it in any case (they are
+        processed in stream order)."""
+        if self.cheaper(fetched, running.current(), now):
+            return now + PATIENCE
+        if running.budget > running.base and any(m.subject not in running.rooms for m in fetched):
+            return max(now, running.started + running.base)
+        return None
+
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""
         for item, seconds in zip(done, laps, strict=False):
             self.shares.record(item.subject, seconds, now)
 
-    def order(self, in_hand: Sequence[InHand], now: float) -> list[InHand]:
-        """`in_hand` (in fetch order) in the order the next transaction should take it."""
-        self._classes = classes = {}
-        for item in in_hand:
-            if item.subject not in classes:
-                classes[item.subject] = share_class(self.shares.get(item.subject, now))
-        if len(set(classes.values())) <= 1:
+    def order(
+        self, in_hand: Sequence[InHand], now: float, rooms: Iterable[str] | None = None
+    ) -> list[InHand]:
+        """`in_hand` (in fetch order) in the order the next transaction should take it.
+
+        `rooms`, if given, are the rooms of the inputs in hand (the input loop keeps
+        count of them as inputs come and go), so that a hand of one class, the usual
+        case, is not walked input by input."""
+        if rooms is None:
+            rooms = {item.subject for item in in_hand}
+        shares = self.shares
+        self._classes = classes = {
+            subject: share_class(shares.get(subject, now)) for subject in rooms
+        }
+        self.fetch_order = len(set(classes.values())) <= 1
+        if self.fetch_order:
             return list(in_hand)
         # sorted() is stable: inputs of one class (a room's among them) keep their fetch
         # order.

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -45,7 +46,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import PATIENCE, InHand, Scheduler
+from worker.runner.fairness import InHand, Running, Scheduler
 from worker.runner.outbox_relay import OutboxRelay
 from worker.storage.database import OutboxRow, is_transient
 
@@ -160,8 +161,12 @@ class InputLoop:
         #: for all its inputs is not done for many it will not reach. Two kinds: a
         #: costlier group's turn while cheaper inputs wait (True), and the others.
         self._offered = dict.fromkeys((False, True), config.consumer.batch_size)
-        #: The inputs offered to the transaction under way (empty between them).
-        self._running: list[InHand] = []
+        #: The transaction under way (None between them, and without a budget).
+        self._running: Running | None = None
+        #: How many inputs of each room are in hand (the scheduler's rooms).
+        self._rooms: Counter[str] = Counter()
+        #: Before this (monotonic seconds) no input in hand is due for `_keep_alive`.
+        self._next_touch = 0.0
         #: When the transaction under way gives way to cheaper inputs (see
         #: worker.runner.fairness.PATIENCE), if it is to.
         self._give_way: asyncio.TimerHandle | None = None
@@ -271,15 +276,17 @@ class InputLoop:
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
         """While a transaction runs: if the fetch brought inputs of rooms far cheaper
         than the one it is processing, have it commit after the input under way once
-        they have waited PATIENCE, so that they do not wait for the rest of its budget."""
+        they have waited PATIENCE, so that they do not wait for the rest of its budget;
+        if it brought other rooms' inputs while its budget is grown, once it has done
+        the base budget (worker.runner.fairness.Scheduler.give_way)."""
         running = self._running
-        if not running or fetching.cancelled() or fetching.exception() is not None:
+        if running is None or not running.offered:
             return
-        reached = len(self.pipeline.batch.stopwatch.laps)
-        current = running[min(reached, len(running) - 1)]
-        now = time.monotonic()
-        if self.scheduler.cheaper(fetching.result(), current.subject, now):
-            self._give_way_at(now + PATIENCE)
+        if fetching.cancelled() or fetching.exception() is not None:
+            return
+        when = self.scheduler.give_way(fetching.result(), running, time.monotonic())
+        if when is not None:
+            self._give_way_at(when)
 
     def _give_way_at(self, when: float) -> None:
         """Interrupt the transaction under way at `when` (monotonic seconds), or
@@ -299,7 +306,9 @@ class InputLoop:
         for message in messages:
             sequence, pending = stream_position(message)
             inbound = InboundMessage(message.subject, message.data, sequence)
-            self.in_hand.append(InHand(message, inbound, now, now))
+            item = InHand(message, inbound, now, now)
+            self.in_hand.append(item)
+            self._rooms[item.subject] += 1
         self.metrics.consumer_lag.set(pending)
 
     async def _collect_fetch(self) -> None:
@@ -318,18 +327,29 @@ class InputLoop:
 
     async def _handle(self, stop: asyncio.Event) -> None:
         """One transaction over the inputs in hand, and the settling of those it did."""
-        ordered = self.scheduler.order(self.in_hand, time.monotonic())
+        in_hand = self.in_hand
+        ordered = self.scheduler.order(in_hand, time.monotonic(), self._rooms.keys())
+        # In fetch order, what a transaction takes is the first inputs in hand.
+        in_order = self.scheduler.fetch_order
         self.pipeline.batch.interrupt.clear()
         costlier = False
         if self._budget is not None:
             ordered, costlier = self.scheduler.turn(ordered)
+            budget = self.scheduler.budget(
+                len(ordered),
+                len(in_hand),
+                len(self._rooms),
+                costlier,
+                self._budget,
+                self.config.consumer.batch_budget_alone,
+            )
             ordered = ordered[: self._offered[costlier]]
-            self.pipeline.batch.budget = min(self._budget, PATIENCE) if costlier else self._budget
-        self._running = ordered
+            self.pipeline.batch.budget = budget
+            self._running = Running(ordered, budget, self._budget, time.monotonic(), self._reached)
         try:
             dispositions = await self._process(ordered, stop)
         finally:
-            self._running = []
+            self._running = None
             if self._give_way is not None:
                 self._give_way.cancel()
                 self._give_way = None
@@ -343,22 +363,45 @@ class InputLoop:
             )
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
-        finished = {id(item) for item in done}
-        self.in_hand = [item for item in self.in_hand if id(item) not in finished]
+        self._forget(done, in_order and not costlier)
         rows = self.pipeline.outbox.emitted
         messages = [item.message for item in done]
         self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
+
+    def _reached(self) -> int:
+        """How many inputs the transaction under way has done."""
+        return len(self.pipeline.batch.stopwatch.laps)
+
+    def _forget(self, done: list[InHand], first: bool) -> None:
+        """Take `done` out of the hand; `first`: they are its first inputs."""
+        rooms = self._rooms
+        for item in done:
+            count = rooms[item.subject] - 1
+            if count:
+                rooms[item.subject] = count
+            else:
+                del rooms[item.subject]
+        if first:
+            del self.in_hand[: len(done)]
+        else:
+            finished = {id(item) for item in done}
+            self.in_hand = [item for item in self.in_hand if id(item) not in finished]
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that inputs held in hand for half of ack_wait are in progress,
         so that it does not deliver them again while they wait their turn."""
         now = time.monotonic()
+        if now < self._next_touch:
+            # None is due yet: as of the last look the oldest touch was this long
+            # ago, and inputs come in, and are touched, only later.
+            return
         limit = self.config.consumer.ack_wait / 2
         waiting = [item for item in self.in_hand if now - item.touched_at >= limit]
         if waiting:
             await settle([item.message for item in waiting], [Msg.in_progress] * len(waiting))
             for item in waiting:
                 item.touched_at = now
+        self._next_touch = min((item.touched_at for item in self.in_hand), default=now) + limit
 
     async def _process(
         self, ordered: list[InHand], stop: asyncio.Event
@@ -386,6 +429,7 @@ class InputLoop:
                 if stop.is_set():
                     log.warning("transient database fault while stopping; inputs handed back")
                     self.in_hand = []
+                    self._rooms.clear()
                     await settle(in_hand, [Msg.nak] * len(in_hand))
                     return None
                 log.warning("transient database fault; retrying the batch", error=str(exc))
