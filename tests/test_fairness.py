@@ -4,22 +4,8 @@ order, a busy room slowed but never starved."""
 
 from __future__ import annotations
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-
-from worker.pipeline import InboundMessage
+from tests.harness.hand import in_hand
 from worker.runner.fairness import HALF_LIFE, InHand, RoomShares, Scheduler, share_class
-
-CLIENT = NATS()
-
-
-def _in_hand(*items: tuple[str, int]) -> list[InHand]:
-    """(room, number) → inputs in hand, in fetch order; the number names the input."""
-    hand = []
-    for room, n in items:
-        message = Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode())
-        hand.append(InHand(message, InboundMessage(message.subject, message.data, n), 0.0, 0.0))
-    return hand
 
 
 def _names(items: list[InHand]) -> list[str]:
@@ -37,7 +23,7 @@ def test_busy_room_after_the_others_each_rooms_inputs_in_order() -> None:
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
     scheduler.shares.record("rs.input.a", 0.0004, now=0.0)
-    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
+    hand = in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
     # a and the unseen room share the smallest class: they keep their fetch order.
     assert _names(scheduler.order(hand, now=0.0)) == ["a1", "new1", "a2", "big1", "big2"]
 
@@ -47,7 +33,7 @@ def test_shares_decay_so_a_waiting_room_is_not_starved() -> None:
     shares.record("rs.input.big", 0.400, now=0.0)
     assert shares.get("rs.input.big", now=HALF_LIFE) == 0.200
     scheduler = Scheduler(shares)
-    hand = _in_hand(("big", 1), ("a", 1))
+    hand = in_hand(("big", 1), ("a", 1))
     assert _names(scheduler.order(hand, now=0.0)) == ["a1", "big1"]
     # After nine half-lives 400 ms are under a millisecond: big is back in the first
     # class, and fetch order decides.
@@ -56,7 +42,7 @@ def test_shares_decay_so_a_waiting_room_is_not_starved() -> None:
 
 def test_recorded_laps_add_up_and_the_oldest_rooms_are_forgotten() -> None:
     scheduler = Scheduler()
-    done = _in_hand(("r", 1), ("r", 2), ("s", 1))
+    done = in_hand(("r", 1), ("r", 2), ("s", 1))
     scheduler.record(done, [0.010, 0.020, 0.001], now=5.0)
     assert abs(scheduler.shares.get("rs.input.r", now=5.0) - 0.030) < 1e-12
     assert scheduler.shares.get("rs.input.s", now=5.0) == 0.001
@@ -74,7 +60,7 @@ def test_first_group_counts_the_leading_inputs_of_the_cheap_rooms() -> None:
     # b's share is four times a's: another class, the same group.
     scheduler.shares.record("rs.input.a", 0.002, now=0.0)
     scheduler.shares.record("rs.input.b", 0.008, now=0.0)
-    hand = _in_hand(("big", 1), ("b", 1), ("a", 1), ("big", 2), ("new", 1))
+    hand = in_hand(("big", 1), ("b", 1), ("a", 1), ("big", 2), ("new", 1))
     ordered = scheduler.order(hand, now=0.0)
     assert _names(ordered) == ["new1", "a1", "b1", "big1", "big2"]
     # new (class 0), a (1) and b (3) are within three classes of the first; big is not.
@@ -90,19 +76,19 @@ def test_a_transaction_takes_one_group_and_the_groups_take_turns() -> None:
     group's transaction is told cheap inputs wait (its budget is then PATIENCE)."""
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("b", 1))
+    hand = in_hand(("big", 1), ("a", 1), ("big", 2), ("b", 1))
 
     taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
     assert (_names(taken), waiting) == (["a1", "b1"], False)
 
     # a and b are done; a2 and a3 came in meanwhile: big's turn.
-    cheap = _in_hand(("a", 2), ("a", 3))
-    hand = [*_in_hand(("big", 1), ("big", 2)), *cheap]
+    cheap = in_hand(("a", 2), ("a", 3))
+    hand = [*in_hand(("big", 1), ("big", 2)), *cheap]
     taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
     assert (_names(taken), waiting) == (["big1", "big2"], True)
 
     # big1 is done: the cheap rooms again, then big.
-    hand = [*_in_hand(("big", 2)), *cheap]
+    hand = [*in_hand(("big", 2)), *cheap]
     assert _names(scheduler.turn(scheduler.order(hand, now=0.0))[0]) == ["a2", "a3"]
     assert _names(scheduler.turn(scheduler.order(hand[:1], now=0.0))[0]) == ["big2"]
 
@@ -110,10 +96,10 @@ def test_a_transaction_takes_one_group_and_the_groups_take_turns() -> None:
 def test_one_group_in_hand_is_taken_whole() -> None:
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    hand = _in_hand(("a", 1), ("new", 1), ("a", 2))
+    hand = in_hand(("a", 1), ("new", 1), ("a", 2))
     for _ in range(2):
         taken, waiting = scheduler.turn(scheduler.order(hand, now=0.0))
         assert (_names(taken), waiting) == (["a1", "new1", "a2"], False)
-    alone = _in_hand(("big", 1), ("big", 2))
+    alone = in_hand(("big", 1), ("big", 2))
     assert scheduler.turn(scheduler.order(alone, now=0.0)) == (alone, False)
     assert scheduler.turn([]) == ([], False)

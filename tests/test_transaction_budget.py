@@ -4,24 +4,13 @@ back to the base budget, or PATIENCE, as soon as inputs of other rooms come in."
 
 from __future__ import annotations
 
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from worker.pipeline import InboundMessage
+from tests.harness.hand import CLIENT, in_hand
 from worker.runner.fairness import PATIENCE, InHand, Running, Scheduler
 
-CLIENT = NATS()
 BASE = 0.02
 ALONE = 0.1
-
-
-def _in_hand(*items: tuple[str, int]) -> list[InHand]:
-    """(room, number) → inputs in hand, in fetch order."""
-    hand = []
-    for room, n in items:
-        message = Msg(CLIENT, subject=f"rs.input.{room}", data=str(n).encode())
-        hand.append(InHand(message, InboundMessage(message.subject, message.data, n), 0.0, 0.0))
-    return hand
 
 
 def _messages(*rooms: str) -> list[Msg]:
@@ -38,23 +27,23 @@ def _budget(scheduler: Scheduler, hand: list[InHand]) -> tuple[list[InHand], flo
 def test_the_whole_hand_of_one_room_has_the_larger_budget() -> None:
     """A linear room alone: every input in hand is its; no one waits for its commit."""
     scheduler = Scheduler()
-    hand = _in_hand(("linear", 1), ("linear", 2), ("linear", 3))
+    hand = in_hand(("linear", 1), ("linear", 2), ("linear", 3))
     assert _budget(scheduler, hand) == (hand, ALONE)
     # Rooms of one group, all in hand: the base budget, so that after it the next
     # transaction puts the room that had less of the thread first
     # (tests/e2e/test_isolation.py).
-    hand = _in_hand(("a", 1), ("b", 1), ("a", 2))
+    hand = in_hand(("a", 1), ("b", 1), ("a", 2))
     assert _budget(scheduler, hand) == (hand, BASE)
 
 
 def test_a_turn_that_leaves_inputs_waiting_keeps_the_base_budget() -> None:
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    hand = _in_hand(("big", 1), ("a", 1), ("big", 2))
+    hand = in_hand(("big", 1), ("a", 1), ("big", 2))
     taken, budget = _budget(scheduler, hand)
     assert ([i.message.data for i in taken], budget) == ([b"1"], BASE)
     # big's turn while a's inputs wait: PATIENCE, as before.
-    hand = _in_hand(("big", 1), ("a", 2))
+    hand = in_hand(("big", 1), ("a", 2))
     assert _budget(scheduler, hand)[1] == PATIENCE
     # A ceiling below the base budget never shortens it.
     assert scheduler.budget(3, 3, 1, False, BASE, BASE / 2) == BASE
@@ -67,14 +56,14 @@ def _running(scheduler: Scheduler, hand: list[InHand], started: float) -> Runnin
 
 def test_its_own_rooms_inputs_fetched_meanwhile_do_not_cut_a_grown_budget() -> None:
     scheduler = Scheduler()
-    running = _running(scheduler, _in_hand(("linear", 1), ("linear", 2)), started=5.0)
+    running = _running(scheduler, in_hand(("linear", 1), ("linear", 2)), started=5.0)
     assert scheduler.give_way(_messages("linear", "linear"), running, now=5.001) is None
 
 
 def test_another_rooms_input_brings_a_grown_budget_back_to_the_base() -> None:
     """It waits no longer than behind a transaction with the base budget."""
     scheduler = Scheduler()
-    running = _running(scheduler, _in_hand(("a", 1), ("a", 2)), started=5.0)
+    running = _running(scheduler, in_hand(("a", 1), ("a", 2)), started=5.0)
     assert running.budget == ALONE
     assert scheduler.give_way(_messages("a", "b"), running, now=5.001) == 5.0 + BASE
     # Past the base budget already: after the input under way.
@@ -84,7 +73,7 @@ def test_another_rooms_input_brings_a_grown_budget_back_to_the_base() -> None:
 def test_a_cheaper_rooms_input_interrupts_a_grown_budget_after_patience() -> None:
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    running = _running(scheduler, _in_hand(("big", 1), ("big", 2)), started=5.0)
+    running = _running(scheduler, in_hand(("big", 1), ("big", 2)), started=5.0)
     assert running.budget == ALONE
     assert scheduler.give_way(_messages("small"), running, now=5.001) == 5.001 + PATIENCE
 
@@ -92,7 +81,7 @@ def test_a_cheaper_rooms_input_interrupts_a_grown_budget_after_patience() -> Non
 def test_a_base_budget_is_cut_only_by_cheaper_inputs() -> None:
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    hand = _in_hand(("a", 1), ("big", 1))
+    hand = in_hand(("a", 1), ("big", 1))
     running = _running(scheduler, hand, started=5.0)
     assert running.budget == BASE
     assert scheduler.give_way(_messages("b"), running, now=5.001) is None
@@ -102,10 +91,10 @@ def test_the_rooms_in_hand_give_the_same_order_as_walking_the_hand() -> None:
     """The input loop passes the rooms it counts; the order is the same."""
     scheduler = Scheduler()
     scheduler.shares.record("rs.input.big", 0.400, now=0.0)
-    hand = _in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
+    hand = in_hand(("big", 1), ("a", 1), ("big", 2), ("new", 1), ("a", 2))
     walked = scheduler.order(hand, now=0.0)
     assert not scheduler.fetch_order
     assert scheduler.order(hand, now=0.0, rooms={i.subject for i in hand}) == walked
-    alone = _in_hand(("a", 1), ("a", 2))
+    alone = in_hand(("a", 1), ("a", 2))
     assert scheduler.order(alone, now=0.0, rooms={"rs.input.a"}) == alone
     assert scheduler.fetch_order
