@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -195,6 +195,27 @@ async def _service_stats(nc: NATS, prefix: str, window: float = 0.5) -> dict[str
     raise RuntimeError(f"no roomserver service with subject prefix {prefix} answered")
 
 
+async def _cold_query(client: RoomserverClient, room_id: str, entries: int) -> float:
+    """Seconds of the first state query a freshly started worker answers (checked whole)."""
+    await _until_answering(client)
+    began = time.perf_counter()
+    state = await client.state(room_id)
+    seconds = time.perf_counter() - began
+    if len(state.entries) != entries:
+        raise RuntimeError(f"the room's state has {len(state.entries)} entries, not {entries}")
+    return seconds
+
+
+async def _timed(samples: int, ask: Callable[[], Awaitable[object]]) -> list[float]:
+    """Seconds of each of `samples` calls of `ask`, one after the other."""
+    times: list[float] = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        await ask()
+        times.append(time.perf_counter() - began)
+    return times
+
+
 async def bench_queries(
     url: str, workdir: Path, *, entries: int = 10_000, samples: int = 200, restarts: int = 10
 ) -> dict[str, Any]:
@@ -238,14 +259,7 @@ async def bench_queries(
                 feed_seconds = time.perf_counter() - fed
             for _ in range(restarts):
                 with _worker_process(env, workdir, log):
-                    await _until_answering(client)
-                    began = time.perf_counter()
-                    state = await client.state(room_id)
-                    cold.append(time.perf_counter() - began)
-                    if len(state.entries) != entries:
-                        raise RuntimeError(
-                            f"the room's state has {len(state.entries)} entries, not {entries}"
-                        )
+                    cold.append(await _cold_query(client, room_id, entries))
             with _worker_process(env, workdir, log), _floor_process(url):
                 await _until_answering(client)
                 reply = await client.request("state", {"room_id": room_id})
@@ -271,18 +285,13 @@ async def bench_queries(
                     for figures, size in sizes[:: 1 if i % 2 else -1]:
                         figures.append(await _floor_request(nc, size))
                 after = await _service_stats(nc, config.streams.subject_prefix)
-                filtered: list[float] = []
-                for _ in range(samples):
-                    began = time.perf_counter()
-                    await client.state(room_id, keys=[("m.room.power_levels", "")])
-                    filtered.append(time.perf_counter() - began)
+                filtered = await _timed(
+                    samples, lambda: client.state(room_id, keys=[("m.room.power_levels", "")])
+                )
                 keeping = RoomserverClient(nc, config, timeout=60)
                 await keeping.state(room_id)
-                unchanged: list[float] = []
-                for _ in range(samples):
-                    began = time.perf_counter()
-                    state = await keeping.state(room_id)
-                    unchanged.append(time.perf_counter() - began)
+                unchanged = await _timed(samples, lambda: keeping.state(room_id))
+                state = await keeping.state(room_id)
                 if len(state.entries) != entries:
                     raise RuntimeError(f"the kept state has {len(state.entries)} entries")
     finally:
