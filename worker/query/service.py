@@ -17,7 +17,7 @@ import importlib.metadata
 import os
 import secrets
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -65,6 +65,7 @@ from worker.query.schema import (
     pack_reply,
     state_entries,
 )
+from worker.storage.lru import LruByWeight
 from worker.storage.reader import AFTER, BEFORE, Reader
 
 log = structlog.get_logger(__name__)
@@ -105,28 +106,20 @@ class PackedStates:
     """
 
     def __init__(self, budget: int) -> None:
-        self._items: OrderedDict[PackedKey, RawMsgpack] = OrderedDict()
-        self._budget = budget
-        self._size = 0
+        self._items: LruByWeight[PackedKey, RawMsgpack] = LruByWeight(budget)
 
     def get(self, key: PackedKey) -> RawMsgpack | None:
-        packed = self._items.get(key)
-        if packed is not None:
-            self._items.move_to_end(key)
-        return packed
+        return self._items.get(key)
 
     def put(self, key: PackedKey, packed: RawMsgpack) -> None:
-        if len(packed) > self._budget or key in self._items:
+        """Keep `packed`, weighed by its bytes; one bigger than the whole budget is
+        not kept (it would push out everything else), nor one already kept again."""
+        if len(packed) > self._items.budget or key in self._items.view():
             return
-        self._items[key] = packed
-        self._size += len(packed)
-        while self._size > self._budget:
-            _, dropped = self._items.popitem(last=False)
-            self._size -= len(dropped)
+        self._items.put(key, packed, len(packed))
 
     def clear(self) -> None:
         self._items.clear()
-        self._size = 0
 
 
 class Queries:
