@@ -37,13 +37,13 @@ depend on each other.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 
 from worker.pipeline import InboundMessage
+from worker.storage.lru import LruByWeight
 
 #: Rooms whose share is remembered; the least recently served are forgotten first (a
 #: forgotten room has no share, as if it had not been seen).
@@ -118,12 +118,11 @@ class RoomShares:
 
     def __init__(self, half_life: float = HALF_LIFE, capacity: int = ROOM_SHARES) -> None:
         self._half_life = half_life
-        self._capacity = capacity
-        #: subject → (seconds, as of when).
-        self._shares: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: subject → (seconds, as of when), least recently served first.
+        self._shares: LruByWeight[str, tuple[float, float]] = LruByWeight(capacity)
 
     def get(self, subject: str, now: float) -> float:
-        share = self._shares.get(subject)
+        share = self._shares.view().get(subject)  # reading is not serving
         if share is None:
             return 0.0
         seconds, when = share
@@ -133,10 +132,7 @@ class RoomShares:
     def record(self, subject: str, seconds: float, now: float) -> None:
         """Add the time one input of the room took."""
         total = self.get(subject, now) + seconds
-        self._shares.pop(subject, None)
-        self._shares[subject] = (total, now)
-        if len(self._shares) > self._capacity:
-            self._shares.popitem(last=False)
+        self._shares.put(subject, (total, now))
 
 
 class Scheduler:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from worker.storage.blocks import NidStateKey, unpack_nids
 from worker.storage.connection import json_list
+from worker.storage.lru import LruByWeight
 
 #: Rooms whose index is kept (least recently used dropped first).
 ROOMS_KEPT = 8
@@ -60,7 +60,7 @@ class AuthCiters:
     def __init__(self, conn: sqlite3.Connection, on_rollback: Callable[[Callable[[], None]], None]):
         self.conn = conn
         self._on_rollback = on_rollback
-        self._rooms: OrderedDict[int, RoomCiters] = OrderedDict()
+        self._rooms: LruByWeight[int, RoomCiters] = LruByWeight(ROOMS_KEPT)
 
     def clear(self) -> None:
         """Forget every room (after a rollback, when NIDs may be reused)."""
@@ -68,12 +68,10 @@ class AuthCiters:
 
     def room(self, room_nid: int) -> RoomCiters:
         """The room's index, caught up with every event stored in it so far."""
-        citers = self._rooms.pop(room_nid, None)
+        citers = self._rooms.get(room_nid)
         if citers is None:
             citers = RoomCiters()
-        self._rooms[room_nid] = citers
-        while len(self._rooms) > ROOMS_KEPT:
-            self._rooms.popitem(last=False)
+            self._rooms.put(room_nid, citers)
         self._catch_up(room_nid, citers)
         return citers
 
