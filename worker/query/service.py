@@ -41,6 +41,7 @@ from worker.errors import (
 )
 from worker.query.chunks import ACCEPT_CHUNKS_HEADER, accepts_chunks, chunk_size, split
 from worker.query.federation import FederationQueries
+from worker.query.heap import keep_freed_memory
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
     IF_STATE_HEADER,
@@ -298,7 +299,9 @@ class QueryService:
         cls, nc: NATS, storage_path: Path, subjects: Subjects, partition: int | None = None
     ) -> QueryService:
         """Open a read-only reader on the worker's database and serve every query (of
-        one partition's rooms, when partitioned)."""
+        one partition's rooms, when partitioned); the C heap is set to keep what its
+        large replies free (worker.query.heap)."""
+        keep_freed_memory()
         reader = await Reader.open(storage_path)
         service = cls(nc, reader, subjects, partition)
         try:
