@@ -20,6 +20,10 @@ current state is timed from this process through the real request/reply path
 - filtered: warm, only the power levels (what a client about to send an event asks);
 - service: the worker's own average processing time for the warm queries, from the
   micro service's stats (`$SRV.STATS`): the part that is not NATS or the client;
+- CPU per warm query, of this process and of the worker's, and this process's garbage
+  collections during the warm queries (by generation: how many, the longest): what
+  decides the tail on a shared machine, where wall times mostly measure waiting for
+  a core;
 - floor: a bare nats-py request/reply carrying as many bytes as the warm reply, answered
   by a process that does nothing else (`--floor-responder`), one after each warm query:
   what moving those bytes through NATS and nats-py costs on this machine at that
@@ -88,7 +92,9 @@ def _summary(samples_s: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _worker_process(env: dict[str, str], workdir: Path, log: IO[bytes]) -> Iterator[None]:
+def _worker_process(
+    env: dict[str, str], workdir: Path, log: IO[bytes]
+) -> Iterator[subprocess.Popen[bytes]]:
     """`roomserver run` in its own process, stopped with SIGTERM as an operator would."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run"],
@@ -98,7 +104,7 @@ def _worker_process(env: dict[str, str], workdir: Path, log: IO[bytes]) -> Itera
         stderr=log,
     )
     try:
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -195,6 +201,47 @@ async def _service_stats(nc: NATS, prefix: str, window: float = 0.5) -> dict[str
     raise RuntimeError(f"no roomserver service with subject prefix {prefix} answered")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process `pid` has used so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Collections:
+    """This process's garbage collections while `on`: by generation, how many, their
+    total and their longest pause (milliseconds), from `gc.callbacks`."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self._began = 0.0
+        self.pauses: dict[int, list[float]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self.on:
+            pause = (time.perf_counter() - self._began) * 1000
+            self.pauses.setdefault(info["generation"], []).append(pause)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Collections]:
+        gc.callbacks.append(self)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            f"gen{generation}": {
+                "collections": len(pauses),
+                "total_ms": round(sum(pauses), 2),
+                "max_ms": round(max(pauses), 2),
+            }
+            for generation, pauses in sorted(self.pauses.items())
+        }
+
+
 async def _cold_query(client: RoomserverClient, room_id: str, entries: int) -> float:
     """Seconds of the first state query a freshly started worker answers (checked whole)."""
     await _until_answering(client)
@@ -223,8 +270,10 @@ async def bench_queries(
 
     Returns {"entries", "reply_bytes" (the contract's triples), "grouped_reply_bytes"
     (what the client gets), "feed_seconds", "cold": {p50_ms, p99_ms, samples}, "warm":
-    {...}, "filtered": {...}, "unchanged": {...}, "service_warm_avg_ms", "floor": {...}
-    (bare request/reply of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
+    {...}, "filtered": {...}, "unchanged": {...}, "service_warm_avg_ms", "warm_cpu_ms":
+    {client, worker} (per warm query), "warm_client_gc": {genN: {collections, total_ms,
+    max_ms}} (this process's, during the warm queries), "floor": {...} (bare
+    request/reply of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
     """
     if restarts < 1 or samples < 1:
         raise ValueError("restarts and samples must be at least 1")
@@ -260,10 +309,17 @@ async def bench_queries(
             for _ in range(restarts):
                 with _worker_process(env, workdir, log):
                     cold.append(await _cold_query(client, room_id, entries))
-            with _worker_process(env, workdir, log), _floor_process(url):
+            with (
+                _worker_process(env, workdir, log) as worker,
+                _floor_process(url),
+                _Collections().installed() as collections,
+            ):
                 await _until_answering(client)
                 reply = await client.request("state", {"room_id": room_id})
                 reply_bytes = len(msgpack.packb(reply, use_bin_type=True))
+                # Not kept through the timed queries: 10,000 lists in this process's
+                # heap would be in every full collection there.
+                del reply
                 grouped = await nc.request(
                     client.subjects.query("state"),
                     msgpack.packb({"room_id": room_id}),
@@ -275,15 +331,24 @@ async def bench_queries(
                 warm: list[float] = []
                 floor: list[float] = []
                 floor_triples: list[float] = []
+                client_cpu = 0.0
+                # What the set-up left for the collector is not the warm queries' cost.
+                gc.collect()
+                worker_cpu = _cpu_seconds(worker.pid)
                 for i in range(samples):
+                    collections.on = True
+                    cpu = time.process_time()
                     began = time.perf_counter()
                     await client.state(room_id)
                     warm.append(time.perf_counter() - began)
+                    client_cpu += time.process_time() - cpu
+                    collections.on = False
                     # The floor in the same moment: one bare request/reply of each size,
                     # in turns first (the worker may still be busy after its reply).
                     sizes = [(floor, grouped_bytes), (floor_triples, reply_bytes)]
                     for figures, size in sizes[:: 1 if i % 2 else -1]:
                         figures.append(await _floor_request(nc, size))
+                worker_cpu = _cpu_seconds(worker.pid) - worker_cpu
                 after = await _service_stats(nc, config.streams.subject_prefix)
                 filtered = await _timed(
                     samples, lambda: client.state(room_id, keys=[("m.room.power_levels", "")])
@@ -312,6 +377,14 @@ async def bench_queries(
         "filtered": _summary(filtered),
         "unchanged": _summary(unchanged),
         "service_warm_avg_ms": round(service_ns / 1e6, 3),
+        # CPU per warm query: this process's during the query; the worker's over the
+        # warm loop (it answers nothing else then), in clock ticks of 10 ms.
+        "warm_cpu_ms": {
+            "client": round(client_cpu / samples * 1000, 3),
+            "worker": round(worker_cpu / samples * 1000, 3),
+        },
+        # This process's garbage collections during the warm queries.
+        "warm_client_gc": collections.summary(),
         "floor": _summary(floor),
         "floor_triples": _summary(floor_triples),
     }
@@ -522,6 +595,13 @@ def main() -> None:
             f"   ({figures['samples']} samples)"
         )
     print(f"  service   avg {result['service_warm_avg_ms']:8.3f} ms   (warm, inside the worker)")
+    cpu = result["warm_cpu_ms"]
+    print(f"  CPU per warm query: client {cpu['client']:.2f} ms, worker {cpu['worker']:.2f} ms")
+    for generation, figures in result["warm_client_gc"].items():
+        print(
+            f"  client {generation} collections in the warm queries: {figures['collections']}, "
+            f"total {figures['total_ms']:.1f} ms, longest {figures['max_ms']:.2f} ms"
+        )
     if "big_state" in result:
         print(big_state_line(result["big_state"]))
     print(json.dumps(result))

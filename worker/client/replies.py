@@ -56,7 +56,9 @@ def _run_due_middle_collection() -> None:
     milliseconds in a client with a big heap: the warm state query's p99). Run before
     the decode, the same collection finds only what was already there, and the one
     after the decode is of the youngest generation alone. It is the collection the
-    collector would have made anyway, only earlier: none is added.
+    collector would have made anyway, at most one young collection earlier: the
+    middle generation is still collected once per `threshold1` young collections,
+    and the oldest no more often than before.
     """
     counts, thresholds = gc.get_count(), gc.get_threshold()
     if thresholds[1] and counts[1] >= thresholds[1]:
