@@ -367,6 +367,10 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"service (warm) {q['service_warm_avg_ms']:.1f} ms",
         ),
         Row(
+            "  CPU per warm query (client, worker)",
+            figures=f"{q['warm_cpu_ms']['client']:.2f} ms, {q['warm_cpu_ms']['worker']:.2f} ms",
+        ),
+        Row(
             "  warm, state unchanged since the client's last ask",
             figures=f"p50 {q['unchanged']['p50_ms']:.2f} ms, p99 {q['unchanged']['p99_ms']:.1f} ms",
         ),
