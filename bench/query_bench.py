@@ -271,7 +271,8 @@ async def bench_queries(
     Returns {"entries", "reply_bytes" (the contract's triples), "grouped_reply_bytes"
     (what the client gets), "feed_seconds", "cold": {p50_ms, p99_ms, samples}, "warm":
     {...}, "filtered": {...}, "unchanged": {...}, "service_warm_avg_ms", "warm_cpu_ms":
-    {client, worker} (per warm query), "warm_client_gc": {genN: {collections, total_ms,
+    {client, worker} (per warm query), "warm_client_cpu": {p50_ms, p99_ms, samples}
+    (this process's CPU in each warm query), "warm_client_gc": {genN: {collections, total_ms,
     max_ms}} (this process's, during the warm queries), "floor": {...} (bare
     request/reply of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
     """
@@ -331,7 +332,7 @@ async def bench_queries(
                 warm: list[float] = []
                 floor: list[float] = []
                 floor_triples: list[float] = []
-                client_cpu = 0.0
+                client_cpu: list[float] = []
                 # What the set-up left for the collector is not the warm queries' cost.
                 gc.collect()
                 worker_cpu = _cpu_seconds(worker.pid)
@@ -341,7 +342,7 @@ async def bench_queries(
                     began = time.perf_counter()
                     await client.state(room_id)
                     warm.append(time.perf_counter() - began)
-                    client_cpu += time.process_time() - cpu
+                    client_cpu.append(time.process_time() - cpu)
                     collections.on = False
                     # The floor in the same moment: one bare request/reply of each size,
                     # in turns first (the worker may still be busy after its reply).
@@ -380,9 +381,11 @@ async def bench_queries(
         # CPU per warm query: this process's during the query; the worker's over the
         # warm loop (it answers nothing else then), in clock ticks of 10 ms.
         "warm_cpu_ms": {
-            "client": round(client_cpu / samples * 1000, 3),
+            "client": round(sum(client_cpu) / samples * 1000, 3),
             "worker": round(worker_cpu / samples * 1000, 3),
         },
+        # This process's CPU in each warm query: its own tail, without the waits.
+        "warm_client_cpu": _summary(client_cpu),
         # This process's garbage collections during the warm queries.
         "warm_client_gc": collections.summary(),
         "floor": _summary(floor),
@@ -597,6 +600,8 @@ def main() -> None:
     print(f"  service   avg {result['service_warm_avg_ms']:8.3f} ms   (warm, inside the worker)")
     cpu = result["warm_cpu_ms"]
     print(f"  CPU per warm query: client {cpu['client']:.2f} ms, worker {cpu['worker']:.2f} ms")
+    own = result["warm_client_cpu"]
+    print(f"  client CPU in a warm query: p50 {own['p50_ms']:.2f} ms, p99 {own['p99_ms']:.2f} ms")
     for generation, figures in result["warm_client_gc"].items():
         print(
             f"  client {generation} collections in the warm queries: {figures['collections']}, "
