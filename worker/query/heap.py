@@ -30,12 +30,13 @@ log = structlog.get_logger(__name__)
 #: mallopt(3) parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD: Final = -1
 M_MMAP_THRESHOLD: Final = -3
-#: Blocks from the heap: up to 8 MiB, a few times the largest reply one NATS message
-#: carries by default (max_payload, 1 MiB; a bigger reply is sent in chunks).
-MMAP_THRESHOLD: Final = 8 << 20
+#: Blocks from the heap: up to 4 MiB, a few times the largest reply one NATS message
+#: carries by default (max_payload, 1 MiB; a bigger reply is sent in chunks of it).
+MMAP_THRESHOLD: Final = 4 << 20
 #: Free memory kept at the top of the heap: room for the few reply-sized buffers of
-#: several replies in flight.
-TRIM_THRESHOLD: Final = 64 << 20
+#: several replies in flight, and no more (what the worker's RSS may keep beyond its
+#: live data).
+TRIM_THRESHOLD: Final = 16 << 20
 
 
 def keep_freed_memory() -> bool:
