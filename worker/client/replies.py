@@ -51,9 +51,9 @@ def _run_due_middle_collection() -> None:
     The collection the collector makes when it is back on (the decode left it far
     over its youngest threshold) is of the oldest generation that is due. When that
     is the middle one, the reply's objects, alive in the caller's hands, survive it
-    and move to the oldest generation: every tenth large reply added 10,000 objects
-    there, which soon set off a full collection of the whole heap (tens of
-    milliseconds in a client with a big heap: the warm state query's p99). Run before
+    and move to the oldest generation: about every eleventh large reply added
+    10,000 objects there, which soon set off a full collection of the whole heap (tens
+    of milliseconds in a client with a big heap: the warm state query's p99). Run before
     the decode, the same collection finds only what was already there, and the one
     after the decode is of the youngest generation alone. It is the collection the
     collector would have made anyway, at most one young collection earlier: the
