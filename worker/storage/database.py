@@ -24,7 +24,7 @@ from worker.storage.connection import (
 from worker.storage.faults import StorageError, StorageFault, is_transient, storage_fault
 from worker.storage.held import HeldStore
 from worker.storage.lru import LruByWeight
-from worker.storage.membership_index import apply_state_change
+from worker.storage.membership_index import apply_member_replacement, apply_state_change
 from worker.storage.outbox import OutboxRow, OutboxStore
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
@@ -361,6 +361,13 @@ class Database(WriteConnection):
         """Follow a change of the room's current state in `user_room_memberships`
         (event IDs added to and removed from it), in the open transaction."""
         apply_state_change(self.conn, room_nid, adds, removes)
+
+    def index_member_replacement(
+        self, room_nid: int, user_id: str, membership: str, event_nid: int
+    ) -> None:
+        """`index_memberships` for a change that only replaces one user's member event
+        with another one in hand (the common case of a linear room): one write, no read."""
+        apply_member_replacement(self.conn, room_nid, user_id, membership, event_nid)
 
 
 class _NidTable:
