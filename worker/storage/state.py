@@ -44,17 +44,21 @@ class DerivedState(Mapping[NidStateKey, int]):
 
     __slots__ = ("_len", "base", "changes")
 
-    def __init__(self, base: NidState, changes: NidState) -> None:
+    def __init__(self, base: NidState, changes: NidState, length: int | None = None) -> None:
         #: Never changed: shared with the cache and with other derived states.
         self.base = base
         #: Key → event NID, 0 where the key is removed.
         self.changes = changes
-        self._len = len(base)
-        for key, event_nid in changes.items():
-            if key in base:
-                self._len -= not event_nid
-            else:
-                self._len += bool(event_nid)
+        if length is None:
+            length = len(base)
+            for key, event_nid in changes.items():
+                if key in base:
+                    length -= not event_nid
+                else:
+                    length += bool(event_nid)
+        #: The number of keys held; `derive` passes it, counted from the parent's and
+        #: the few changes it adds, rather than over all the changes again.
+        self._len = length
 
     def get(self, key: NidStateKey, default: int | None = None) -> int | None:  # type: ignore[override]
         event_nid = self.changes.get(key)
@@ -276,8 +280,11 @@ class StateStore:
         else:
             base = parent_state if isinstance(parent_state, dict) else dict(parent_state)
             changes = {}
+        length = len(parent_state)
+        for key, event_nid in effective.items():
+            length += bool(event_nid) - (key in parent_state)
         changes.update(effective)
-        derived = DerivedState(base, changes)
+        derived = DerivedState(base, changes, length)
         if len(changes) > _flat_after(len(base)):
             self.cache.remember_state(snapshot_nid, derived.flat())
         else:
