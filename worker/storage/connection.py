@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
@@ -137,34 +138,30 @@ class WriteConnection:
         """Whether the batch's transaction is still open (SQLite may have ended it)."""
         return self._in_txn and not self._broken and self.conn.in_transaction
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Undo one input's writes on failure while keeping the batch's transaction.
+    def savepoint(self) -> Savepoint:
+        """Undo one input's writes on failure while keeping the batch's transaction
+        (see `Savepoint`)."""
+        return Savepoint(self)
+
+    def _undo_savepoint(self, hooks_before: int) -> None:
+        """The input's savepoint failed: roll its writes back and run the hooks it
+        registered, newest first.
 
         If SQLite ended the whole transaction (see `transaction`), there is nothing to
         roll back to: the error goes up as it is and the batch fails."""
-        hooks_before = len(self._rollback_hooks)
-        # A hook registered before would not run if this input is undone.
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK TO one_input")
+                self.conn.execute("RELEASE one_input")
+            except sqlite3.Error:
+                # The input's writes could not be undone: the batch must not go on
+                # (see `in_transaction`); the error being raised is the one to report.
+                self._broken = True
+        # Newest first: a hook may restore what was there before its own change.
+        for hook in reversed(self._rollback_hooks[hooks_before:]):
+            hook()
+        del self._rollback_hooks[hooks_before:]
         self._once_hooks = set()
-        self.conn.execute("SAVEPOINT one_input")
-        try:
-            yield
-            self.conn.execute("RELEASE one_input")
-        except BaseException:
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK TO one_input")
-                    self.conn.execute("RELEASE one_input")
-                except sqlite3.Error:
-                    # The input's writes could not be undone: the batch must not go on
-                    # (see `in_transaction`); the error being raised is the one to report.
-                    self._broken = True
-            # Newest first: a hook may restore what was there before its own change.
-            for hook in reversed(self._rollback_hooks[hooks_before:]):
-                hook()
-            del self._rollback_hooks[hooks_before:]
-            self._once_hooks = set()
-            raise
 
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Register writes to make at the end of every transaction, just before COMMIT
@@ -190,3 +187,41 @@ class WriteConnection:
     def _forget_uncommitted(self) -> None:
         for hook in reversed(self._rollback_hooks):
             hook()
+
+
+class Savepoint:
+    """One input's savepoint, as a context manager: released when the block ends,
+    rolled back (with the rollback hooks registered inside it) when it raises.
+
+    A class rather than a generator-based context manager: the pipeline enters one
+    per input, and a generator's setup and its two resumptions cost several times
+    these two calls."""
+
+    __slots__ = ("_db", "_hooks_before")
+
+    def __init__(self, db: WriteConnection) -> None:
+        self._db = db
+        self._hooks_before = 0
+
+    def __enter__(self) -> None:
+        db = self._db
+        self._hooks_before = len(db._rollback_hooks)
+        # A hook registered before would not run if this input is undone.
+        db._once_hooks = set()
+        db.conn.execute("SAVEPOINT one_input")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        db = self._db
+        if exc_type is None:
+            try:
+                db.conn.execute("RELEASE one_input")
+                return
+            except BaseException:
+                db._undo_savepoint(self._hooks_before)
+                raise
+        db._undo_savepoint(self._hooks_before)
