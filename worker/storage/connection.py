@@ -97,6 +97,7 @@ class WriteConnection:
         #: current input's savepoint began: where a rollback would run them.
         self._once_hooks: set[Callable[[], None]] = set()
         self._commit_hooks: list[Callable[[], None]] = []
+        self._begin_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -115,6 +116,8 @@ class WriteConnection:
         self._rollback_hooks = []
         self._once_hooks = set()
         try:
+            for hook in self._begin_hooks:
+                hook()
             yield
             for hook in self._commit_hooks:
                 hook()
@@ -162,6 +165,11 @@ class WriteConnection:
             hook()
         del self._rollback_hooks[hooks_before:]
         self._once_hooks = set()
+
+    def after_begin(self, hook: Callable[[], None]) -> None:
+        """Register what to do as every transaction begins (forget what only holds
+        while this connection is the one writing, as it is inside a transaction)."""
+        self._begin_hooks.append(hook)
 
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Register writes to make at the end of every transaction, just before COMMIT
