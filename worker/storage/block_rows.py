@@ -17,6 +17,8 @@ class BlockRows:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        #: The inserts' own cursor (see `WriteConnection.writes`).
+        self._writes = conn.cursor()
 
     def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
         row = self.conn.execute(
@@ -61,7 +63,8 @@ class BlockRows:
         None. Most rows are new (each state change makes a new block and snapshot), so
         the insert comes first and the look-up only follows a duplicate: one statement
         where a look-up before every insert made two. An ignored insert takes no NID."""
-        cursor = self.conn.execute(sql, params)
+        cursor = self._writes
+        cursor.execute(sql, params)
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     def _stored_nid(self, sql: str, digest: bytes) -> int:

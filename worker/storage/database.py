@@ -302,8 +302,8 @@ class Database(WriteConnection):
             nid = expected
         elif nid != expected:
             raise StorageError(f"event NID {nid} is not the next one, {expected}")
-        conn = self.conn
-        conn.execute(
+        writes = self.writes
+        writes.execute(
             "INSERT INTO events (nid, event_id, room_nid, type_nid, state_key_nid, depth, "
             "status, reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -324,14 +324,14 @@ class Database(WriteConnection):
         )
         self._next_event_nid = nid + 1
         self.on_rollback_once(self._forget_next_event_nid)
-        conn.execute("INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes))
+        writes.execute("INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes))
         if len(prev_event_ids) == 1:
-            conn.execute(
+            writes.execute(
                 "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
                 (nid, prev_event_ids[0]),
             )
         elif prev_event_ids:
-            conn.executemany(
+            writes.executemany(
                 "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
                 [(nid, prev) for prev in prev_event_ids],
             )
