@@ -26,10 +26,6 @@ class Output:
     payload: bytes
 
 
-def _pack(body: Mapping[str, Any]) -> bytes:
-    return bytes(msgpack.packb(body, use_bin_type=True))
-
-
 #: Rooms whose output subject is remembered (~200 bytes each).
 OUTPUT_SUBJECTS = 10_000
 
@@ -40,6 +36,10 @@ class OutputBuilder:
         #: Room ID → output subject: every output of a room has the same one, and making
         #: it (the room ID in base64) cost more than the rest of the output's envelope.
         self._output_subjects: BoundedMemo[str, str] = BoundedMemo(OUTPUT_SUBJECTS)
+        #: One packer for the builder's outputs (a builder is used by one thread, the
+        #: pipeline's): `msgpack.packb` makes, and allocates the buffer of, a new one
+        #: per call. Packing resets it, so the bytes are those `packb` makes.
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def new_room_event(
         self,
@@ -129,4 +129,4 @@ class OutputBuilder:
         subject = self._output_subjects.get(room_id)
         if subject is None:
             subject = self._output_subjects[room_id] = self.subjects.output(room_id)
-        return Output(subject, f"{event_id}:{body['type']}", _pack(body))
+        return Output(subject, f"{event_id}:{body['type']}", bytes(self._packer.pack(body)))
