@@ -3,10 +3,10 @@
 The worker has no test hooks; this wrapper patches one of its functions in the child
 process and then calls `worker.cli.main` as `python -m worker.cli` would.
 
-- ROOMSERVER_TEST_FAIL_FILE: a file holding an event ID. While it exists, storing the
-  state after that event raises RuntimeError (after the event's own rows are written,
-  so the rollback of its savepoint is exercised too). Deleting the file removes the
-  fault without a restart.
+- ROOMSERVER_TEST_FAIL_FILE: a file holding an event ID. While it exists, caching that
+  event once it is stored raises RuntimeError (after the event's own rows and the state
+  after it are written, so the rollback of its savepoint is exercised too). Deleting the
+  file removes the fault without a restart.
 - ROOMSERVER_TEST_MAX_PAGE_COUNT: `PRAGMA max_page_count` on the worker's connection,
   so the database is "full" at that size: a real SQLITE_FULL from SQLite.
 """
@@ -19,21 +19,19 @@ import sys
 from pathlib import Path
 
 import worker.storage.connection as connection
-import worker.storage.database as database
 from worker import cli
-from worker.pipeline.state import EventStates
-from worker.storage.events import StoredEvent
+from worker.storage.events import EventStore, StoredEvent
 
 
 def _inject_failure(path: Path) -> None:
-    original = EventStates.after
+    original = EventStore.remember
 
-    def failing(self: EventStates, stored: StoredEvent, room: database.RoomRow) -> StoredEvent:
+    def failing(self: EventStore, stored: StoredEvent) -> None:
         if path.exists() and stored.event.event_id == path.read_text().strip():
             raise RuntimeError(f"injected fault on {stored.event.event_id}")
-        return original(self, stored, room)
+        original(self, stored)
 
-    EventStates.after = failing  # type: ignore[method-assign]
+    EventStore.remember = failing  # type: ignore[method-assign]
 
 
 def _limit_pages(pages: int) -> None:

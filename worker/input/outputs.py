@@ -16,6 +16,7 @@ import msgpack
 
 from worker.bus.publisher import dead_letter_body
 from worker.bus.subjects import Subjects
+from worker.storage.lru import BoundedMemo
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +26,20 @@ class Output:
     payload: bytes
 
 
-def _pack(body: Mapping[str, Any]) -> bytes:
-    return bytes(msgpack.packb(body, use_bin_type=True))
+#: Rooms whose output subject is remembered (~200 bytes each).
+OUTPUT_SUBJECTS = 10_000
 
 
 class OutputBuilder:
     def __init__(self, subjects: Subjects) -> None:
         self.subjects = subjects
+        #: Room ID → output subject: every output of a room has the same one, and making
+        #: it (the room ID in base64) cost more than the rest of the output's envelope.
+        self._output_subjects: BoundedMemo[str, str] = BoundedMemo(OUTPUT_SUBJECTS)
+        #: One packer for the builder's outputs (a builder is used by one thread, the
+        #: pipeline's): `msgpack.packb` makes, and allocates the buffer of, a new one
+        #: per call. Packing resets it, so the bytes are those `packb` makes.
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def new_room_event(
         self,
@@ -118,4 +126,7 @@ class OutputBuilder:
         )
 
     def _output(self, room_id: str, event_id: str, body: Mapping[str, Any]) -> Output:
-        return Output(self.subjects.output(room_id), f"{event_id}:{body['type']}", _pack(body))
+        subject = self._output_subjects.get(room_id)
+        if subject is None:
+            subject = self._output_subjects[room_id] = self.subjects.output(room_id)
+        return Output(subject, f"{event_id}:{body['type']}", bytes(self._packer.pack(body)))

@@ -16,7 +16,13 @@ from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, vali
 from worker.matrix.events import CREATE, Event, StateKey
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore
-from worker.storage.schema import STATUS_ACCEPTED, STATUS_REJECTED, STATUS_SOFT_FAILED
+from worker.storage.schema import (
+    EMPTY_STATE_KEY_NID,
+    STATUS_ACCEPTED,
+    STATUS_REJECTED,
+    STATUS_SOFT_FAILED,
+    WELL_KNOWN_TYPES,
+)
 from worker.storage.state import StateStore, StateView
 
 
@@ -109,8 +115,16 @@ class Authorizer:
         keys.add((CREATE, ""))
         result: dict[StateKey, Event] = {}
         for event_type, state_key in keys:
-            type_nid = self.db.type_nid(event_type, create=False)
-            sk_nid = self.db.state_key_nid(state_key, create=False)
+            # Auth types are well-known types, and many keys are empty: their NIDs are
+            # fixed, so only the users' state keys are looked up.
+            type_nid = WELL_KNOWN_TYPES.get(event_type) or self.db.type_nid(
+                event_type, create=False
+            )
+            sk_nid = (
+                EMPTY_STATE_KEY_NID
+                if state_key == ""
+                else self.db.state_key_nid(state_key, create=False)
+            )
             if type_nid and sk_nid:
                 event_nid = state.get((type_nid, sk_nid))
                 if event_nid:

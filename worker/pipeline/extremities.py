@@ -17,6 +17,7 @@ from worker.pipeline.outbox import Outbox
 from worker.pipeline.state import EventStates
 from worker.storage.database import Database, EventRow, RoomRow
 from worker.storage.events import EventStore, StoredEvent
+from worker.storage.membership_index import MEMBER_TYPE_NID
 from worker.storage.schema import STATUS_ACCEPTED, STATUS_SOFT_FAILED
 from worker.storage.state import StateStore
 
@@ -68,8 +69,8 @@ class Extremities:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self.states.resolve_and_store(room, snapshots)
-        adds, removes = self._state_change(old_snapshot, new_snapshot, stored, linear)
-        self.db.index_memberships(room.nid, adds, removes)
+        adds, removes, own_key_only = self._state_change(old_snapshot, new_snapshot, stored, linear)
+        self._index_memberships(room.nid, stored, adds, removes, own_key_only)
         ids = self.events.ids_of(
             [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
         )
@@ -149,12 +150,39 @@ class Extremities:
         children = self.db.children_of(event_id)
         return any(self.events.by_nid(nid).row.status == STATUS_ACCEPTED for nid in children)
 
+    def _index_memberships(
+        self,
+        room_nid: int,
+        stored: StoredEvent,
+        adds: list[str],
+        removes: list[str],
+        own_key_only: bool,
+    ) -> None:
+        """Keep the index of users' rooms in step with the current state's change.
+
+        When the change is only the event itself taking its own key's place, the index
+        needs no read: an event of another type than m.room.member changes no row (the
+        event it replaces has its type too, and only member events have rows), and a
+        member event with a string membership is exactly the row the general path would
+        read back from its stored JSON."""
+        if own_key_only:
+            row, event = stored.row, stored.event
+            if row.type_nid != MEMBER_TYPE_NID:
+                return
+            membership = event.content.get("membership")
+            user_id = event.state_key
+            if isinstance(membership, str) and user_id is not None:
+                self.db.index_member_replacement(room_nid, user_id, membership, row.nid)
+                return
+        self.db.index_memberships(room_nid, adds, removes)
+
     def _state_change(
         self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool
-    ) -> tuple[list[str], list[str]]:
-        """Event IDs added to and removed from the room's current state."""
+    ) -> tuple[list[str], list[str], bool]:
+        """Event IDs added to and removed from the room's current state, and whether the
+        change is only `stored` itself in the place of its key's previous event."""
         if old_snapshot == new_snapshot:
-            return [], []
+            return [], [], False
         old = self.state.load(old_snapshot)
         new = self.state.load(new_snapshot)
         row = stored.row
@@ -163,11 +191,13 @@ class Extremities:
             # The room's state moved by this one event: only its own key can differ.
             added_nids = [new[key]] if new.get(key) != old.get(key) and key in new else []
             removed_nids = [old[key]] if added_nids and key in old else []
+            own_key_only = added_nids == [row.nid]
         else:
             # Only the keys the two snapshots' own blocks set can differ (after a
             # resolution: the branches' changes since they parted), not the room's.
             differing = sorted(self.state.differing_keys([old_snapshot, new_snapshot]))
             added_nids = [new[k] for k in differing if k in new]
             removed_nids = [old[k] for k in differing if k in old]
+            own_key_only = False
         ids = self.events.ids_of(added_nids + removed_nids)
-        return [ids[n] for n in added_nids], [ids[n] for n in removed_nids]
+        return [ids[n] for n in added_nids], [ids[n] for n in removed_nids], own_key_only

@@ -165,8 +165,9 @@ class Recipe:
         self.p.authorize.against_state_before(event, before, verdict, checked)
         if inp.kind is Kind.NEW:
             self.p.authorize.against_current_state(event, room, before, verdict)
-        stored = self.p.writer.store(event, room, verdict.status, verdict.reason, before, existing)
-        stored = self.p.states.after(stored, room)
+        stored = self.p.writer.store(
+            event, room, verdict.status, verdict.reason, before, existing, self.p.states.after
+        )
         self.p.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.

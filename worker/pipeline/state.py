@@ -9,7 +9,6 @@ it is a state event that counts. Every state this computes is stored as a snapsh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from worker.input.decode import InputMessage
 from worker.input.errors import DeadLetter
@@ -17,9 +16,9 @@ from worker.matrix.events import Event
 from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.database import Database, RoomRow
-from worker.storage.events import EventStore, StoredEvent
+from worker.storage.events import EventStore
 from worker.storage.lru import LruByWeight
-from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
+from worker.storage.schema import STATUS_OUTLIER
 from worker.storage.state import StateStore
 
 #: Resolved snapshots kept by their inputs (see `EventStates.resolve_and_store`).
@@ -68,22 +67,14 @@ class EventStates:
         )
         return self.resolve_and_store(room, snapshots)
 
-    def after(self, stored: StoredEvent, room: RoomRow) -> StoredEvent:
-        """Store the state after an event: before plus itself if it is an accepted or
-        soft-failed state event (soft-failed events still count for their children).
-
-        The event row needs its own NID inside the snapshot, so it is written first
-        with after = before and updated here, in the database and in the cache."""
-        row = stored.row
-        if not row.state_key_nid or row.status == STATUS_REJECTED:
-            return stored
-        after = self.state.derive(
-            room.nid, row.before_snapshot_nid, {(row.type_nid, row.state_key_nid): row.nid}
-        )
-        self.db.set_after_snapshot(row.nid, after)
-        updated = StoredEvent(replace(row, after_snapshot_nid=after), stored.event)
-        self.events.remember(updated)
-        return updated
+    def after(
+        self, room_nid: int, before: int, type_nid: int, state_key_nid: int, event_nid: int
+    ) -> int:
+        """Store the state after a state event that counts (accepted or soft-failed:
+        soft-failed events still count for their children): the state before it plus
+        itself. The caller (`EventWriter.store`) writes the event's row after this, with
+        the snapshot returned, so the row needs no second write."""
+        return self.state.derive(room_nid, before, {(type_nid, state_key_nid): event_nid})
 
     def prevs_without_state(self, event: Event) -> list[str]:
         """Prev events that are unknown, or known only as outliers (no state)."""

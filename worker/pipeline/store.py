@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker.matrix.events import Event
 from worker.storage.database import Database, EventRow, RoomRow
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
+from worker.storage.schema import STATUS_REJECTED
 
 
 class EventWriter:
@@ -22,20 +25,28 @@ class EventWriter:
         reason: str | None,
         before: int,
         existing: EventRow | None,
+        after: Callable[[int, int, int, int, int], int] | None = None,
     ) -> StoredEvent:
-        """Store `event` with the state `before` it (and, for now, after it: see
-        worker.pipeline.state.EventStates.after); `existing` is its outlier row."""
+        """Store `event` with the state `before` it and the state after it: `after` (of
+        room NID, before, type NID, state key NID, the event's own NID) gives that one
+        for a timeline event, written before the event's row since it holds the event's
+        NID (see `Database.next_event_nid`); without it, after = before (outliers).
+        `existing` is the event's outlier row."""
         type_nid = self.db.type_nid(event.type, create=True)
         sk = event.state_key
         sk_nid = self.db.state_key_nid(sk, create=True) if sk is not None else 0
         auth_rows = self.events.rows(event.auth_event_ids)
         auth_nids = [auth_rows[e].nid for e in event.auth_event_ids if e in auth_rows]
+        nid = existing.nid if existing is not None else self.db.next_event_nid()
+        after_nid = before
+        if after is not None and sk_nid and status != STATUS_REJECTED:
+            after_nid = after(room.nid, before, type_nid, sk_nid, nid)
         if existing is not None:
-            self.db.promote_outlier(existing.nid, status, reason, before, before)
-            nid = existing.nid
+            self.db.promote_outlier(nid, status, reason, before, after_nid)
             self.events.invalidate(nid)
         else:
-            nid = self.db.insert_event(
+            self.db.insert_event(
+                nid=nid,
                 event_id=event.event_id,
                 room_nid=room.nid,
                 type_nid=type_nid,
@@ -44,7 +55,7 @@ class EventWriter:
                 status=status,
                 reason=reason,
                 before_snapshot_nid=before,
-                after_snapshot_nid=before,
+                after_snapshot_nid=after_nid,
                 auth_event_nids=auth_nids,
                 prev_event_ids=event.prev_event_ids,
                 json_bytes=encode_event_json(
@@ -61,7 +72,7 @@ class EventWriter:
             status,
             reason,
             before,
-            before,
+            after_nid,
         )
         stored = StoredEvent(row, event)
         self.events.remember(stored)

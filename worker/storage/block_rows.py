@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from worker.storage.blocks import pack_nids, unpack_nids
-from worker.storage.connection import insert_rowid, json_list
+from worker.storage.connection import json_list
 from worker.storage.faults import StorageError
 
 
@@ -17,6 +17,8 @@ class BlockRows:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        #: The inserts' own cursor (see `WriteConnection.writes`).
+        self._writes = conn.cursor()
 
     def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
         row = self.conn.execute(
@@ -39,24 +41,35 @@ class BlockRows:
 
     def put_block(self, digest: bytes, entry_count: int, packed: bytes) -> tuple[int, bool]:
         """Store a block unless an identical one exists; returns (NID, newly written)."""
-        row = self.conn.execute("SELECT nid FROM state_blocks WHERE hash = ?", (digest,)).fetchone()
-        if row is not None:
-            return int(row[0]), False
-        nid = insert_rowid(
-            self.conn,
-            "INSERT INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?)",
+        nid = self._insert_unless_stored(
+            "INSERT OR IGNORE INTO state_blocks (hash, entry_count, entries) VALUES (?, ?, ?)",
             (digest, entry_count, packed),
         )
-        return nid, True
+        if nid is not None:
+            return nid, True
+        return self._stored_nid("SELECT nid FROM state_blocks WHERE hash = ?", digest), False
 
     def put_snapshot(self, digest: bytes, room_nid: int, block_nids: Sequence[int]) -> int:
-        row = self.conn.execute(
-            "SELECT nid FROM state_snapshots WHERE hash = ?", (digest,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-        return insert_rowid(
-            self.conn,
-            "INSERT INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?)",
+        nid = self._insert_unless_stored(
+            "INSERT OR IGNORE INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?)",
             (digest, room_nid, pack_nids(block_nids)),
         )
+        if nid is not None:
+            return nid
+        return self._stored_nid("SELECT nid FROM state_snapshots WHERE hash = ?", digest)
+
+    def _insert_unless_stored(self, sql: str, params: tuple[object, ...]) -> int | None:
+        """Insert a row unless one with the same hash is stored: the new row's NID, or
+        None. Most rows are new (each state change makes a new block and snapshot), so
+        the insert comes first and the look-up only follows a duplicate: one statement
+        where a look-up before every insert made two. An ignored insert takes no NID."""
+        cursor = self._writes
+        cursor.execute(sql, params)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def _stored_nid(self, sql: str, digest: bytes) -> int:
+        row = self.conn.execute(sql, (digest,)).fetchone()
+        if row is None:
+            # OR IGNORE also ignores a NOT NULL violation, which leaves no row either.
+            raise StorageError(f"a state row with hash {digest.hex()} was neither stored nor found")
+        return int(row[0])

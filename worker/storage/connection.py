@@ -17,6 +17,27 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
+
+
+def _bytes_as_is(value: bytes) -> bytes:
+    return value
+
+
+def _none_as_is(value: None) -> None:
+    return value
+
+
+# The sqlite3 module binds int, float, str and bytearray parameters directly, but sends
+# every other one (bytes and None among them: packed NIDs, hashes, JSON, a NULL reason)
+# through its adapter protocol first, which looks for `__adapt__` on its protocol type
+# and so builds and clears an AttributeError each time: a few bytes parameters an event
+# cost more than binding everything else. An adapter registered for the exact type is
+# found first and returns the value as it is, so what is bound is unchanged. (Types the
+# module binds directly are not registered: that would send every parameter through
+# the protocol.) The registry is the module's, for every connection of the process.
+sqlite3.register_adapter(bytes, _bytes_as_is)
+sqlite3.register_adapter(type(None), _none_as_is)
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
@@ -89,6 +110,10 @@ class WriteConnection:
         self.path = path
         # Looked up in this module at call time, so a fault test can wrap it.
         self.conn = open_connection(path)
+        #: One cursor for the hot path's writes (savepoints, event rows), whose rows
+        #: are never read: `Connection.execute` makes and registers a cursor per
+        #: statement, which cost a fifth of running a small INSERT.
+        self.writes = self.conn.cursor()
         self._in_txn = False
         self._broken = False
         self._rollback_hooks: list[Callable[[], None]] = []
@@ -96,6 +121,7 @@ class WriteConnection:
         #: current input's savepoint began: where a rollback would run them.
         self._once_hooks: set[Callable[[], None]] = set()
         self._commit_hooks: list[Callable[[], None]] = []
+        self._begin_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -114,6 +140,8 @@ class WriteConnection:
         self._rollback_hooks = []
         self._once_hooks = set()
         try:
+            for hook in self._begin_hooks:
+                hook()
             yield
             for hook in self._commit_hooks:
                 hook()
@@ -137,34 +165,35 @@ class WriteConnection:
         """Whether the batch's transaction is still open (SQLite may have ended it)."""
         return self._in_txn and not self._broken and self.conn.in_transaction
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Undo one input's writes on failure while keeping the batch's transaction.
+    def savepoint(self) -> Savepoint:
+        """Undo one input's writes on failure while keeping the batch's transaction
+        (see `Savepoint`)."""
+        return Savepoint(self)
+
+    def _undo_savepoint(self, hooks_before: int) -> None:
+        """The input's savepoint failed: roll its writes back and run the hooks it
+        registered, newest first.
 
         If SQLite ended the whole transaction (see `transaction`), there is nothing to
         roll back to: the error goes up as it is and the batch fails."""
-        hooks_before = len(self._rollback_hooks)
-        # A hook registered before would not run if this input is undone.
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK TO one_input")
+                self.conn.execute("RELEASE one_input")
+            except sqlite3.Error:
+                # The input's writes could not be undone: the batch must not go on
+                # (see `in_transaction`); the error being raised is the one to report.
+                self._broken = True
+        # Newest first: a hook may restore what was there before its own change.
+        for hook in reversed(self._rollback_hooks[hooks_before:]):
+            hook()
+        del self._rollback_hooks[hooks_before:]
         self._once_hooks = set()
-        self.conn.execute("SAVEPOINT one_input")
-        try:
-            yield
-            self.conn.execute("RELEASE one_input")
-        except BaseException:
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK TO one_input")
-                    self.conn.execute("RELEASE one_input")
-                except sqlite3.Error:
-                    # The input's writes could not be undone: the batch must not go on
-                    # (see `in_transaction`); the error being raised is the one to report.
-                    self._broken = True
-            # Newest first: a hook may restore what was there before its own change.
-            for hook in reversed(self._rollback_hooks[hooks_before:]):
-                hook()
-            del self._rollback_hooks[hooks_before:]
-            self._once_hooks = set()
-            raise
+
+    def after_begin(self, hook: Callable[[], None]) -> None:
+        """Register what to do as every transaction begins (forget what only holds
+        while this connection is the one writing, as it is inside a transaction)."""
+        self._begin_hooks.append(hook)
 
     def before_commit(self, hook: Callable[[], None]) -> None:
         """Register writes to make at the end of every transaction, just before COMMIT
@@ -190,3 +219,41 @@ class WriteConnection:
     def _forget_uncommitted(self) -> None:
         for hook in reversed(self._rollback_hooks):
             hook()
+
+
+class Savepoint:
+    """One input's savepoint, as a context manager: released when the block ends,
+    rolled back (with the rollback hooks registered inside it) when it raises.
+
+    A class rather than a generator-based context manager: the pipeline enters one
+    per input, and a generator's setup and its two resumptions cost several times
+    these two calls."""
+
+    __slots__ = ("_db", "_hooks_before")
+
+    def __init__(self, db: WriteConnection) -> None:
+        self._db = db
+        self._hooks_before = 0
+
+    def __enter__(self) -> None:
+        db = self._db
+        self._hooks_before = len(db._rollback_hooks)
+        # A hook registered before would not run if this input is undone.
+        db._once_hooks = set()
+        db.writes.execute("SAVEPOINT one_input")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        db = self._db
+        if exc_type is None:
+            try:
+                db.writes.execute("RELEASE one_input")
+                return
+            except BaseException:
+                db._undo_savepoint(self._hooks_before)
+                raise
+        db._undo_savepoint(self._hooks_before)

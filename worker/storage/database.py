@@ -24,7 +24,7 @@ from worker.storage.connection import (
 from worker.storage.faults import StorageError, StorageFault, is_transient, storage_fault
 from worker.storage.held import HeldStore
 from worker.storage.lru import LruByWeight
-from worker.storage.membership_index import apply_state_change
+from worker.storage.membership_index import apply_member_replacement, apply_state_change
 from worker.storage.outbox import OutboxRow, OutboxStore
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
@@ -110,6 +110,9 @@ class Database(WriteConnection):
         #: latest event NIDs, last sent event NID, depth), written at its commit.
         self._room_updates: dict[int, _RoomUpdate] = {}
         self.before_commit(self._write_room_updates)
+        #: The NID the next event will get (see `next_event_nid`); None: read it again.
+        self._next_event_nid: int | None = None
+        self.after_begin(self._forget_next_event_nid)
         self._types = _NidTable(
             self,
             "event type",
@@ -254,6 +257,26 @@ class Database(WriteConnection):
             )
         }
 
+    def next_event_nid(self) -> int:
+        """The NID the next event inserted will get.
+
+        It is the one SQLite itself would give an INTEGER PRIMARY KEY left out, one more
+        than the highest stored, so inserting with it stores the same row; knowing it
+        first lets the state after a state event (which holds the event's own NID) be
+        written before the event's row, which then needs no update. Counted from the
+        last insert inside a transaction (where no other connection writes), and read
+        again after anything is undone."""
+        nid = self._next_event_nid
+        if nid is None or not self._in_txn:
+            nid = int(
+                self.conn.execute("SELECT coalesce(max(nid), 0) + 1 FROM events").fetchone()[0]
+            )
+            self._next_event_nid = nid
+        return nid
+
+    def _forget_next_event_nid(self) -> None:
+        self._next_event_nid = None
+
     def insert_event(
         self,
         *,
@@ -269,13 +292,23 @@ class Database(WriteConnection):
         auth_event_nids: Sequence[int],
         prev_event_ids: Sequence[str],
         json_bytes: bytes,
+        nid: int | None = None,
     ) -> int:
-        nid = insert_rowid(
-            self.conn,
-            "INSERT INTO events (event_id, room_nid, type_nid, state_key_nid, depth, status, "
-            "reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, received_ts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """Insert an event; returns its NID. A caller that needed the NID first passes
+        the one `next_event_nid` gave (any other is refused: the row would not be the
+        one SQLite numbers itself)."""
+        expected = self.next_event_nid()
+        if nid is None:
+            nid = expected
+        elif nid != expected:
+            raise StorageError(f"event NID {nid} is not the next one, {expected}")
+        writes = self.writes
+        writes.execute(
+            "INSERT INTO events (nid, event_id, room_nid, type_nid, state_key_nid, depth, "
+            "status, reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, "
+            "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                nid,
                 event_id,
                 room_nid,
                 type_nid,
@@ -289,15 +322,20 @@ class Database(WriteConnection):
                 int(time.time() * 1000),
             ),
         )
-        self.conn.execute(
-            "INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes)
-        )
-        if prev_event_ids:
-            self.conn.executemany(
+        self._next_event_nid = nid + 1
+        self.on_rollback_once(self._forget_next_event_nid)
+        writes.execute("INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes))
+        if len(prev_event_ids) == 1:
+            writes.execute(
+                "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
+                (nid, prev_event_ids[0]),
+            )
+        elif prev_event_ids:
+            writes.executemany(
                 "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
                 [(nid, prev) for prev in prev_event_ids],
             )
-        return int(nid)
+        return nid
 
     def event_json(self, nid: int) -> bytes:
         row = self.conn.execute(
@@ -310,11 +348,6 @@ class Database(WriteConnection):
     def replace_event_json(self, nid: int, json_bytes: bytes, redacted_by: str) -> None:
         self.conn.execute("UPDATE event_json SET json = ? WHERE event_nid = ?", (json_bytes, nid))
         self.conn.execute("UPDATE events SET redacted_by = ? WHERE nid = ?", (redacted_by, nid))
-
-    def set_after_snapshot(self, nid: int, snapshot_nid: int) -> None:
-        self.conn.execute(
-            "UPDATE events SET after_snapshot_nid = ? WHERE nid = ?", (snapshot_nid, nid)
-        )
 
     def promote_outlier(
         self, nid: int, status: int, reason: str | None, before: int, after: int
@@ -361,6 +394,13 @@ class Database(WriteConnection):
         """Follow a change of the room's current state in `user_room_memberships`
         (event IDs added to and removed from it), in the open transaction."""
         apply_state_change(self.conn, room_nid, adds, removes)
+
+    def index_member_replacement(
+        self, room_nid: int, user_id: str, membership: str, event_nid: int
+    ) -> None:
+        """`index_memberships` for a change that only replaces one user's member event
+        with another one in hand (the common case of a linear room): one write, no read."""
+        apply_member_replacement(self.conn, room_nid, user_id, membership, event_nid)
 
 
 class _NidTable:

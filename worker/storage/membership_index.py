@@ -55,6 +55,16 @@ def apply_state_change(
         _upsert(conn, room_nid, rows)
 
 
+def apply_member_replacement(
+    conn: sqlite3.Connection, room_nid: int, user_id: str, membership: str, event_nid: int
+) -> None:
+    """Follow a change of a room's current state that only puts one member event in the
+    place of its user's previous one (if any): what `apply_state_change` writes for it,
+    without reading the event back. The user's row, keyed by user and room, is replaced
+    whole, so the previous event's row needs no delete of its own."""
+    _upsert(conn, room_nid, [(user_id, membership, event_nid)])
+
+
 def index_existing_rooms(conn: sqlite3.Connection) -> int:
     """Fill the index from every room's current state (the upgrade to schema version 3);
     returns the number of rows written. Runs inside the caller's transaction."""

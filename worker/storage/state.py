@@ -23,7 +23,7 @@ from worker.storage.blocks import (
     snapshot_hash,
 )
 from worker.storage.database import Database, StorageError
-from worker.storage.lru import LruByWeight
+from worker.storage.lru import BoundedMemo, LruByWeight
 from worker.storage.snapshots import SnapshotCache
 
 #: A state as `StateStore.load` gives it: a plain map, or a `DerivedState` on one.
@@ -31,6 +31,9 @@ StateView = Mapping[NidStateKey, int]
 
 #: Block lists cost ~8 bytes a block; 100,000 blocks' worth is under a MB.
 BLOCK_LIST_CACHE_ENTRIES = 100_000
+#: Snapshots whose (block NID, entry count) list `derive` keeps (a few hundred bytes
+#: each): the next state of a room derives from its last one.
+DERIVED_BLOCK_LISTS = 1_000
 
 
 class DerivedState(Mapping[NidStateKey, int]):
@@ -44,17 +47,21 @@ class DerivedState(Mapping[NidStateKey, int]):
 
     __slots__ = ("_len", "base", "changes")
 
-    def __init__(self, base: NidState, changes: NidState) -> None:
+    def __init__(self, base: NidState, changes: NidState, length: int | None = None) -> None:
         #: Never changed: shared with the cache and with other derived states.
         self.base = base
         #: Key → event NID, 0 where the key is removed.
         self.changes = changes
-        self._len = len(base)
-        for key, event_nid in changes.items():
-            if key in base:
-                self._len -= not event_nid
-            else:
-                self._len += bool(event_nid)
+        if length is None:
+            length = len(base)
+            for key, event_nid in changes.items():
+                if key in base:
+                    length -= not event_nid
+                else:
+                    length += bool(event_nid)
+        #: The number of keys held; `derive` passes it, counted from the parent's and
+        #: the few changes it adds, rather than over all the changes again.
+        self._len = length
 
     def get(self, key: NidStateKey, default: int | None = None) -> int | None:  # type: ignore[override]
         event_nid = self.changes.get(key)
@@ -143,11 +150,18 @@ class StateStore:
         #: Derived states, weighed by their changes plus a share of the base they hold
         #: on to (bases are shared by up to ~√(2n) states).
         self.derived: LruByWeight[int, DerivedState] = LruByWeight(cache_entries)
+        #: Snapshot NID → its (block NID, entry count) pairs, as `derive` wrote them:
+        #: deriving from a snapshot then needs neither its blocks nor their sizes read
+        #: (a linear room derives each state from the one derived last).
+        self._derived_blocks: BoundedMemo[int, tuple[tuple[int, int], ...]] = BoundedMemo(
+            DERIVED_BLOCK_LISTS
+        )
 
     def forget_caches(self) -> None:
         """Drop everything cached; used after a rollback, when NIDs may be reused."""
         self.cache.clear()
         self.derived.clear()
+        self._derived_blocks.clear()
 
     # -- reading ------------------------------------------------------------------
 
@@ -253,7 +267,8 @@ class StateStore:
         effective = {k: v for k, v in delta.items() if parent_state.get(k, 0) != v}
         if not effective:
             return parent_snapshot_nid
-        blocks = self.block_list(parent_snapshot_nid)
+        known = self._derived_blocks.get(parent_snapshot_nid)
+        blocks = list(known) if known is not None else self.block_list(parent_snapshot_nid)
         blocks.append(self._write_block(effective))
         while (count := plan_merge([size for _, size in blocks])) > 0:
             merged_from = len(blocks) - count
@@ -270,14 +285,18 @@ class StateStore:
             snapshot_hash(room_nid, block_nids), room_nid, block_nids
         )
         self.db.on_rollback_once(self.forget_caches)
+        self._derived_blocks[snapshot_nid] = tuple(blocks)
         self.stats.snapshots_created += 1
         if isinstance(parent_state, DerivedState):
             base, changes = parent_state.base, dict(parent_state.changes)
         else:
             base = parent_state if isinstance(parent_state, dict) else dict(parent_state)
             changes = {}
+        length = len(parent_state)
+        for key, event_nid in effective.items():
+            length += bool(event_nid) - (key in parent_state)
         changes.update(effective)
-        derived = DerivedState(base, changes)
+        derived = DerivedState(base, changes, length)
         if len(changes) > _flat_after(len(base)):
             self.cache.remember_state(snapshot_nid, derived.flat())
         else:
