@@ -33,6 +33,9 @@ from worker.config import Config
 log = structlog.get_logger("worker.bus.publisher")
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+#: Most publishes waiting for their replies at once (as nats-py's publish_async allows by
+#: default): a longer list is published a window at a time.
+IN_FLIGHT: Final = 4000
 #: The status header of a reply that no stream took the message ("no responders").
 _NO_RESPONDERS: Final = "503"
 
@@ -117,6 +120,7 @@ class Publisher:
         #: Batches waiting for replies, by number.
         self._batches: dict[str, _Batch] = {}
         self._numbers = itertools.count()
+        self._subscribing = asyncio.Lock()
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None = None) -> api.PubAck:
         """Publish one message and wait for its PubAck (``duplicate`` is set if dropped)."""
@@ -145,11 +149,16 @@ class Publisher:
         return len(replies)
 
     async def _pipelined(self, messages: Iterable[Outgoing]) -> list[Msg]:
-        """Publish ``messages`` with reply subjects of one new batch; their replies,
-        once every one has come (TimeoutError if they stop coming)."""
+        """Publish ``messages`` IN_FLIGHT at a time; their replies, once every one
+        has come (TimeoutError if they stop coming)."""
         outgoing = list(messages)
-        if not outgoing:
-            return []
+        replies: list[Msg] = []
+        for start in range(0, len(outgoing), IN_FLIGHT):
+            replies += await self._window(outgoing[start : start + IN_FLIGHT])
+        return replies
+
+    async def _window(self, outgoing: list[Outgoing]) -> list[Msg]:
+        """Publish ``outgoing`` with reply subjects of one new batch; their replies."""
         inbox = self._inbox if self._inbox is not None else await self._subscribe()
         number = str(next(self._numbers))
         batch = self._batches[number] = _Batch(len(outgoing))
@@ -169,17 +178,23 @@ class Publisher:
         return cast(list[Msg], batch.replies)  # every place has its reply
 
     async def _subscribe(self) -> str:
-        """Subscribe to the replies of every batch (once; kept across reconnections)."""
-        inbox = f"{self._nc.new_inbox()}."
-        await self._nc.subscribe(f"{inbox}*.*", cb=self._on_reply)
-        self._inbox = inbox
-        return inbox
+        """Subscribe to the replies of every batch (once, whichever batch comes first;
+        nats-py keeps the subscription across reconnections)."""
+        async with self._subscribing:
+            if self._inbox is None:
+                inbox = f"{self._nc.new_inbox()}."
+                start = len(inbox)
+                batches = self._batches
 
-    async def _on_reply(self, reply: Msg) -> None:
-        assert self._inbox is not None
-        number, _, place = reply.subject[len(self._inbox) :].partition(".")
-        batch = self._batches.get(number)
-        # None: a late reply of a batch given up on (timed out, or cancelled while
-        # NATS was away); it is published again, and JetStream drops the copies.
-        if batch is not None:
-            batch.arrived(int(place), reply)
+                async def on_reply(reply: Msg) -> None:
+                    number, _, place = reply.subject[start:].partition(".")
+                    batch = batches.get(number)
+                    # None: a late reply of a batch given up on (timed out, or cancelled
+                    # while NATS was away); it is published again, and JetStream drops
+                    # the copies.
+                    if batch is not None:
+                        batch.arrived(int(place), reply)
+
+                await self._nc.subscribe(f"{inbox}*.*", cb=on_reply)
+                self._inbox = inbox
+        return self._inbox
