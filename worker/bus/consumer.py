@@ -43,11 +43,16 @@ _V1_TOKENS: Final = 9
 #: Statuses that end a pull request with what it delivered: nothing more there (404),
 #: expired (408).
 _ENDED: Final = frozenset({"404", "408"})
+#: No one answers the consumer's API (the consumer, its stream or JetStream is gone).
+_NO_RESPONDERS: Final = "503"
 #: An idle heartbeat or flow control message (not asked for; ignored).
 _CONTROL: Final = "100"
 #: How much sooner than the fetch's own timeout the server expires its request (as
 #: nats-py does), so that its 408 usually comes before the timeout.
 _EXPIRES_MARGIN_NS: Final = 100_000
+#: The shortest expiry asked for (a shorter fetch_timeout gives up first; what its
+#: request still delivers is kept for the next fetch).
+_MIN_EXPIRES_NS: Final = 1_000_000
 
 
 def stream_position(message: Msg) -> tuple[int, int]:
@@ -180,7 +185,7 @@ class PullConsumer(Started):
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         request = {
             "batch": batch - len(self._delivered),
-            "expires": int(self._fetch_timeout * 1e9) - _EXPIRES_MARGIN_NS,
+            "expires": max(_MIN_EXPIRES_NS, int(self._fetch_timeout * 1e9) - _EXPIRES_MARGIN_NS),
             "no_wait": True,
         }
         try:
@@ -191,10 +196,15 @@ class PullConsumer(Started):
             return
         finally:
             self._waiter = None
-        if ended is not None and ended.headers is not None and not self._delivered:
-            status = ended.headers.get(api.Header.STATUS)
-            if status not in _ENDED:
-                APIError.from_msg(ended)  # raises the status's APIError
+        if ended is None or ended.headers is None or self._delivered:
+            return
+        status = ended.headers.get(api.Header.STATUS, "")
+        if status in _ENDED:
+            return
+        if status == _NO_RESPONDERS:
+            raise ServiceUnavailableError
+        description = ended.headers.get(api.Header.DESCRIPTION, "")
+        raise APIError(code=int(status) if status.isdigit() else None, description=description)
 
     async def _on_message(self, message: Msg) -> None:
         headers = message.headers
