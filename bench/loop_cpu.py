@@ -1,6 +1,7 @@
 """CPU per input of the worker's NATS side, beside the bare relay's, in one process.
 
-    python -m bench.loop_cpu [--events N] [--repeat K]
+    python -m bench.loop_cpu [--events N] [--repeat K] [--worker]
+    python -m bench.run --only loop_cpu
 
 The worker's event loop fetches inputs, settles them (worker.runner.common.settle) and
 publishes each batch's outputs (worker.runner.outbox_relay.OutboxRelay) with their
@@ -211,13 +212,36 @@ async def bench_loop_cpu(url: str, workdir: Path, count: int, repeat: int) -> di
     runs: dict[str, list[dict[str, float]]] = {"worker_side": [], "relay": []}
     for i in range(repeat):
         storage = workdir / f"w{i}"
-        storage.mkdir(parents=True)
+        storage.mkdir(parents=True, exist_ok=True)
         runs["worker_side"].append(
             await worker_side(_config(url, f"lw{i}", storage), count, storage)
         )
         runs["relay"].append(await relay_side(_config(url, f"lr{i}", storage), count))
     best = {key: min(r["cpu_us"] for r in value) for key, value in runs.items()}
     return {"runs": runs, "best_cpu_us": best}
+
+
+async def bench_event_loop(url: str, workdir: Path, events: int, members: int) -> dict[str, Any]:
+    """`make bench`'s loop_cpu scenario: the NATS side beside the relay (3 alternate
+    runs of `events` messages each), and the worker process over a linear room of
+    `members` members and `events` events, its CPU per input by thread."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    nats_side = await bench_loop_cpu(url, workdir / "nats-side", events, 3)
+    pdus = list(linear_room("10", members=members, events=events, seed=1))
+    threads = await worker_threads(url, workdir, prepare_inputs(pdus, "10"), "lt")
+    return {"nats_side": nats_side, "worker": threads}
+
+
+def summary(report: dict[str, Any]) -> str:
+    """One line: CPU µs per input of the NATS side and of the relay, and of the worker's
+    event loop (its main thread) and whole process."""
+    best = report["nats_side"]["best_cpu_us"]
+    worker = report["worker"]
+    return (
+        f"NATS side {best['worker_side']:.1f} µs/input vs relay {best['relay']:.1f}; "
+        f"worker event loop {worker['cpu_us_per_event'].get('main', 0.0):.1f} µs/input, "
+        f"process {worker['process_cpu_us_per_event']:.1f}"
+    )
 
 
 async def _main(count: int, repeat: int, worker: bool) -> dict[str, Any]:
