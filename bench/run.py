@@ -67,6 +67,8 @@ from bench.fork_bench import bench_fork
 from bench.forked_room import build_forked_room
 from bench.isolation_bench import bench_isolation, quick_parameters
 from bench.isolation_bench import table as isolation_table
+from bench.loop_cpu import bench_event_loop
+from bench.loop_cpu import summary as loop_cpu_summary
 from bench.memory_bench import bench_memory
 from bench.memory_bench import summary as memory_summary
 from bench.partitions_bench import bench_partition_runs
@@ -479,6 +481,17 @@ def _memory_rows(m: dict[str, Any] | None, args: argparse.Namespace) -> list[Row
     return rows
 
 
+async def _run_loop_cpu(ctx: Context) -> dict[str, Any]:
+    return await bench_event_loop(
+        ctx.url, ctx.workdir / "loop-cpu", ctx.args.loop_cpu_events, ctx.args.members
+    )
+
+
+def _loop_cpu_rows(s: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]:
+    assert s is not None
+    return [Row("CPU per input: NATS side, event loop", figures=loop_cpu_summary(s))]
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "linear",
@@ -499,6 +512,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         (Option("--forked-members", 800, 100), Option("--forked-events", 5000, 500)),
     ),
     Scenario("synapse_in_memory", _run_synapse, _synapse_rows),
+    Scenario(
+        "loop_cpu", _run_loop_cpu, _loop_cpu_rows, (Option("--loop-cpu-events", 20_000, 2000),)
+    ),
     Scenario("fork", _run_fork, _fork_rows, (Option("--fork-members", 10_000, 500),)),
     Scenario(
         "fork_big", _run_fork_big, _fork_rows, (Option("--fork-big-members", 100_000, 2_000),)

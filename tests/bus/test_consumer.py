@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -146,6 +147,45 @@ async def test_tiny_fetch_timeouts_never_raise(js: JetStreamContext, config: Con
     async with PullConsumer(js, config) as consumer:
         for _ in range(300):
             assert await consumer.fetch_batch() == []
+
+
+@pytest.mark.timing
+async def test_a_fetch_takes_what_there_is_without_waiting(
+    js: JetStreamContext, config: Config
+) -> None:
+    """Fewer inputs than the batch: the fetch returns them at once, not at its timeout;
+    with none there, it returns the first one that comes."""
+    config = with_section(config, "consumer", batch_size=10, fetch_timeout=5.0)
+    await ensure_streams(js, config)
+    await publish_inputs(js, config, 3)
+    async with PullConsumer(js, config) as consumer:
+        started = time.monotonic()
+        assert [m.data for m in await consumer.fetch_batch()] == [b"m0", b"m1", b"m2"]
+        waiting = asyncio.ensure_future(consumer.fetch_batch())
+        await publish_inputs(js, config, 1)
+        assert [m.data for m in await waiting] == [b"m0"]
+        assert time.monotonic() - started < 2.0
+
+
+async def test_inputs_delivered_after_a_fetch_gave_up_are_not_lost(
+    js: JetStreamContext, config: Config
+) -> None:
+    """Fetches that give up almost at once (their requests still open at the server)
+    while inputs keep coming: each input is still fetched, once, long before ack_wait
+    would bring back one that was dropped."""
+    config = with_section(config, "consumer", fetch_timeout=0.001, ack_wait=60.0)
+    await ensure_streams(js, config)
+    count = 200
+    async with PullConsumer(js, config) as consumer:
+        publishing = asyncio.ensure_future(publish_inputs(js, config, count))
+        got: list[bytes] = []
+        end = time.monotonic() + 20
+        while len(got) < count and time.monotonic() < end:
+            for message in await consumer.fetch_batch():
+                got.append(message.data)
+                await message.ack()
+        await publishing
+    assert sorted(got) == sorted(f"m{i}".encode() for i in range(count))
 
 
 def test_hand_built_config_filters_on_the_input_subjects() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 
-from worker.bus.publisher import Outgoing, Publisher, dead_letter_body
+from worker.bus.publisher import IN_FLIGHT, Outgoing, Publisher, dead_letter_body
 from worker.bus.streams import ensure_streams
 from worker.config import Config
 
@@ -68,6 +70,43 @@ async def test_publish_many_reports_a_failure(js: JetStreamContext, config: Conf
     with pytest.raises(NoStreamResponseError):
         await publisher.publish_many([good, bad])
     assert (await js.stream_info(config.streams.output)).state.messages == 1
+
+
+async def test_every_reply_of_a_batch_is_checked(js: JetStreamContext, config: Config) -> None:
+    """A message the stream refuses fails the batch even when the ones around it are
+    stored: its PubAck is an error, and publish_checked (the outbox relay's way, which
+    builds no PubAcks) must see it as publish_many does."""
+    await ensure_streams(js, config)
+    stream = (await js.stream_info(config.streams.output)).config
+    await js.update_stream(dataclasses.replace(stream, max_msg_size=64))
+    publisher = Publisher(js, config)
+    subject = publisher.subjects.output(ROOM)
+    batch = [
+        Outgoing(subject, b"small", "a"),
+        Outgoing(subject, b"x" * 200, "too-big"),
+        Outgoing(subject, b"small too", "b"),
+    ]
+    for publish in (publisher.publish_checked, publisher.publish_many):
+        with pytest.raises(APIError) as raised:
+            await publish(batch)
+        assert raised.value.code == 400
+    # The others are stored, once each (the second attempt's copies were duplicates).
+    assert (await js.stream_info(config.streams.output)).state.messages == 2
+    assert await publisher.publish_checked(batch[::2]) == 2
+
+
+async def test_a_long_batch_keeps_its_order(js: JetStreamContext, config: Config) -> None:
+    """More than IN_FLIGHT messages go out a window at a time, still in order."""
+    await ensure_streams(js, config)
+    publisher = Publisher(js, config)
+    subject = publisher.subjects.output(ROOM)
+    count = IN_FLIGHT + 5
+    acks = await publisher.publish_many(
+        Outgoing(subject, str(i).encode(), f"id{i}") for i in range(count)
+    )
+    assert [ack.seq for ack in acks] == list(range(1, count + 1))
+    last = await js.get_msg(config.streams.output, count)
+    assert last.data == str(count - 1).encode()
 
 
 def test_dead_letter_body_keeps_payload_as_bytes() -> None:

@@ -3,17 +3,30 @@
 Pull rather than push: the worker asks for a batch only when it has room for it, so a
 slow database throttles delivery instead of piling up redeliveries. Acks are explicit
 because a message may be acknowledged only after its effects are committed.
+
+A fetch is one pull request as JetStream's API has it (a `CONSUMER.MSG.NEXT` request
+with `batch`, `expires` and `no_wait`): the server delivers what it has, up to the
+batch, and ends the request with a status (404 when nothing more is there, 408 when it
+expired) unless the batch is full; with nothing there it waits for the first input. The
+messages go to one subscription with a callback that keeps them in a list. nats-py's
+`PullSubscription.fetch` does the same with a task, a timer and a random UUID (a
+system call) per message, a measurable share of the event loop per input. Each
+request has its own reply subject, so that the end of an earlier request (one given
+up on) is told apart; its messages are kept for the next fetch, never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Final
 
 import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
@@ -27,6 +40,19 @@ _CONFLICT: Final = 409
 #: Tokens of a JetStream reply subject without a domain and account hash (the first
 #: form): $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>.
 _V1_TOKENS: Final = 9
+#: Statuses that end a pull request with what it delivered: nothing more there (404),
+#: expired (408).
+_ENDED: Final = frozenset({"404", "408"})
+#: No one answers the consumer's API (the consumer, its stream or JetStream is gone).
+_NO_RESPONDERS: Final = "503"
+#: An idle heartbeat or flow control message (not asked for; ignored).
+_CONTROL: Final = "100"
+#: How much sooner than the fetch's own timeout the server expires its request (as
+#: nats-py does), so that its 408 usually comes before the timeout.
+_EXPIRES_MARGIN_NS: Final = 100_000
+#: The shortest expiry asked for (a shorter fetch_timeout gives up first; what its
+#: request still delivers is kept for the next fetch).
+_MIN_EXPIRES_NS: Final = 1_000_000
 
 
 def stream_position(message: Msg) -> tuple[int, int]:
@@ -71,11 +97,26 @@ class PullConsumer(Started):
 
     def __init__(self, js: JetStreamContext, config: Config) -> None:
         self._js = js
+        # The JetStream context's connection and API prefix (nats-py keeps no public
+        # handle to them): a pull request is a plain publish to the consumer's API.
+        self._nc: NATS = js._nc
         self._stream = config.streams.input
         self._batch_size = config.consumer.batch_size
         self._fetch_timeout = config.consumer.fetch_timeout
         self._consumer_config = consumer_config(config)
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._next = f"{js._prefix}.CONSUMER.MSG.NEXT.{self._stream}.{self.durable}"
+        self._subscription: Subscription | None = None
+        #: The reply subjects' common start (`<inbox>.`) of the subscription.
+        self._inbox = ""
+        self._requests = 0
+        #: Delivered messages not returned by a fetch yet, in delivery order.
+        self._delivered: list[Msg] = []
+        #: The fetch under way: its request's reply subject, how many messages it
+        #: returns at most, and what ends its wait (the request's closing status
+        #: message, or None).
+        self._reply = ""
+        self._wanted = 0
+        self._waiter: asyncio.Future[Msg | None] | None = None
 
     @property
     def stream(self) -> str:
@@ -87,16 +128,18 @@ class PullConsumer(Started):
         return self._consumer_config.durable_name
 
     async def start(self) -> None:
-        """Create or update the durable consumer and bind a pull subscription to it."""
+        """Create or update the durable consumer and subscribe to its deliveries."""
         await self._create_consumer()
         if self._subscription is None:
-            self._subscription = await self._js.pull_subscribe_bind(
-                durable=self.durable, stream=self._stream
-            )
+            self._inbox = f"{self._nc.new_inbox()}."
+            self._subscription = await self._nc.subscribe(f"{self._inbox}*", cb=self._on_message)
 
     async def close(self) -> None:
-        """Stop pulling. The durable consumer stays, with its unacknowledged messages."""
+        """Stop pulling. The durable consumer stays, with its unacknowledged messages;
+        those delivered but not fetched yet come again after ack_wait (or a rewind)."""
         subscription, self._subscription = self._subscription, None
+        self._delivered = []
+        self._end(None)
         if subscription is not None:
             # Closing after the connection is gone is part of a normal shutdown.
             with contextlib.suppress(nats.errors.ConnectionClosedError):
@@ -108,20 +151,16 @@ class PullConsumer(Started):
 
     async def fetch_batch(self, limit: int | None = None) -> list[Msg]:
         """Up to `limit` (default consumer.batch_size) messages; empty when none came
-        within fetch_timeout.
+        within fetch_timeout. One fetch at a time.
 
         Whatever it returns must each be acked, nak'ed or terminated by the caller.
         """
         if self._subscription is None:
             await self.start()
-        assert self._subscription is not None
         batch = self._batch_size if limit is None else min(limit, self._batch_size)
         try:
-            return await self._subscription.fetch(batch, timeout=self._fetch_timeout)
-        except TimeoutError:
-            # nats-py raises its own TimeoutError subclasses or a bare asyncio one,
-            # depending on where in the pull request the deadline passes.
-            return []
+            if len(self._delivered) < batch:
+                await self._pull(batch)
         except APIError as exc:
             # ServiceUnavailable (no responders): the consumer is gone or JetStream is
             # down; NotFound or 409: the consumer was deleted under a pending pull.
@@ -133,6 +172,56 @@ class PullConsumer(Started):
                 # caller's loop does not spin.
                 await asyncio.sleep(self._fetch_timeout)
             return []
+        taken, self._delivered = self._delivered[:batch], self._delivered[batch:]
+        return taken
+
+    async def _pull(self, batch: int) -> None:
+        """Ask for what `batch` lacks and wait until it is there, the request ended
+        or fetch_timeout passed; raises the APIError of a request that failed with
+        nothing delivered."""
+        self._requests += 1
+        self._reply = reply = f"{self._inbox}{self._requests}"
+        self._wanted = batch
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        request = {
+            "batch": batch - len(self._delivered),
+            "expires": max(_MIN_EXPIRES_NS, int(self._fetch_timeout * 1e9) - _EXPIRES_MARGIN_NS),
+            "no_wait": True,
+        }
+        try:
+            await self._nc.publish(self._next, json.dumps(request).encode(), reply=reply)
+            ended = await asyncio.wait_for(waiter, self._fetch_timeout)
+        except TimeoutError:
+            # No answer in time (as while the connection is away): what came is kept.
+            return
+        finally:
+            self._waiter = None
+        if ended is None or ended.headers is None or self._delivered:
+            return
+        status = ended.headers.get(api.Header.STATUS, "")
+        if status in _ENDED:
+            return
+        if status == _NO_RESPONDERS:
+            raise ServiceUnavailableError
+        description = ended.headers.get(api.Header.DESCRIPTION, "")
+        raise APIError(code=int(status) if status.isdigit() else None, description=description)
+
+    async def _on_message(self, message: Msg) -> None:
+        headers = message.headers
+        status = headers.get(api.Header.STATUS) if headers else None
+        if status is None:
+            self._delivered.append(message)
+            if len(self._delivered) >= self._wanted:
+                self._end(None)
+        elif status != _CONTROL and message.subject == self._reply:
+            # The end of the request under way (an earlier request's end says nothing).
+            self._end(message)
+
+    def _end(self, ended: Msg | None) -> None:
+        """End the wait of the fetch under way, if any."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ended)
 
     async def _recover(self, cause: APIError) -> bool:
         """Recreate the consumer if it is missing; False if JetStream could not say."""

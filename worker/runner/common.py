@@ -127,8 +127,11 @@ async def settle(
     nothing: the input comes back (after a rewind or ack_wait) and is recognised as a
     duplicate, or is processed again."""
     for message, action in zip(messages, actions, strict=True):
-        with contextlib.suppress(*NATS_ERRORS):
+        # try/except rather than contextlib.suppress: no context manager per message.
+        try:
             await action(message)
+        except NATS_ERRORS:
+            continue
 
 
 def next_delay(delay: float, ceiling: float = TRANSIENT_RETRY_MAX_DELAY) -> float:

@@ -121,7 +121,7 @@ class OutboxRelay:
         """The one way outputs are published: in order, while connected, timed."""
         started = time.perf_counter()
         await self.link.while_connected(
-            self.publisher.publish_many(
+            self.publisher.publish_checked(
                 Outgoing(row.subject, row.payload, row.msg_id) for row in rows
             )
         )
