@@ -58,6 +58,13 @@ class StorageLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The locked file's descriptor: a process given a copy of it (the pipeline's,
+        worker.runner.pipeline_process) holds the lock until it exits too."""
+        if self._fd is None:
+            raise RuntimeError("the storage lock is not held")
+        return self._fd
+
     def release(self) -> None:
         """Let go (the file stays: removing it would race with a worker starting)."""
         fd, self._fd = self._fd, None
