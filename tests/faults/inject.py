@@ -55,9 +55,9 @@ def _inject_from_environment() -> None:
         _limit_pages(int(pages))
 
 
-# At the top level, not under the `__main__` guard: the pipeline's process is spawned
-# and runs this module again (as `__mp_main__`), so the faults apply where the pipeline
-# runs too.
+# At the top level, not under the `__main__` guard: the pipeline's process runs this
+# module again (as `__mp_main__`, see worker/runner/pipeline_process.py), so the faults
+# apply where the pipeline runs too.
 _inject_from_environment()
 
 if __name__ == "__main__":

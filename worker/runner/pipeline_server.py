@@ -43,8 +43,8 @@ _CHANGING: Final = frozenset({"open", "process_batch", "release_expired", "retry
 
 class SharedFlags:
     """The interrupt (cell 0) and the inputs done by the transaction under way (cell
-    1), in memory both sides see: a ctypes array in one process, or
-    `multiprocessing.RawArray` shared with the pipeline's process. Word-sized stores
+    1), in memory both sides see: a ctypes array in one process, or one over a memfd
+    mapped by the pipeline's process too. Word-sized stores
     and loads need no lock here: each cell has one writer, and a reader acts on a value
     a moment old at worst (a lap late to give way, an input late in the count)."""
 
