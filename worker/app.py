@@ -2,8 +2,8 @@
 parts of worker.runner.
 
 The input loop fetches a batch, has the pipeline process it (one transaction, in the
-pipeline's own process: worker.runner.pipeline_process),
-acks or terminates each input and hands the batch's outputs to the outbox relay.
+pipeline's own process: worker.runner.pipeline_process), acks or terminates each input
+and hands the batch's outputs to the outbox relay.
 Outputs are durable in the outbox before any input is acknowledged, so the order of
 the last two steps never loses anything; publishing after the acks keeps the
 consumer's pending window short. Between batches the held-event timer releases events
