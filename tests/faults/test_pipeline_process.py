@@ -2,7 +2,8 @@
 
 - The worker killed with SIGKILL: its pipeline process exits by itself (end-of-file on
   its socket), and until it has, the storage directory stays locked, so a restarted
-  worker never writes beside an orphan that may still be committing.
+  worker never writes beside an orphan that may still be committing: it waits for the
+  orphan, then starts.
 - The pipeline process killed: the worker does not carry on without it; it stops with
   an error saying so.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import time
@@ -23,7 +25,12 @@ from tests.harness.procs import POLL, WorkerProcess, worker_env
 from worker.bus.server import EmbeddedNatsServer
 from worker.cli import EXIT_OK
 from worker.config import Config
-from worker.storage.lock import StorageLock, StorageLocked
+from worker.storage.lock import LOCK_FILENAME
+
+ORPHAN_WAITING = (
+    "the storage lock is held though its worker is gone (its pipeline process is "
+    "finishing); waiting for it"
+)
 
 pytestmark = pytest.mark.faults
 
@@ -57,12 +64,14 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0
 
 
 def _locked(storage: Path) -> bool:
-    lock = StorageLock(storage)
+    """Whether a process holds the storage lock (asked without waiting for anyone)."""
+    fd = os.open(storage / LOCK_FILENAME, os.O_RDWR)
     try:
-        lock.acquire()
-    except StorageLocked:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    lock.release()
+    finally:
+        os.close(fd)
     return False
 
 
@@ -71,6 +80,7 @@ async def test_killed_worker_leaves_no_pipeline_process_and_the_lock_until_it_ex
 ) -> None:
     storage = Path(config.storage.path)
     worker = _start(nats_server, config, tmp_path / "cwd")
+    restarted: WorkerProcess | None = None
     pid: int | None = None
     try:
         await worker.until_logged("worker ready")
@@ -81,11 +91,19 @@ async def test_killed_worker_leaves_no_pipeline_process_and_the_lock_until_it_ex
         os.kill(pid, signal.SIGSTOP)
         worker.kill()
         assert _locked(storage), "the directory was let go while the pipeline lived"
+        # A restart meanwhile waits for the orphan rather than writing beside it.
+        restarted = _start(nats_server, config, tmp_path / "cwd")
+        await restarted.until(lambda: restarted.logged(ORPHAN_WAITING) == 1, "the wait")
+        assert restarted.logged("pipeline process ready") == 0
         os.kill(pid, signal.SIGCONT)
         await _until(lambda: _gone(pid), "the orphaned pipeline process to exit")
+        await restarted.until_logged("worker ready")
+        assert await restarted.stop(signal.SIGTERM) == EXIT_OK
         assert not _locked(storage)
     finally:
         worker.ensure_dead()
+        if restarted is not None:
+            restarted.ensure_dead()
         if pid is not None and not _gone(pid):
             os.kill(pid, signal.SIGKILL)
 
