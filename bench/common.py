@@ -5,6 +5,7 @@ each other's messages), publishing, the bare relay, and the worker as its own pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import subprocess
@@ -139,15 +140,37 @@ async def bench_relay(url: str, items: Sequence[Prepared], tag: str) -> dict[str
     return {"events": moved, "seconds": elapsed, "events_per_s": moved / elapsed}
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    """(current RSS, peak RSS) of a process, in KiB, from /proc/PID/status."""
-    current = peak = 0
-    with open(f"/proc/{pid}/status") as fh:
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (the worker, its pipeline process and the
+    multiprocessing resource tracker), from /proc/PID/task/*/children."""
+    pids = [pid]
+    for current in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    pids.extend(int(child) for child in fh.read().split())
+    return pids
+
+
+def status_kib(pid: int, *fields: str) -> list[int]:
+    """Fields of /proc/PID/status in KiB (0 for a process gone or a field missing)."""
+    values = dict.fromkeys(fields, 0)
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
+            name = line.split(":", 1)[0]
+            if name in values:
+                values[name] = int(line.split()[1])
+    return [values[name] for name in fields]
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of a process and its descendants, in KiB, from
+    /proc/PID/status (the peak is the sum of each one's peak: an upper bound)."""
+    current = peak = 0
+    for member in process_tree(pid):
+        rss, hwm = status_kib(member, "VmRSS", "VmHWM")
+        current += rss
+        peak += hwm
     return current, peak
 
 

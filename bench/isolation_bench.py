@@ -48,6 +48,7 @@ from bench.common import (
     WorkerProcess,
     percentile,
     prepare_inputs,
+    process_tree,
     publish_inputs,
     worker_env,
 )
@@ -133,9 +134,14 @@ def build_inputs(
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time so far of a process and its descendants (the worker's
+    pipeline process)."""
+    ticks = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Watcher:

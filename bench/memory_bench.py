@@ -36,7 +36,9 @@ from bench.common import (
     WorkerProcess,
     bench_relay,
     prepare_inputs,
+    process_tree,
     publish_inputs,
+    status_kib,
     worker_env,
 )
 from worker.bus.server import EmbeddedNatsServer
@@ -86,14 +88,11 @@ def _tenths(samples: Sequence[tuple[float, int, int]], total: int) -> list[float
 
 
 def rss_anon_kib(pid: int) -> int:
-    """The anonymous part of a process's RSS (KiB; /proc/PID/status RssAnon): the heap
-    and every other private mapping. The rest is file-backed (shared libraries, and a
-    database file if SQLite mapped it), which the caches do not grow."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    return 0
+    """The anonymous part of the RSS of a process and its descendants (KiB;
+    /proc/PID/status RssAnon): the heap and every other private mapping. The rest is
+    file-backed (shared libraries, and a database file if SQLite mapped it), which the
+    caches do not grow."""
+    return sum(status_kib(member, "RssAnon")[0] for member in process_tree(pid))
 
 
 async def bench_memory(

@@ -1,8 +1,9 @@
-"""Wiring: NATS (embedded or external), streams, the database thread and the running
+"""Wiring: NATS (embedded or external), streams, the pipeline's process and the running
 parts of worker.runner.
 
-The input loop fetches a batch, processes it in the database thread (one transaction),
-acks or terminates each input and hands the batch's outputs to the outbox relay.
+The input loop fetches a batch, has the pipeline process it (one transaction, in the
+pipeline's own process: worker.runner.pipeline_process), acks or terminates each input
+and hands the batch's outputs to the outbox relay.
 Outputs are durable in the outbox before any input is acknowledged, so the order of
 the last two steps never loses anything; publishing after the acks keeps the
 consumer's pending window short. Between batches the held-event timer releases events
@@ -32,12 +33,11 @@ from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
 from worker.config import Config
-from worker.metrics import MetricsServer, TimedDatabase, WorkerMetrics
-from worker.pipeline import OutboxRow, Pipeline
+from worker.metrics import MetricsServer, WorkerMetrics
+from worker.pipeline import OutboxRow
 from worker.query import QueryService
 from worker.runner.common import (
     NATS_ERRORS,
-    DbThread,
     NatsLink,
     Progress,
     SideWork,
@@ -47,28 +47,31 @@ from worker.runner.held_timer import HeldTimer
 from worker.runner.input_loop import InputLoop
 from worker.runner.outbox_relay import OutboxRelay
 from worker.runner.parked_retries import ParkedRetries
+from worker.runner.pipeline_handle import LocalPipeline, PipelineHandle
+from worker.runner.pipeline_process import GC_GEN0_THRESHOLD, PipelineProcess
 from worker.storage.database import DB_FILENAME, storage_fault
 from worker.storage.lock import StorageLock
 
 log = structlog.get_logger(__name__)
 
-#: The collector's first-generation threshold. The worker keeps many long-lived objects
-#: (cached events and states), and with the default of 700 the full collections they
-#: provoke cost about a third of the throughput (measured with bench/fork_bench.py).
-GC_GEN0_THRESHOLD = 50_000
-
 
 class Worker:
-    """One roomserver worker: owns the database thread and the NATS connection."""
+    """One roomserver worker: owns the pipeline's process and the NATS connection.
 
-    def __init__(self, config: Config, partition: int | None = None) -> None:
+    `separate_process=False` runs the pipeline in a database thread of this process
+    instead (worker.runner.pipeline_handle.LocalPipeline), for tests that read the
+    pipeline's own objects."""
+
+    def __init__(
+        self, config: Config, partition: int | None = None, *, separate_process: bool = True
+    ) -> None:
         self.config = config
         #: The partition this worker processes (config is already `for_partition`'s),
         #: whose query and admin subjects it answers; None without partitions.
         self.partition = partition
         self.subjects = Subjects(config.streams.subject_prefix)
-        self._db: TimedDatabase | None = None
-        self._pipeline: Pipeline | None = None
+        self.separate_process = separate_process
+        self._pipeline: PipelineHandle | None = None
         self.nc: NATS | None = None
         self._nats_health: NatsHealth | None = None
         #: The query service (worker.query), running while the worker runs.
@@ -79,12 +82,11 @@ class Worker:
         self._input: InputLoop | None = None
         self._relay: OutboxRelay | None = None
         self.metrics = WorkerMetrics(
-            counters=lambda: self._pipeline.counters if self._pipeline else None,
-            held=lambda: self._pipeline.held_count if self._pipeline else None,
-            parked=lambda: self._pipeline.parked_count if self._pipeline else 0,
+            counters=lambda: p.counters if (p := self._open_pipeline()) else None,
+            held=lambda: p.held_count if (p := self._open_pipeline()) else None,
+            parked=lambda: p.parked_count if (p := self._open_pipeline()) else 0,
             health=self.health,
         )
-        self._db_thread = DbThread(self.metrics)
         self.metrics_server: MetricsServer | None = None
 
     def health(self) -> dict[str, bool]:
@@ -93,11 +95,17 @@ class Worker:
         return {
             **(nats.checks() if nats else {"nats_connected": False, "nats_answering": False}),
             "consumer_running": self._input is not None and self._input.running,
-            "database_open": self._db is not None,
+            "database_open": self._open_pipeline() is not None,
         }
 
+    def _open_pipeline(self) -> PipelineHandle | None:
+        """The pipeline, once its database is open."""
+        pipeline = self._pipeline
+        return pipeline if pipeline is not None and pipeline.is_open else None
+
     @property
-    def pipeline(self) -> Pipeline:
+    def pipeline(self) -> PipelineHandle:
+        """The pipeline as the running parts reach it (its counts, for tests)."""
         assert self._pipeline is not None, "the worker is not running"
         return self._pipeline
 
@@ -142,9 +150,7 @@ class Worker:
         )
         stack.push_async_callback(self.queries.stop)
         link = NatsLink(nc)
-        relay = self._relay = OutboxRelay(
-            self._db_thread, pipeline, Publisher(js, self.config), link, self.metrics
-        )
+        relay = self._relay = OutboxRelay(pipeline, Publisher(js, self.config), link, self.metrics)
         consumer = PullConsumer(js, self.config)
         stack.push_async_callback(consumer.close)
         loop = self._input_loop(js, consumer, link, pipeline, relay)
@@ -152,7 +158,7 @@ class Worker:
         left = await relay.drain(stop)
         if left:
             log.info("published outputs a previous run had committed but not sent", count=left)
-        side = SideWork(self._db_thread, pipeline, self._publish_committed)
+        side = SideWork(pipeline, self._publish_committed)
         retries = ParkedRetries(side)
         await retries.retry_all(stop)
         retry_subscription = await nc.subscribe(
@@ -174,7 +180,11 @@ class Worker:
         connection (None if stopped before NATS could be reached)."""
         # Before anything else, the embedded nats-server above all: it stores under
         # the same directory.
-        stack.enter_context(StorageLock(Path(self.config.storage.path)))
+        lock = stack.enter_context(StorageLock(Path(self.config.storage.path)))
+        # Started now so that its start-up overlaps the connection; stopped (and waited
+        # for) before the lock is let go.
+        self._pipeline = self._start_pipeline(lock)
+        stack.push_async_callback(self._stop_pipeline)
         servers: list[str] | None = None
         if self.config.nats.embedded:
             server = EmbeddedNatsServer.from_config(self.config)
@@ -193,24 +203,31 @@ class Worker:
         )
         return nc
 
-    async def _open_database(self, stack: AsyncExitStack) -> Pipeline:
-        db = self._db = await self._db_thread.run(TimedDatabase, Path(self.config.storage.path))
-        db.commit_histogram = self.metrics.commit_seconds
-        stack.push_async_callback(self._close_db)
-        problems = await self._db_thread.run(db.integrity_check)
-        if problems:
-            raise RuntimeError(f"database integrity check failed: {'; '.join(problems)}")
-        self._pipeline = Pipeline(
-            db, self.subjects, held_max_wait=self.config.pipeline.held_max_wait
+    def _start_pipeline(self, lock: StorageLock) -> PipelineHandle:
+        if self.separate_process:
+            return PipelineProcess(self.metrics, self.config.log, lock.fileno())
+        return LocalPipeline(self.metrics)
+
+    async def _stop_pipeline(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.stop()
+
+    async def _open_database(self, stack: AsyncExitStack) -> PipelineHandle:
+        pipeline = self.pipeline
+        await pipeline.open(
+            Path(self.config.storage.path),
+            self.subjects.prefix,
+            self.config.pipeline.held_max_wait,
         )
-        return self._pipeline
+        stack.push_async_callback(pipeline.close)
+        return pipeline
 
     def _input_loop(
         self,
         js: JetStreamContext,
         consumer: PullConsumer,
         link: NatsLink,
-        pipeline: Pipeline,
+        pipeline: PipelineHandle,
         relay: OutboxRelay,
     ) -> InputLoop:
         self._input = InputLoop(
@@ -218,7 +235,6 @@ class Worker:
             js,
             consumer,
             link,
-            self._db_thread,
             pipeline,
             relay,
             self.progress,
@@ -227,11 +243,10 @@ class Worker:
         return self._input
 
     def _log_ready(self) -> None:
-        assert self._db is not None
         self.ready.set()
         log.info(
             "worker ready",
-            storage=str(self._db.path),
+            storage=str(self.pipeline.path),
             input_stream=self.config.streams.input,
             filter_subject=self.config.consumer.filter_subject,
         )
@@ -271,12 +286,6 @@ class Worker:
             # Draining needs the server; without it, pending acks are lost anyway and
             # their inputs come back as duplicates.
             await (nc.drain() if nc.is_connected else nc.close())
-
-    async def _close_db(self) -> None:
-        if self._db is not None:
-            await self._db_thread.run(self._db.close)
-            self._db = None
-        self._db_thread.shutdown()
 
 
 async def _unsubscribe(subscription: Any) -> None:

@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
+from worker.runner.pipeline_handle import LocalPipeline
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
@@ -27,12 +28,14 @@ async def test_unauthorized_and_soft_failed_events(config: Config, js: JetStream
     events = [*setup, topic, ban, late, after]
 
     reader = outputs_reader(js, config)
-    async with running_worker(config) as worker:
+    async with running_worker(config, separate_process=False) as worker:
         await publish_inputs(js, config, [input_for(e.pdu) for e in events], room_version="12")
         outputs = await reader.take(len(events))
         assert await reader.nothing_more(0.5)
-        state = worker.pipeline.to_state_map(
-            worker.pipeline.state.load(worker.pipeline.db.get_room(builder.room_id).snapshot_nid)
+        assert isinstance(worker.pipeline, LocalPipeline)
+        pipeline = worker.pipeline.pipeline
+        state = pipeline.to_state_map(
+            pipeline.state.load(pipeline.db.get_room(builder.room_id).snapshot_nid)
         )
 
     by_event = {o["event_id"]: o for o in outputs}

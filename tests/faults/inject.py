@@ -1,7 +1,8 @@
 """Test-only entry point: the normal `roomserver` CLI with one fault injected.
 
-The worker has no test hooks; this wrapper patches one of its functions in the child
-process and then calls `worker.cli.main` as `python -m worker.cli` would.
+The worker has no test hooks; this wrapper patches one of its functions in the worker
+process (and, run again there, in the pipeline's process) and then calls
+`worker.cli.main` as `python -m worker.cli` would.
 
 - ROOMSERVER_TEST_FAIL_FILE: a file holding an event ID. While it exists, caching that
   event once it is stored raises RuntimeError (after the event's own rows and the state
@@ -45,9 +46,17 @@ def _limit_pages(pages: int) -> None:
     connection.open_connection = limited
 
 
-if __name__ == "__main__":
+def _inject_from_environment() -> None:
     if fail_file := os.environ.get("ROOMSERVER_TEST_FAIL_FILE"):
         _inject_failure(Path(fail_file))
     if pages := os.environ.get("ROOMSERVER_TEST_MAX_PAGE_COUNT"):
         _limit_pages(int(pages))
+
+
+# At the top level, not under the `__main__` guard: the pipeline's process runs this
+# module again (as `__mp_main__`, see worker/runner/pipeline_process.py), so the faults
+# apply where the pipeline runs too.
+_inject_from_environment()
+
+if __name__ == "__main__":
     sys.exit(cli.main())

@@ -65,7 +65,8 @@ async def test_locked_database_is_retried_in_order(
     version = get_room_version("10")
     expected = [parse_pdu(pdu, version).event_id for pdu in pdus]
     reader = outputs_reader(js, config)
-    async with running_worker(config) as worker:
+    # The pipeline in this process, where the patch above applies.
+    async with running_worker(config, separate_process=False) as worker:
         await publish_inputs(js, config, [input_for(p) for p in pdus], room_version="10")
         outputs = await reader.take(len(pdus))
         assert await reader.nothing_more(0.3)

@@ -29,9 +29,11 @@ from worker.matrix.room_versions import get_room_version
 
 
 @contextlib.asynccontextmanager
-async def running_worker(config: Config) -> AsyncIterator[Worker]:
-    """The worker running in this event loop until the block ends."""
-    worker = Worker(config)
+async def running_worker(config: Config, *, separate_process: bool = True) -> AsyncIterator[Worker]:
+    """The worker running in this event loop until the block ends (its pipeline in a
+    process of its own, or with `separate_process=False` in this one's database
+    thread, for tests that read the pipeline's objects)."""
+    worker = Worker(config, separate_process=separate_process)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     ready = asyncio.create_task(worker.ready.wait())

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import structlog
 
@@ -63,6 +64,13 @@ class Counters:
             self.dead_letter_codes[code] = self.dead_letter_codes.get(code, 0) + count
 
 
+class Interrupt(Protocol):
+    """What tells a transaction to commit after the input under way: a threading.Event,
+    or a flag shared with another process (worker.runner.pipeline_server)."""
+
+    def is_set(self) -> bool: ...
+
+
 class Stopwatch:
     """Times each input of a transaction, and tells when the transaction's budget is spent.
 
@@ -85,13 +93,19 @@ class Stopwatch:
     proportion to their wall time: the laps add up to the thread's CPU time."""
 
     def __init__(
-        self, budget: float | None = None, interrupt: threading.Event | None = None
+        self,
+        budget: float | None = None,
+        interrupt: Interrupt | None = None,
+        on_lap: Callable[[int], None] | None = None,
     ) -> None:
         #: Seconds of work after which the transaction should commit; None: no limit.
         self.budget = budget
         #: Set (from another thread) when inputs that should not wait came in: the
         #: transaction commits after the input under way, budget or not.
         self.interrupt = interrupt
+        #: Told how many inputs are done after each (the input loop reads it while the
+        #: transaction runs, from another thread or process).
+        self.on_lap = on_lap
         self._cpu_started = time.thread_time()
         self._last = time.perf_counter()
         #: CPU seconds spent as of the last reading of the CPU clock.
@@ -109,6 +123,8 @@ class Stopwatch:
         now = time.perf_counter()
         self.laps.append(now - self._last)
         self._last = now
+        if self.on_lap is not None:
+            self.on_lap(len(self.laps))
         if self.budget is None:
             return False
         if self.interrupt is not None and self.interrupt.is_set():
@@ -156,7 +172,9 @@ class Batch:
         #: input loop sets it from consumer.batch_budget.
         self.budget: float | None = None
         #: Set by the input loop when a batch should commit after its current input.
-        self.interrupt = threading.Event()
+        self.interrupt: Interrupt = threading.Event()
+        #: See `Stopwatch.on_lap`.
+        self.on_lap: Callable[[int], None] | None = None
         #: The open (or last) transaction's laps, one per input of a batch.
         self.stopwatch = Stopwatch()
         #: Told how many inputs a batch took once it commits, before its counts join
@@ -165,7 +183,7 @@ class Batch:
 
     def start_stopwatch(self) -> Stopwatch:
         """The stopwatch of a batch of inputs starting now, with the batch budget."""
-        self.stopwatch = Stopwatch(self.budget, self.interrupt)
+        self.stopwatch = Stopwatch(self.budget, self.interrupt, self.on_lap)
         return self.stopwatch
 
     @contextmanager

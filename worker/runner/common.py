@@ -1,4 +1,4 @@
-"""What the running parts share: the database thread, the NATS link, progress, and the
+"""What the running parts share: a thread for blocking work, the NATS link, progress, and the
 helpers for stopping, settling messages and retrying transient faults."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import nats.errors
 import structlog
@@ -16,9 +16,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
-from worker.metrics import WorkerMetrics
-from worker.pipeline import OutboxRow, Pipeline
-from worker.storage.database import is_transient
+from worker.pipeline import OutboxRow
+
+if TYPE_CHECKING:
+    from worker.runner.pipeline_handle import PipelineHandle
 
 log = structlog.get_logger(__name__)
 
@@ -35,29 +36,15 @@ NATS_ERRORS = (nats.errors.Error, APIError, TimeoutError)
 
 
 class DbThread:
-    """The one thread that touches the writer's database connection."""
+    """One thread that runs blocking work in order (the writer's connection, when the
+    pipeline runs in this process: worker.runner.pipeline_handle.LocalPipeline)."""
 
-    def __init__(self, metrics: WorkerMetrics) -> None:
-        self.metrics = metrics
+    def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomserver-db")
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
-    async def run_retrying(self, fn: Callable[[], R], stop: asyncio.Event) -> R:
-        """`run`, retried with back-off while the database is busy or locked."""
-        delay = TRANSIENT_RETRY_DELAY
-        while True:
-            try:
-                return await self.run(fn)
-            except Exception as exc:
-                if not is_transient(exc) or stop.is_set():
-                    raise
-                self.metrics.transient_retries.inc()
-                log.warning("transient database fault; retrying", error=str(exc))
-                await sleep_unless_stopped(delay, stop)
-                delay = next_delay(delay)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
@@ -67,8 +54,7 @@ class DbThread:
 class SideWork:
     """What work outside the batches (held-event releases, retries) runs with."""
 
-    db_thread: DbThread
-    pipeline: Pipeline
+    pipeline: PipelineHandle
     #: Publishes what such a transaction committed, after the last batch's outputs.
     publish: Callable[[list[OutboxRow], asyncio.Event], Awaitable[None]]
 

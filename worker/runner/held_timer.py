@@ -27,7 +27,7 @@ class HeldTimer:
         if not pipeline.held_count or now - self._checked < HELD_CHECK_INTERVAL:
             return
         self._checked = now
-        released = await self.side.db_thread.run(pipeline.release_expired)
+        released, rows = await pipeline.release_expired()
         if released:
             log.info("processed held events that waited too long", count=released)
-            await self.side.publish(pipeline.outbox.emitted, stop)
+            await self.side.publish(rows, stop)

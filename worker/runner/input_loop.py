@@ -1,4 +1,4 @@
-"""The input loop: fetch → process in the database thread → settle → publish.
+"""The input loop: fetch → process in the pipeline → settle → publish.
 
 Fetched inputs are held in hand (up to consumer.max_ack_pending) and processed in
 transactions: each takes them in the order worker.runner.fairness gives (rooms that had
@@ -8,12 +8,13 @@ behind a whole batch of an expensive room's. A fetch is always under way while a
 transaction is processed (one is started as soon as the last one is taken), so that
 cheap rooms' inputs that come in meanwhile are seen and can cut it short. While a
 transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
-that the event loop's network work does not wait for the database thread's Python
-for the default 5 ms each time it wakes. Once a transaction is committed its acks and
-outputs are settled in the background while the next ones are processed (the database
-thread is the bottleneck; this keeps it busy), each after the one before (outputs keep
-their order). A lost connection rewinds the consumer to the oldest input not
-acknowledged, so nothing in flight is lost.
+that, when the pipeline runs in this process's database thread, the event loop's
+network work does not wait for its Python for the default 5 ms each time it wakes.
+Once a transaction is committed its acks and outputs are settled in the background
+while the next ones are processed (the pipeline is the bottleneck; this keeps it
+busy), each after the one before (outputs keep their order). A lost connection
+rewinds the consumer to the oldest input not acknowledged, so nothing in flight is
+lost.
 """
 
 from __future__ import annotations
@@ -35,11 +36,10 @@ from worker.bus.consumer import PullConsumer, stream_position
 from worker.bus.rewind import rewind_to_ack_floor
 from worker.config import Config
 from worker.metrics import WorkerMetrics
-from worker.pipeline import Disposition, InboundMessage, Pipeline
+from worker.pipeline import Disposition, InboundMessage
 from worker.runner.common import (
     NATS_ERRORS,
     TRANSIENT_RETRY_DELAY,
-    DbThread,
     NatsLink,
     Progress,
     next_delay,
@@ -48,6 +48,8 @@ from worker.runner.common import (
 )
 from worker.runner.fairness import InHand, Running, Scheduler
 from worker.runner.outbox_relay import OutboxRelay
+from worker.runner.pipeline_handle import PipelineHandle
+from worker.runner.pipeline_server import BatchResult
 from worker.storage.database import OutboxRow, is_transient
 
 log = structlog.get_logger(__name__)
@@ -130,8 +132,7 @@ class InputLoop:
         js: JetStreamContext,
         consumer: PullConsumer,
         link: NatsLink,
-        db_thread: DbThread,
-        pipeline: Pipeline,
+        pipeline: PipelineHandle,
         relay: OutboxRelay,
         progress: Progress,
         metrics: WorkerMetrics,
@@ -140,7 +141,6 @@ class InputLoop:
         self.js = js
         self.consumer = consumer
         self.link = link
-        self.db_thread = db_thread
         self.pipeline = pipeline
         self.relay = relay
         self.progress = progress
@@ -154,8 +154,7 @@ class InputLoop:
         #: cheap rooms' inputs are fetched past an expensive room's backlog; without
         #: one, a batch.
         self.capacity = config.consumer.max_ack_pending if budget else config.consumer.batch_size
-        self._budget = pipeline.batch.budget = budget or None
-        pipeline.batch.committed = metrics.batch_messages.observe
+        self._budget = budget or None
         #: Inputs offered to the next transaction: twice what the last one of its kind
         #: reached before its budget was spent, so that the work a batch does up front
         #: for all its inputs is not done for many it will not reach. Two kinds: a
@@ -298,7 +297,7 @@ class InputLoop:
             if timer.when() <= at:
                 return
             timer.cancel()
-        self._give_way = loop.call_at(at, self.pipeline.batch.interrupt.set)
+        self._give_way = loop.call_at(at, self.pipeline.interrupt.set)
 
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
@@ -331,8 +330,9 @@ class InputLoop:
         ordered = self.scheduler.order(in_hand, time.monotonic(), self._rooms.keys())
         # In fetch order, what a transaction takes is the first inputs in hand.
         in_order = self.scheduler.fetch_order
-        self.pipeline.batch.interrupt.clear()
+        self.pipeline.interrupt.clear()
         costlier = False
+        budget: float | None = None
         if self._budget is not None:
             ordered, costlier = self.scheduler.turn(ordered)
             budget = self.scheduler.budget(
@@ -344,33 +344,32 @@ class InputLoop:
                 self.config.consumer.batch_budget_alone,
             )
             ordered = ordered[: self._offered[costlier]]
-            self.pipeline.batch.budget = budget
             self._running = Running(ordered, budget, self._budget, time.monotonic(), self._reached)
         try:
-            dispositions = await self._process(ordered, stop)
+            result = await self._process(ordered, budget, stop)
         finally:
             self._running = None
             if self._give_way is not None:
                 self._give_way.cancel()
                 self._give_way = None
-        if dispositions is None:
+        if result is None:
             return
-        if not self.pipeline.batch.interrupt.is_set():
+        dispositions = result.dispositions
+        if not self.pipeline.interrupt.is_set():
             # Cut short by its budget or done with all it was offered (a transaction
             # that gave way says nothing of how many inputs fit in the budget).
             self._offered[costlier] = min(
                 self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
             )
         done = ordered[: len(dispositions)]
-        self.scheduler.record(done, self.pipeline.batch.stopwatch.laps, time.monotonic())
+        self.scheduler.record(done, result.laps, time.monotonic())
         self._forget(done, in_order and not costlier)
-        rows = self.pipeline.outbox.emitted
         messages = [item.message for item in done]
-        self.settling.start(self._settle_batch(messages, dispositions, rows, stop))
+        self.settling.start(self._settle_batch(messages, dispositions, result.rows, stop))
 
     def _reached(self) -> int:
         """How many inputs the transaction under way has done."""
-        return len(self.pipeline.batch.stopwatch.laps)
+        return self.pipeline.reached()
 
     def _forget(self, done: list[InHand], first: bool) -> None:
         """Take `done` out of the hand; `first`: they are its first inputs."""
@@ -404,9 +403,9 @@ class InputLoop:
         self._next_touch = min((item.touched_at for item in self.in_hand), default=now) + limit
 
     async def _process(
-        self, ordered: list[InHand], stop: asyncio.Event
-    ) -> list[Disposition] | None:
-        """The dispositions of the inputs the transaction reached (the first ones of
+        self, ordered: list[InHand], budget: float | None, stop: asyncio.Event
+    ) -> BatchResult | None:
+        """What the transaction did with the inputs it reached (the first ones of
         `ordered`), once committed; None if everything in hand was handed back.
 
         A transient database fault retries in place: handing the inputs back (nak)
@@ -418,9 +417,9 @@ class InputLoop:
             started = time.perf_counter()
             try:
                 with quick_thread_switches():
-                    dispositions = await self.db_thread.run(self.pipeline.process_batch, inbound)
+                    result = await self.pipeline.process_batch(inbound, budget)
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
-                return dispositions
+                return result
             except Exception as exc:
                 if not is_transient(exc):
                     raise

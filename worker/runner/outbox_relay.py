@@ -15,8 +15,9 @@ import structlog
 
 from worker.bus.publisher import Outgoing, Publisher
 from worker.metrics import WorkerMetrics
-from worker.pipeline import OutboxRow, Pipeline
-from worker.runner.common import DbThread, NatsLink, next_delay, sleep_unless_stopped
+from worker.pipeline import OutboxRow
+from worker.runner.common import NatsLink, next_delay, sleep_unless_stopped
+from worker.runner.pipeline_handle import PipelineHandle
 from worker.storage.database import is_transient
 
 log = structlog.get_logger(__name__)
@@ -31,15 +32,12 @@ DRAIN_RETRY_MAX_DELAY = 2.0
 class OutboxRelay:
     def __init__(
         self,
-        db_thread: DbThread,
-        pipeline: Pipeline,
+        pipeline: PipelineHandle,
         publisher: Publisher,
         link: NatsLink,
         metrics: WorkerMetrics,
     ) -> None:
-        self.db_thread = db_thread
         self.pipeline = pipeline
-        self.db = pipeline.db
         self.publisher = publisher
         self.link = link
         self.metrics = metrics
@@ -63,7 +61,7 @@ class OutboxRelay:
             self.backlog = True
             await self.drain(stop)
             return
-        self.pipeline.outbox.mark_published(rows[-1].seq)
+        self.pipeline.mark_published(rows[-1].seq)
         self.metrics.outbox_depth.set(0)
 
     async def drain(self, stop: asyncio.Event) -> int:
@@ -96,12 +94,12 @@ class OutboxRelay:
                 continue
             delay = DRAIN_RETRY_DELAY
             published += len(rows)
-            await self.db_thread.run(self.db.outbox.delete_through, rows[-1].seq)
+            await self.pipeline.outbox_delete_through(rows[-1].seq)
 
     async def forget_published(self) -> None:
         """Delete published rows now (the worker is idle or stopping)."""
         try:
-            await self.db_thread.run(self.pipeline.outbox.forget_published)
+            await self.pipeline.forget_published()
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -110,10 +108,10 @@ class OutboxRelay:
 
     async def _pending(self) -> list[OutboxRow]:
         """The oldest chunk of the outbox, with the outbox's depth set as a metric."""
-        rows = await self.db_thread.run(self.db.outbox.pending, OUTBOX_CHUNK)
+        rows = await self.pipeline.outbox_pending(OUTBOX_CHUNK)
         depth = len(rows)
         if depth == OUTBOX_CHUNK:
-            depth = await self.db_thread.run(self.db.outbox.depth)
+            depth = await self.pipeline.outbox_depth()
         self.metrics.outbox_depth.set(depth)
         return rows
 

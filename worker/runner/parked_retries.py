@@ -1,6 +1,6 @@
 """Retries of parked rooms: every parked room at start-up, and `roomserver retry`
 requests (`<prefix>.admin.retry` with {"room_id": ...}) between batches, since the
-loop owns the database thread's transactions and the order of outputs."""
+loop owns the pipeline's transactions and the order of outputs."""
 
 from __future__ import annotations
 
@@ -59,10 +59,8 @@ class ParkedRetries:
         log.info("retrying a parked room", room_id=room_id)
         processed = 0
         while True:
-            step = await self.side.db_thread.run_retrying(
-                lambda: self.pipeline.retry_parked(room_id), stop
-            )
-            await self.side.publish(self.pipeline.outbox.emitted, stop)
+            step, rows = await self.pipeline.retry_parked(room_id, stop)
+            await self.side.publish(rows, stop)
             processed += step.processed
             if step.error is not None or step.unparked or stop.is_set():
                 break

@@ -1,0 +1,80 @@
+"""The pipeline's process seen through its handle (worker/runner/pipeline_process.py), on
+a real SQLite file: the input loop's interrupt reaches a transaction running in the
+other process, and the count of inputs done comes back while it runs; what a batch
+reports (dispositions, laps, outbox rows, counts) crosses the pipe whole, and so does a
+transient SQLite fault, still recognised as one (so the batch is retried, not fatal)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from tests.faults.test_transient import real_busy_error
+from tests.harness.pipeline import ALICE, SUBJECTS, pack
+from worker.config import LogConfig
+from worker.matrix.builder import RoomBuilder
+from worker.metrics import WorkerMetrics
+from worker.pipeline import Disposition, InboundMessage
+from worker.runner.pipeline_process import PipelineProcess, _portable
+from worker.storage.database import is_transient
+from worker.storage.lock import StorageLock
+
+
+@pytest_asyncio.fixture
+async def remote(tmp_path: Path) -> AsyncIterator[PipelineProcess]:
+    with StorageLock(tmp_path) as lock:
+        metrics = WorkerMetrics(
+            counters=lambda: None, held=lambda: None, parked=lambda: 0, health=dict
+        )
+        handle = PipelineProcess(metrics, LogConfig(), lock.fileno())
+        try:
+            await handle.open(tmp_path, SUBJECTS.prefix, 60.0)
+            yield handle
+        finally:
+            await handle.stop()
+
+
+def _room_inputs(messages: int) -> list[InboundMessage]:
+    builder = RoomBuilder("10", ALICE)
+    events = [*builder.bootstrap(), *(builder.message(ALICE, f"m{i}") for i in range(messages))]
+    subject = SUBJECTS.input(builder.room_id)
+    return [
+        InboundMessage(subject, pack({"event": dict(event.pdu)}), seq)
+        for seq, event in enumerate(events, 1)
+    ]
+
+
+async def test_interrupt_set_here_cuts_the_transaction_there(remote: PipelineProcess) -> None:
+    assert remote.pid is not None and remote.pid != os.getpid()
+    inputs = _room_inputs(10)
+    # With a budget far from spent, only the interrupt can end the transaction early:
+    # after the input under way (the first).
+    remote.interrupt.set()
+    first = await remote.process_batch(inputs, budget=60.0)
+    assert first.dispositions == [Disposition.ACK]
+    assert remote.reached() == 1
+    assert len(first.laps) == 1
+
+    remote.interrupt.clear()
+    rest = await remote.process_batch(inputs[1:], budget=60.0)
+    assert rest.dispositions == [Disposition.ACK] * (len(inputs) - 1)
+    assert remote.reached() == len(inputs) - 1
+    assert len(rest.laps) == len(inputs) - 1
+    assert remote.counters.processed == len(inputs)
+    # Each accepted event's output, numbered after the last batch's.
+    assert len(rest.rows) == len(inputs) - 1
+    assert rest.rows[0].seq == first.rows[-1].seq + 1
+    pending = await remote.outbox_pending(100)
+    assert pending == [*first.rows, *rest.rows]
+
+
+def test_a_transient_fault_stays_transient_across_the_pipe(tmp_path: Path) -> None:
+    busy = real_busy_error(tmp_path)
+    crossed = pickle.loads(pickle.dumps(_portable(busy)))
+    assert is_transient(crossed)
+    assert crossed.sqlite_errorname == "SQLITE_BUSY"
+    assert any("in the pipeline process" in note for note in crossed.__notes__)

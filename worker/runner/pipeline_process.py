@@ -1,0 +1,257 @@
+"""The writer's pipeline in a process of its own.
+
+The event loop (fetching, acking, publishing, scheduling) and the pipeline (Python work
+on every event) each take most of a core at full load; in one process they share one
+GIL and so one core. Here the pipeline and the writer's SQLite connection live in a
+child process that answers `PipelineServer` requests over a socket pair: one pickled
+`Request` in, one pickled reply out, framed by a 4-byte length. The interrupt and the
+inputs done so far are shared memory (`SharedFlags` on a memfd both map).
+
+The child is a fresh interpreter (`python -c`, not a fork of a process that may run
+threads), started as soon as the storage lock is held, so that its imports overlap the
+worker's connection to NATS. It is not a `multiprocessing.Process`: that would add a
+resource-tracker process (13 MB) and join the child at the interpreter's exit. It is
+handed, as inherited descriptors:
+- its end of the socket pair: when the worker dies, however it dies, the child reads
+  end-of-file, finishes the request in hand and exits;
+- a copy of the storage lock's descriptor: the kernel keeps a `flock` while any copy is
+  open, so the directory stays locked until the child has exited too, and a restarted
+  worker never writes beside an orphan that is still committing;
+- the shared flags' memfd.
+It ignores SIGINT and SIGTERM (the worker stops it once it has finished its batch) and
+logs with the worker's configuration to the same standard error. If it dies, or a
+request fails with anything but a transient database fault, the worker stops with that
+error; transient faults are retried as before.
+
+Fault-injection tests patch worker functions in the worker's main module before the
+CLI starts (tests/faults/inject.py); the child runs that module again as a child of
+`multiprocessing` would (`multiprocessing.spawn.prepare`: as `__mp_main__`), so
+patches applied at its top level apply in the child too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import traceback
+from multiprocessing import spawn
+from pathlib import Path
+from typing import IO, Any, Final
+
+import structlog
+
+from worker.config import LogConfig
+from worker.logs import configure_logging
+from worker.metrics import WorkerMetrics
+from worker.runner.pipeline_handle import PipelineHandle
+from worker.runner.pipeline_server import PipelineServer, Reply, Request, SharedFlags
+
+log = structlog.get_logger(__name__)
+
+#: The collector's first-generation threshold. The pipeline keeps many long-lived
+#: objects (cached events and states), and with the default of 700 the full collections
+#: they provoke cost about a third of the throughput (measured with bench/fork_bench.py).
+GC_GEN0_THRESHOLD: Final = 50_000
+#: A message's length, before it.
+_HEADER: Final = struct.Struct("!I")
+#: Seconds the child gets to exit once told to (it finishes the request in hand first).
+_EXIT_TIMEOUT: Final = 30.0
+#: Bytes read from the socket at a time.
+_READ_LIMIT: Final = 1 << 20
+#: The shared flags' size (two C longs, rounded up to a page by the kernel).
+_FLAGS_BYTES: Final = 2 * ctypes.sizeof(ctypes.c_long)
+#: The child's name for `multiprocessing` (its logs and `current_process()`).
+_NAME: Final = "roomserver-pipeline"
+_CHILD_MAIN: Final = "from worker.runner.pipeline_process import child_main; child_main()"
+
+
+class PipelineProcessDied(RuntimeError):
+    """The pipeline's process is gone: the worker cannot go on without it."""
+
+
+class PipelineProcess(PipelineHandle):
+    """The pipeline in a spawned child process (see the module docstring)."""
+
+    def __init__(self, metrics: WorkerMetrics, log_config: LogConfig, lock_fd: int) -> None:
+        flags_fd = os.memfd_create("roomserver-pipeline-flags")
+        try:
+            os.ftruncate(flags_fd, _FLAGS_BYTES)
+            # Never closed: the flags below are views of it.
+            self._flags_map = mmap.mmap(flags_fd, _FLAGS_BYTES)
+            super().__init__(metrics, SharedFlags(_cells(self._flags_map)))
+            ours, theirs = socket.socketpair()
+            fds = (theirs.fileno(), lock_fd, flags_fd)
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD_MAIN, *map(str, fds)],
+                    pass_fds=fds,
+                    stdin=subprocess.DEVNULL,
+                )
+            finally:
+                # Only the child keeps its end: its exit is then our end-of-file.
+                theirs.close()
+        finally:
+            os.close(flags_fd)
+        self._socket = ours
+        # What `multiprocessing` hands a spawned child (the main module to run again,
+        # sys.path, the working directory), and how to log. The socket is still
+        # blocking here, and the message far smaller than its buffer.
+        preparation = spawn.get_preparation_data(_NAME)
+        # Not needed (no multiprocessing connections), and refused by pickle.
+        del preparation["authkey"]
+        start = pickle.dumps((preparation, log_config), protocol=pickle.HIGHEST_PROTOCOL)
+        ours.sendall(_HEADER.pack(len(start)) + start)
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._dead: PipelineProcessDied | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def open(self, path: Path, subject_prefix: str, held_max_wait: float) -> None:
+        await super().open(path, subject_prefix, held_max_wait)
+        log.info("pipeline process ready", pid=self.pid, storage=str(self.path))
+
+    async def stop(self) -> None:
+        """Close the database, then end the child: it exits on end-of-file."""
+        try:
+            if self._dead is None:
+                await self.close()
+        finally:
+            if self._streams is not None:
+                self._streams[1].close()
+            self._socket.close()
+            await self._join()
+
+    async def _exchange(self, request: Request) -> Reply:
+        if self._dead is not None:
+            raise self._dead
+        # Shielded: once a request is sent its reply must be read, or the next request
+        # would read it instead.
+        return await asyncio.shield(asyncio.ensure_future(self._round_trip(request)))
+
+    async def _round_trip(self, request: Request) -> Reply:
+        reader, writer = await self._connected()
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            writer.write(_HEADER.pack(len(payload)))
+            writer.write(payload)
+            await writer.drain()
+            (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+            ok, value = pickle.loads(await reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            await self._join(timeout=5.0)
+            code = self._process.returncode
+            self._dead = PipelineProcessDied(
+                f"the pipeline process exited (exit status {code}) during {request.name}"
+            )
+            log.error("the pipeline process died", exit_status=code)
+            raise self._dead from exc
+        if not ok:
+            raise value
+        reply: Reply = value
+        return reply
+
+    async def _connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._streams is None:
+            self._streams = await asyncio.open_unix_connection(sock=self._socket, limit=_READ_LIMIT)
+        return self._streams
+
+    async def _join(self, timeout: float = _EXIT_TIMEOUT) -> None:
+        """Wait for the child to exit; kill it if it does not within `timeout`."""
+        process = self._process
+        try:
+            await asyncio.to_thread(process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the pipeline process did not exit; killing it", pid=process.pid)
+            process.kill()
+            await asyncio.to_thread(process.wait)
+
+
+def _cells(buffer: mmap.mmap) -> ctypes.Array[ctypes.c_long]:
+    return (ctypes.c_long * 2).from_buffer(buffer)
+
+
+# -- in the child ---------------------------------------------------------------------
+
+
+def child_main() -> None:
+    """The child's entry (`python -c`): arguments are the descriptors of its socket, of
+    the storage lock and of the shared flags."""
+    # First of all: a Ctrl-C meant for the worker must not end this process mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock_fd, lock_fd, flags_fd = (int(arg) for arg in sys.argv[1:4])
+    sock = socket.socket(fileno=sock_fd)
+    incoming = sock.makefile("rb")
+    start = _receive(incoming)
+    if start is None:
+        return
+    preparation, log_config = start
+    # The worker's main module runs again here (as `__mp_main__`, as in a child of
+    # `multiprocessing`): patches a fault test applies at its top level apply here too.
+    spawn.prepare(preparation)
+    configure_logging(log_config)
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    flags_map = mmap.mmap(flags_fd, _FLAGS_BYTES)
+    os.close(flags_fd)
+    serve(sock, incoming, SharedFlags(_cells(flags_map)))
+    # Kept open until here: the storage directory stays locked while this process lives.
+    os.close(lock_fd)
+
+
+def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
+    """Answer requests until end-of-file, then close the database."""
+    server = PipelineServer(flags)
+    try:
+        while (request := _receive(incoming)) is not None:
+            try:
+                answer = _encoded((True, server.handle(request)))
+            except Exception as exc:
+                answer = _encoded((False, _portable(exc)))
+            try:
+                sock.sendall(_HEADER.pack(len(answer)))
+                sock.sendall(answer)
+            except OSError:
+                break  # the worker is gone
+    finally:
+        server.close()
+
+
+def _receive(incoming: IO[bytes]) -> Any:
+    """The next message, or None at end-of-file (the worker stopped or died)."""
+    header = incoming.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    body = incoming.read(size)
+    if len(body) < size:
+        return None
+    return pickle.loads(body)
+
+
+def _encoded(answer: tuple[bool, Any]) -> bytes:
+    return pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _portable(exc: Exception) -> Exception:
+    """`exc` as the worker will raise it: with the child's traceback as a note, and as
+    a RuntimeError naming it if it does not survive pickling (sqlite3 errors do, their
+    result codes included, so transient faults are still told apart)."""
+    exc.add_note("in the pipeline process:\n" + "".join(traceback.format_exception(exc)))
+    try:
+        pickle.loads(_encoded((False, exc)))
+    except Exception:
+        plain = RuntimeError(f"{type(exc).__name__}: {exc}")
+        plain.__notes__ = exc.__notes__
+        return plain
+    return exc

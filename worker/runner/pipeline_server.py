@@ -1,0 +1,238 @@
+"""The writer's pipeline behind named requests, where its connection lives.
+
+The pipeline and the writer's SQLite connection live in one place: a process of their
+own (worker.runner.pipeline_process) or the database thread of the worker's process
+(worker.runner.pipeline_handle.LocalPipeline, for tests that look inside). Either way
+the event loop asks for work with a `Request` and gets a `Reply`, which carries what
+the loop needs without asking again: the batch's dispositions, laps and outbox rows,
+the counts metrics show, and the durations to observe. Everything in them pickles, so
+the same requests cross a pipe unchanged.
+
+Two numbers are shared without a request (`SharedFlags`): the interrupt the input
+loop sets when a transaction should give way, and how many inputs the transaction
+under way has done; both are read while a transaction runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from worker.bus.subjects import Subjects
+from worker.metrics import TimedDatabase
+from worker.pipeline import (
+    Counters,
+    Disposition,
+    InboundMessage,
+    OutboxRow,
+    Pipeline,
+    RetryStep,
+)
+
+log = structlog.get_logger(__name__)
+
+#: Requests after which the counts metrics show may have changed (the others only read
+#: or delete published outbox rows).
+_CHANGING: Final = frozenset({"open", "process_batch", "release_expired", "retry_parked"})
+
+
+class SharedFlags:
+    """The interrupt (cell 0) and the inputs done by the transaction under way (cell
+    1), in memory both sides see: a ctypes array in one process, or one over a memfd
+    mapped by the pipeline's process too. Word-sized stores
+    and loads need no lock here: each cell has one writer, and a reader acts on a value
+    a moment old at worst (a lap late to give way, an input late in the count)."""
+
+    def __init__(self, cells: ctypes.Array[ctypes.c_long] | None = None) -> None:
+        self.cells = cells if cells is not None else (ctypes.c_long * 2)()
+
+    # The interrupt: set by the input loop, read by the stopwatch (batch.Interrupt).
+    def is_set(self) -> bool:
+        return self.cells[0] != 0
+
+    def set(self) -> None:
+        self.cells[0] = 1
+
+    def clear(self) -> None:
+        self.cells[0] = 0
+
+    # How many inputs the transaction under way has done (Stopwatch.on_lap).
+    def reached(self) -> int:
+        return int(self.cells[1])
+
+    def set_reached(self, count: int) -> None:
+        self.cells[1] = count
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    #: The name of a PipelineServer method (one of `PipelineServer.REQUESTS`).
+    name: str
+    args: tuple[Any, ...]
+    #: Outbox rows published so far (`Outbox.mark_published` rides with every request;
+    #: they are deleted by the next transaction).
+    published_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The pipeline's counts as of the end of a request (what metrics and tests read)."""
+
+    counters: Counters
+    held_count: int
+    parked_room_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    value: Any
+    #: None after requests that cannot change the counts.
+    snapshot: Snapshot | None
+    #: COMMIT durations (seconds) and inputs per committed batch since the last reply,
+    #: for the metrics' histograms.
+    commit_seconds: list[float]
+    batch_sizes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What `process_batch` did: the dispositions of the inputs it reached (the first
+    ones offered), what each took (the stopwatch's laps) and the outbox rows it
+    committed, to publish without reading them back."""
+
+    dispositions: list[Disposition]
+    laps: list[float]
+    rows: list[OutboxRow]
+
+
+@dataclass(slots=True)
+class _Recorded:
+    """Durations kept until the next reply (stands for a Histogram)."""
+
+    values: list[float] = field(default_factory=list)
+
+    def observe(self, amount: float) -> None:
+        self.values.append(amount)
+
+    def take(self) -> list[float]:
+        values, self.values = self.values, []
+        return values
+
+
+class PipelineServer:
+    """Answers requests with the pipeline; runs in the thread that owns the connection."""
+
+    REQUESTS: Final = frozenset(
+        {
+            "open",
+            "process_batch",
+            "release_expired",
+            "retry_parked",
+            "outbox_pending",
+            "outbox_depth",
+            "outbox_delete_through",
+            "forget_published",
+            "close",
+        }
+    )
+
+    def __init__(self, flags: SharedFlags) -> None:
+        self.flags = flags
+        #: None until `open` (and after `close`).
+        self.pipeline: Pipeline | None = None
+        self._commits = _Recorded()
+        self._batch_sizes: list[int] = []
+
+    def handle(self, request: Request) -> Reply:
+        """Run one request; its errors propagate (transient ones are retried by the
+        caller, as they were when the pipeline ran in the caller's own process)."""
+        if request.name not in self.REQUESTS:
+            raise ValueError(f"unknown pipeline request {request.name!r}")
+        if self.pipeline is not None:
+            self.pipeline.outbox.mark_published(request.published_through)
+        method: Callable[..., Any] = getattr(self, request.name)
+        value = method(*request.args)
+        snapshot = self._snapshot() if request.name in _CHANGING else None
+        # Copied, not replaced: the pipeline holds the list's `append`.
+        sizes = self._batch_sizes.copy()
+        self._batch_sizes.clear()
+        return Reply(value, snapshot, self._commits.take(), sizes)
+
+    # -- requests -------------------------------------------------------------------
+
+    def open(self, path: str, subject_prefix: str, held_max_wait: float) -> str:
+        """Open the database (after SQLite's integrity check) and build the pipeline;
+        returns the database file's path."""
+        db = TimedDatabase(Path(path))
+        try:
+            problems = db.integrity_check()
+            if problems:
+                raise RuntimeError(f"database integrity check failed: {'; '.join(problems)}")
+            pipeline = Pipeline(db, Subjects(subject_prefix), held_max_wait=held_max_wait)
+        except BaseException:
+            db.close()
+            raise
+        db.commit_histogram = self._commits
+        pipeline.batch.committed = self._batch_sizes.append
+        pipeline.batch.interrupt = self.flags
+        pipeline.batch.on_lap = self.flags.set_reached
+        self.pipeline = pipeline
+        return str(db.path)
+
+    def process_batch(
+        self, messages: list[tuple[str, bytes, int]], budget: float | None
+    ) -> BatchResult:
+        pipeline = self._pipeline()
+        pipeline.batch.budget = budget
+        self.flags.set_reached(0)
+        inbound = [InboundMessage(subject, data, seq) for subject, data, seq in messages]
+        dispositions = pipeline.process_batch(inbound)
+        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, pipeline.outbox.emitted)
+
+    def release_expired(self) -> tuple[int, list[OutboxRow]]:
+        """Held events released, and the outbox rows their transaction committed."""
+        pipeline = self._pipeline()
+        released = pipeline.release_expired()
+        return released, (pipeline.outbox.emitted if released else [])
+
+    def retry_parked(self, room_id: str) -> tuple[RetryStep, list[OutboxRow]]:
+        pipeline = self._pipeline()
+        step = pipeline.retry_parked(room_id)
+        return step, pipeline.outbox.emitted
+
+    def outbox_pending(self, limit: int) -> list[OutboxRow]:
+        return self._pipeline().db.outbox.pending(limit)
+
+    def outbox_depth(self) -> int:
+        return self._pipeline().db.outbox.depth()
+
+    def outbox_delete_through(self, seq: int) -> None:
+        self._pipeline().db.outbox.delete_through(seq)
+
+    def forget_published(self) -> None:
+        self._pipeline().outbox.forget_published()
+
+    def close(self) -> None:
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            pipeline.db.close()
+
+    # -------------------------------------------------------------------------------
+
+    def _pipeline(self) -> Pipeline:
+        if self.pipeline is None:
+            raise RuntimeError("the pipeline's database is not open")
+        return self.pipeline
+
+    def _snapshot(self) -> Snapshot | None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return None
+        totals = pipeline.counters
+        counters = replace(totals, dead_letter_codes=dict(totals.dead_letter_codes))
+        return Snapshot(counters, pipeline.held_count, pipeline.parked_room_ids())
