@@ -138,7 +138,11 @@ class Worker:
         # Queries read the same file through their own read-only connection; they
         # stop before the database closes (the exit stack unwinds in reverse).
         self.queries = await QueryService.start(
-            nc, Path(self.config.storage.path), self.subjects, self.partition
+            nc,
+            Path(self.config.storage.path),
+            self.subjects,
+            self.partition,
+            self.config.storage.cache_budget,
         )
         stack.push_async_callback(self.queries.stop)
         link = NatsLink(nc)
@@ -194,14 +198,17 @@ class Worker:
         return nc
 
     async def _open_database(self, stack: AsyncExitStack) -> Pipeline:
-        db = self._db = await self._db_thread.run(TimedDatabase, Path(self.config.storage.path))
+        budget = self.config.storage.cache_budget
+        db = self._db = await self._db_thread.run(
+            TimedDatabase, Path(self.config.storage.path), budget.bound("nid_names")
+        )
         db.commit_histogram = self.metrics.commit_seconds
         stack.push_async_callback(self._close_db)
         problems = await self._db_thread.run(db.integrity_check)
         if problems:
             raise RuntimeError(f"database integrity check failed: {'; '.join(problems)}")
         self._pipeline = Pipeline(
-            db, self.subjects, held_max_wait=self.config.pipeline.held_max_wait
+            db, self.subjects, held_max_wait=self.config.pipeline.held_max_wait, budget=budget
         )
         return self._pipeline
 
