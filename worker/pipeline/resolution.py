@@ -40,7 +40,7 @@ EVENT_MEMO_ENTRIES = DEFAULT_BUDGET.bound("event_memos")
 RESOLUTION_CACHE_ENTRIES = DEFAULT_BUDGET.bound("resolutions")
 
 #: Auth chain IDs kept for the conflicted events' walks, over all the chains kept
-#: (~50 bytes an ID).
+#: (~55 bytes an ID).
 AUTH_CHAIN_CACHE_IDS = DEFAULT_BUDGET.bound("auth_chains")
 
 #: Events a walk up the auth DAG may visit before it gives up for the walk down (which

@@ -29,7 +29,7 @@ from worker.storage.connection import json_list
 from worker.storage.lru import LruByWeight
 
 #: State events indexed over the rooms kept (least recently used room dropped first;
-#: ~200 bytes each): the default cache budget's share (worker.storage.cache_budget). A
+#: ~210 bytes each): the default cache budget's share (worker.storage.cache_budget). A
 #: room larger than that alone is still kept while it is resolved.
 STATE_EVENTS_KEPT = DEFAULT_BUDGET.bound("auth_citers")
 

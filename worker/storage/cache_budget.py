@@ -73,9 +73,9 @@ SHARES: Final[dict[str, Share]] = {
     #: Resolutions, by differing state entry.
     "resolutions": Share(0.04, 150),
     #: Resolved snapshots by their inputs, by resolution.
-    "resolved_snapshots": Share(0.005, 200),
+    "resolved_snapshots": Share(0.005, 270),
     #: Auth chains of settled events, by event ID in a chain.
-    "auth_chains": Share(0.04, 50),
+    "auth_chains": Share(0.04, 55),
     #: The resolver's nine memos of facts about settled events (each emptied when
     #: full, all with the same bound): its unit is one entry in each, ~4,800 bytes
     #: together: a parsed event (~2.8 KB when the event LRU no longer holds it) and its
@@ -83,7 +83,7 @@ SHARES: Final[dict[str, Share]] = {
     #: events, key names and NIDs, witnesses (~110–310 each).
     "event_memos": Share(0.08, 4_800),
     #: The rooms' auth DAGs read upwards (`AuthCiters`), by state event indexed.
-    "auth_citers": Share(0.04, 200),
+    "auth_citers": Share(0.04, 210),
     #: The awaited-prev-events and late-redaction-target filters, by event ID
     #: mirrored (beyond it they stop mirroring and the table is asked).
     "filters": Share(0.02, 120, copies=2),
