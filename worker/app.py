@@ -199,6 +199,7 @@ class Worker:
 
     async def _open_database(self, stack: AsyncExitStack) -> Pipeline:
         budget = self.config.storage.cache_budget
+        log.info("cache budget", cache_mb=budget.mb, bounds=budget.bounds())
         db = self._db = await self._db_thread.run(
             TimedDatabase, Path(self.config.storage.path), budget.bound("nid_names")
         )

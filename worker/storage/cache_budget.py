@@ -114,6 +114,10 @@ class CacheBudget:
         share = SHARES[name]
         return max(1, int(self.mb * MIB * share.part / share.copies / share.unit_bytes))
 
+    def bounds(self) -> dict[str, int]:
+        """Every cache's bound by name (the worker logs them when it starts)."""
+        return {name: self.bound(name) for name in SHARES}
+
     def bytes_of(self, name: str, units: int) -> int:
         """What `units` of a cache cost, by the measured unit cost."""
         return units * SHARES[name].unit_bytes
