@@ -48,7 +48,7 @@ class Share:
 SHARES: Final[dict[str, Share]] = {
     # -- writer: worker.storage.state.StateStore (SnapshotCache and derived states)
     #: Merged states, by state entry.
-    "states": Share(0.15, 130),
+    "states": Share(0.12, 130),
     #: States written by `derive`, by changes plus a share of the base.
     "derived": Share(0.08, 63),
     #: Packed blocks, by entry (plus one a block).
@@ -57,14 +57,14 @@ SHARES: Final[dict[str, Share]] = {
     "block_lists": Share(0.02, 40),
     # -- writer: worker.storage.events.EventStore
     #: Parsed events (with their rows), by event.
-    "events": Share(0.13, 2_800),
+    "events": Share(0.20, 2_800),
     #: Event NID → event ID, by ID (a memo emptied when full).
     "event_ids": Share(0.015, 190),
     #: Room NID → room version, by room.
     "room_versions": Share(0.005, 150),
     # -- writer: worker.storage.database, the NID tables (types and state keys, both
     #    directions: four LRUs of names)
-    "nid_names": Share(0.06, 230, copies=4),
+    "nid_names": Share(0.04, 230, copies=4),
     # -- writer: worker.pipeline (room rows, input subjects, resolution)
     #: Room rows with their forward extremities, by room.
     "room_rows": Share(0.01, 460),
@@ -96,7 +96,7 @@ SHARES: Final[dict[str, Share]] = {
     "reader_block_lists": Share(0.005, 40),
     #: The reader's six NID maps (types, state keys, event IDs, memberships, auth
     #: events both ways), by entry.
-    "reader_names": Share(0.11, 230, copies=6),
+    "reader_names": Share(0.09, 230, copies=6),
     #: Whole states encoded for replies, by byte.
     "packed_states": Share(0.03, 1),
 }

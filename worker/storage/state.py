@@ -124,7 +124,7 @@ class StateStore:
 
     #: Decoded states cost ~130 bytes an entry. Every state change makes a new state, so
     #: this bounds memory, not the working set: the hot states are the rooms' heads and
-    #: fork points, a few per active room. The default budget's share is ~19 MiB.
+    #: fork points, a few per active room. The default budget's share is ~15 MiB.
     STATE_CACHE_ENTRIES = DEFAULT_BUDGET.bound("states")
     #: Packed blocks are what a cold state is rebuilt from: 24 bytes an entry, plus some
     #: 150 bytes of object and LRU overhead a block, so small rooms' blocks (2–3
