@@ -20,6 +20,7 @@ from worker.matrix.builder import RoomBuilder
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Disposition, InboundMessage
 from worker.runner.pipeline_process import PipelineProcess, _portable
+from worker.storage.cache_budget import DEFAULT_CACHE_MB
 from worker.storage.database import is_transient
 from worker.storage.lock import StorageLock
 
@@ -32,7 +33,7 @@ async def remote(tmp_path: Path) -> AsyncIterator[PipelineProcess]:
         )
         handle = PipelineProcess(metrics, LogConfig(), lock.fileno())
         try:
-            await handle.open(tmp_path, SUBJECTS.prefix, 60.0)
+            await handle.open(tmp_path, SUBJECTS.prefix, 60.0, DEFAULT_CACHE_MB)
             yield handle
         finally:
             await handle.stop()

@@ -146,7 +146,11 @@ class Worker:
         # Queries read the same file through their own read-only connection; they
         # stop before the database closes (the exit stack unwinds in reverse).
         self.queries = await QueryService.start(
-            nc, Path(self.config.storage.path), self.subjects, self.partition
+            nc,
+            Path(self.config.storage.path),
+            self.subjects,
+            self.partition,
+            self.config.storage.cache_budget,
         )
         stack.push_async_callback(self.queries.stop)
         link = NatsLink(nc)
@@ -214,10 +218,13 @@ class Worker:
 
     async def _open_database(self, stack: AsyncExitStack) -> PipelineHandle:
         pipeline = self.pipeline
+        budget = self.config.storage.cache_budget
+        log.info("cache budget", cache_mb=budget.mb, bounds=budget.bounds())
         await pipeline.open(
             Path(self.config.storage.path),
             self.subjects.prefix,
             self.config.pipeline.held_max_wait,
+            budget.mb,
         )
         stack.push_async_callback(pipeline.close)
         return pipeline

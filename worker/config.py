@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from worker.storage.cache_budget import DEFAULT_CACHE_MB, MIN_CACHE_MB, CacheBudget
+
 ENV_PREFIX: Final = "ROOMSERVER_"
 #: More partitions than this would be more workers than any deployment runs.
 MAX_PARTITIONS: Final = 1024
@@ -45,6 +47,14 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     path: str = "./data"
+    #: MiB for every bounded cache of a worker together (the writer's states, blocks,
+    #: parsed events, NID names, resolutions; the query side's states, names and
+    #: encoded replies), shared out in fixed parts (worker.storage.cache_budget).
+    cache_mb: int = DEFAULT_CACHE_MB
+
+    @property
+    def cache_budget(self) -> CacheBudget:
+        return CacheBudget(self.cache_mb)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,9 +383,10 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
 
 
 def _validate_storage(config: Config, check: _Checker) -> None:
-    """The database directory must be named."""
+    """The database directory must be named; the caches need a few MiB to be of use."""
     if not config.storage.path:
         check.fail("storage.path", "must not be empty")
+    check.at_least("storage.cache_mb", config.storage.cache_mb, MIN_CACHE_MB)
 
 
 def _validate_nats_servers(config: Config, check: _Checker) -> None:

@@ -12,6 +12,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
+
 log = structlog.get_logger(__name__)
 
 K = TypeVar("K", bound=Hashable)
@@ -19,17 +21,28 @@ K = TypeVar("K", bound=Hashable)
 
 @dataclass(frozen=True, slots=True)
 class CacheLimits:
-    """How many entries each of the pipeline's caches may hold."""
+    """How many entries each of the pipeline's caches may hold: by default the default
+    cache budget's shares (worker.storage.cache_budget), `of_budget` for another."""
 
-    #: Room rows (a few hundred bytes each, their forward extremities included).
-    rooms: int = 10_000
-    #: Input subjects with their room (one per active room, ~250 bytes each): as many
-    #: as room rows; a subject forgotten costs one parse of it again.
-    subjects: int = 10_000
+    #: Room rows (~460 bytes each, their forward extremities included); a row forgotten
+    #: costs one read of it again.
+    rooms: int = DEFAULT_BUDGET.bound("room_rows")
+    #: Input subjects with their room (one per active room, ~300 bytes each); a subject
+    #: forgotten costs one parse of it again.
+    subjects: int = DEFAULT_BUDGET.bound("subjects")
     #: IDs the awaited-prev-events filter mirrors before it gives up mirroring.
-    awaited_prevs: int = 100_000
+    awaited_prevs: int = DEFAULT_BUDGET.bound("filters")
     #: IDs the late-redaction-targets filter mirrors before it gives up mirroring.
-    redaction_targets: int = 100_000
+    redaction_targets: int = DEFAULT_BUDGET.bound("filters")
+
+    @classmethod
+    def of_budget(cls, budget: CacheBudget) -> CacheLimits:
+        return cls(
+            rooms=budget.bound("room_rows"),
+            subjects=budget.bound("subjects"),
+            awaited_prevs=budget.bound("filters"),
+            redaction_targets=budget.bound("filters"),
+        )
 
 
 class MaybeSet(Generic[K]):

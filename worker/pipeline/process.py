@@ -33,6 +33,7 @@ from worker.pipeline.rooms import Rooms
 from worker.pipeline.state import EventStates
 from worker.pipeline.store import EventWriter
 from worker.storage.blocks import NidState
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.database import Database, RoomRow, is_transient, storage_fault
 from worker.storage.events import EventStore
 from worker.storage.state import StateStore
@@ -50,12 +51,17 @@ class Pipeline:
         held_max_wait: float = 60.0,
         limits: CacheLimits | None = None,
         clock: Callable[[], int] | None = None,
+        budget: CacheBudget | None = None,
     ) -> None:
-        limits = limits if limits is not None else CacheLimits()
+        """`budget` (`storage.cache_mb`) bounds every cache of the pipeline and its
+        stores; without one they have the default budget's bounds. `limits` overrides
+        the pipeline's own (tests set tiny ones)."""
+        if limits is None:
+            limits = CacheLimits() if budget is None else CacheLimits.of_budget(budget)
         self.db = db
         self.subjects = subjects
-        self.state = StateStore(db)
-        self.events = EventStore(db)
+        self.state = StateStore(db, budget=budget or DEFAULT_BUDGET)
+        self.events = EventStore(db, budget=budget or DEFAULT_BUDGET)
         self.outputs = OutputBuilder(subjects)
         #: Outputs written in the open transaction, and what is published.
         self.outbox = Outbox(db)
@@ -63,8 +69,14 @@ class Pipeline:
         self.rooms = Rooms(db, subjects, limits)
         self.held = HeldEvents(db, held_max_wait, clock)
         self.authorize = Authorizer(db, self.state, self.events)
-        self.resolver = NidResolver(db, self.state, self.events)
-        self.states = EventStates(db, self.state, self.events, self.resolver)
+        self.resolver = NidResolver(db, self.state, self.events, budget)
+        self.states = EventStates(
+            db,
+            self.state,
+            self.events,
+            self.resolver,
+            (budget or DEFAULT_BUDGET).bound("resolved_snapshots"),
+        )
         self.extremities = Extremities(
             db,
             self.state,

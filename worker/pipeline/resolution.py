@@ -24,20 +24,24 @@ from worker.matrix.room_versions import get_room_version
 from worker.matrix.state_res import KeptAnswers, resolve_conflicts
 from worker.storage.auth_citers import AuthCiters
 from worker.storage.blocks import NidState, NidStateKey
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.database import Database, StorageError
 from worker.storage.events import EventStore
 from worker.storage.lru import BoundedMemo, LruByWeight
 from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED
 from worker.storage.state import StateStore, StateView
 
+#: The bounds at the default cache budget (worker.storage.cache_budget), which a
+#: resolver built without a budget reads when it is made.
 #: Entries of each memo of facts about settled events (`BoundedMemo`: emptied when full).
-EVENT_MEMO_ENTRIES = 50_000
+EVENT_MEMO_ENTRIES = DEFAULT_BUDGET.bound("event_memos")
 
 #: Resolutions kept, weighed by their differing entries (~150 bytes each with the key).
-RESOLUTION_CACHE_ENTRIES = 100_000
+RESOLUTION_CACHE_ENTRIES = DEFAULT_BUDGET.bound("resolutions")
 
-#: Auth chain IDs kept for the conflicted events' walks, over all the chains kept.
-AUTH_CHAIN_CACHE_IDS = 1_000_000
+#: Auth chain IDs kept for the conflicted events' walks, over all the chains kept
+#: (~55 bytes an ID).
+AUTH_CHAIN_CACHE_IDS = DEFAULT_BUDGET.bound("auth_chains")
 
 #: Events a walk up the auth DAG may visit before it gives up for the walk down (which
 #: costs the room's size): a walk up that has not found an agreed event by then is
@@ -58,8 +62,15 @@ class NidResolver:
         db: Database,
         state: StateStore,
         events: EventStore,
-        cache_entries: int = RESOLUTION_CACHE_ENTRIES,
+        budget: CacheBudget | None = None,
     ) -> None:
+        """Without a `budget`, the bounds are the module's (the default budget's)."""
+        if budget is None:
+            memo_entries, cache_entries = EVENT_MEMO_ENTRIES, RESOLUTION_CACHE_ENTRIES
+            chain_ids, citer_weight = AUTH_CHAIN_CACHE_IDS, DEFAULT_BUDGET.bound("auth_citers")
+        else:
+            memo_entries, cache_entries = budget.bound("event_memos"), budget.bound("resolutions")
+            chain_ids, citer_weight = budget.bound("auth_chains"), budget.bound("auth_citers")
         self.db = db
         self.state = state
         self.events = events
@@ -77,36 +88,34 @@ class NidResolver:
         #: facts that never change once committed. The auth difference walks a large
         #: room's auth events over and over (each resolution starts afresh), and the
         #: event store's LRU costs several times a plain dict lookup.
-        self._settled: BoundedMemo[str, tuple[Event, bool]] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        self._settled: BoundedMemo[str, tuple[Event, bool]] = BoundedMemo(memo_entries)
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
-        self.citers = AuthCiters(db.conn, db.on_rollback_once)
+        self.citers = AuthCiters(db.conn, db.on_rollback_once, citer_weight)
         #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
         #: every event is settled (see `_settled`): an event's auth events are part of
         #: its ID, so such a chain never changes. The auth difference unions the chains
         #: of the conflicted events; a forked room's conflict holds the same events, or
         #: events citing them, resolution after resolution.
-        self._chains: LruByWeight[str, frozenset[str]] = LruByWeight(AUTH_CHAIN_CACHE_IDS)
+        self._chains: LruByWeight[str, frozenset[str]] = LruByWeight(chain_ids)
         #: Event ID → the NID of a state event whose auth chain holds it, as the last
         #: walk up from it found (`_AgreedState.reached`): auth edges never change, so
         #: while that event is still agreed on, the next walk's answer is known.
-        self.witnesses: BoundedMemo[str, int] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        self.witnesses: BoundedMemo[str, int] = BoundedMemo(memo_entries)
         #: Answers about events kept across resolutions (hashed event IDs only): the
         #: auth rules' outcomes, power levels parents, auth types, power events.
         self._kept = KeptAnswers(
-            BoundedMemo(EVENT_MEMO_ENTRIES),
-            BoundedMemo(EVENT_MEMO_ENTRIES),
-            BoundedMemo(EVENT_MEMO_ENTRIES),
-            BoundedMemo(EVENT_MEMO_ENTRIES),
+            BoundedMemo(memo_entries),
+            BoundedMemo(memo_entries),
+            BoundedMemo(memo_entries),
+            BoundedMemo(memo_entries),
         )
         #: `EventSource.usable_keyed` of the events in `_settled`: facts as lasting.
-        self._usable: BoundedMemo[str, tuple[StateKey, Event] | None] = BoundedMemo(
-            EVENT_MEMO_ENTRIES
-        )
+        self._usable: BoundedMemo[str, tuple[StateKey, Event] | None] = BoundedMemo(memo_entries)
         #: State keys in NIDs and in names, both ways: the auth checks look the same
         #: few keys up in the agreed state in every resolution, and the NID tables'
         #: LRUs cost several dict reads each. Only stored names are kept.
-        self._key_nids: BoundedMemo[StateKey, NidStateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
-        self._key_names: BoundedMemo[NidStateKey, StateKey] = BoundedMemo(EVENT_MEMO_ENTRIES)
+        self._key_nids: BoundedMemo[StateKey, NidStateKey] = BoundedMemo(memo_entries)
+        self._key_names: BoundedMemo[NidStateKey, StateKey] = BoundedMemo(memo_entries)
 
     def _forget(self) -> None:
         """Drop every answer kept across resolutions: the transaction (or input) that

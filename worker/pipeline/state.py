@@ -15,21 +15,28 @@ from worker.input.errors import DeadLetter
 from worker.matrix.events import Event
 from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import NidState, NidStateKey
+from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.database import Database, RoomRow
 from worker.storage.events import EventStore
 from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER
 from worker.storage.state import StateStore
 
-#: Resolved snapshots kept by their inputs (see `EventStates.resolve_and_store`).
-RESOLVED_SNAPSHOTS = 10_000
+#: Resolved snapshots kept by their inputs (see `EventStates.resolve_and_store`): the
+#: default cache budget's share.
+RESOLVED_SNAPSHOTS = DEFAULT_BUDGET.bound("resolved_snapshots")
 
 
 class EventStates:
     """Computes and stores the snapshots before and after timeline events."""
 
     def __init__(
-        self, db: Database, state: StateStore, events: EventStore, resolver: NidResolver
+        self,
+        db: Database,
+        state: StateStore,
+        events: EventStore,
+        resolver: NidResolver,
+        resolved_snapshots: int = RESOLVED_SNAPSHOTS,
     ) -> None:
         self.db = db
         self.state = state
@@ -40,7 +47,7 @@ class EventStates:
         #: not change a branch's state; the same inputs give the same snapshot (same
         #: changes, same base, same blocks), so it is looked up instead of derived.
         self._resolved: LruByWeight[tuple[str, tuple[int, ...]], int] = LruByWeight(
-            RESOLVED_SNAPSHOTS
+            resolved_snapshots
         )
 
     def before(self, event: Event, inp: InputMessage, room: RoomRow) -> int:

@@ -66,6 +66,7 @@ from worker.query.schema import (
     pack_reply,
     state_entries,
 )
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.lru import LruByWeight
 from worker.storage.reader import AFTER, BEFORE, Reader
 
@@ -139,7 +140,9 @@ class Queries:
         **FederationQueries.FIELDS,
     }
 
-    def __init__(self, reader: Reader, packed_state_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, reader: Reader, packed_state_bytes: int = DEFAULT_BUDGET.bound("packed_states")
+    ) -> None:
         self.reader = reader
         self.packed_states = PackedStates(packed_state_bytes)
         self.federation = FederationQueries(reader)
@@ -282,11 +285,16 @@ class QueryService:
     before the database closes."""
 
     def __init__(
-        self, nc: NATS, reader: Reader, subjects: Subjects, partition: int | None = None
+        self,
+        nc: NATS,
+        reader: Reader,
+        subjects: Subjects,
+        partition: int | None = None,
+        budget: CacheBudget = DEFAULT_BUDGET,
     ) -> None:
         self._nc = nc
         self.reader = reader
-        self.queries = Queries(reader)
+        self.queries = Queries(reader, budget.bound("packed_states"))
         self.subjects = subjects
         #: The partition whose rooms this worker holds: it answers only on
         #: <prefix>.query.<partition>.<name> (None: unpartitioned, every room).
@@ -296,14 +304,19 @@ class QueryService:
 
     @classmethod
     async def start(
-        cls, nc: NATS, storage_path: Path, subjects: Subjects, partition: int | None = None
+        cls,
+        nc: NATS,
+        storage_path: Path,
+        subjects: Subjects,
+        partition: int | None = None,
+        budget: CacheBudget = DEFAULT_BUDGET,
     ) -> QueryService:
         """Open a read-only reader on the worker's database and serve every query (of
-        one partition's rooms, when partitioned); the C heap is set to keep what its
-        large replies free (worker.query.heap)."""
+        one partition's rooms, when partitioned), its caches within `budget`'s shares;
+        the C heap is set to keep what its large replies free (worker.query.heap)."""
         keep_freed_memory()
-        reader = await Reader.open(storage_path)
-        service = cls(nc, reader, subjects, partition)
+        reader = await Reader.open(storage_path, budget=budget)
+        service = cls(nc, reader, subjects, partition, budget)
         try:
             await service._serve()
         except BaseException:

@@ -86,9 +86,12 @@ class PipelineHandle(ABC):
 
     # -- requests ------------------------------------------------------------------
 
-    async def open(self, path: Path, subject_prefix: str, held_max_wait: float) -> None:
-        """Open the database (integrity-checked) and build the pipeline."""
-        opened = await self._request("open", str(path), subject_prefix, held_max_wait)
+    async def open(
+        self, path: Path, subject_prefix: str, held_max_wait: float, cache_mb: int
+    ) -> None:
+        """Open the database (integrity-checked) and build the pipeline, its caches
+        within `cache_mb`."""
+        opened = await self._request("open", str(path), subject_prefix, held_max_wait, cache_mb)
         self.path = Path(opened)
 
     async def process_batch(

@@ -117,8 +117,10 @@ class PipelineProcess(PipelineHandle):
     def pid(self) -> int:
         return self._process.pid
 
-    async def open(self, path: Path, subject_prefix: str, held_max_wait: float) -> None:
-        await super().open(path, subject_prefix, held_max_wait)
+    async def open(
+        self, path: Path, subject_prefix: str, held_max_wait: float, cache_mb: int
+    ) -> None:
+        await super().open(path, subject_prefix, held_max_wait, cache_mb)
         log.info("pipeline process ready", pid=self.pid, storage=str(self.path))
 
     async def stop(self) -> None:

@@ -33,6 +33,7 @@ from worker.pipeline import (
     Pipeline,
     RetryStep,
 )
+from worker.storage.cache_budget import CacheBudget
 
 log = structlog.get_logger(__name__)
 
@@ -165,15 +166,19 @@ class PipelineServer:
 
     # -- requests -------------------------------------------------------------------
 
-    def open(self, path: str, subject_prefix: str, held_max_wait: float) -> str:
-        """Open the database (after SQLite's integrity check) and build the pipeline;
-        returns the database file's path."""
-        db = TimedDatabase(Path(path))
+    def open(self, path: str, subject_prefix: str, held_max_wait: float, cache_mb: int) -> str:
+        """Open the database (after SQLite's integrity check) and build the pipeline,
+        its caches within `cache_mb` (worker.storage.cache_budget); returns the database
+        file's path."""
+        budget = CacheBudget(cache_mb)
+        db = TimedDatabase(Path(path), budget.bound("nid_names"))
         try:
             problems = db.integrity_check()
             if problems:
                 raise RuntimeError(f"database integrity check failed: {'; '.join(problems)}")
-            pipeline = Pipeline(db, Subjects(subject_prefix), held_max_wait=held_max_wait)
+            pipeline = Pipeline(
+                db, Subjects(subject_prefix), held_max_wait=held_max_wait, budget=budget
+            )
         except BaseException:
             db.close()
             raise

@@ -24,11 +24,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from worker.storage.blocks import NidStateKey, unpack_nids
+from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.connection import json_list
 from worker.storage.lru import LruByWeight
 
-#: Rooms whose index is kept (least recently used dropped first).
-ROOMS_KEPT = 8
+#: State events indexed over the rooms kept (least recently used room dropped first;
+#: ~210 bytes each): the default cache budget's share (worker.storage.cache_budget). A
+#: room larger than that alone is still kept while it is resolved.
+STATE_EVENTS_KEPT = DEFAULT_BUDGET.bound("auth_citers")
 
 
 @dataclass(slots=True)
@@ -57,10 +60,17 @@ class RoomCiters:
 class AuthCiters:
     """The per-room indexes, on the write connection."""
 
-    def __init__(self, conn: sqlite3.Connection, on_rollback: Callable[[Callable[[], None]], None]):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        on_rollback: Callable[[Callable[[], None]], None],
+        state_events: int = STATE_EVENTS_KEPT,
+    ):
         self.conn = conn
         self._on_rollback = on_rollback
-        self._rooms: LruByWeight[int, RoomCiters] = LruByWeight(ROOMS_KEPT)
+        #: Weighed by the state events each index holds (plus one), so one huge room
+        #: and many small ones share the same memory.
+        self._rooms: LruByWeight[int, RoomCiters] = LruByWeight(state_events)
 
     def clear(self) -> None:
         """Forget every room (after a rollback, when NIDs may be reused)."""
@@ -72,7 +82,11 @@ class AuthCiters:
         if citers is None:
             citers = RoomCiters()
             self._rooms.put(room_nid, citers)
+        indexed = len(citers.keys)
         self._catch_up(room_nid, citers)
+        if len(citers.keys) != indexed:
+            # Weighed again as it grew (which may push older rooms out).
+            self._rooms.put(room_nid, citers, len(citers.keys) + 1)
         return citers
 
     def _catch_up(self, room_nid: int, citers: RoomCiters) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from worker.storage.awaiting import AwaitedPrevEvents, Redactions
 from worker.storage.block_rows import BlockRows
 from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.connection import (
     WriteConnection,
     insert_rowid,
@@ -50,9 +51,10 @@ __all__ = [
 ]
 
 DB_FILENAME = "roomserver.db"
-#: Names cached per NID table (event types, state keys), in each direction. A state key
-#: is mostly a user ID (~40 bytes); 200,000 of them cost some 40 MB at most.
-NID_CACHE_ENTRIES = 200_000
+#: Names cached per NID table (event types, state keys), in each direction: the default
+#: budget's share (worker.storage.cache_budget). A state key is mostly a user ID; a
+#: name costs ~230 bytes with the LRU's entry in each direction.
+NID_CACHE_ENTRIES = DEFAULT_BUDGET.bound("nid_names")
 
 
 @dataclass(slots=True)

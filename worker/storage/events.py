@@ -17,6 +17,7 @@ import orjson
 
 from worker.matrix.events import Event
 from worker.matrix.room_versions import RoomVersion, get_room_version
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.database import Database, EventRow, StorageError
 from worker.storage.lru import LruByWeight
 
@@ -54,26 +55,32 @@ def decode_event_json(raw: bytes) -> Any:
 
 
 class EventStore:
-    #: Parsed events cost 1–3 KB each; the hot ones are auth events and recent events.
-    CACHE_SIZE = 10_000
-    #: Rooms whose version is remembered (~140 bytes each): as many as the pipeline's
-    #: room rows (`CacheLimits.rooms`), whose rooms are the ones being written.
-    ROOM_VERSION_CACHE_SIZE = 10_000
+    #: Parsed events cost 1–3 KB each (~2.8 KB in small rooms); the hot ones are auth
+    #: events and recent events.
+    CACHE_SIZE = DEFAULT_BUDGET.bound("events")
+    #: Rooms whose version is remembered (~150 bytes each), about as many as the
+    #: pipeline's room rows (`CacheLimits.rooms`), whose rooms are the ones being written.
+    ROOM_VERSION_CACHE_SIZE = DEFAULT_BUDGET.bound("room_versions")
 
     def __init__(
         self,
         db: Database,
-        cache_size: int = CACHE_SIZE,
-        room_version_cache_size: int = ROOM_VERSION_CACHE_SIZE,
+        cache_size: int | None = None,
+        room_version_cache_size: int | None = None,
+        budget: CacheBudget = DEFAULT_BUDGET,
     ) -> None:
+        """Bounds left out are the `budget`'s shares (tests set tiny ones)."""
         self.db = db
         self._cache: OrderedDict[int, StoredEvent] = OrderedDict()
         self._by_id: dict[str, int] = {}
-        self._cache_size = cache_size
-        self._room_versions: LruByWeight[int, RoomVersion] = LruByWeight(room_version_cache_size)
+        self._cache_size = cache_size or budget.bound("events")
+        self._room_versions: LruByWeight[int, RoomVersion] = LruByWeight(
+            room_version_cache_size or budget.bound("room_versions")
+        )
         #: NID → event ID, which never changes: state resolution converts whole states.
+        #: Emptied when it would pass its bound (~190 bytes an ID).
         self._ids: dict[int, str] = {}
-        self._ids_limit = 20 * cache_size
+        self._ids_limit = budget.bound("event_ids")
 
     def forget_caches(self) -> None:
         self._cache.clear()

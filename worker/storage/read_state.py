@@ -23,10 +23,17 @@ StateTriple = tuple[str, str, str]
 class StateReads:
     """Snapshot states by NID, and the named entries of one."""
 
-    def __init__(self, rows: Rows, names: NidNames, cache_entries: int) -> None:
+    def __init__(
+        self,
+        rows: Rows,
+        names: NidNames,
+        state_entries: int,
+        block_entries: int,
+        block_list_entries: int,
+    ) -> None:
         self._rows = rows
         self._names = names
-        self._snapshots = SnapshotCache(cache_entries, cache_entries, cache_entries // 10)
+        self._snapshots = SnapshotCache(state_entries, block_entries, block_list_entries)
 
     def caches(self) -> dict[str, LruByWeight[Any, Any]]:
         return self._snapshots.caches()

@@ -27,6 +27,7 @@ from typing import Any, Final
 import aiosqlite
 
 from worker.storage.blocks import NidState, unpack_nids
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.connection import json_list
 from worker.storage.database import DB_FILENAME
 from worker.storage.faults import ReadError as ReadError
@@ -35,12 +36,6 @@ from worker.storage.read_names import NidNames
 from worker.storage.read_state import StateReads
 from worker.storage.read_state import StateTriple as StateTriple
 from worker.storage.schema import STATUS_NAMES, STATUS_OUTLIER, WELL_KNOWN_TYPES
-
-#: The reader's budget, in state entries, for merged states and for packed blocks each
-#: (~130 and ~24–90 bytes an entry: ~50–90 MiB if both fill). Four whole states of a
-#: 100,000-member room stay warm; a worker is meant to stay under 250 MB
-#: (docs/storage.md, Caches).
-READER_CACHE_ENTRIES = 400_000
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
 
@@ -164,18 +159,33 @@ class Reader:
     decoding happens in the caller's event loop on cached, immutable data.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path, cache_entries: int) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, path: Path, cache_entries: int | None, budget: CacheBudget
+    ) -> None:
         self._conn = conn
         self.path = path
-        #: NID facts, one entry each (an auth list weighs its length): each a quarter
-        #: of the budget.
-        self._names = NidNames(self.rows, max(cache_entries // 4, 1))
-        self._states = StateReads(self.rows, self._names, cache_entries)
+        if cache_entries is None:
+            states = budget.bound("reader_states"), budget.bound("reader_blocks")
+            lists, names = budget.bound("reader_block_lists"), budget.bound("reader_names")
+        else:
+            states = cache_entries, cache_entries
+            lists, names = cache_entries // 10, max(cache_entries // 4, 1)
+        #: NID facts, one entry each (an auth list weighs its length).
+        self._names = NidNames(self.rows, names)
+        self._states = StateReads(self.rows, self._names, *states, lists)
 
     @classmethod
-    async def open(cls, storage_path: Path, *, cache_entries: int = READER_CACHE_ENTRIES) -> Reader:
+    async def open(
+        cls,
+        storage_path: Path,
+        *,
+        cache_entries: int | None = None,
+        budget: CacheBudget = DEFAULT_BUDGET,
+    ) -> Reader:
         """Open the database under `storage_path` read-only (ReadError `no_database`
-        when there is none)."""
+        when there is none). The caches' bounds are the `budget`'s shares, or
+        `cache_entries` for merged states and for blocks each (tests set tiny ones),
+        a tenth of it for block lists and a quarter for each map of names."""
         path = existing_database(storage_path)
         conn = await aiosqlite.connect(read_only_uri(path), uri=True, isolation_level=None)
         try:
@@ -184,7 +194,7 @@ class Reader:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, path, cache_entries)
+        return cls(conn, path, cache_entries, budget)
 
     async def close(self) -> None:
         await self._conn.close()

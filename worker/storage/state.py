@@ -22,6 +22,7 @@ from worker.storage.blocks import (
     plan_merge,
     snapshot_hash,
 )
+from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
 from worker.storage.database import Database, StorageError
 from worker.storage.lru import BoundedMemo, LruByWeight
 from worker.storage.snapshots import SnapshotCache
@@ -29,11 +30,12 @@ from worker.storage.snapshots import SnapshotCache
 #: A state as `StateStore.load` gives it: a plain map, or a `DerivedState` on one.
 StateView = Mapping[NidStateKey, int]
 
-#: Block lists cost ~8 bytes a block; 100,000 blocks' worth is under a MB.
-BLOCK_LIST_CACHE_ENTRIES = 100_000
 #: Snapshots whose (block NID, entry count) list `derive` keeps (a few hundred bytes
 #: each): the next state of a room derives from its last one.
 DERIVED_BLOCK_LISTS = 1_000
+#: Block lists, by block NID (~40 bytes each with the list's own overhead in small
+#: rooms: worker.storage.cache_budget).
+BLOCK_LIST_CACHE_ENTRIES = DEFAULT_BUDGET.bound("block_lists")
 
 
 class DerivedState(Mapping[NidStateKey, int]):
@@ -127,29 +129,39 @@ class StateStore:
     read-only and copy before changing it.
     """
 
-    #: Decoded states cost ~100 bytes an entry. Every state change makes a new state, so
+    #: Decoded states cost ~130 bytes an entry. Every state change makes a new state, so
     #: this bounds memory, not the working set: the hot states are the rooms' heads and
-    #: fork points, a few per active room. ~300,000 entries is ~30 MB.
-    STATE_CACHE_ENTRIES = 300_000
+    #: fork points, a few per active room. The default budget's share is ~15 MiB.
+    STATE_CACHE_ENTRIES = DEFAULT_BUDGET.bound("states")
     #: Packed blocks are what a cold state is rebuilt from: 24 bytes an entry, plus some
     #: 150 bytes of object and LRU overhead a block, so small rooms' blocks (2–3
-    #: entries) cost ~90 bytes a unit of weight; 200,000 is ~18 MB
-    #: (tests/storage/test_cache_memory.py). A million let the worker grow by ~70 MB
-    #: through a run over 10,000 small rooms (bench/memory_bench.py).
-    BLOCK_CACHE_ENTRIES = 200_000
+    #: entries) cost ~90 bytes a unit of weight (tests/storage/test_cache_memory.py).
+    #: A million let the worker grow by ~70 MB through a run over 10,000 small rooms
+    #: (bench/memory_bench.py); the default budget's share is ~10 MiB.
+    BLOCK_CACHE_ENTRIES = DEFAULT_BUDGET.bound("blocks")
 
     def __init__(
         self,
         db: Database,
-        cache_entries: int = STATE_CACHE_ENTRIES,
-        block_cache_entries: int = BLOCK_CACHE_ENTRIES,
+        cache_entries: int | None = None,
+        block_cache_entries: int | None = None,
+        budget: CacheBudget = DEFAULT_BUDGET,
     ) -> None:
+        """`cache_entries` bounds merged and derived states alike and
+        `block_cache_entries` the blocks (tests set tiny bounds); left out, every bound
+        is the `budget`'s share."""
         self.db = db
         self.stats = WriteStats()
-        self.cache = SnapshotCache(cache_entries, block_cache_entries, BLOCK_LIST_CACHE_ENTRIES)
+        self.cache = SnapshotCache(
+            cache_entries or budget.bound("states"),
+            block_cache_entries or budget.bound("blocks"),
+            budget.bound("block_lists"),
+        )
         #: Derived states, weighed by their changes plus a share of the base they hold
         #: on to (bases are shared by up to ~√(2n) states).
-        self.derived: LruByWeight[int, DerivedState] = LruByWeight(cache_entries)
+        self.derived: LruByWeight[int, DerivedState] = LruByWeight(
+            cache_entries or budget.bound("derived")
+        )
         #: Snapshot NID → its (block NID, entry count) pairs, as `derive` wrote them:
         #: deriving from a snapshot then needs neither its blocks nor their sizes read
         #: (a linear room derives each state from the one derived last).
