@@ -33,6 +33,7 @@ from typing import IO, Final
 import structlog
 
 from worker.bus.lifecycle import Started
+from worker.child_process import wait_or_kill
 from worker.config import Config, ConfigError
 
 log = structlog.get_logger("worker.bus.server")
@@ -246,12 +247,8 @@ class EmbeddedNatsServer(Started):
             return
         if process.poll() is None:
             process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("embedded NATS server did not stop; killing it", pid=process.pid)
-                process.kill()
-                await asyncio.to_thread(process.wait)
+            if await wait_or_kill(process, timeout):
+                log.warning("embedded NATS server did not stop; killed it", pid=process.pid)
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, timeout)
             self._reader = None

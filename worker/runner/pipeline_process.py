@@ -49,6 +49,7 @@ from typing import IO, Any, Final
 
 import structlog
 
+from worker.child_process import wait_or_kill
 from worker.config import LogConfig
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
@@ -171,12 +172,8 @@ class PipelineProcess(PipelineHandle):
     async def _join(self, timeout: float = _EXIT_TIMEOUT) -> None:
         """Wait for the child to exit; kill it if it does not within `timeout`."""
         process = self._process
-        try:
-            await asyncio.to_thread(process.wait, timeout)
-        except subprocess.TimeoutExpired:
-            log.error("the pipeline process did not exit; killing it", pid=process.pid)
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        if await wait_or_kill(process, timeout):
+            log.error("the pipeline process did not exit; killed it", pid=process.pid)
 
 
 def _cells(buffer: mmap.mmap) -> ctypes.Array[ctypes.c_long]:
