@@ -277,15 +277,26 @@ class InputLoop:
         than the one it is processing, have it commit after the input under way once
         they have waited PATIENCE, so that they do not wait for the rest of its budget;
         if it brought other rooms' inputs while its budget is grown, once it has done
-        the base budget (worker.runner.fairness.Scheduler.give_way)."""
+        the base budget (worker.runner.fairness.Scheduler.give_way).
+
+        Cheaper rooms' inputs are also taken into the hand at once, and the next fetch
+        started, so that those arriving later in the transaction are in hand when it
+        ends too, not one fetch (and one more transaction) later."""
         running = self._running
         if running is None or not running.offered:
             return
         if fetching.cancelled() or fetching.exception() is not None:
             return
-        when = self.scheduler.give_way(fetching.result(), running, time.monotonic())
+        messages = fetching.result()
+        now = time.monotonic()
+        when = self.scheduler.give_way(messages, running, now)
         if when is not None:
             self._give_way_at(when)
+        # Not if `_fetch` has it (it takes what it awaits).
+        if fetching is self._fetching and self.scheduler.cheaper(messages, running.current(), now):
+            self._fetching = None
+            self._take(messages)
+            self._start_fetch()
 
     def _give_way_at(self, when: float) -> None:
         """Interrupt the transaction under way at `when` (monotonic seconds), or
