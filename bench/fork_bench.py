@@ -29,13 +29,13 @@ from typing import Any
 import msgpack
 
 import worker.matrix.builder as builder_module
-from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.subjects import Subjects
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.events import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS, Event
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.room_versions import get_room_version
 from worker.pipeline import Disposition, InboundMessage, Pipeline
+from worker.runner.pipeline_process import GC_GEN0_THRESHOLD
 from worker.storage.database import DB_FILENAME, Database
 
 ADMIN = "@admin:example.org"

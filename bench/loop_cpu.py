@@ -41,10 +41,11 @@ from worker.bus.subjects import Subjects
 from worker.config import Config, LogConfig, load_config
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
-from worker.pipeline import Pipeline
-from worker.runner.common import DbThread, NatsLink, settle
+from worker.runner.common import NatsLink, settle
 from worker.runner.outbox_relay import OutboxRelay
-from worker.storage.database import Database, OutboxRow
+from worker.runner.pipeline_handle import LocalPipeline
+from worker.storage.cache_budget import DEFAULT_CACHE_MB
+from worker.storage.database import OutboxRow
 from worker.synthetic import linear_room
 
 
@@ -90,11 +91,9 @@ async def worker_side(config: Config, count: int, workdir: Path) -> dict[str, fl
     nc = await connect(config.nats)
     js = nc.jetstream()
     metrics = WorkerMetrics(counters=lambda: None, held=lambda: None, parked=lambda: 0, health=dict)
-    db_thread = DbThread(metrics)
-    db = Database(workdir)
-    relay = OutboxRelay(
-        db_thread, Pipeline(db, Subjects()), Publisher(js, config), NatsLink(nc), metrics
-    )
+    pipeline = LocalPipeline(metrics)
+    await pipeline.open(workdir, Subjects().prefix, 60.0, DEFAULT_CACHE_MB)
+    relay = OutboxRelay(pipeline, Publisher(js, config), NatsLink(nc), metrics)
     consumer = PullConsumer(js, config)
     await consumer.start()
     stop = asyncio.Event()
@@ -117,8 +116,7 @@ async def worker_side(config: Config, count: int, workdir: Path) -> dict[str, fl
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     await consumer.close()
     await nc.close()
-    db_thread.shutdown()
-    db.close()
+    await pipeline.stop()
     return {"messages": moved, "cpu_us": cpu / moved * 1e6, "wall_us": wall / moved * 1e6}
 
 

@@ -24,13 +24,13 @@ from typing import Any
 import msgpack
 
 from bench.forked_room import build_forked_room
-from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.subjects import Subjects
 from worker.config import LogConfig
 from worker.logs import configure_logging
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.room_versions import get_room_version
 from worker.pipeline import InboundMessage, Pipeline
+from worker.runner.pipeline_process import GC_GEN0_THRESHOLD
 from worker.storage.database import Database
 from worker.synthetic import linear_room
 

@@ -61,7 +61,6 @@ import msgpack
 from nats.aio.client import Client as NATS
 
 from bench.common import percentile, worker_env
-from worker.app import GC_GEN0_THRESHOLD
 from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
@@ -73,6 +72,7 @@ from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import SERVICE_NAME
 from worker.query.chunks import chunk_size
 from worker.query.schema import ACCEPT_STATE_HEADER, GROUPED
+from worker.runner.pipeline_process import GC_GEN0_THRESHOLD
 from worker.storage import schema as storage_schema
 from worker.storage.database import Database
 from worker.synthetic import linear_room
