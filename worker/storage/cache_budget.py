@@ -20,9 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-#: The default of `storage.cache_mb`: with the interpreter (~60 MiB) and SQLite's page
-#: cache (16 MiB) a worker whose every cache filled stays below 250 MB.
-DEFAULT_CACHE_MB: Final = 128
+#: The default of `storage.cache_mb`. Half of it is the query side's: with less, the
+#: federation queries over a 10,000-member room (states at 100 events, their names)
+#: read again from SQLite on every ask (2–8 × slower in `make bench`). The writer's
+#: half is what the memory benchmark fills (1,000,000 events in 10,000 rooms: RSS of
+#: both processes ~200 MiB at its peak).
+DEFAULT_CACHE_MB: Final = 256
 
 #: The least `storage.cache_mb` accepted: below it the caches hold too little of even
 #: one room to save any reads.
@@ -48,57 +51,57 @@ class Share:
 SHARES: Final[dict[str, Share]] = {
     # -- writer: worker.storage.state.StateStore (SnapshotCache and derived states)
     #: Merged states, by state entry.
-    "states": Share(0.12, 130),
+    "states": Share(0.06, 130),
     #: States written by `derive`, by changes plus a share of the base.
-    "derived": Share(0.08, 63),
+    "derived": Share(0.04, 63),
     #: Packed blocks, by entry (plus one a block).
-    "blocks": Share(0.08, 92),
+    "blocks": Share(0.04, 92),
     #: Snapshots' block lists, by block NID (plus one a list).
-    "block_lists": Share(0.02, 40),
+    "block_lists": Share(0.01, 40),
     # -- writer: worker.storage.events.EventStore
     #: Parsed events (with their rows), by event.
-    "events": Share(0.20, 2_800),
+    "events": Share(0.1, 2_800),
     #: Event NID → event ID, by ID (a memo emptied when full).
-    "event_ids": Share(0.015, 190),
+    "event_ids": Share(0.0075, 190),
     #: Room NID → room version, by room.
-    "room_versions": Share(0.005, 150),
+    "room_versions": Share(0.0025, 150),
     # -- writer: worker.storage.database, the NID tables (types and state keys, both
     #    directions: four LRUs of names)
-    "nid_names": Share(0.04, 230, copies=4),
+    "nid_names": Share(0.02, 230, copies=4),
     # -- writer: worker.pipeline (room rows, input subjects, resolution)
     #: Room rows with their forward extremities, by room.
-    "room_rows": Share(0.01, 460),
+    "room_rows": Share(0.005, 460),
     #: Input subject → room ID, by subject.
-    "subjects": Share(0.005, 300),
+    "subjects": Share(0.0025, 300),
     #: Resolutions, by differing state entry.
-    "resolutions": Share(0.04, 150),
+    "resolutions": Share(0.02, 150),
     #: Resolved snapshots by their inputs, by resolution.
-    "resolved_snapshots": Share(0.005, 270),
+    "resolved_snapshots": Share(0.0025, 270),
     #: Auth chains of settled events, by event ID in a chain.
-    "auth_chains": Share(0.04, 55),
+    "auth_chains": Share(0.02, 55),
     #: The resolver's nine memos of facts about settled events (each emptied when
     #: full, all with the same bound): its unit is one entry in each, ~4,800 bytes
     #: together: a parsed event (~2.8 KB when the event LRU no longer holds it) and its
     #: usable key (~130), auth outcomes (~570), auth types, power levels parents, power
     #: events, key names and NIDs, witnesses (~110–310 each).
-    "event_memos": Share(0.08, 4_800),
+    "event_memos": Share(0.04, 4_800),
     #: The rooms' auth DAGs read upwards (`AuthCiters`), by state event indexed.
-    "auth_citers": Share(0.04, 210),
+    "auth_citers": Share(0.02, 210),
     #: The awaited-prev-events and late-redaction-target filters, by event ID
     #: mirrored (beyond it they stop mirroring and the table is asked).
-    "filters": Share(0.02, 120, copies=2),
+    "filters": Share(0.01, 120, copies=2),
     # -- query side: worker.storage.reader and worker.query.service
     #: The reader's merged states, by state entry.
-    "reader_states": Share(0.045, 130),
+    "reader_states": Share(0.17875, 130),
     #: The reader's packed blocks, by entry (plus one a block).
-    "reader_blocks": Share(0.03, 92),
+    "reader_blocks": Share(0.09312, 92),
     #: The reader's block lists, by block NID.
-    "reader_block_lists": Share(0.005, 40),
+    "reader_block_lists": Share(0.0025, 40),
     #: The reader's six NID maps (types, state keys, event IDs, memberships, auth
     #: events both ways), by entry.
-    "reader_names": Share(0.09, 230, copies=6),
+    "reader_names": Share(0.27938, 230, copies=6),
     #: Whole states encoded for replies, by byte.
-    "packed_states": Share(0.03, 1),
+    "packed_states": Share(0.04625, 1),
 }
 
 
