@@ -10,9 +10,10 @@ about the budget and no more (`tests/storage/test_cache_budget.py`), whatever th
 rooms' shapes: a large room's units cost less than a small room's.
 
 The operator sets one number, `storage.cache_mb`; the parts say how it is shared out.
-They were chosen so that the memory benchmark (10,000 small rooms) fills the caches it
-uses within its first fifth and stays flat after, while the fork benchmarks (a
-100,000-member room) still find their states and resolutions cached.
+The writer's half was chosen so that the memory benchmark (10,000 small rooms) fills
+most of the caches it uses early in its run, while the fork benchmarks (a
+100,000-member room) still find their states and resolutions cached; the query side's
+half keeps the federation queries over a 10,000-member room in memory.
 """
 
 from __future__ import annotations
