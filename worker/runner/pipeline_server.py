@@ -97,7 +97,7 @@ class Reply:
     #: COMMIT durations (seconds) and inputs per committed batch since the last reply,
     #: for the metrics' histograms.
     commit_seconds: list[float]
-    batch_sizes: list[int]
+    batch_sizes: list[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,8 @@ class BatchResult:
 
 @dataclass(slots=True)
 class _Recorded:
-    """Durations kept until the next reply (stands for a Histogram)."""
+    """Observations (durations, batch sizes) kept until the next reply (stands for a
+    Histogram)."""
 
     values: list[float] = field(default_factory=list)
 
@@ -147,7 +148,7 @@ class PipelineServer:
         #: None until `open` (and after `close`).
         self.pipeline: Pipeline | None = None
         self._commits = _Recorded()
-        self._batch_sizes: list[int] = []
+        self._batch_sizes = _Recorded()
 
     def handle(self, request: Request) -> Reply:
         """Run one request; its errors propagate (transient ones are retried by the
@@ -159,10 +160,7 @@ class PipelineServer:
         method: Callable[..., Any] = getattr(self, request.name)
         value = method(*request.args)
         snapshot = self._snapshot() if request.name in _CHANGING else None
-        # Copied, not replaced: the pipeline holds the list's `append`.
-        sizes = self._batch_sizes.copy()
-        self._batch_sizes.clear()
-        return Reply(value, snapshot, self._commits.take(), sizes)
+        return Reply(value, snapshot, self._commits.take(), self._batch_sizes.take())
 
     # -- requests -------------------------------------------------------------------
 
@@ -183,7 +181,7 @@ class PipelineServer:
             db.close()
             raise
         db.commit_histogram = self._commits
-        pipeline.batch.committed = self._batch_sizes.append
+        pipeline.batch.committed = self._batch_sizes.observe
         pipeline.batch.interrupt = self.flags
         pipeline.batch.on_lap = self.flags.set_reached
         self.pipeline = pipeline
