@@ -109,8 +109,7 @@ class PipelineProcess(PipelineHandle):
         preparation = spawn.get_preparation_data(_NAME)
         # Not needed (no multiprocessing connections), and refused by pickle.
         del preparation["authkey"]
-        start = pickle.dumps((preparation, log_config), protocol=pickle.HIGHEST_PROTOCOL)
-        ours.sendall(_HEADER.pack(len(start)) + start)
+        ours.sendall(_framed((preparation, log_config)))
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._dead: PipelineProcessDied | None = None
 
@@ -144,10 +143,8 @@ class PipelineProcess(PipelineHandle):
 
     async def _round_trip(self, request: Request) -> Reply:
         reader, writer = await self._connected()
-        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            writer.write(_HEADER.pack(len(payload)))
-            writer.write(payload)
+            writer.write(_framed(request))
             await writer.drain()
             (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
             ok, value = pickle.loads(await reader.readexactly(size))
@@ -214,11 +211,10 @@ def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
     try:
         while (request := _receive(incoming)) is not None:
             try:
-                answer = _encoded((True, server.handle(request)))
+                answer = _framed((True, server.handle(request)))
             except Exception as exc:
-                answer = _encoded((False, _portable(exc)))
+                answer = _framed((False, _portable(exc)))
             try:
-                sock.sendall(_HEADER.pack(len(answer)))
                 sock.sendall(answer)
             except OSError:
                 break  # the worker is gone
@@ -238,8 +234,11 @@ def _receive(incoming: IO[bytes]) -> Any:
     return pickle.loads(body)
 
 
-def _encoded(answer: tuple[bool, Any]) -> bytes:
-    return pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+def _framed(message: Any) -> bytes:
+    """`message` pickled, after its length: the one framing of every message between
+    the worker and its pipeline process (`_receive` and `_round_trip` read it)."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
 
 
 def _portable(exc: Exception) -> Exception:
@@ -248,7 +247,7 @@ def _portable(exc: Exception) -> Exception:
     result codes included, so transient faults are still told apart)."""
     exc.add_note("in the pipeline process:\n" + "".join(traceback.format_exception(exc)))
     try:
-        pickle.loads(_encoded((False, exc)))
+        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:
         plain = RuntimeError(f"{type(exc).__name__}: {exc}")
         plain.__notes__ = exc.__notes__
