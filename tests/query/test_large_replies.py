@@ -88,6 +88,23 @@ def test_held_states_set_off_no_full_collection() -> None:
     assert 2 not in collected, collected
 
 
+def test_callers_frozen_objects_stay_frozen() -> None:
+    """A caller that froze its own objects (`gc.freeze()`, "move all objects tracked by
+    the garbage collector into a permanent generation, i.e. ignore them in all the
+    future collections", as servers do before forking) keeps them frozen through a
+    large reply: the client must not `gc.unfreeze()` what it did not freeze."""
+    body = _grouped_reply(ENTRIES)
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        state = read_reply("state", body, State.from_wire, tuples=True)
+        assert gc.get_freeze_count() == frozen
+        assert len(state.entries) == ENTRIES
+    finally:
+        gc.unfreeze()
+
+
 def _reply_sized_buffers(payload: bytes) -> int:
     """Minor page faults of making and freeing reply-sized buffers as nats-py's publish
     does (the payload joined to its protocol line and headers, then to its line end),

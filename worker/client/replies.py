@@ -49,10 +49,29 @@ _HEADERS: Final = {ACCEPT_CHUNKS_HEADER: "1"}
 
 
 #: Whether `gc.freeze()` and `gc.unfreeze()` move whole lists in constant time: true of
-#: CPython's builds with a GIL; the free-threaded build marks every object of the heap.
-_FREEZE_IS_CHEAP: Final = sys.implementation.name == "cpython" and not sysconfig.get_config_var(
-    "Py_GIL_DISABLED"
+#: CPython 3.11 to 3.13 with a GIL (the free-threaded build marks every object of the
+#: heap, and 3.14's incremental collector walks the old generation to freeze it).
+_FREEZE_IS_CHEAP: Final = (
+    sys.implementation.name == "cpython"
+    and sys.version_info < (3, 14)
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
 )
+
+
+def _run_due_middle_collection() -> None:
+    """Run now the middle-generation collection that is due, if one is (where the
+    young generations cannot be left untraversed: `collector_paused`).
+
+    The collection the collector makes when it is back on (the decode left it far
+    over its youngest threshold) is of the oldest generation that is due. When that
+    is the middle one, the reply's objects, alive in the caller's hands, survive it
+    and move to the oldest generation, where they count towards a full collection of
+    the whole heap. Run before the decode, the same collection finds only what was
+    already there, and the one after the decode is of the youngest generation alone.
+    """
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    if thresholds[1] and counts[1] >= thresholds[1]:
+        gc.collect(1)
 
 
 def _empty_young_generations() -> None:
@@ -95,15 +114,19 @@ def collector_paused(paused: bool = True) -> Iterator[None]:
     eleven), it moved the entries into the oldest generation, counted towards a full
     collection of the whole heap (the warm state query's tail). Now the young
     generations are emptied first and what the block made is moved to the oldest
-    generation uncounted (`_promote_unscanned`). No await may happen inside (other
-    coroutines would run unpaused anyway, but they should not pay for a pause they did
-    not ask for)."""
+    generation uncounted (`_promote_unscanned`); where that is not cheap or would undo
+    the caller's own `gc.freeze()`, a middle collection that is due runs first, so that
+    the one after is young only (`_run_due_middle_collection`). No await may happen
+    inside (other coroutines would run unpaused anyway, but they should not pay for a
+    pause they did not ask for)."""
     if not paused or not gc.isenabled():
         yield
         return
     cheap = _FREEZE_IS_CHEAP and gc.get_freeze_count() == 0
     if cheap:
         _empty_young_generations()
+    else:
+        _run_due_middle_collection()
     gc.disable()
     try:
         yield
