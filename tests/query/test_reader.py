@@ -4,7 +4,10 @@ emptied between questions."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sqlite3
+import time
 from pathlib import Path
 
 import msgpack
@@ -13,8 +16,8 @@ from tests.query.scenario import build_story
 from worker.bus.subjects import Subjects
 from worker.pipeline import InboundMessage, Pipeline
 from worker.storage.blocks import NidState, merge_blocks
-from worker.storage.database import Database
-from worker.storage.reader import AFTER, BEFORE, Reader
+from worker.storage.database import DB_FILENAME, Database
+from worker.storage.reader import AFTER, BEFORE, Reader, RoomRows
 from worker.storage.state import StateStore
 
 
@@ -97,3 +100,63 @@ async def test_named_state_at_every_event_with_tiny_caches(tmp_path: Path) -> No
         await big.close()
         await tiny.close()
         db.close()
+
+
+def test_room_rows_never_wait_for_a_lock(tmp_path: Path) -> None:
+    """A room's row is read on the event loop's own thread (`RoomRows`), so that read
+    must never wait for a lock: while another connection holds the database's
+    exclusive lock it answers None at once, and the reader goes through aiosqlite,
+    which waits as configured. SQLite's `busy_timeout` pragma: "If the argument N is
+    zero then busy_timeout ... turns off all busy handlers"; its `locking_mode`
+    pragma: "In EXCLUSIVE locking mode, the database connection never releases
+    file-locks ... The first time the database is written, an exclusive lock is
+    obtained and held." """
+    db = Database(tmp_path)
+    with db.transaction():
+        room = db.create_room("!r:example.org", "10")
+    db.close()
+    rows = RoomRows(tmp_path / DB_FILENAME)
+    locker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    try:
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        began = time.monotonic()
+        assert rows.get("!r:example.org") is None
+        assert time.monotonic() - began < 1.0  # not the reader's 10 s busy_timeout
+        locker.execute("ROLLBACK")
+        locker.close()
+        found = rows.get("!r:example.org")
+        assert found is not None and [r[0] for r in found] == [room.nid]
+    finally:
+        locker.close()
+        rows.close()
+
+
+async def test_room_row_read_through_aiosqlite_while_locked(tmp_path: Path) -> None:
+    """When the room's row cannot be read at once (`RoomRows.get` answers None under
+    another connection's exclusive lock), the reader reads it through aiosqlite, which
+    waits for the lock (busy_timeout) and so still answers: the same snapshot NID as
+    when nothing is locked."""
+    db = Database(tmp_path)
+    with db.transaction():
+        room = db.create_room("!r:example.org", "10")
+    db.close()
+    # Locked before the reader opens: a WAL database's connections hold a shared lock
+    # on its index once they have read, which an exclusive locker could not get past.
+    locker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+    locker.execute("BEGIN EXCLUSIVE")
+    reader = await Reader.open(tmp_path)
+    try:
+        asking = asyncio.ensure_future(reader.snapshot_at("!r:example.org"))
+        # One turn of the loop runs the task up to its first suspension: past the
+        # row read on this thread (refused: locked), waiting on aiosqlite's thread.
+        await asyncio.sleep(0)
+        assert not asking.done()
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert await asking == (room.snapshot_nid, None)
+        assert reader._room_rows.get("!r:example.org") is not None
+    finally:
+        locker.close()
+        await reader.close()

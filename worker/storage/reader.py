@@ -14,11 +14,19 @@ or event, and an event's auth events, state snapshots and membership never chang
 (`worker.storage.read_state`) and NID names (`worker.storage.read_names`) are cached
 without any invalidation; only the room rows (current state, forward extremities) and
 event JSON are read fresh each time.
+
+A room's row, which every question about a room reads first, is read on the caller's
+own thread through a second read-only connection (`RoomRows`): one indexed row, a few
+microseconds, where a trip through aiosqlite's thread and back is two thread
+hand-offs and a wake-up of the event loop (0.15 ms of CPU per query, and two waits for
+a core on a busy machine). That connection never waits for a lock: when SQLite says
+it is busy, the row is read through aiosqlite as before.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +112,10 @@ class HeldRecord:
 #: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
 #: wait for the writer's checkpoints rather than fail.
 READ_ONLY_PRAGMAS: Final = ("PRAGMA query_only=1", "PRAGMA busy_timeout=10000")
+#: A room's row: (room NID, version, current snapshot NID, packed latest NIDs, depth).
+ROOM_ROW_SQL: Final = (
+    "SELECT nid, room_version, snapshot_nid, latest_event_nids, depth FROM rooms WHERE room_id = ?"
+)
 
 
 def existing_database(storage_path: Path) -> Path:
@@ -152,6 +164,33 @@ def held_records(rows: Iterable[Sequence[Any]]) -> list[HeldRecord]:
     ]
 
 
+class RoomRows:
+    """Rooms' rows read on the event loop's own thread, through a read-only connection
+    that never waits: `get` returns None when SQLite is busy (the caller then reads
+    through aiosqlite, which waits as configured)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(
+            read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._conn.execute("PRAGMA query_only=1")
+            self._conn.execute("PRAGMA busy_timeout=0")
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def get(self, room_id: str) -> list[Any] | None:
+        """The room's rows (none or one); None when the database is busy."""
+        try:
+            return self._conn.execute(ROOM_ROW_SQL, (room_id,)).fetchall()
+        except sqlite3.OperationalError:
+            return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Reader:
     """Read-only queries over one worker's database. Use `await Reader.open(path)`.
 
@@ -164,6 +203,7 @@ class Reader:
     ) -> None:
         self._conn = conn
         self.path = path
+        self._room_rows = RoomRows(path)
         if cache_entries is None:
             states = budget.bound("reader_states"), budget.bound("reader_blocks")
             lists, names = budget.bound("reader_block_lists"), budget.bound("reader_names")
@@ -197,6 +237,7 @@ class Reader:
         return cls(conn, path, cache_entries, budget)
 
     async def close(self) -> None:
+        self._room_rows.close()
         await self._conn.close()
 
     def clear_caches(self) -> None:
@@ -217,11 +258,9 @@ class Reader:
 
     async def _room(self, room_id: str) -> tuple[int, str, int, bytes, int]:
         """(room NID, version, current snapshot NID, packed latest NIDs, depth)."""
-        rows = await self.rows(
-            "SELECT nid, room_version, snapshot_nid, latest_event_nids, depth "
-            "FROM rooms WHERE room_id = ?",
-            (room_id,),
-        )
+        rows = self._room_rows.get(room_id)
+        if rows is None:
+            rows = await self.rows(ROOM_ROW_SQL, (room_id,))
         if not rows:
             raise ReadError("unknown_room", f"room {room_id} is not known to this worker")
         nid, version, snapshot, latest, depth = rows[0]
