@@ -127,6 +127,8 @@ def test_room_rows_never_wait_for_a_lock(tmp_path: Path) -> None:
         locker.close()
         found = rows.get("!r:example.org")
         assert found is not None and [r[0] for r in found] == [room.nid]
+        # Its page cache is bounded below SQLite's default once it has read.
+        assert rows._conn.execute("PRAGMA cache_size").fetchone() == (-256,)
     finally:
         locker.close()
         rows.close()

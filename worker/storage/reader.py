@@ -112,6 +112,13 @@ class HeldRecord:
 #: Set on every read-only connection: refuse writes even if `mode=ro` were lost, and
 #: wait for the writer's checkpoints rather than fail.
 READ_ONLY_PRAGMAS: Final = ("PRAGMA query_only=1", "PRAGMA busy_timeout=10000")
+#: The room-row connection: read-only and never waiting for a lock (set when it opens,
+#: without reading the database).
+ROOM_ROWS_PRAGMAS: Final = ("PRAGMA query_only=1", "PRAGMA busy_timeout=0")
+#: ... and a page cache of 256 KiB instead of SQLite's 2 MiB: it reads the rooms table
+#: and its index alone. Set at its first read (this pragma loads the schema, which
+#: takes a lock).
+ROOM_ROWS_CACHE_PRAGMA: Final = "PRAGMA cache_size=-256"
 #: A room's row: (room NID, version, current snapshot NID, packed latest NIDs, depth).
 ROOM_ROW_SQL: Final = (
     "SELECT nid, room_version, snapshot_nid, latest_event_nids, depth FROM rooms WHERE room_id = ?"
@@ -174,15 +181,19 @@ class RoomRows:
             read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
         )
         try:
-            self._conn.execute("PRAGMA query_only=1")
-            self._conn.execute("PRAGMA busy_timeout=0")
+            for pragma in ROOM_ROWS_PRAGMAS:
+                self._conn.execute(pragma)
         except BaseException:
             self._conn.close()
             raise
+        self._sized = False
 
     def get(self, room_id: str) -> list[Any] | None:
         """The room's rows (none or one); None when the database is busy."""
         try:
+            if not self._sized:
+                self._conn.execute(ROOM_ROWS_CACHE_PRAGMA)
+                self._sized = True
             return self._conn.execute(ROOM_ROW_SQL, (room_id,)).fetchall()
         except sqlite3.OperationalError:
             return None
@@ -231,10 +242,10 @@ class Reader:
         try:
             for pragma in READ_ONLY_PRAGMAS:
                 await conn.execute(pragma)
+            return cls(conn, path, cache_entries, budget)
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, path, cache_entries, budget)
 
     async def close(self) -> None:
         self._room_rows.close()
