@@ -285,7 +285,7 @@ class Unguarded:
     are left for the transaction's rollback, and the caller must undo it (the
     pipeline then runs the batch again, each input in a savepoint)."""
 
-    __slots__ = ("_db", "_hooks_before", "_changes_before", "undone")
+    __slots__ = ("_changes_before", "_db", "_hooks_before", "undone")
 
     def __init__(self, db: WriteConnection) -> None:
         self._db = db
