@@ -85,7 +85,11 @@ class Event:
         else:
             set_field(self, "room_id", str(room_id))
         content = pdu.get("content")
-        set_field(self, "content", content if isinstance(content, Mapping) else {})
+        set_field(
+            self,
+            "content",
+            content if type(content) is dict or isinstance(content, Mapping) else {},
+        )
 
     def __hash__(self) -> int:
         return hash(self.event_id)

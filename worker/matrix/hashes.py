@@ -72,7 +72,7 @@ def content_hash_view(pdu: Mapping[str, Any]) -> dict[str, Any]:
 def expected_content_hash(pdu: Mapping[str, Any]) -> bytes | None:
     """The decoded `hashes.sha256` of a PDU, or None when it is missing or malformed."""
     hashes = pdu.get("hashes")
-    if not isinstance(hashes, Mapping):
+    if type(hashes) is not dict and not isinstance(hashes, Mapping):
         return None
     claimed = hashes.get("sha256")
     if not isinstance(claimed, str):

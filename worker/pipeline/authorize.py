@@ -52,12 +52,12 @@ class Authorizer:
 
     def against_auth_events(
         self, event: Event, room: RoomRow, verdict: Verdict
-    ) -> dict[StateKey, str] | None:
+    ) -> dict[StateKey, int] | None:
         """Checks against the event's own auth events (the first two of the spec's
         checks on receipt); failing makes the event rejected.
 
-        Returns the auth state that passed, as IDs, so that an identical state before
-        the event need not be checked again."""
+        Returns the auth state that passed, as event NIDs, so that an identical state
+        before the event need not be checked again (nor its events looked up)."""
         is_create = event.type == CREATE and event.state_key == ""
         if is_create and self._room_create_nid(room) is not None:
             verdict.reject(STATUS_REJECTED, f"room {event.room_id} already has a create event")
@@ -69,9 +69,17 @@ class Authorizer:
         rejected = {eid for eid, s in found.items() if s.row.status == STATUS_REJECTED}
         try:
             validate_auth_events(event, auth_events, rejected)
-            auth_state: dict[StateKey, Event] = {
-                e.key: e for e in auth_events.values() if e is not None and e.is_state
-            }
+            auth_state: dict[StateKey, Event] = {}
+            nids: dict[StateKey, int] = {}
+            for eid in event.auth_event_ids:
+                stored = found.get(eid)
+                if stored is None:
+                    continue
+                auth_event = stored.event
+                if auth_event.state_key is not None:
+                    key = (auth_event.type, auth_event.state_key)
+                    auth_state[key] = auth_event
+                    nids[key] = stored.row.nid
             if event.room_version.room_id_from_create and event.type != CREATE:
                 create = self.events.by_id("$" + event.room_id[1:])
                 if create is None or create.row.status == STATUS_REJECTED:
@@ -79,18 +87,19 @@ class Authorizer:
                         f"the room's create event ${event.room_id[1:]} is not an accepted event"
                     )
                 auth_state[(CREATE, "")] = create.event
+                nids[(CREATE, "")] = create.row.nid
             check_auth(event, auth_state)
         except AuthError as exc:
             verdict.reject(STATUS_REJECTED, f"against its auth events: {exc.reason}")
             return None
-        return {key: e.event_id for key, e in auth_state.items()}
+        return nids
 
     def against_state_before(
         self,
         event: Event,
         before: int,
         verdict: Verdict,
-        already_passed: Mapping[StateKey, str] | None,
+        already_passed: Mapping[StateKey, int] | None,
     ) -> None:
         """The third check on receipt: failing the state before the event rejects it."""
         if verdict.accepted:
@@ -109,11 +118,15 @@ class Authorizer:
 
     def auth_state(self, event: Event, state: StateView) -> dict[StateKey, Event]:
         """The auth-relevant part of a NID state map, as events."""
+        return self._events_of(self._auth_nids(event, state))
+
+    def _auth_nids(self, event: Event, state: StateView) -> dict[StateKey, int]:
+        """The auth-relevant part of a NID state map, as event NIDs."""
         keys = auth_types_for_event(
             event.room_version, event.type, event.state_key, event.sender, event.content
         )
         keys.add((CREATE, ""))
-        result: dict[StateKey, Event] = {}
+        result: dict[StateKey, int] = {}
         for event_type, state_key in keys:
             # Auth types are well-known types, and many keys are empty: their NIDs are
             # fixed, so only the users' state keys are looked up.
@@ -128,8 +141,12 @@ class Authorizer:
             if type_nid and sk_nid:
                 event_nid = state.get((type_nid, sk_nid))
                 if event_nid:
-                    result[(event_type, state_key)] = self.events.by_nid(event_nid).event
+                    result[(event_type, state_key)] = event_nid
         return result
+
+    def _events_of(self, nids: Mapping[StateKey, int]) -> dict[StateKey, Event]:
+        by_nid = self.events.by_nid
+        return {key: by_nid(nid).event for key, nid in nids.items()}
 
     def _check(
         self,
@@ -138,15 +155,13 @@ class Authorizer:
         verdict: Verdict,
         status: int,
         which: str,
-        already_passed: Mapping[StateKey, str] | None = None,
+        already_passed: Mapping[StateKey, int] | None = None,
     ) -> None:
-        auth_state = self.auth_state(event, state)
-        if already_passed is not None and already_passed == {
-            key: e.event_id for key, e in auth_state.items()
-        }:
+        nids = self._auth_nids(event, state)
+        if already_passed is not None and already_passed == nids:
             return  # the same auth state already passed: the rules are deterministic
         try:
-            check_auth(event, auth_state)
+            check_auth(event, self._events_of(nids))
         except AuthError as exc:
             verdict.reject(status, f"against the state {which}: {exc.reason}")
 

@@ -8,7 +8,7 @@ then the state after the one extremity left, or the resolution of several. The
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from worker.input.decode import InputMessage
 from worker.input.outputs import OutputBuilder
@@ -57,10 +57,19 @@ class Extremities:
             self.db.awaited_prevs.add(event_ids)
             self.awaited_prevs.add(event_ids)
 
-    def advance(self, stored: StoredEvent, room: RoomRow, inp: InputMessage) -> None:
-        """A `new` accepted event: forward extremities, current state, the output."""
+    def advance(
+        self,
+        stored: StoredEvent,
+        room: RoomRow,
+        inp: InputMessage,
+        prev_rows: Mapping[str, EventRow] | None = None,
+    ) -> None:
+        """A `new` accepted event: forward extremities, current state, the output;
+        `prev_rows` are the stored rows of its prev events, if the caller has them."""
         event = stored.event
-        latest = self._latest_after(stored, room)
+        if prev_rows is None:
+            prev_rows = self.events.rows(event.prev_event_ids)
+        latest = self._latest_after(stored, room, prev_rows)
         old_snapshot = room.snapshot_nid
         linear = latest == [stored.row.nid]
         if linear:
@@ -95,11 +104,12 @@ class Extremities:
         self.db.update_room(room)
         self.db.on_rollback(self._forget_rooms)
 
-    def _latest_after(self, stored: StoredEvent, room: RoomRow) -> list[int]:
+    def _latest_after(
+        self, stored: StoredEvent, room: RoomRow, prev_rows: Mapping[str, EventRow]
+    ) -> list[int]:
         """The room's forward extremities once `stored` is accepted: the old ones it
         does not replace, and itself unless accepted children of it are stored."""
         event = stored.event
-        prev_rows = self.events.rows(event.prev_event_ids)
         prev_nids = {row.nid for row in prev_rows.values()}
         prev_nids |= self._behind_soft_failed(prev_rows.values())
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]

@@ -112,6 +112,10 @@ class Pipeline:
             )
         )
         self.parking = Parking(db, self.batch, self.recipe.event_id_of)
+        #: Each input in a savepoint (True), or unguarded (see `process_batch`).
+        self._careful = True
+        #: Batches run again with savepoints since the start (tests read it).
+        self.redone = 0
 
     # -- entry points -----------------------------------------------------------
 
@@ -122,7 +126,25 @@ class Pipeline:
         one input at least: the dispositions then cover only the first inputs, and the
         caller hands the rest to the next batch; `batch.stopwatch.laps` holds what each
         input took. Afterwards `outbox.emitted` holds the outbox rows the batch
-        committed, so the caller can publish them without reading them back."""
+        committed, so the caller can publish them without reading them back.
+
+        The inputs run without savepoints first (see `Unguarded`): an input that fails
+        after writing undoes the whole transaction, and the batch runs again with one
+        savepoint per input, which is what decides its dispositions then."""
+        self._careful = False
+        try:
+            return self._batch(messages)
+        except _UndoBatch as undo:
+            # Run again outside this handler: an error of the second run (a parked
+            # room's traceback) must not carry this one as its context.
+            reason = repr(undo.__cause__)
+        finally:
+            self._careful = True
+        log.info("batch run again with savepoints", reason=reason)
+        self.redone += 1
+        return self._batch(messages)
+
+    def _batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
         with self._transaction():
             try:
                 self.recipe.prefetch(messages)
@@ -220,12 +242,15 @@ class Pipeline:
         if self.parking.intercept(room_id, message):
             return Disposition.ACK
         emitted_before = self.outbox.mark()
+        scope = self.db.savepoint() if self._careful else self.db.unguarded()
         try:
-            with self.db.savepoint():
+            with scope:
                 self.recipe.process(message, force=force)
             self.batch.counts.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:
+            if not scope.undone:
+                raise _UndoBatch from dead
             self.outbox.undo_to(emitted_before)
             self.batch.dead_letter(message, room_id, dead.code, dead.message)
             disposition = Disposition.TERM
@@ -238,6 +263,8 @@ class Pipeline:
                 or not self.db.in_transaction
             ):
                 raise
+            if not scope.undone:
+                raise _UndoBatch from exc
             self.outbox.undo_to(emitted_before)
             disposition = self._failed(message, room_id, exc)
         self._forget_caches()
@@ -260,3 +287,8 @@ class Pipeline:
         self.state.forget_caches()
         self.events.forget_caches()
         self.rooms.forget()
+
+
+class _UndoBatch(Exception):
+    """An input that ran without a savepoint failed after writing: only undoing the
+    whole transaction undoes its writes (see `Pipeline.process_batch`)."""

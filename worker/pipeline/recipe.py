@@ -9,7 +9,7 @@ this package. It runs inside the input's savepoint (see worker.pipeline.process)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -154,14 +154,17 @@ class Recipe:
         room = valid.room
         if room is None:
             room = self.p.rooms.create(event.room_id, valid.version)
-        if not force and self._held(message, valid, room):
+        # The prev events' rows, read once for the hold, the state before and the
+        # forward extremities: nothing this input does changes them.
+        prev_rows = self.p.states.prev_rows(event) if inp.kind is not Kind.OUTLIER else {}
+        if not force and self._held(message, valid, room, prev_rows):
             return
         verdict = Verdict()
         checked = self.p.authorize.against_auth_events(event, room, verdict)
         if inp.kind is Kind.OUTLIER:
             self._store_outlier(event, room, verdict, existing)
             return
-        before = self.p.states.before(event, inp, room)
+        before = self.p.states.before(event, inp, room, prev_rows)
         self.p.authorize.against_state_before(event, before, verdict, checked)
         if inp.kind is Kind.NEW:
             self.p.authorize.against_current_state(event, room, before, verdict)
@@ -172,7 +175,7 @@ class Recipe:
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
             self.p.extremities.await_prevs(self.p.states.prevs_without_state(event))
-        self._publish(stored, room, verdict, inp, before)
+        self._publish(stored, room, verdict, inp, before, prev_rows)
 
     def event_id_of(self, message: InboundMessage) -> str | None:
         """The input's event ID for the operator, if it can be read at all."""
@@ -235,12 +238,18 @@ class Recipe:
             return True
         return False
 
-    def _held(self, message: InboundMessage, valid: _Valid, room: RoomRow) -> bool:
+    def _held(
+        self,
+        message: InboundMessage,
+        valid: _Valid,
+        room: RoomRow,
+        prev_rows: Mapping[str, EventRow],
+    ) -> bool:
         """Hold a timeline event whose prev events have no state yet (unless the input
         supplies the state before it)."""
         if valid.inp.kind is Kind.OUTLIER or valid.inp.state_event_ids is not None:
             return False
-        missing = self.p.states.prevs_without_state(valid.event)
+        missing = self.p.states.prevs_without_state(valid.event, prev_rows)
         if missing:
             self.p.held.hold(valid.event.event_id, room, missing, message)
         return bool(missing)
@@ -253,7 +262,13 @@ class Recipe:
         log.debug("stored outlier", status=status, reason=verdict.reason, **_ids(event))
 
     def _publish(
-        self, stored: StoredEvent, room: RoomRow, verdict: Verdict, inp: InputMessage, before: int
+        self,
+        stored: StoredEvent,
+        room: RoomRow,
+        verdict: Verdict,
+        inp: InputMessage,
+        before: int,
+        prev_rows: Mapping[str, EventRow],
     ) -> None:
         """The outputs the event owes: rejected, old, or new (which advances the room);
         then its redactions, after the event's own output, so consumers see the event
@@ -269,7 +284,7 @@ class Recipe:
                 )
             )
         else:
-            self.p.extremities.advance(stored, room, inp)
+            self.p.extremities.advance(stored, room, inp, prev_rows)
         self.p.redactions.on_accepted(stored, room, before)
 
     def _not_accepted(self, event: Event, verdict: Verdict, inp: InputMessage) -> None:

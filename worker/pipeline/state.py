@@ -16,7 +16,7 @@ from worker.matrix.events import Event
 from worker.pipeline.resolution import NidResolver
 from worker.storage.blocks import NidState, NidStateKey
 from worker.storage.cache_budget import DEFAULT_BUDGET
-from worker.storage.database import Database, RoomRow
+from worker.storage.database import Database, EventRow, RoomRow
 from worker.storage.events import EventStore
 from worker.storage.lru import LruByWeight
 from worker.storage.schema import STATUS_OUTLIER
@@ -50,17 +50,22 @@ class EventStates:
             resolved_snapshots
         )
 
-    def before(self, event: Event, inp: InputMessage, room: RoomRow) -> int:
-        """The snapshot of the state before a timeline event."""
+    def before(
+        self,
+        event: Event,
+        inp: InputMessage,
+        room: RoomRow,
+        prev_rows: Mapping[str, EventRow] | None = None,
+    ) -> int:
+        """The snapshot of the state before a timeline event; `prev_rows` are the
+        stored rows of its prev events, if the caller has them already."""
         if inp.state_event_ids is not None:
             return self._supplied(inp.state_event_ids, room)
         if not event.prev_event_ids:
             return 0
-        prevs = {
-            eid: row
-            for eid, row in self.events.rows(event.prev_event_ids).items()
-            if row.status != STATUS_OUTLIER
-        }
+        if prev_rows is None:
+            prev_rows = self.events.rows(event.prev_event_ids)
+        prevs = {eid: row for eid, row in prev_rows.items() if row.status != STATUS_OUTLIER}
         if not prevs:
             # Released after waiting, with no prev event known: the room's current
             # state is the best knowledge there is (soft-fail checks still apply).
@@ -83,11 +88,18 @@ class EventStates:
         the snapshot returned, so the row needs no second write."""
         return self.state.derive(room_nid, before, {(type_nid, state_key_nid): event_nid})
 
-    def prevs_without_state(self, event: Event) -> list[str]:
-        """Prev events that are unknown, or known only as outliers (no state)."""
+    def prev_rows(self, event: Event) -> dict[str, EventRow]:
+        """The stored rows of the event's prev events (the unknown ones left out)."""
+        return self.events.rows(event.prev_event_ids) if event.prev_event_ids else {}
+
+    def prevs_without_state(
+        self, event: Event, prev_rows: Mapping[str, EventRow] | None = None
+    ) -> list[str]:
+        """Prev events that are unknown, or known only as outliers (no state);
+        `prev_rows` as in `before`."""
         if not event.prev_event_ids:
             return []
-        rows = self.events.rows(event.prev_event_ids)
+        rows = self.events.rows(event.prev_event_ids) if prev_rows is None else prev_rows
         return [
             eid
             for eid in event.prev_event_ids

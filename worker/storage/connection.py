@@ -170,6 +170,18 @@ class WriteConnection:
         (see `Savepoint`)."""
         return Savepoint(self)
 
+    def unguarded(self) -> Unguarded:
+        """One input's scope without a savepoint (see `Unguarded`)."""
+        return Unguarded(self)
+
+    def _undo_hooks(self, hooks_before: int) -> None:
+        """Run the rollback hooks registered since `hooks_before`, newest first (a
+        hook may restore what was there before its own change), and drop them."""
+        for hook in reversed(self._rollback_hooks[hooks_before:]):
+            hook()
+        del self._rollback_hooks[hooks_before:]
+        self._once_hooks = set()
+
     def _undo_savepoint(self, hooks_before: int) -> None:
         """The input's savepoint failed: roll its writes back and run the hooks it
         registered, newest first.
@@ -184,11 +196,7 @@ class WriteConnection:
                 # The input's writes could not be undone: the batch must not go on
                 # (see `in_transaction`); the error being raised is the one to report.
                 self._broken = True
-        # Newest first: a hook may restore what was there before its own change.
-        for hook in reversed(self._rollback_hooks[hooks_before:]):
-            hook()
-        del self._rollback_hooks[hooks_before:]
-        self._once_hooks = set()
+        self._undo_hooks(hooks_before)
 
     def after_begin(self, hook: Callable[[], None]) -> None:
         """Register what to do as every transaction begins (forget what only holds
@@ -229,11 +237,13 @@ class Savepoint:
     per input, and a generator's setup and its two resumptions cost several times
     these two calls."""
 
-    __slots__ = ("_db", "_hooks_before")
+    __slots__ = ("_db", "_hooks_before", "undone")
 
     def __init__(self, db: WriteConnection) -> None:
         self._db = db
         self._hooks_before = 0
+        #: The block raised and its writes were undone (always, for a savepoint).
+        self.undone = False
 
     def __enter__(self) -> None:
         db = self._db
@@ -255,5 +265,48 @@ class Savepoint:
                 return
             except BaseException:
                 db._undo_savepoint(self._hooks_before)
+                self.undone = True
                 raise
         db._undo_savepoint(self._hooks_before)
+        self.undone = True
+
+
+class Unguarded:
+    """One input's scope without a savepoint, as a context manager.
+
+    A savepoint costs more than its two statements: while one is open, SQLite copies
+    every page an input changes into the savepoint's journal first (a linear room's
+    event changes eight or so), and empties that journal at the release. Most inputs
+    never fail, so the pipeline runs a batch's inputs in this scope first. When the
+    block raises before any row changed (sqlite3's count of changed rows is the
+    same), the database is as a savepoint's undo would leave it: the rollback hooks
+    registered inside run, and `undone` is True. When rows did change, nothing short
+    of undoing the whole transaction undoes them: `undone` stays False, the hooks
+    are left for the transaction's rollback, and the caller must undo it (the
+    pipeline then runs the batch again, each input in a savepoint)."""
+
+    __slots__ = ("_changes_before", "_db", "_hooks_before", "undone")
+
+    def __init__(self, db: WriteConnection) -> None:
+        self._db = db
+        self._hooks_before = 0
+        self._changes_before = 0
+        self.undone = False
+
+    def __enter__(self) -> None:
+        db = self._db
+        self._hooks_before = len(db._rollback_hooks)
+        # As in a savepoint: hooks registered before must be registered again inside.
+        db._once_hooks = set()
+        self._changes_before = db.conn.total_changes
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        db = self._db
+        if exc_type is not None and db.conn.total_changes == self._changes_before:
+            db._undo_hooks(self._hooks_before)
+            self.undone = True

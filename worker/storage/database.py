@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.storage.awaiting import AwaitedPrevEvents, Redactions
 from worker.storage.block_rows import BlockRows
@@ -68,8 +68,12 @@ class RoomRow:
     depth: int
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
+    """An event's row without its JSON. A named tuple rather than a frozen dataclass:
+    one is made for every event stored and every row read, and a frozen dataclass
+    sets each of its ten fields through `object.__setattr__` (about four times the
+    cost of the tuple)."""
+
     nid: int
     event_id: str
     room_nid: int

@@ -105,7 +105,7 @@ class PowerLevels:
         if self.event is None:
             return CREATOR_DEFAULT_LEVEL if user_id == self._creator else 0
         users = self._content.get("users")
-        if isinstance(users, Mapping) and user_id in users:
+        if (type(users) is dict or isinstance(users, Mapping)) and user_id in users:
             level = parse_level(users[user_id], self._version)
             if level is not None:
                 return level
@@ -122,7 +122,7 @@ class PowerLevels:
     def send_level(self, event_type: str, is_state: bool) -> int:
         """The spec's *required power level* for sending an event of this type."""
         events = self._content.get("events")
-        if isinstance(events, Mapping) and event_type in events:
+        if (type(events) is dict or isinstance(events, Mapping)) and event_type in events:
             level = parse_level(events[event_type], self._version)
             if level is not None:
                 return level
