@@ -279,9 +279,12 @@ class InputLoop:
         if it brought other rooms' inputs while its budget is grown, once it has done
         the base budget (worker.runner.fairness.Scheduler.give_way).
 
-        Cheaper rooms' inputs are also taken into the hand at once, and the next fetch
-        started, so that those arriving later in the transaction are in hand when it
-        ends too, not one fetch (and one more transaction) later."""
+        What it brought is also taken into the hand at once, whatever its rooms, and
+        the next fetch started, so that inputs arriving later in the transaction are in
+        hand when it ends too: a fetch ends once it has delivered what the stream held
+        when it was asked (the first input to come, if none), so what came in after it
+        would otherwise wait in the stream until the loop's next pass, and the
+        transaction after this one would start without it."""
         running = self._running
         if running is None or not running.offered:
             return
@@ -293,7 +296,7 @@ class InputLoop:
         if when is not None:
             self._give_way_at(when)
         # Not if `_fetch` has it (it takes what it awaits).
-        if fetching is self._fetching and self.scheduler.cheaper(messages, running.current(), now):
+        if fetching is self._fetching and messages:
             self._fetching = None
             self._take(messages)
             self._start_fetch()
@@ -366,9 +369,11 @@ class InputLoop:
         if result is None:
             return
         dispositions = result.dispositions
-        if not self.pipeline.interrupt.is_set():
+        if costlier or not self.pipeline.interrupt.is_set():
             # Cut short by its budget or done with all it was offered (a transaction
-            # that gave way says nothing of how many inputs fit in the budget).
+            # that gave way says nothing of how many inputs fit in the budget). A
+            # costlier turn's time is PATIENCE either way, by its budget or by giving
+            # way: what it reached is what the next one will.
             self._offered[costlier] = min(
                 self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
             )
