@@ -279,12 +279,9 @@ class InputLoop:
         if it brought other rooms' inputs while its budget is grown, once it has done
         the base budget (worker.runner.fairness.Scheduler.give_way).
 
-        What it brought is also taken into the hand at once, whatever its rooms, and
-        the next fetch started, so that inputs arriving later in the transaction are in
-        hand when it ends too: a fetch ends once it has delivered what the stream held
-        when it was asked (the first input to come, if none), so what came in after it
-        would otherwise wait in the stream until the loop's next pass, and the
-        transaction after this one would start without it."""
+        Cheaper rooms' inputs are also taken into the hand at once, and the next fetch
+        started, so that those arriving later in the transaction are in hand when it
+        ends too, not one fetch (and one more transaction) later."""
         running = self._running
         if running is None or not running.offered:
             return
@@ -296,7 +293,7 @@ class InputLoop:
         if when is not None:
             self._give_way_at(when)
         # Not if `_fetch` has it (it takes what it awaits).
-        if fetching is self._fetching and messages:
+        if fetching is self._fetching and self.scheduler.cheaper(messages, running.current(), now):
             self._fetching = None
             self._take(messages)
             self._start_fetch()
