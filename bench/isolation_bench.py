@@ -1,7 +1,7 @@
 """Room isolation: small rooms' publish-to-output latency while a forked 10,000-member
 room keeps the same worker busy.
 
-`python -m bench.isolation_bench [--quick]`
+`python -m bench.isolation_bench [--quick] [--dump PATH]`
 
 One worker process (`roomserver run`) on a real nats-server. The forked room is built
 (10,000 members joined) before the clock starts; then two branches advance side by side
@@ -237,6 +237,7 @@ async def bench_isolation(
     version: str = "10",
     tag: str = "iso",
     extra_env: dict[str, str] | None = None,
+    dump: Path | None = None,
 ) -> dict[str, Any]:
     """Run the scenario once; returns the small rooms' latency figures and the forked
     room's rate."""
@@ -296,6 +297,14 @@ async def bench_isolation(
         worker.stop()
         await nc.close()
     latencies = [(watcher.arrived[e] - t) * 1000 for e, t in published.items()]
+    if dump is not None:
+        # Each small event: when it was published (seconds from the start of the clock)
+        # and its latency (ms), to see whether the tail is start-up, periodic or spread.
+        timeline = [
+            [round(t - started, 4), round(lat, 2)]
+            for t, lat in zip(published.values(), latencies, strict=True)
+        ]
+        dump.write_text(json.dumps({"small": timeline}))
     return {
         "members": members,
         "small_rooms": rooms,
@@ -348,6 +357,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 rooms=args.rooms,
                 window=args.window,
                 extra_env=extra,
+                dump=args.dump,
             )
 
 
@@ -364,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
+    parser.add_argument(
+        "--dump", type=Path, help="write each small event's publish time and latency (JSON)"
+    )
     parser.add_argument(
         "--env", action="append", default=[], help="worker setting KEY=VALUE (no ROOMSERVER_)"
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from tests.harness.hand import CLIENT, in_hand
-from worker.runner.fairness import PATIENCE, InHand, Running, Scheduler
+from worker.runner.fairness import MIN_OFFERED, PATIENCE, InHand, Running, Scheduler, next_offered
 
 BASE = 0.02
 ALONE = 0.1
@@ -98,3 +98,16 @@ def test_the_rooms_in_hand_give_the_same_order_as_walking_the_hand() -> None:
     alone = in_hand(("a", 1), ("a", 2))
     assert scheduler.order(alone, now=0.0, rooms={"rs.input.a"}) == alone
     assert scheduler.fetch_order
+
+
+def test_a_costlier_turn_that_gave_way_is_offered_what_it_reached() -> None:
+    """A costlier room's turn while cheap inputs wait has PATIENCE, by its budget or by
+    giving way to the cheap inputs a fetch brings (nearly always, as they keep coming):
+    the next one is offered twice what it did, not every input of the room in hand
+    (each offered input is parsed and sent to the pipeline's process up front)."""
+    assert next_offered(6, costlier=True, gave_way=True, most=256) == MIN_OFFERED
+    assert next_offered(40, costlier=True, gave_way=True, most=256) == 80
+    assert next_offered(200, costlier=True, gave_way=False, most=256) == 256
+    # Any other transaction that gave way says nothing of what fits in its budget.
+    assert next_offered(6, costlier=False, gave_way=True, most=256) is None
+    assert next_offered(6, costlier=False, gave_way=False, most=256) == MIN_OFFERED

@@ -60,6 +60,8 @@ GROUP_SPAN = 3
 #: room's inputs share the cost of a commit, and a cheap input waits for about this,
 #: one costlier input and two commits.
 PATIENCE = 0.010
+#: Fewest inputs offered to a transaction with a budget (`next_offered`).
+MIN_OFFERED = 16
 
 
 @dataclass(slots=True)
@@ -103,6 +105,22 @@ class Running:
     def current(self) -> str:
         """The room of the input under way (the last one once all are done)."""
         return self.offered[min(self.reached(), len(self.offered) - 1)].subject
+
+
+def next_offered(done: int, costlier: bool, gave_way: bool, most: int) -> int | None:
+    """How many inputs to offer the next transaction of the same kind (a costlier
+    group's turn while cheaper inputs wait, or any other), after one that did `done`
+    inputs; None: as many as before. Twice what it did, within MIN_OFFERED and `most`
+    (consumer.batch_size): the work a batch does up front for every input it is offered
+    (parsing it, sending it to the pipeline's process) is then not done for many it
+    will not reach.
+
+    A transaction that gave way says nothing of how many inputs fit in its budget,
+    except a costlier turn's: its time is PATIENCE either way, by its budget or by
+    giving way (and it nearly always gives way: cheaper inputs keep coming)."""
+    if gave_way and not costlier:
+        return None
+    return min(most, max(MIN_OFFERED, 2 * done))
 
 
 def share_class(seconds: float) -> int:

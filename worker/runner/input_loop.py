@@ -46,7 +46,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import InHand, Running, Scheduler
+from worker.runner.fairness import InHand, Running, Scheduler, next_offered
 from worker.runner.outbox_relay import OutboxRelay
 from worker.runner.pipeline_handle import PipelineHandle
 from worker.runner.pipeline_server import BatchResult
@@ -56,8 +56,6 @@ log = structlog.get_logger(__name__)
 
 #: nats-server version from which a consumer can be rewound (ADR-60).
 REWIND_SERVER_VERSION = (2, 14)
-#: Fewest inputs offered to a transaction with a budget.
-MIN_OFFERED = 16
 #: Seconds after which a thread waiting for the GIL asks its holder for it while a
 #: transaction runs (Python's default is 5 ms): the event loop wakes for every fetch,
 #: ack and publish reply, and would otherwise wait that long behind the database
@@ -366,12 +364,14 @@ class InputLoop:
         if result is None:
             return
         dispositions = result.dispositions
-        if not self.pipeline.interrupt.is_set():
-            # Cut short by its budget or done with all it was offered (a transaction
-            # that gave way says nothing of how many inputs fit in the budget).
-            self._offered[costlier] = min(
-                self.config.consumer.batch_size, max(MIN_OFFERED, 2 * len(dispositions))
-            )
+        offered = next_offered(
+            len(dispositions),
+            costlier,
+            self.pipeline.interrupt.is_set(),
+            self.config.consumer.batch_size,
+        )
+        if offered is not None:
+            self._offered[costlier] = offered
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, result.laps, time.monotonic())
         self._forget(done, in_order and not costlier)
