@@ -64,8 +64,8 @@ SHARES: Final[dict[str, Share]] = {
     "events": Share(0.1, 2_800),
     #: Event NID → event ID, by ID (a memo emptied when full).
     "event_ids": Share(0.0075, 190),
-    #: Room NID → room version, by room.
-    "room_versions": Share(0.0025, 150),
+    #: Room NID → room version, by room (about as many rooms as the room rows).
+    "room_versions": Share(0.00125, 150),
     # -- writer: worker.storage.database, the NID tables (types and state keys, both
     #    directions: four LRUs of names)
     "nid_names": Share(0.02, 230, copies=4),
@@ -74,6 +74,10 @@ SHARES: Final[dict[str, Share]] = {
     "room_rows": Share(0.005, 460),
     #: Input subject → room ID, by subject.
     "subjects": Share(0.0025, 300),
+    #: Room ID → output subject (`OutputBuilder`), by room: the subject string and
+    #: its slot (~125 bytes measured; the room ID is shared with the room's other
+    #: entries).
+    "output_subjects": Share(0.00125, 130),
     #: Resolutions, by differing state entry.
     "resolutions": Share(0.02, 150),
     #: Resolved snapshots by their inputs, by resolution.
