@@ -160,6 +160,12 @@ class WorkerMetrics:
         self.parked = parked
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
+        #: The pipeline's process while there is one (`PipelineProcess` sets and clears
+        #: it): the pipeline does most of the CPU work and holds most of the memory, so
+        #: its CPU seconds, RSS and descriptors are shown too, as
+        #: `roomserver_pipeline_process_*` beside the worker's own `process_*`.
+        self.pipeline_pid: int | None = None
+        ProcessCollector("roomserver_pipeline", pid=self._pipeline_pid, registry=self.registry)
         self.registry.register(_PipelineCollector(counters, held, parked))
         self.registry.register(_StateCollector(health))
         # Each metric in this worker's own registry.
@@ -209,6 +215,11 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def _pipeline_pid(self) -> int | str:
+        # Without a pipeline process, a /proc entry that cannot exist: the collector
+        # then finds nothing to show.
+        return self.pipeline_pid if self.pipeline_pid is not None else "no-pipeline-process"
 
 
 class Observer(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -54,7 +55,7 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
     config = dataclasses.replace(config, metrics=MetricsConfig(listen_port=port))
     pdus = list(linear_room("10", members=3, events=20, seed=2))
     reader = outputs_reader(js, config)
-    async with running_worker(config):
+    async with running_worker(config) as worker:
         status, body = await http_get(port, "/healthz")
         assert status == 200
         assert json.loads(body) == {
@@ -105,6 +106,15 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         assert metric_value(text, "roomserver_consumer_rewinds_total") == 1
         assert metric_value(text, "roomserver_ready") == 1
         assert metric_value(text, "process_resident_memory_bytes") > 0
+        # The pipeline's process (a child started after this test process) has its
+        # own: a Python process with the pipeline loaded holds tens of MiB.
+        assert worker.metrics.pipeline_pid not in (None, os.getpid())
+        prefix = "roomserver_pipeline_process_"
+        assert metric_value(text, prefix + "resident_memory_bytes") > 20 * 2**20
+        assert metric_value(text, prefix + "cpu_seconds_total") > 0
+        assert metric_value(text, prefix + "start_time_seconds") > metric_value(
+            text, "process_start_time_seconds"
+        )
 
         assert (await http_get(port, "/nothing"))[0] == 404
         assert (await http_get(port, "/metrics?name[]=x"))[0] == 200
@@ -112,8 +122,10 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         status_line, body = await raw_request(port, b"HEAD /healthz HTTP/1.1\r\n\r\n")
         assert (status_line, body) == (200, b"")
         assert (await raw_request(port, b"nonsense\r\n\r\n"))[0] == 400
-    # Stopped: the port is closed with the worker.
+    # Stopped: the port is closed with the worker, the pipeline's process is gone.
     assert await http_get(port, "/healthz") == (0, b"")
+    assert worker.metrics.pipeline_pid is None
+    assert prefix + "resident_memory_bytes" not in worker.metrics.render().decode()
 
 
 async def test_a_taken_port_does_not_stop_the_worker(config: Config, js: JetStreamContext) -> None:

@@ -102,6 +102,7 @@ class PipelineProcess(PipelineHandle):
                 theirs.close()
         finally:
             os.close(flags_fd)
+        metrics.pipeline_pid = self._process.pid
         self._socket = ours
         # What `multiprocessing` hands a spawned child (the main module to run again,
         # sys.path, the working directory), and how to log. The socket is still
@@ -133,6 +134,7 @@ class PipelineProcess(PipelineHandle):
                 self._streams[1].close()
             self._socket.close()
             await self._join()
+            self.metrics.pipeline_pid = None
 
     async def _exchange(self, request: Request) -> Reply:
         if self._dead is not None:
