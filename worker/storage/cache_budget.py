@@ -55,7 +55,7 @@ SHARES: Final[dict[str, Share]] = {
     "states": Share(0.06, 130),
     #: States written by `derive`, by changes plus a share of the base.
     "derived": Share(0.04, 63),
-    #: Packed blocks, by entry (plus one a block).
+    #: Packed blocks, by entry (plus two a block: `snapshots.BLOCK_WEIGHT`).
     "blocks": Share(0.04, 92),
     #: Snapshots' block lists, by block NID (plus one a list).
     "block_lists": Share(0.01, 40),
@@ -98,7 +98,7 @@ SHARES: Final[dict[str, Share]] = {
     # -- query side: worker.storage.reader and worker.query.service
     #: The reader's merged states, by state entry.
     "reader_states": Share(0.17875, 130),
-    #: The reader's packed blocks, by entry (plus one a block).
+    #: The reader's packed blocks, by entry (plus two a block: `snapshots.BLOCK_WEIGHT`).
     "reader_blocks": Share(0.09312, 92),
     #: The reader's block lists, by block NID.
     "reader_block_lists": Share(0.0025, 40),
