@@ -25,7 +25,7 @@ from typing import Final
 #: federation queries over a 10,000-member room (states at 100 events, their names)
 #: read again from SQLite on every ask (2–8 × slower in `make bench`). The writer's
 #: half is what the memory benchmark fills (1,000,000 events in 10,000 rooms: RSS of
-#: both processes ~200 MiB at its peak).
+#: both processes ~175 MiB at its peak).
 DEFAULT_CACHE_MB: Final = 256
 
 #: The least `storage.cache_mb` accepted: below it the caches hold too little of even
