@@ -11,11 +11,12 @@ are published before the worker starts (about 1.5 GB of stream files for a full 
 
 The worker runs as its own process (`roomserver run`) on a real nats-server; its RSS
 (/proc/PID/status VmRSS, summed over the process and any children it starts:
-`tree_rss_kib`) is sampled every second. The report has the peak, the RSS at
-each tenth of the run (by outputs published) and whether memory stayed flat: the RSS
-at the end of the last tenth is at most 10 % above that at the end of the second (the
-first tenth is start-up: imports, the caches filling). The full run takes about ten
-minutes at ~2,000 events/s.
+`tree_rss_kib`) is sampled every second, and each process's too (the event loop's and
+the pipeline child's: `rss_by_process_kib`). The report has the peak, the RSS at
+each tenth of the run (by outputs published), in all and by process, and whether
+memory stayed flat: the RSS at the end of the last tenth is at most 10 % above that at
+the end of the second (the first tenth is start-up: imports, the caches filling). The
+full run takes about ten minutes at ~2,000 events/s.
 """
 
 from __future__ import annotations
