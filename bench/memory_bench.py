@@ -11,11 +11,12 @@ are published before the worker starts (about 1.5 GB of stream files for a full 
 
 The worker runs as its own process (`roomserver run`) on a real nats-server; its RSS
 (/proc/PID/status VmRSS, summed over the process and any children it starts:
-`tree_rss_kib`) is sampled every second. The report has the peak, the RSS at
-each tenth of the run (by outputs published) and whether memory stayed flat: the RSS
-at the end of the last tenth is at most 10 % above that at the end of the second (the
-first tenth is start-up: imports, the caches filling). The full run takes about ten
-minutes at ~2,000 events/s.
+`tree_rss_kib`) is sampled every second, and each process's too (the event loop's and
+the pipeline child's: `rss_by_process_kib`). The report has the peak, the RSS at
+each tenth of the run (by outputs published), in all and by process, and whether
+memory stayed flat: the RSS at the end of the last tenth is at most 10 % above that at
+the end of the second (the first tenth is start-up: imports, the caches filling). The
+full run takes about ten minutes at ~2,000 events/s.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def tree_rss_kib(pid: int) -> tuple[int, int]:
     return rss_kib(pid)[0], rss_anon_kib(pid)
 
 
+def rss_by_process_kib(pid: int) -> dict[str, int]:
+    """RSS in KiB of the worker's event loop process (`loop`) and of its descendants
+    (`child`: the pipeline process, the only one it starts), so that the growth can be
+    told apart by process."""
+    members = process_tree(pid)
+    loop = status_kib(pid, "VmRSS")[0]
+    child = sum(status_kib(member, "VmRSS")[0] for member in members[1:])
+    return {"loop": loop, "child": child}
+
+
 async def bench_memory(
     url: str,
     workdir: Path,
@@ -128,6 +139,8 @@ async def bench_memory(
     samples: list[tuple[float, int, int]] = []
     #: The same with the anonymous part of the RSS.
     anon: list[tuple[float, int, int]] = []
+    #: The same by process (`rss_by_process_kib`).
+    by_process: dict[str, list[tuple[float, int, int]]] = {"loop": [], "child": []}
     next_sample = 0.0
     try:
         deadline = time.monotonic() + 4 * 3600
@@ -138,6 +151,8 @@ async def bench_memory(
                 rss, rss_anon = tree_rss_kib(worker.proc.pid)
                 samples.append((now - worker.spawned, outputs, rss))
                 anon.append((now - worker.spawned, outputs, rss_anon))
+                for name, kib in rss_by_process_kib(worker.proc.pid).items():
+                    by_process[name].append((now - worker.spawned, outputs, kib))
                 next_sample = now + 1.0
             if outputs >= total:
                 break
@@ -166,6 +181,9 @@ async def bench_memory(
         "peak_rss_mib": peak / 1024,
         "rss_mib_by_tenth": tenths,
         "rss_anon_mib_by_tenth": _tenths(anon, total),
+        "rss_mib_by_tenth_by_process": {
+            name: _tenths(series, total) for name, series in by_process.items()
+        },
         "growth_second_to_last_tenth": tenths[-1] / tenths[1] - 1,
         "growth_fifth_to_last_tenth": tenths[-1] / tenths[4] - 1,
         "flat": tenths[-1] <= tenths[1] * (1 + FLAT_TOLERANCE),
@@ -184,7 +202,11 @@ def summary(result: dict[str, Any]) -> str:
         f"({result['growth_second_to_last_tenth']:+.1%} 2nd→10th tenth, "
         f"{result['growth_fifth_to_last_tenth']:+.1%} 5th→10th); "
         f"{'below' if result['below_limit'] else 'ABOVE'} "
-        f"{result['rss_limit_mib']:.0f} MiB (250 MB)"
+        f"{result['rss_limit_mib']:.0f} MiB (250 MB); by process: "
+        + "; ".join(
+            f"{name} {tenths[1]}→{tenths[-1]}"
+            for name, tenths in result.get("rss_mib_by_tenth_by_process", {}).items()
+        )
     )
 
 

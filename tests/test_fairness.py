@@ -5,7 +5,14 @@ order, a busy room slowed but never starved."""
 from __future__ import annotations
 
 from tests.harness.hand import in_hand
-from worker.runner.fairness import HALF_LIFE, InHand, RoomShares, Scheduler, share_class
+from worker.runner.fairness import (
+    FORGOTTEN_SHARE,
+    HALF_LIFE,
+    InHand,
+    RoomShares,
+    Scheduler,
+    share_class,
+)
 
 
 def _names(items: list[InHand]) -> list[str]:
@@ -52,6 +59,24 @@ def test_recorded_laps_add_up_and_the_oldest_rooms_are_forgotten() -> None:
         shares.record(f"rs.input.{room}", 0.005, now=0.0)
     assert shares.get("rs.input.x", now=0.0) == 0.0
     assert shares.get("rs.input.z", now=0.0) == 0.005
+
+
+def test_rooms_whose_share_decayed_to_nothing_are_forgotten() -> None:
+    """A worker that has seen 10,000 rooms remembers the shares of the rooms served
+    lately, not of every room (issue 11: memory that stays flat)."""
+    shares = RoomShares()
+    # A busy room's share (1 s) is under FORGOTTEN_SHARE after 20 half-lives.
+    shares.record("rs.input.busy", 1.0, now=0.0)
+    for i in range(1_000):
+        shares.record(f"rs.input.r{i}", 0.003, now=i * HALF_LIFE / 10)
+    assert shares.get("rs.input.busy", now=100 * HALF_LIFE) == 0.0
+    # Each room's share decays under FORGOTTEN_SHARE in 11.6 half-lives (116 records).
+    assert 110 <= len(shares) <= 120
+    last = 999 * HALF_LIFE / 10
+    assert shares.get("rs.input.r999", now=last) == 0.003
+    assert share_class(shares.get("rs.input.r900", now=last)) == 0
+    assert shares.get("rs.input.r800", now=last) == 0.0
+    assert 0.003 * 0.5**12 < FORGOTTEN_SHARE < 0.003 * 0.5**11
 
 
 def test_first_group_counts_the_leading_inputs_of_the_cheap_rooms() -> None:

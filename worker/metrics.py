@@ -160,6 +160,12 @@ class WorkerMetrics:
         self.parked = parked
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
+        #: The pipeline's process while there is one (`PipelineProcess` sets and clears
+        #: it): the pipeline does most of the CPU work and holds most of the memory, so
+        #: its CPU seconds, RSS and descriptors are shown too, as
+        #: `roomserver_pipeline_process_*` beside the worker's own `process_*`.
+        self.pipeline_pid: int | None = None
+        self.registry.register(_PipelineProcessCollector(self._pipeline_pid))
         self.registry.register(_PipelineCollector(counters, held, parked))
         self.registry.register(_StateCollector(health))
         # Each metric in this worker's own registry.
@@ -209,6 +215,29 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def _pipeline_pid(self) -> int | str:
+        # Without a pipeline process, a /proc entry that cannot exist: the collector
+        # then finds nothing to show.
+        return self.pipeline_pid if self.pipeline_pid is not None else "no-pipeline-process"
+
+
+class _PipelineProcessCollector(Collector):
+    """CPU seconds, RSS and open descriptors of the pipeline's process, read from its
+    /proc entry at scrape time (prometheus_client's `ProcessCollector` on its pid,
+    without the figures an operator does not watch: virtual size, start time, the
+    descriptor limit)."""
+
+    SHOWN: Final = frozenset(
+        f"roomserver_pipeline_process_{name}"
+        for name in ("cpu_seconds", "resident_memory_bytes", "open_fds")
+    )
+
+    def __init__(self, pid: Callable[[], int | str]) -> None:
+        self._process = ProcessCollector("roomserver_pipeline", pid=pid, registry=None)
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self._process.collect() if family.name in self.SHOWN)
 
 
 class Observer(Protocol):

@@ -44,3 +44,25 @@ def test_console_and_level() -> None:
     assert "quiet" in lines[0] and "hello" in lines[1] and "from stdlib" in lines[2]
     [only] = run("warning", "console")
     assert "from stdlib" in only
+
+
+def test_worker_processes_do_not_import_twisted() -> None:
+    """structlog imports its Twisted integration whenever Twisted is installed (as the
+    test oracle installs it); the worker's processes (the event loop's entry point and
+    the pipeline child's) must not carry Twisted for it."""
+    script = (
+        "import sys; import worker.cli.run, worker.runner.pipeline_process, structlog; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "[]"
+    # Twisted is installed here (the oracle extra): without the guard it would be loaded.
+    found = subprocess.run(
+        [sys.executable, "-c", "import structlog, sys; print('twisted' in sys.modules)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert found.stdout.strip() == "True"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -49,12 +50,18 @@ def labelled_value(exposition: bytes, sample: str, **labels: str) -> float:
     raise AssertionError(f"{sample}{labels} is not in the metrics")
 
 
+def _vm_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return kib * 1024
+
+
 async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
     port = free_port()
     config = dataclasses.replace(config, metrics=MetricsConfig(listen_port=port))
     pdus = list(linear_room("10", members=3, events=20, seed=2))
     reader = outputs_reader(js, config)
-    async with running_worker(config):
+    async with running_worker(config) as worker:
         status, body = await http_get(port, "/healthz")
         assert status == 200
         assert json.loads(body) == {
@@ -105,6 +112,16 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         assert metric_value(text, "roomserver_consumer_rewinds_total") == 1
         assert metric_value(text, "roomserver_ready") == 1
         assert metric_value(text, "process_resident_memory_bytes") > 0
+        # The pipeline's process (a child of this test process) has its own: what its
+        # /proc entry says (a Python process with the pipeline loaded: tens of MiB).
+        pid = worker.metrics.pipeline_pid
+        assert pid is not None and pid != os.getpid()
+        prefix = "roomserver_pipeline_process_"
+        rss = metric_value(text, prefix + "resident_memory_bytes")
+        assert rss > 20 * 2**20
+        assert abs(rss - _vm_rss(pid)) < 8 * 2**20
+        assert metric_value(text, prefix + "cpu_seconds_total") > 0
+        assert metric_value(text, prefix + "open_fds") > 0
 
         assert (await http_get(port, "/nothing"))[0] == 404
         assert (await http_get(port, "/metrics?name[]=x"))[0] == 200
@@ -112,8 +129,10 @@ async def test_metrics_and_health(config: Config, js: JetStreamContext) -> None:
         status_line, body = await raw_request(port, b"HEAD /healthz HTTP/1.1\r\n\r\n")
         assert (status_line, body) == (200, b"")
         assert (await raw_request(port, b"nonsense\r\n\r\n"))[0] == 400
-    # Stopped: the port is closed with the worker.
+    # Stopped: the port is closed with the worker, the pipeline's process is gone.
     assert await http_get(port, "/healthz") == (0, b"")
+    assert worker.metrics.pipeline_pid is None
+    assert prefix + "resident_memory_bytes" not in worker.metrics.render().decode()
 
 
 async def test_a_taken_port_does_not_stop_the_worker(config: Config, js: JetStreamContext) -> None:

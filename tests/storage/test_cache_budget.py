@@ -91,6 +91,7 @@ def _pipeline_caches(pipeline: Pipeline) -> list[tuple[str, Any]]:
         *[("nid_names", cache) for cache in pipeline.db.nid_caches().values()],
         ("room_rows", pipeline.rooms.cached_rooms),
         ("subjects", pipeline.rooms.subject_rooms),
+        ("output_subjects", pipeline.outputs._output_subjects),
         ("resolutions", resolver.cache),
         ("resolved_snapshots", pipeline.states._resolved),
         ("auth_chains", resolver._chains),

@@ -16,6 +16,7 @@ import msgpack
 
 from worker.bus.publisher import dead_letter_body
 from worker.bus.subjects import Subjects
+from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.lru import BoundedMemo
 
 
@@ -26,16 +27,16 @@ class Output:
     payload: bytes
 
 
-#: Rooms whose output subject is remembered (~200 bytes each).
-OUTPUT_SUBJECTS = 10_000
-
-
 class OutputBuilder:
-    def __init__(self, subjects: Subjects) -> None:
+    def __init__(
+        self, subjects: Subjects, rooms: int = DEFAULT_BUDGET.bound("output_subjects")
+    ) -> None:
+        """`rooms`: how many rooms' output subjects are remembered (the cache budget's
+        `output_subjects`)."""
         self.subjects = subjects
         #: Room ID → output subject: every output of a room has the same one, and making
         #: it (the room ID in base64) cost more than the rest of the output's envelope.
-        self._output_subjects: BoundedMemo[str, str] = BoundedMemo(OUTPUT_SUBJECTS)
+        self._output_subjects: BoundedMemo[str, str] = BoundedMemo(rooms)
         #: One packer for the builder's outputs (a builder is used by one thread, the
         #: pipeline's): `msgpack.packb` makes, and allocates the buffer of, a new one
         #: per call. Packing resets it, so the bytes are those `packb` makes.

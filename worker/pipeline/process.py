@@ -62,7 +62,7 @@ class Pipeline:
         self.subjects = subjects
         self.state = StateStore(db, budget=budget or DEFAULT_BUDGET)
         self.events = EventStore(db, budget=budget or DEFAULT_BUDGET)
-        self.outputs = OutputBuilder(subjects)
+        self.outputs = OutputBuilder(subjects, (budget or DEFAULT_BUDGET).bound("output_subjects"))
         #: Outputs written in the open transaction, and what is published.
         self.outbox = Outbox(db)
         self.batch = Batch(db, self.outbox, self.outputs)

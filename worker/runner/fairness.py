@@ -52,6 +52,12 @@ ROOM_SHARES = 10_000
 HALF_LIFE = 1.0
 #: Upper bound (seconds) of the smallest share class; each next class is twice as wide.
 SMALLEST_SHARE = 0.001
+#: A share that has decayed below this (seconds) is forgotten even while under
+#: ROOM_SHARES: it is 1/1,024 of the smallest class's bound, so forgetting it changes no
+#: room's class, and the shares kept are those of the rooms served in the last ~20
+#: half-lives rather than the last ROOM_SHARES rooms (~350 bytes each: 3 MiB of a
+#: process that saw 10,000 rooms, kept for nothing).
+FORGOTTEN_SHARE = SMALLEST_SHARE / 1024
 #: Classes above the first that still count as its group (see `Scheduler.first_group`).
 GROUP_SPAN = 3
 #: Seconds of work a costlier room's transaction does, at most, while cheaper rooms'
@@ -147,10 +153,23 @@ class RoomShares:
         decay: float = 0.5 ** (max(0.0, now - when) / self._half_life)
         return seconds * decay
 
+    def __len__(self) -> int:
+        return len(self._shares)
+
     def record(self, subject: str, seconds: float, now: float) -> None:
-        """Add the time one input of the room took."""
+        """Add the time one input of the room took, and forget up to two rooms whose
+        share has decayed to nothing (`FORGOTTEN_SHARE`): at most one room is added
+        a record, so the rooms remembered are the ones served lately."""
         total = self.get(subject, now) + seconds
         self._shares.put(subject, (total, now))
+        for _ in range(2):
+            oldest = self._shares.oldest()
+            if oldest is None:
+                return
+            room, (share, when) = oldest
+            if share * 0.5 ** (max(0.0, now - when) / self._half_life) >= FORGOTTEN_SHARE:
+                return
+            self._shares.discard(room)
 
 
 class Scheduler:

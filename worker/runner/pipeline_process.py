@@ -51,6 +51,7 @@ import structlog
 
 from worker.child_process import wait_or_kill
 from worker.config import LogConfig
+from worker.heap import HeapTrimmer, fix_mmap_threshold
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
 from worker.runner.pipeline_handle import PipelineHandle
@@ -102,6 +103,7 @@ class PipelineProcess(PipelineHandle):
                 theirs.close()
         finally:
             os.close(flags_fd)
+        metrics.pipeline_pid = self._process.pid
         self._socket = ours
         # What `multiprocessing` hands a spawned child (the main module to run again,
         # sys.path, the working directory), and how to log. The socket is still
@@ -133,6 +135,7 @@ class PipelineProcess(PipelineHandle):
                 self._streams[1].close()
             self._socket.close()
             await self._join()
+            self.metrics.pipeline_pid = None
 
     async def _exchange(self, request: Request) -> Reply:
         if self._dead is not None:
@@ -198,6 +201,7 @@ def child_main() -> None:
     spawn.prepare(preparation)
     configure_logging(log_config)
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    fix_mmap_threshold()
     flags_map = mmap.mmap(flags_fd, _FLAGS_BYTES)
     os.close(flags_fd)
     serve(sock, incoming, SharedFlags(_cells(flags_map)))
@@ -208,6 +212,8 @@ def child_main() -> None:
 def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
     """Answer requests until end-of-file, then close the database."""
     server = PipelineServer(flags)
+    # Between requests, after the answer is sent: the worker is not kept waiting.
+    trimmer = HeapTrimmer()
     try:
         while (request := _receive(incoming)) is not None:
             try:
@@ -218,6 +224,7 @@ def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
                 sock.sendall(answer)
             except OSError:
                 break  # the worker is gone
+            trimmer.maybe_trim()
     finally:
         server.close()
 

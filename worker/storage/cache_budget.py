@@ -25,7 +25,7 @@ from typing import Final
 #: federation queries over a 10,000-member room (states at 100 events, their names)
 #: read again from SQLite on every ask (2–8 × slower in `make bench`). The writer's
 #: half is what the memory benchmark fills (1,000,000 events in 10,000 rooms: RSS of
-#: both processes ~200 MiB at its peak).
+#: both processes ~175 MiB at its peak).
 DEFAULT_CACHE_MB: Final = 256
 
 #: The least `storage.cache_mb` accepted: below it the caches hold too little of even
@@ -55,7 +55,7 @@ SHARES: Final[dict[str, Share]] = {
     "states": Share(0.06, 130),
     #: States written by `derive`, by changes plus a share of the base.
     "derived": Share(0.04, 63),
-    #: Packed blocks, by entry (plus one a block).
+    #: Packed blocks, by entry (plus two a block: `snapshots.BLOCK_WEIGHT`).
     "blocks": Share(0.04, 92),
     #: Snapshots' block lists, by block NID (plus one a list).
     "block_lists": Share(0.01, 40),
@@ -64,8 +64,8 @@ SHARES: Final[dict[str, Share]] = {
     "events": Share(0.1, 2_800),
     #: Event NID → event ID, by ID (a memo emptied when full).
     "event_ids": Share(0.0075, 190),
-    #: Room NID → room version, by room.
-    "room_versions": Share(0.0025, 150),
+    #: Room NID → room version, by room (about as many rooms as the room rows).
+    "room_versions": Share(0.00125, 150),
     # -- writer: worker.storage.database, the NID tables (types and state keys, both
     #    directions: four LRUs of names)
     "nid_names": Share(0.02, 230, copies=4),
@@ -74,6 +74,10 @@ SHARES: Final[dict[str, Share]] = {
     "room_rows": Share(0.005, 460),
     #: Input subject → room ID, by subject.
     "subjects": Share(0.0025, 300),
+    #: Room ID → output subject (`OutputBuilder`), by room: the subject string and
+    #: its slot (~125 bytes measured; the room ID is shared with the room's other
+    #: entries).
+    "output_subjects": Share(0.00125, 130),
     #: Resolutions, by differing state entry.
     "resolutions": Share(0.02, 150),
     #: Resolved snapshots by their inputs, by resolution.
@@ -94,7 +98,7 @@ SHARES: Final[dict[str, Share]] = {
     # -- query side: worker.storage.reader and worker.query.service
     #: The reader's merged states, by state entry.
     "reader_states": Share(0.17875, 130),
-    #: The reader's packed blocks, by entry (plus one a block).
+    #: The reader's packed blocks, by entry (plus two a block: `snapshots.BLOCK_WEIGHT`).
     "reader_blocks": Share(0.09312, 92),
     #: The reader's block lists, by block NID.
     "reader_block_lists": Share(0.0025, 40),

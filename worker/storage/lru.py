@@ -93,6 +93,13 @@ class LruByWeight(Generic[K, V]):
             del self._values[dropped]
             self._weight -= dropped_weight
 
+    def oldest(self) -> tuple[K, V] | None:
+        """The least recently used item, or None when empty (not counted as a use): for
+        an owner that forgets items by their age as well as by the bound."""
+        for key in self._weights:
+            return key, self._values[key]
+        return None
+
     def discard(self, key: K) -> None:
         if self._values.pop(key, None) is not None:
             self._weight -= self._weights.pop(key)

@@ -11,11 +11,19 @@ each bounded by entries) and decode them with the same `merge_blocks`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from worker.storage.blocks import NidState, entry_count, merge_blocks
 from worker.storage.database import StorageError
 from worker.storage.lru import LruByWeight
+
+#: What a block weighs beyond its entries, in entries: its key, bytes object and
+#: LRU slots (two dicts' entries and index slots, an ordering node) cost about two
+#: entries' worth. Weighed at one, the memory benchmark's small rooms (blocks of one to
+#: three entries) kept ~41,000 blocks, just under 43,690, where a dict's table
+#: doubles: the blocks' two tables then went from 7.5 to 13.6 MiB on a resize that
+#: found a few more blocks held (issue 11, fifth part, in docs/performance.md).
+BLOCK_WEIGHT: Final = 2
 
 
 class SnapshotCache:
@@ -59,7 +67,7 @@ class SnapshotCache:
         return self._blocks.get(block_nid)
 
     def remember_block(self, block_nid: int, packed: bytes) -> None:
-        self._blocks.put(block_nid, packed, entry_count(packed) + 1)
+        self._blocks.put(block_nid, packed, entry_count(packed) + BLOCK_WEIGHT)
 
     def held_blocks(self, block_nids: Sequence[int]) -> tuple[dict[int, bytes], list[int]]:
         """The blocks cached now, and the NIDs of those to fetch (then `add_fetched`).
