@@ -229,28 +229,26 @@ class WriteConnection:
             hook()
 
 
-class Savepoint:
-    """One input's savepoint, as a context manager: released when the block ends,
-    rolled back (with the rollback hooks registered inside it) when it raises.
-
-    A class rather than a generator-based context manager: the pipeline enters one
-    per input, and a generator's setup and its two resumptions cost several times
-    these two calls."""
+class _InputScope:
+    """What a savepoint and an unguarded scope share: where the rollback hooks stood
+    when the input began (those registered inside are the input's to undo), and
+    whether the input's writes were undone."""
 
     __slots__ = ("_db", "_hooks_before", "undone")
 
     def __init__(self, db: WriteConnection) -> None:
         self._db = db
         self._hooks_before = 0
-        #: The block raised and its writes were undone (always, for a savepoint).
+        #: The block raised and its writes were undone.
         self.undone = False
 
-    def __enter__(self) -> None:
+    def _begin(self) -> WriteConnection:
         db = self._db
         self._hooks_before = len(db._rollback_hooks)
-        # A hook registered before would not run if this input is undone.
+        # A hook registered before would not run if this input is undone: it must be
+        # registered again inside.
         db._once_hooks = set()
-        db.writes.execute("SAVEPOINT one_input")
+        return db
 
     def __exit__(
         self,
@@ -258,8 +256,30 @@ class Savepoint:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._end(exc_type is not None)
+
+    def _end(self, failed: bool) -> None:
+        """The input's block ended, by raising when `failed` (which then propagates)."""
+        raise NotImplementedError
+
+
+class Savepoint(_InputScope):
+    """One input's savepoint, as a context manager: released when the block ends,
+    rolled back (with the rollback hooks registered inside it) when it raises; then
+    `undone` is True, always.
+
+    A class rather than a generator-based context manager: the pipeline enters one
+    per input, and a generator's setup and its two resumptions cost several times
+    these two calls."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        self._begin().writes.execute("SAVEPOINT one_input")
+
+    def _end(self, failed: bool) -> None:
         db = self._db
-        if exc_type is None:
+        if not failed:
             try:
                 db.writes.execute("RELEASE one_input")
                 return
@@ -271,7 +291,7 @@ class Savepoint:
         self.undone = True
 
 
-class Unguarded:
+class Unguarded(_InputScope):
     """One input's scope without a savepoint, as a context manager.
 
     A savepoint costs more than its two statements: while one is open, SQLite copies
@@ -285,28 +305,17 @@ class Unguarded:
     are left for the transaction's rollback, and the caller must undo it (the
     pipeline then runs the batch again, each input in a savepoint)."""
 
-    __slots__ = ("_changes_before", "_db", "_hooks_before", "undone")
+    __slots__ = ("_changes_before",)
 
     def __init__(self, db: WriteConnection) -> None:
-        self._db = db
-        self._hooks_before = 0
+        super().__init__(db)
         self._changes_before = 0
-        self.undone = False
 
     def __enter__(self) -> None:
-        db = self._db
-        self._hooks_before = len(db._rollback_hooks)
-        # As in a savepoint: hooks registered before must be registered again inside.
-        db._once_hooks = set()
-        self._changes_before = db.conn.total_changes
+        self._changes_before = self._begin().conn.total_changes
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _end(self, failed: bool) -> None:
         db = self._db
-        if exc_type is not None and db.conn.total_changes == self._changes_before:
+        if failed and db.conn.total_changes == self._changes_before:
             db._undo_hooks(self._hooks_before)
             self.undone = True
