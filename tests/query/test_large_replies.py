@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from worker.client.replies import read_reply
-from worker.query.heap import keep_freed_memory
+from worker.heap import keep_freed_memory
 from worker.query.schema import GROUPED_FIELD, TAG_FIELD, RawMsgpack, State, pack_reply
 
 pytestmark = pytest.mark.unit

@@ -39,9 +39,9 @@ from worker.errors import (
     UNKNOWN_ROOM,
     RoomserverError,
 )
+from worker.heap import keep_freed_memory
 from worker.query.chunks import ACCEPT_CHUNKS_HEADER, accepts_chunks, chunk_size, split
 from worker.query.federation import FederationQueries
-from worker.query.heap import keep_freed_memory
 from worker.query.requests import BadRequest, Fields, decode_request
 from worker.query.schema import (
     IF_STATE_HEADER,
@@ -313,7 +313,7 @@ class QueryService:
     ) -> QueryService:
         """Open a read-only reader on the worker's database and serve every query (of
         one partition's rooms, when partitioned), its caches within `budget`'s shares;
-        the C heap is set to keep what its large replies free (worker.query.heap)."""
+        the C heap is set to keep what its large replies free (worker.heap)."""
         keep_freed_memory()
         reader = await Reader.open(storage_path, budget=budget)
         service = cls(nc, reader, subjects, partition, budget)
