@@ -149,6 +149,10 @@ class RoomShares:
         share = self._shares.view().get(subject)  # reading is not serving
         if share is None:
             return 0.0
+        return self._decayed(share, now)
+
+    def _decayed(self, share: tuple[float, float], now: float) -> float:
+        """A share's seconds as of `now`, halved every half-life since it was recorded."""
         seconds, when = share
         decay: float = 0.5 ** (max(0.0, now - when) / self._half_life)
         return seconds * decay
@@ -166,8 +170,8 @@ class RoomShares:
             oldest = self._shares.oldest()
             if oldest is None:
                 return
-            room, (share, when) = oldest
-            if share * 0.5 ** (max(0.0, now - when) / self._half_life) >= FORGOTTEN_SHARE:
+            room, share = oldest
+            if self._decayed(share, now) >= FORGOTTEN_SHARE:
                 return
             self._shares.discard(room)
 
