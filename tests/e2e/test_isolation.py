@@ -88,7 +88,8 @@ async def test_inputs_published_during_a_transaction_are_fetched_during_it(
 ) -> None:
     """A fetch ends once it has delivered what the stream held when it was asked (the
     first input to come, if none). While a transaction runs, what a fetch brings is
-    taken into the hand and the next fetch asked for, whatever its rooms: inputs
+    taken into the hand and the next fetch asked for, whatever its rooms, while the
+    hand holds fewer inputs than the next transaction may be offered: inputs
     published during the transaction are in hand when it ends, so the next transaction
     takes them, instead of finding them still in the stream. Before, only inputs of
     rooms cheaper than the transaction's were: here, one room's own later inputs
