@@ -22,6 +22,11 @@ stream until every output is there.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
 from nats.js import JetStreamContext
 
 from bench.isolation_bench import forked_events
@@ -29,6 +34,7 @@ from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running
 from worker.bus.streams import ensure_streams
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
+from worker.storage.database import DB_FILENAME
 
 VERSION = "10"
 MEMBERS = 1500
@@ -63,3 +69,57 @@ async def test_small_room_is_not_held_up_by_a_forked_rooms_backlog(
     before_small = order.index(small.event_id)
     # The small room did not wait for the whole backlog.
     assert before_small < len(backlog), "the small room's output came after the whole backlog"
+
+
+async def _delivered(js: JetStreamContext, config: Config, count: int, timeout: float) -> bool:
+    """Whether JetStream has handed the worker `count` inputs it has not acknowledged
+    (fetched, in the worker's hand) within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await js.consumer_info(config.streams.input, config.consumer.durable)
+        if info.num_ack_pending >= count:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_inputs_published_during_a_transaction_are_fetched_during_it(
+    config: Config, js: JetStreamContext
+) -> None:
+    """A fetch ends once it has delivered what the stream held when it was asked (the
+    first input to come, if none). While a transaction runs, what a fetch brings is
+    taken into the hand and the next fetch asked for, whatever its rooms, while the
+    hand holds fewer inputs than the next transaction may be offered: inputs
+    published during the transaction are in hand when it ends, so the next transaction
+    takes them, instead of finding them still in the stream. Before, only inputs of
+    rooms cheaper than the transaction's were: here, one room's own later inputs
+    stayed in the stream, all but the first one fetched.
+
+    The transaction is held open by a write lock on the worker's SQLite file, taken
+    by this test (its BEGIN IMMEDIATE waits); nothing waits on time but the bounded
+    wait for JetStream's count of inputs handed out."""
+    room = RoomBuilder(VERSION, "@solo:example.org")
+    events = [*room.bootstrap(), *(room.message("@solo:example.org", f"m{i}") for i in range(6))]
+    reader = outputs_reader(js, config)
+    await ensure_streams(js, config)
+    async with running_worker(config):
+        blocker = sqlite3.connect(Path(config.storage.path) / DB_FILENAME, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            await publish_inputs(js, config, [input_for(events[0].pdu)], room_version=VERSION)
+            # Fetched; its transaction now waits for the lock.
+            assert await _delivered(js, config, 1, timeout=10)
+            # The fetch under way during the transaction ends with the next input.
+            await publish_inputs(js, config, [input_for(events[1].pdu)], room_version=VERSION)
+            assert await _delivered(js, config, 2, timeout=10)
+            await publish_inputs(
+                js, config, [input_for(e.pdu) for e in events[2:]], room_version=VERSION
+            )
+            assert await _delivered(js, config, len(events), timeout=5), (
+                "inputs published during a transaction stayed in the stream"
+            )
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        outputs = await reader.take(len(events), timeout=60)
+    assert [o["event_id"] for o in outputs] == [e.event_id for e in events]

@@ -277,9 +277,16 @@ class InputLoop:
         if it brought other rooms' inputs while its budget is grown, once it has done
         the base budget (worker.runner.fairness.Scheduler.give_way).
 
-        Cheaper rooms' inputs are also taken into the hand at once, and the next fetch
-        started, so that those arriving later in the transaction are in hand when it
-        ends too, not one fetch (and one more transaction) later."""
+        What it brought is also taken into the hand at once, and the next fetch started,
+        if it has cheaper rooms' inputs, so that those arriving later in the transaction
+        are in hand when it ends too, not one fetch (and one more transaction) later; or
+        whatever its rooms while the hand lacks inputs for the next transaction: a fetch
+        ends once it has delivered what the stream held when it was asked (the first
+        input to come, if none), so what comes in after it would otherwise wait in the
+        stream until the loop's next pass, and the process run the next transaction only
+        after that round trip. Only that far: past it, a fetch's inputs of the same rooms
+        stay in the stream, so that the hand does not fill up to consumer.max_ack_pending
+        with one room's backlog (a clean stop finishes every input in hand)."""
         running = self._running
         if running is None or not running.offered:
             return
@@ -291,10 +298,23 @@ class InputLoop:
         if when is not None:
             self._give_way_at(when)
         # Not if `_fetch` has it (it takes what it awaits).
-        if fetching is self._fetching and self.scheduler.cheaper(messages, running.current(), now):
+        if (
+            fetching is self._fetching
+            and messages
+            and (
+                self._short_for_next(running)
+                or self.scheduler.cheaper(messages, running.current(), now)
+            )
+        ):
             self._fetching = None
             self._take(messages)
             self._start_fetch()
+
+    def _short_for_next(self, running: Running) -> bool:
+        """Whether fewer inputs wait in hand, besides those offered to the transaction
+        under way, than the next one may be offered."""
+        waiting = len(self.in_hand) - len(running.offered)
+        return waiting < max(self._offered.values())
 
     def _give_way_at(self, when: float) -> None:
         """Interrupt the transaction under way at `when` (monotonic seconds), or
