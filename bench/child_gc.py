@@ -111,9 +111,9 @@ def run(
     quick: bool, seconds: float | None, types: bool, threshold: int | None, old: bool
 ) -> dict[str, Any]:
     params = quick_parameters() if quick else {"members": 10_000, "seconds": 20.0, "rooms": 100}
-    members, rooms = params["members"], params["rooms"]
+    members, rooms = int(params["members"]), int(params["rooms"])
     secs = params["seconds"]
-    rate, window = 1000.0, params.get("window", 64)
+    rate, window = 1000.0, int(params.get("window", 64))
     per_room = int(rate * secs / rooms * 1.2) + 20
     rounds = int(secs * 1000 / (2 + 1 / MERGE_EVERY)) + window
     inputs = build_inputs("10", members, rounds, rooms, per_room)
