@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import sys
-import sysconfig
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
@@ -30,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from worker.collector import can_promote_unscanned, promote_unscanned
 from worker.errors import BAD_REPLY, INCOMPLETE_REPLY, UNAVAILABLE, RoomserverError, is_error_reply
 from worker.query.chunks import ACCEPT_CHUNKS_HEADER, Reassembly, chunk_place
 from worker.query.schema import WORKER_HEADER
@@ -46,16 +45,6 @@ _NO_RESPONDERS: Final = "503"
 _PENDING_BYTES: Final = 512 * 1024 * 1024
 #: Every request's headers: chunks accepted.
 _HEADERS: Final = {ACCEPT_CHUNKS_HEADER: "1"}
-
-
-#: Whether `gc.freeze()` and `gc.unfreeze()` move whole lists in constant time: true of
-#: CPython 3.11 to 3.13 with a GIL (the free-threaded build marks every object of the
-#: heap, and 3.14's incremental collector walks the old generation to freeze it).
-_FREEZE_IS_CHEAP: Final = (
-    sys.implementation.name == "cpython"
-    and sys.version_info < (3, 14)
-    and not sysconfig.get_config_var("Py_GIL_DISABLED")
-)
 
 
 def _run_due_middle_collection() -> None:
@@ -83,25 +72,6 @@ def _empty_young_generations() -> None:
     gc.collect(1)
 
 
-def _promote_unscanned() -> None:
-    """Move everything the young generations hold (the decoded reply's objects, and
-    nothing else: `_empty_young_generations`) into the oldest generation without
-    traversing it, and restart the youngest generation's count.
-
-    `gc.freeze()` moves every generation's list into the permanent generation and
-    sets the youngest count to zero; `gc.unfreeze()` moves the permanent generation's
-    list into the oldest generation (both are list splices in CPython, constant time).
-    The objects moved so are not counted among those the oldest generation gained
-    from young collections, which is what sets off a full collection (CPython's
-    `long_lived_pending`): a state held by the caller neither costs a young collection
-    now nor brings the next full one nearer; freed by reference counting when the
-    caller drops it, as before. Only for a caller that has frozen nothing itself
-    (`collector_paused` checks: one that froze its heap before forking would see
-    `unfreeze` undo that)."""
-    gc.freeze()
-    gc.unfreeze()
-
-
 @contextlib.contextmanager
 def collector_paused(paused: bool = True) -> Iterator[None]:
     """Run the block without cyclic garbage collection (when `paused` and the
@@ -114,15 +84,15 @@ def collector_paused(paused: bool = True) -> Iterator[None]:
     eleven), it moved the entries into the oldest generation, counted towards a full
     collection of the whole heap (the warm state query's tail). Now the young
     generations are emptied first and what the block made is moved to the oldest
-    generation uncounted (`_promote_unscanned`); where that is not cheap or would undo
-    the caller's own `gc.freeze()`, a middle collection that is due runs first, so that
-    the one after is young only (`_run_due_middle_collection`). No await may happen
+    generation untraversed and uncounted (`worker.collector`); where that is not cheap
+    or would undo the caller's own `gc.freeze()`, a middle collection that is due runs
+    first, so that the one after is young only (`_run_due_middle_collection`). No await may happen
     inside (other coroutines would run unpaused anyway, but they should not pay for a
     pause they did not ask for)."""
     if not paused or not gc.isenabled():
         yield
         return
-    cheap = _FREEZE_IS_CHEAP and gc.get_freeze_count() == 0
+    cheap = can_promote_unscanned()
     if cheap:
         _empty_young_generations()
     else:
@@ -132,7 +102,7 @@ def collector_paused(paused: bool = True) -> Iterator[None]:
         yield
     finally:
         if cheap:
-            _promote_unscanned()
+            promote_unscanned()
         gc.enable()
 
 

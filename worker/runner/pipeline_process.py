@@ -42,7 +42,6 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 import traceback
 from multiprocessing import spawn
@@ -52,6 +51,7 @@ from typing import IO, Any, Final
 import structlog
 
 from worker.child_process import wait_or_kill
+from worker.collector import can_promote_unscanned, promote_unscanned
 from worker.config import LogConfig
 from worker.heap import HeapTrimmer, fix_mmap_threshold
 from worker.logs import configure_logging
@@ -235,8 +235,7 @@ class CollectionPacer:
     bench/child_gc.py). Here, after every `YOUNG_EVERY_CPU` seconds of CPU, the
     young generation is collected after the reply is sent (a few ms: what it holds
     then is what the last requests cached), and what survives is moved into the
-    oldest generation without being traversed again (`gc.freeze()` then
-    `gc.unfreeze()`, two list splices on CPython 3.11–3.13), uncounted towards a
+    oldest generation without being traversed again (`worker.collector`), uncounted towards a
     full collection, so no middle or full collection over the caches follows. Cycles
     that become garbage only after surviving a young collection are left for a full
     collection, run between requests every `FULL_EVERY` seconds."""
@@ -261,18 +260,8 @@ class CollectionPacer:
             gc.collect()
             return
         gc.collect(0)
-        if _FREEZE_IS_CHEAP and gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
-
-
-#: Whether `gc.freeze()` and `gc.unfreeze()` are list splices (constant time): CPython
-#: 3.11 to 3.13 with a GIL (as worker.client.replies checks).
-_FREEZE_IS_CHEAP: Final = (
-    sys.implementation.name == "cpython"
-    and sys.version_info < (3, 14)
-    and not sysconfig.get_config_var("Py_GIL_DISABLED")
-)
+        if can_promote_unscanned():
+            promote_unscanned()
 
 
 def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
