@@ -62,13 +62,11 @@ class Extremities:
         stored: StoredEvent,
         room: RoomRow,
         inp: InputMessage,
-        prev_rows: Mapping[str, EventRow] | None = None,
+        prev_rows: Mapping[str, EventRow],
     ) -> None:
         """A `new` accepted event: forward extremities, current state, the output;
-        `prev_rows` are the stored rows of its prev events, if the caller has them."""
+        `prev_rows` are the stored rows of its prev events."""
         event = stored.event
-        if prev_rows is None:
-            prev_rows = self.events.rows(event.prev_event_ids)
         latest = self._latest_after(stored, room, prev_rows)
         old_snapshot = room.snapshot_nid
         linear = latest == [stored.row.nid]

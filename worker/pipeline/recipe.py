@@ -174,7 +174,7 @@ class Recipe:
         self.p.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
-            self.p.extremities.await_prevs(self.p.states.prevs_without_state(event))
+            self.p.extremities.await_prevs(self.p.states.prevs_without_state(event, prev_rows))
         self._publish(stored, room, verdict, inp, before, prev_rows)
 
     def event_id_of(self, message: InboundMessage) -> str | None:

@@ -55,16 +55,14 @@ class EventStates:
         event: Event,
         inp: InputMessage,
         room: RoomRow,
-        prev_rows: Mapping[str, EventRow] | None = None,
+        prev_rows: Mapping[str, EventRow],
     ) -> int:
         """The snapshot of the state before a timeline event; `prev_rows` are the
-        stored rows of its prev events, if the caller has them already."""
+        stored rows of its prev events (`EventStates.prev_rows`)."""
         if inp.state_event_ids is not None:
             return self._supplied(inp.state_event_ids, room)
         if not event.prev_event_ids:
             return 0
-        if prev_rows is None:
-            prev_rows = self.events.rows(event.prev_event_ids)
         prevs = {eid: row for eid, row in prev_rows.items() if row.status != STATUS_OUTLIER}
         if not prevs:
             # Released after waiting, with no prev event known: the room's current
@@ -92,18 +90,15 @@ class EventStates:
         """The stored rows of the event's prev events (the unknown ones left out)."""
         return self.events.rows(event.prev_event_ids) if event.prev_event_ids else {}
 
-    def prevs_without_state(
-        self, event: Event, prev_rows: Mapping[str, EventRow] | None = None
-    ) -> list[str]:
+    def prevs_without_state(self, event: Event, prev_rows: Mapping[str, EventRow]) -> list[str]:
         """Prev events that are unknown, or known only as outliers (no state);
         `prev_rows` as in `before`."""
         if not event.prev_event_ids:
             return []
-        rows = self.events.rows(event.prev_event_ids) if prev_rows is None else prev_rows
         return [
             eid
             for eid in event.prev_event_ids
-            if eid not in rows or rows[eid].status == STATUS_OUTLIER
+            if eid not in prev_rows or prev_rows[eid].status == STATUS_OUTLIER
         ]
 
     def resolve_and_store(self, room: RoomRow, snapshots: Sequence[int]) -> int:
