@@ -48,7 +48,7 @@ def _store(
 
 def test_edges_follow_rows_stored_later_and_auth_events_that_arrive_late(tmp_path: Path) -> None:
     db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback)
+    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
     with db.transaction():
         room = db.create_room("!r:test", "10")
         create = _store(db, room.nid, "$create", [], event_type="m.room.create")
@@ -72,7 +72,7 @@ def test_edges_to_other_rooms_or_non_state_events_mark_the_room_incomplete(
     tmp_path: Path,
 ) -> None:
     db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback)
+    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
     with db.transaction():
         room = db.create_room("!r:test", "10")
         other = db.create_room("!o:test", "10")
@@ -92,7 +92,7 @@ def test_edges_to_other_rooms_or_non_state_events_mark_the_room_incomplete(
 
 def test_an_undone_transaction_forgets_what_it_read(tmp_path: Path) -> None:
     db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback)
+    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
     with db.transaction():
         room = db.create_room("!r:test", "10")
         _store(db, room.nid, "$create", [], event_type="m.room.create")
@@ -105,3 +105,18 @@ def test_an_undone_transaction_forgets_what_it_read(tmp_path: Path) -> None:
     except RuntimeError:
         pass
     assert sum(map(len, index.room(room.nid).by_nid.values())) == 0
+
+
+def test_rows_stored_in_the_open_transaction_are_indexed(tmp_path: Path) -> None:
+    """The pipeline resolves state inside the batch's transaction, where the JSON of the
+    events stored so far may not be written yet (`Database.insert_event`): the index
+    reads it all the same."""
+    db = Database(tmp_path)
+    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+    with db.transaction():
+        room = db.create_room("!r:test", "10")
+        create = _store(db, room.nid, "$create", [], event_type="m.room.create")
+        join = _store(db, room.nid, "$join", ["$create"], state_key="@a:test")
+        citers = index.room(room.nid)
+        assert citers.by_nid == {create: [join]} and citers.complete
+    db.close()

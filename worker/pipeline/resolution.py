@@ -90,7 +90,9 @@ class NidResolver:
         #: event store's LRU costs several times a plain dict lookup.
         self._settled: BoundedMemo[str, tuple[Event, bool]] = BoundedMemo(memo_entries)
         #: The rooms' auth DAGs read upwards, for `_AgreedState.reached`.
-        self.citers = AuthCiters(db.conn, db.on_rollback_once, citer_weight)
+        self.citers = AuthCiters(
+            db.conn, db.on_rollback_once, citer_weight, write_deferred=db.write_deferred
+        )
         #: Event ID → the IDs in its auth chain (itself excluded), for the chains whose
         #: every event is settled (see `_settled`): an event's auth events are part of
         #: its ID, so such a chain never changes. The auth difference unions the chains

@@ -65,9 +65,14 @@ class AuthCiters:
         conn: sqlite3.Connection,
         on_rollback: Callable[[Callable[[], None]], None],
         state_events: int = STATE_EVENTS_KEPT,
+        *,
+        write_deferred: Callable[[], None],
     ):
+        """`write_deferred` writes the event rows the connection's owner holds back
+        (`Database.write_deferred`): the index reads the events' JSON."""
         self.conn = conn
         self._on_rollback = on_rollback
+        self._write_deferred = write_deferred
         #: Weighed by the state events each index holds (plus one), so one huge room
         #: and many small ones share the same memory.
         self._rooms: LruByWeight[int, RoomCiters] = LruByWeight(state_events)
@@ -90,6 +95,7 @@ class AuthCiters:
         return citers
 
     def _catch_up(self, room_nid: int, citers: RoomCiters) -> None:
+        self._write_deferred()
         rows = self.conn.execute(
             "SELECT e.nid, e.state_key_nid, e.type_nid, e.auth_event_nids, "
             "json_array_length(CAST(j.json AS TEXT), '$.auth_events') "

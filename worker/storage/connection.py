@@ -121,6 +121,7 @@ class WriteConnection:
         #: current input's savepoint began: where a rollback would run them.
         self._once_hooks: set[Callable[[], None]] = set()
         self._commit_hooks: list[Callable[[], None]] = []
+        self._bound_hooks: list[Callable[[], None]] = []
         self._begin_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
@@ -209,6 +210,15 @@ class WriteConnection:
         the transaction back like any other error in it."""
         self._commit_hooks.append(hook)
 
+    def at_savepoint_bounds(self, hook: Callable[[], None]) -> None:
+        """Register writes to make as each input's savepoint begins and before it is
+        released: rows an owner gathers in memory and otherwise writes at the commit
+        (`before_commit`) are then written inside the savepoint of the input they
+        belong to, so that undoing an input neither loses another one's rows nor keeps
+        its own. (An unguarded input needs no such step: if it fails after anything
+        was written, the whole transaction is undone.)"""
+        self._bound_hooks.append(hook)
+
     def on_rollback(self, hook: Callable[[], None]) -> None:
         """Register cache cleanup to run if the current transaction is undone (hooks run
         newest first, so one may restore the value its own change replaced)."""
@@ -275,12 +285,16 @@ class Savepoint(_InputScope):
     __slots__ = ()
 
     def __enter__(self) -> None:
+        for hook in self._db._bound_hooks:
+            hook()
         self._begin().writes.execute("SAVEPOINT one_input")
 
     def _end(self, failed: bool) -> None:
         db = self._db
         if not failed:
             try:
+                for hook in db._bound_hooks:
+                    hook()
                 db.writes.execute("RELEASE one_input")
                 return
             except BaseException:

@@ -93,6 +93,9 @@ _UPDATE_ROOM = (
     "depth = ? WHERE nid = ?"
 )
 
+_INSERT_JSON = "INSERT INTO event_json (event_nid, json) VALUES (?, ?)"
+_INSERT_EDGE = "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
+
 _EVENT_COLUMNS = (
     "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
     "before_snapshot_nid, after_snapshot_nid"
@@ -119,6 +122,12 @@ class Database(WriteConnection):
         #: The NID the next event will get (see `next_event_nid`); None: read it again.
         self._next_event_nid: int | None = None
         self.after_begin(self._forget_next_event_nid)
+        #: The JSON (by event NID) and prev-event rows of the events inserted in the open
+        #: transaction and not written yet (see `insert_event`).
+        self._deferred_json: dict[int, bytes] = {}
+        self._deferred_edges: list[tuple[int, str]] = []
+        self.before_commit(self.write_deferred)
+        self.at_savepoint_bounds(self.write_deferred)
         self._types = _NidTable(
             self,
             "event type",
@@ -308,8 +317,7 @@ class Database(WriteConnection):
             nid = expected
         elif nid != expected:
             raise StorageError(f"event NID {nid} is not the next one, {expected}")
-        writes = self.writes
-        writes.execute(
+        self.writes.execute(
             "INSERT INTO events (nid, event_id, room_nid, type_nid, state_key_nid, depth, "
             "status, reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, "
             "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -329,21 +337,52 @@ class Database(WriteConnection):
             ),
         )
         self._next_event_nid = nid + 1
-        self.on_rollback_once(self._forget_next_event_nid)
-        writes.execute("INSERT INTO event_json (event_nid, json) VALUES (?, ?)", (nid, json_bytes))
+        if not self._in_txn:
+            self._write_rows([(nid, json_bytes)], [(nid, prev) for prev in prev_event_ids])
+            return nid
+        # The event's JSON and prev-event rows wait for the commit (or the input's
+        # savepoint's release), to be written with the other events' in one statement
+        # per table: the rows are only read by the few methods that write them first.
+        self._deferred_json[nid] = json_bytes
         if len(prev_event_ids) == 1:
-            writes.execute(
-                "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
-                (nid, prev_event_ids[0]),
-            )
-        elif prev_event_ids:
-            writes.executemany(
-                "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
-                [(nid, prev) for prev in prev_event_ids],
-            )
+            self._deferred_edges.append((nid, prev_event_ids[0]))
+        else:
+            self._deferred_edges.extend([(nid, prev) for prev in prev_event_ids])
+        self.on_rollback_once(self._forget_inserts)
         return nid
 
+    def write_deferred(self) -> None:
+        """Write the rows `insert_event` left for later: before the commit, as an input's
+        savepoint begins and before its release, and before a read of `event_json` or
+        `event_edges` on this connection (every such read calls this first, except
+        `event_json`, which reads the rows waiting directly)."""
+        if self._deferred_json or self._deferred_edges:
+            self._write_rows(list(self._deferred_json.items()), self._deferred_edges)
+            self._deferred_json = {}
+            self._deferred_edges = []
+
+    def _write_rows(
+        self, json_rows: Sequence[tuple[int, bytes]], edge_rows: Sequence[tuple[int, str]]
+    ) -> None:
+        writes = self.writes
+        if json_rows:
+            writes.executemany(_INSERT_JSON, json_rows)
+        if edge_rows:
+            writes.executemany(_INSERT_EDGE, edge_rows)
+
+    def _forget_inserts(self) -> None:
+        """Events inserted in the undone transaction or savepoint: their NIDs are given
+        out again and their waiting rows are dropped. (Rows wait only while the input
+        that inserted them runs, in a savepoint, since each release writes them; or,
+        without savepoints, in a transaction whose undoing drops them all.)"""
+        self._next_event_nid = None
+        self._deferred_json = {}
+        self._deferred_edges = []
+
     def event_json(self, nid: int) -> bytes:
+        waiting = self._deferred_json.get(nid)
+        if waiting is not None:
+            return waiting
         row = self.conn.execute(
             "SELECT json FROM event_json WHERE event_nid = ?", (nid,)
         ).fetchone()
@@ -352,6 +391,7 @@ class Database(WriteConnection):
         return bytes(row[0])
 
     def replace_event_json(self, nid: int, json_bytes: bytes, redacted_by: str) -> None:
+        self.write_deferred()
         self.conn.execute("UPDATE event_json SET json = ? WHERE event_nid = ?", (json_bytes, nid))
         self.conn.execute("UPDATE events SET redacted_by = ? WHERE nid = ?", (redacted_by, nid))
 
@@ -376,6 +416,7 @@ class Database(WriteConnection):
 
     def children_of(self, event_id: str) -> list[int]:
         """NIDs of stored events naming `event_id` as a prev event."""
+        self.write_deferred()
         return [
             row[0]
             for row in self.conn.execute(
@@ -385,6 +426,7 @@ class Database(WriteConnection):
 
     def prev_event_ids_of(self, nids: Sequence[int]) -> list[str]:
         """The prev event IDs the stored events with these NIDs name (known or not)."""
+        self.write_deferred()
         return [
             row[0]
             for row in self.conn.execute(
@@ -399,6 +441,8 @@ class Database(WriteConnection):
     def index_memberships(self, room_nid: int, adds: Sequence[str], removes: Sequence[str]) -> None:
         """Follow a change of the room's current state in `user_room_memberships`
         (event IDs added to and removed from it), in the open transaction."""
+        if adds:
+            self.write_deferred()  # the added events' rows are read with their JSON
         apply_state_change(self.conn, room_nid, adds, removes)
 
     def index_member_replacement(
