@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.matrix.events import Event
-from worker.storage.database import Database, EventRow, RoomRow
+from worker.storage.database import Database, EventRow, RoomRow, event_row
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
 from worker.storage.schema import STATUS_REJECTED
 
@@ -32,26 +32,30 @@ class EventWriter:
         for a timeline event, written before the event's row since it holds the event's
         NID (see `Database.next_event_nid`); without it, after = before (outliers).
         `existing` is the event's outlier row."""
-        type_nid = self.db.type_nid(event.type, create=True)
+        db = self.db
+        type_nid = db.type_nid(event.type, create=True)
         sk = event.state_key
-        sk_nid = self.db.state_key_nid(sk, create=True) if sk is not None else 0
-        auth_rows = self.events.rows(event.auth_event_ids)
-        auth_nids = [auth_rows[e].nid for e in event.auth_event_ids if e in auth_rows]
-        nid = existing.nid if existing is not None else self.db.next_event_nid()
+        sk_nid = db.state_key_nid(sk, create=True) if sk is not None else 0
+        auth_ids = event.auth_event_ids
+        auth_rows = self.events.rows(auth_ids)
+        auth_nids = [auth_rows[e].nid for e in auth_ids if e in auth_rows]
+        nid = existing.nid if existing is not None else db.next_event_nid()
+        room_nid = room.nid
+        depth = event.depth
         after_nid = before
         if after is not None and sk_nid and status != STATUS_REJECTED:
-            after_nid = after(room.nid, before, type_nid, sk_nid, nid)
+            after_nid = after(room_nid, before, type_nid, sk_nid, nid)
         if existing is not None:
-            self.db.promote_outlier(nid, status, reason, before, after_nid)
+            db.promote_outlier(nid, status, reason, before, after_nid)
             self.events.invalidate(nid)
         else:
-            self.db.insert_event(
+            db.insert_event(
                 nid=nid,
                 event_id=event.event_id,
-                room_nid=room.nid,
+                room_nid=room_nid,
                 type_nid=type_nid,
                 state_key_nid=sk_nid,
-                depth=event.depth,
+                depth=depth,
                 status=status,
                 reason=reason,
                 before_snapshot_nid=before,
@@ -62,18 +66,22 @@ class EventWriter:
                     event.pdu, floats=not event.room_version.strict_canonical_json
                 ),
             )
-        row = EventRow(
-            nid,
-            event.event_id,
-            room.nid,
-            type_nid,
-            sk_nid,
-            event.depth,
-            status,
-            reason,
-            before,
-            after_nid,
+        stored = StoredEvent(
+            event_row(
+                (
+                    nid,
+                    event.event_id,
+                    room_nid,
+                    type_nid,
+                    sk_nid,
+                    depth,
+                    status,
+                    reason,
+                    before,
+                    after_nid,
+                )
+            ),
+            event,
         )
-        stored = StoredEvent(row, event)
         self.events.remember(stored)
         return stored

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,6 +86,10 @@ class EventRow(NamedTuple):
     before_snapshot_nid: int
     after_snapshot_nid: int
 
+
+#: An `EventRow` of a tuple of its ten values (a row as read), without the Python
+#: frame of the named tuple's own constructor.
+event_row = partial(tuple.__new__, EventRow)
 
 #: A room row's changing columns (see `Database.update_room`).
 _RoomUpdate = tuple[int, bytes, int, int]
@@ -245,17 +250,17 @@ class Database(WriteConnection):
         row = self.conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
         ).fetchone()
-        return EventRow(*row) if row is not None else None
+        return event_row(row) if row is not None else None
 
     def get_event_row_by_nid(self, nid: int) -> EventRow | None:
         row = self.conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE nid = ?", (nid,)
         ).fetchone()
-        return EventRow(*row) if row is not None else None
+        return event_row(row) if row is not None else None
 
     def get_event_rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
         return {
-            row[1]: EventRow(*row)
+            row[1]: event_row(row)
             for row in self.conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events "
                 "WHERE event_id IN (SELECT value FROM json_each(?))",
