@@ -5,9 +5,9 @@ front of these rows are `worker.storage.state`."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from worker.storage.blocks import pack_nids, unpack_nids
+from worker.storage.blocks import unpack_nids
 from worker.storage.connection import json_list
 from worker.storage.faults import StorageError
 
@@ -49,10 +49,12 @@ class BlockRows:
             return nid, True
         return self._stored_nid("SELECT nid FROM state_blocks WHERE hash = ?", digest), False
 
-    def put_snapshot(self, digest: bytes, room_nid: int, block_nids: Sequence[int]) -> int:
+    def put_snapshot(self, digest: bytes, room_nid: int, packed_block_nids: bytes) -> int:
+        """Store a snapshot (its block NIDs packed by `pack_nids`, as hashed) unless an
+        identical one exists; returns its NID."""
         nid = self._insert_unless_stored(
             "INSERT OR IGNORE INTO state_snapshots (hash, room_nid, block_nids) VALUES (?, ?, ?)",
-            (digest, room_nid, pack_nids(block_nids)),
+            (digest, room_nid, packed_block_nids),
         )
         if nid is not None:
             return nid

@@ -103,8 +103,10 @@ def block_hash(packed: bytes) -> bytes:
     return hashlib.sha256(packed).digest()
 
 
-def snapshot_hash(room_nid: int, block_nids: Sequence[int]) -> bytes:
-    return hashlib.sha256(room_nid.to_bytes(8, "little") + pack_nids(block_nids)).digest()
+def snapshot_hash(room_nid: int, packed_block_nids: bytes) -> bytes:
+    """The hash a snapshot is deduplicated by, of its room and its packed block list
+    (`pack_nids`: the caller stores the same bytes)."""
+    return hashlib.sha256(room_nid.to_bytes(8, "little") + packed_block_nids).digest()
 
 
 def tier(entry_count: int) -> int:
@@ -126,9 +128,11 @@ def plan_merge(counts: Sequence[int]) -> int:
     n = len(counts)
     if n < 2:
         return 0
-    last_tier = tier(counts[-1])
+    # A block is of the last one's tier or lower exactly when it is smaller than the
+    # next tier's least size.
+    ceiling = FANOUT ** (tier(counts[-1]) + 1)
     run = 1
-    while run < n and tier(counts[-1 - run]) <= last_tier:
+    while run < n and counts[-1 - run] < ceiling:
         run += 1
     if run >= FANOUT:
         return run

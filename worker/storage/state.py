@@ -19,6 +19,7 @@ from worker.storage.blocks import (
     entry_count,
     merge_blocks,
     pack_entries,
+    pack_nids,
     plan_merge,
     snapshot_hash,
 )
@@ -293,8 +294,9 @@ class StateStore:
             blocks[merged_from:] = [self._write_block(merged)]
             self.stats.merges += 1
         block_nids = [nid for nid, _ in blocks]
+        packed = pack_nids(block_nids)
         snapshot_nid = self.db.block_rows.put_snapshot(
-            snapshot_hash(room_nid, block_nids), room_nid, block_nids
+            snapshot_hash(room_nid, packed), room_nid, packed
         )
         self.db.on_rollback_once(self.forget_caches)
         self._derived_blocks[snapshot_nid] = tuple(blocks)
