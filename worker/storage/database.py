@@ -455,7 +455,7 @@ class Database(WriteConnection):
     ) -> None:
         """`index_memberships` for a change that only replaces one user's member event
         with another one in hand (the common case of a linear room): one write, no read."""
-        apply_member_replacement(self.conn, room_nid, user_id, membership, event_nid)
+        apply_member_replacement(self.writes, room_nid, user_id, membership, event_nid)
 
 
 class _NidTable:

@@ -56,13 +56,14 @@ def apply_state_change(
 
 
 def apply_member_replacement(
-    conn: sqlite3.Connection, room_nid: int, user_id: str, membership: str, event_nid: int
+    writes: sqlite3.Cursor, room_nid: int, user_id: str, membership: str, event_nid: int
 ) -> None:
     """Follow a change of a room's current state that only puts one member event in the
     place of its user's previous one (if any): what `apply_state_change` writes for it,
     without reading the event back. The user's row, keyed by user and room, is replaced
-    whole, so the previous event's row needs no delete of its own."""
-    _upsert(conn, room_nid, [(user_id, membership, event_nid)])
+    whole, so the previous event's row needs no delete of its own. One row, on the
+    write connection's cursor for writes (`WriteConnection.writes`)."""
+    writes.execute(_UPSERT, (user_id, room_nid, membership, event_nid))
 
 
 def index_existing_rooms(conn: sqlite3.Connection) -> int:
@@ -81,10 +82,15 @@ def index_existing_rooms(conn: sqlite3.Connection) -> int:
     return written
 
 
+_UPSERT: Final = (
+    "INSERT OR REPLACE INTO user_room_memberships "
+    "(user_id, room_nid, membership, event_nid) VALUES (?, ?, ?, ?)"
+)
+
+
 def _upsert(conn: sqlite3.Connection, room_nid: int, rows: Sequence[tuple[str, str, int]]) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO user_room_memberships "
-        "(user_id, room_nid, membership, event_nid) VALUES (?, ?, ?, ?)",
+        _UPSERT,
         [(user_id, room_nid, membership, nid) for user_id, membership, nid in rows],
     )
 
