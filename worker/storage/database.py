@@ -484,12 +484,15 @@ class _NidTable:
         self._names: LruByWeight[int, str] = LruByWeight(limit)
         for name, nid in preassigned.items():
             self._remember(name, nid)
+        #: The preassigned names, which never change: the common event types are found
+        #: here at a dict's cost, without the LRU's recency update.
+        self._fixed = dict(preassigned)
         self._select_nid = select_nid
         self._select_name = select_name
         self._insert = insert
 
     def nid(self, name: str, *, create: bool) -> int:
-        nid = self._nids.get(name)
+        nid = self._fixed.get(name) or self._nids.get(name)
         if nid is not None:
             return nid
         conn = self._db.conn
