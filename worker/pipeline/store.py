@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.matrix.events import Event
-from worker.storage.database import Database, EventRow, RoomRow, event_row
+from worker.storage.database import Database, EventRow, RoomRow
 from worker.storage.events import EventStore, StoredEvent, encode_event_json
 from worker.storage.schema import STATUS_REJECTED
 
@@ -67,19 +67,17 @@ class EventWriter:
                 ),
             )
         stored = StoredEvent(
-            event_row(
-                (
-                    nid,
-                    event.event_id,
-                    room_nid,
-                    type_nid,
-                    sk_nid,
-                    depth,
-                    status,
-                    reason,
-                    before,
-                    after_nid,
-                )
+            EventRow(
+                nid,
+                event.event_id,
+                room_nid,
+                type_nid,
+                sk_nid,
+                depth,
+                status,
+                reason,
+                before,
+                after_nid,
             ),
             event,
         )
