@@ -169,12 +169,20 @@ class EventStore:
     def many_by_id(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         found: dict[str, StoredEvent] = {}
         unknown: list[str] = []
+        by_id, cache, use = self._by_id, self._cache, self._cache.move_to_end
         for event_id in event_ids:
-            nid = self._by_id.get(event_id)
-            if nid is not None:
-                found[event_id] = self.by_nid(nid)
-            else:
+            nid = by_id.get(event_id)
+            if nid is None:
                 unknown.append(event_id)
+                continue
+            # `by_nid`'s cache hit, inline: authorization asks for an event's auth
+            # events here, every one of them cached in a busy room.
+            stored = cache.get(nid)
+            if stored is not None:
+                use(nid)
+                found[event_id] = stored
+            else:
+                found[event_id] = self.by_nid(nid)
         if unknown:
             for event_id, row in self.db.get_event_rows(unknown).items():
                 found[event_id] = self._load(row)
