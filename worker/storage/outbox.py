@@ -17,6 +17,14 @@ class OutboxRow(NamedTuple):
     payload: bytes
 
 
+_INSERT_ONE = "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES (?, ?, ?, ?)"
+#: Rows written by one execution of `_INSERT_MANY` (see `OutboxStore.add_many`).
+_ROWS_PER_INSERT = 32
+_INSERT_MANY = "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES " + ", ".join(
+    ["(?, ?, ?, ?)"] * _ROWS_PER_INSERT
+)
+
+
 class OutboxStore:
     """The outbox table's SQL, on the write connection."""
 
@@ -39,18 +47,26 @@ class OutboxStore:
         return int(row[0]) if row is not None else 0
 
     def add_many(self, rows: Iterable[OutboxRow]) -> None:
-        """Queue outputs numbered by the caller (from `last_seq`), in one statement.
+        """Queue outputs numbered by the caller (from `last_seq`).
 
         An explicit `seq` above the counter moves AUTOINCREMENT's counter up with it, so
-        numbers stay never reused.
+        numbers stay never reused. SQLite reads and writes that counter once per
+        execution of an INSERT, so the rows go `_ROWS_PER_INSERT` to a statement (a
+        fixed text, prepared once), the rest one to an execution: a row cost ~17k
+        instructions one to an execution, ~11k in a statement of many.
 
-        The rows are bound as plain tuples: sqlite3 reads a tuple subclass's parameters
-        through its `__getitem__` (a subclass of tuple gets the generic item slot), which
-        cost ten times copying the tuple."""
-        self.conn.executemany(
-            "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES (?, ?, ?, ?)",
-            map(tuple, rows),
-        )
+        Parameters are bound from plain lists and tuples: sqlite3 reads a tuple
+        subclass's (an `OutboxRow`'s) through the generic item slot, a Python-level
+        `__getitem__` call each."""
+        pending = list(rows)
+        whole = len(pending) - len(pending) % _ROWS_PER_INSERT
+        for start in range(0, whole, _ROWS_PER_INSERT):
+            self.conn.execute(
+                _INSERT_MANY,
+                [value for row in pending[start : start + _ROWS_PER_INSERT] for value in row],
+            )
+        if whole < len(pending):
+            self.conn.executemany(_INSERT_ONE, map(tuple, pending[whole:]))
 
     def pending(self, limit: int = 10_000) -> list[OutboxRow]:
         return [
