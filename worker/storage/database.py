@@ -16,6 +16,7 @@ from worker.storage.block_rows import BlockRows
 from worker.storage.blocks import pack_nids, unpack_nids
 from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.connection import (
+    MultiRowInsert,
     WriteConnection,
     insert_rowid,
     json_list,
@@ -103,8 +104,8 @@ _UPDATE_ROOM = (
     "depth = ? WHERE nid = ?"
 )
 
-_INSERT_JSON = "INSERT INTO event_json (event_nid, json) VALUES (?, ?)"
-_INSERT_EDGE = "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)"
+_INSERT_JSON = MultiRowInsert("INSERT INTO event_json (event_nid, json)", 2)
+_INSERT_EDGES = MultiRowInsert("INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id)", 2)
 
 _EVENT_COLUMNS = (
     "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
@@ -374,11 +375,8 @@ class Database(WriteConnection):
     def _write_rows(
         self, json_rows: Sequence[tuple[int, bytes]], edge_rows: Sequence[tuple[int, str]]
     ) -> None:
-        writes = self.writes
-        if json_rows:
-            writes.executemany(_INSERT_JSON, json_rows)
-        if edge_rows:
-            writes.executemany(_INSERT_EDGE, edge_rows)
+        _INSERT_JSON.run(self.writes, json_rows)
+        _INSERT_EDGES.run(self.writes, edge_rows)
 
     def _forget_inserts(self) -> None:
         """Events inserted in the undone transaction or savepoint: their NIDs are given

@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from worker.storage.connection import MultiRowInsert
+
 
 class OutboxRow(NamedTuple):
     """One output waiting in the outbox (a tuple, so rows unpack as before)."""
@@ -17,12 +19,7 @@ class OutboxRow(NamedTuple):
     payload: bytes
 
 
-_INSERT_ONE = "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES (?, ?, ?, ?)"
-#: Rows written by one execution of `_INSERT_MANY` (see `OutboxStore.add_many`).
-_ROWS_PER_INSERT = 32
-_INSERT_MANY = "INSERT INTO outbox (seq, subject, msg_id, payload) VALUES " + ", ".join(
-    ["(?, ?, ?, ?)"] * _ROWS_PER_INSERT
-)
+_INSERT = MultiRowInsert("INSERT INTO outbox (seq, subject, msg_id, payload)", 4)
 
 
 class OutboxStore:
@@ -30,6 +27,8 @@ class OutboxStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        #: The inserts' own cursor (see `WriteConnection.writes`).
+        self._writes = conn.cursor()
 
     def add(self, subject: str, msg_id: str, payload: bytes) -> int:
         """Queue an output; returns its outbox sequence number."""
@@ -47,26 +46,12 @@ class OutboxStore:
         return int(row[0]) if row is not None else 0
 
     def add_many(self, rows: Iterable[OutboxRow]) -> None:
-        """Queue outputs numbered by the caller (from `last_seq`).
+        """Queue outputs numbered by the caller (from `last_seq`), many to a statement
+        (`MultiRowInsert`).
 
         An explicit `seq` above the counter moves AUTOINCREMENT's counter up with it, so
-        numbers stay never reused. SQLite reads and writes that counter once per
-        execution of an INSERT, so the rows go `_ROWS_PER_INSERT` to a statement (a
-        fixed text, prepared once), the rest one to an execution: a row cost ~17k
-        instructions one to an execution, ~11k in a statement of many.
-
-        Parameters are bound from plain lists and tuples: sqlite3 reads a tuple
-        subclass's (an `OutboxRow`'s) through the generic item slot, a Python-level
-        `__getitem__` call each."""
-        pending = list(rows)
-        whole = len(pending) - len(pending) % _ROWS_PER_INSERT
-        for start in range(0, whole, _ROWS_PER_INSERT):
-            self.conn.execute(
-                _INSERT_MANY,
-                [value for row in pending[start : start + _ROWS_PER_INSERT] for value in row],
-            )
-        if whole < len(pending):
-            self.conn.executemany(_INSERT_ONE, map(tuple, pending[whole:]))
+        numbers stay never reused."""
+        _INSERT.run(self._writes, list(rows))
 
     def pending(self, limit: int = 10_000) -> list[OutboxRow]:
         return [
