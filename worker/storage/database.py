@@ -97,12 +97,20 @@ def event_row(values: tuple[Any, ...]) -> EventRow:
     return EventRow(*values)
 
 
-#: A room row's changing columns (see `Database.update_room`).
-_RoomUpdate = tuple[int, bytes, int, int]
+#: A room row's changing columns (see `Database.update_room`): the latest event NIDs
+#: are packed when the row is written, once per transaction.
+_RoomUpdate = tuple[int, tuple[int, ...], int, int]
 _UPDATE_ROOM = (
     "UPDATE rooms SET snapshot_nid = ?, latest_event_nids = ?, last_sent_event_nid = ?, "
     "depth = ? WHERE nid = ?"
 )
+
+
+def _room_update_row(nid: int, update: _RoomUpdate) -> tuple[int, bytes, int, int, int]:
+    """The parameters of `_UPDATE_ROOM` for one room's change."""
+    snapshot_nid, latest, last_sent, depth = update
+    return (snapshot_nid, pack_nids(latest), last_sent, depth, nid)
+
 
 _INSERT_JSON = MultiRowInsert("INSERT INTO event_json (event_nid, json)", 2)
 _INSERT_EDGES = MultiRowInsert("INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id)", 2)
@@ -196,7 +204,7 @@ class Database(WriteConnection):
         if update is not None:
             # Changed in the open transaction, not written yet (see `update_room`).
             snapshot_nid, latest, last_sent, depth = update
-            return RoomRow(nid, row[1], row[2], snapshot_nid, unpack_nids(latest), last_sent, depth)
+            return RoomRow(nid, row[1], row[2], snapshot_nid, list(latest), last_sent, depth)
         return RoomRow(nid, row[1], row[2], row[3], unpack_nids(row[4]), row[5], row[6])
 
     def create_room(self, room_id: str, room_version: str) -> RoomRow:
@@ -216,12 +224,12 @@ class Database(WriteConnection):
         takes its change back with it."""
         update = (
             room.snapshot_nid,
-            pack_nids(room.latest_event_nids),
+            tuple(room.latest_event_nids),
             room.last_sent_event_nid,
             room.depth,
         )
         if not self._in_txn:
-            self.conn.execute(_UPDATE_ROOM, (*update, room.nid))
+            self.conn.execute(_UPDATE_ROOM, _room_update_row(room.nid, update))
             return
         nid = room.nid
         previous = self._room_updates.get(nid)
@@ -238,7 +246,7 @@ class Database(WriteConnection):
         if self._room_updates:
             self.conn.executemany(
                 _UPDATE_ROOM,
-                [(*update, nid) for nid, update in self._room_updates.items()],
+                [_room_update_row(nid, update) for nid, update in self._room_updates.items()],
             )
             self._room_updates = {}
 
