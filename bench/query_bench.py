@@ -63,7 +63,6 @@ import msgpack
 from nats.aio.client import Client as NATS
 
 from bench.common import percentile, worker_env
-from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
@@ -294,13 +293,16 @@ async def bench_queries(
     config = load_config(None, env)
     pdus = list(linear_room(ROOM_VERSION, members=entries - BOOTSTRAP_STATE, events=0, seed=7))
     room_id = pdus[1]["room_id"]
-    nc = await connect(config.nats, name="query-bench")
+    # Keeping no states: every query below moves the whole state (but `unchanged`).
+    # Connected as a client connects (its connection's settings are part of its cost).
+    client = await RoomserverClient.connect(
+        config, name="query-bench", timeout=60, state_cache_entries=0
+    )
+    nc = client.nc
     js = nc.jetstream()
     log_path = workdir / f"query-{tag}.log"
     try:
         await ensure_streams(js, config)
-        # Keeping no states: every query below moves the whole state (but `unchanged`).
-        client = RoomserverClient(nc, config, timeout=60, state_cache_entries=0)
         for start in range(0, len(pdus), 2000):
             await client.publish_many(pdus[start : start + 2000])
         count = len(pdus)
@@ -516,11 +518,11 @@ async def bench_big_state(
         storage_cache_mb=str(BIG_STATE_CACHE_MB),
     )
     config = load_config(None, env)
-    nc = await connect(config.nats, name="big-state-bench")
+    client = await RoomserverClient.connect(config, name="big-state-bench", timeout=60)
+    nc = client.nc
     js = nc.jetstream()
     try:
         await ensure_streams(js, config)
-        client = RoomserverClient(nc, config, timeout=60)
         with (
             open(workdir / f"big-{tag}.log", "ab") as log,
             _worker_process(env, workdir, log),

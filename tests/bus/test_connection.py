@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import ssl
@@ -11,14 +10,12 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
-import nats.aio.client
 import nats.errors
 import pytest
 from nats.aio.client import Server
 
 from tests.harness.procs import free_port
 from worker.bus.connection import (
-    READ_BUFFER_BYTES,
     RECONNECT_MAX_DELAY,
     _choose_server,
     connect,
@@ -73,29 +70,6 @@ async def test_servers_argument_overrides_config(nats_server: EmbeddedNatsServer
         await nc.close()
     with pytest.raises(ValueError):
         await connect(NatsConfig())
-
-
-async def test_reads_in_pieces_of_a_whole_message(nats_server: EmbeddedNatsServer) -> None:
-    """A connection made here has nats-py read up to 1 MiB at a time (its own 32 KiB
-    made a 680 kB reply 21 reads and three pauses of the socket's reading), and large
-    and small messages still arrive whole and in order through it."""
-    nc = await connect(NatsConfig(), [nats_server.url])
-    sender = await connect(NatsConfig(), [nats_server.url])
-    try:
-        assert nats.aio.client.DEFAULT_BUFFER_SIZE >= READ_BUFFER_BYTES
-        reader = nc._transport._io_reader  # type: ignore[union-attr]
-        assert reader._limit >= READ_BUFFER_BYTES  # type: ignore[union-attr]
-        sub = await nc.subscribe("big")
-        await nc.flush()
-        bodies = [os.urandom(n) for n in (900_000, 3, 700_000, 0, 65_537)]
-        for body in bodies:
-            await sender.publish("big", body)
-        await sender.flush()
-        for body in bodies:
-            assert (await sub.next_msg(timeout=10)).data == body
-    finally:
-        await sender.close()
-        await nc.close()
 
 
 async def test_token_and_password_reach_the_server(tmp_path: Path) -> None:

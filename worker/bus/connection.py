@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-import nats.aio.client
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import Server
@@ -30,27 +29,6 @@ log = structlog.get_logger("worker.bus.connection")
 
 RECONNECT_BASE_DELAY: Final = 0.25
 RECONNECT_MAX_DELAY: Final = 10.0
-#: Bytes nats-py reads from its socket at a time, and the limit of its StreamReader
-#: (reading pauses while twice that waits unread). See `read_in_large_pieces`.
-READ_BUFFER_BYTES: Final = 1 << 20
-
-
-def read_in_large_pieces() -> None:
-    """Have nats-py read up to READ_BUFFER_BYTES at a time, in this whole process.
-
-    nats-py's own size is 32 KiB (its module's DEFAULT_BUFFER_SIZE, which it reads at
-    each read and when it opens a connection), so a 680 kB reply (a 10,000-entry state)
-    took some 21 reads through its parser, and, with its StreamReader's limit the same
-    32 KiB, asyncio stopped and restarted reading the socket three times on the way
-    (two epoll_ctl calls and an event-loop turn each time), while nats-server waited to
-    write. With 1 MiB (NATS's default max_payload: one whole message) both go: the
-    client's CPU per warm state query went from 2.94-2.97 to 2.78-2.83 ms (alternated
-    in one run, 400 queries). Small messages are read as before (a read takes what has
-    arrived). The setting is module-wide in nats-py, so it is made once, here, before
-    a connection is opened; a larger value someone else set is left alone.
-    """
-    if nats.aio.client.DEFAULT_BUFFER_SIZE < READ_BUFFER_BYTES:
-        nats.aio.client.DEFAULT_BUFFER_SIZE = READ_BUFFER_BYTES
 
 
 def reconnect_delay(attempts: int, rng: random.Random | None = None) -> float:
@@ -134,7 +112,6 @@ async def connect(
     async def on_closed() -> None:
         log.info("NATS connection closed")
 
-    read_in_large_pieces()
     nc = NATS()
     await nc.connect(
         targets,
