@@ -28,7 +28,9 @@ current state is timed from this process through the real request/reply path
   by a process that does nothing else (`--floor-responder`), one after each warm query:
   what moving those bytes through NATS and nats-py costs on this machine at that
   moment, whatever the worker and the client do; and the same for the bytes of the
-  contract's triples (`reply_bytes`), what the reply weighed before the grouped form.
+  contract's triples (`reply_bytes`), what the reply weighed before the grouped form;
+  and this process's CPU per floor request of the warm reply's bytes: what nats-py
+  takes to move them, so that the warm query's client CPU beyond it is the decode.
 
 The big room (`bench_big_state`) is built the cheap way: its joins go through the
 pipeline in this process, straight into a storage directory (no NATS, no outputs),
@@ -61,7 +63,6 @@ import msgpack
 from nats.aio.client import Client as NATS
 
 from bench.common import percentile, worker_env
-from worker.bus.connection import connect
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
@@ -277,7 +278,8 @@ async def bench_queries(
     Returns {"entries", "reply_bytes" (the contract's triples), "grouped_reply_bytes"
     (what the client gets), "feed_seconds", "cold": {p50_ms, p99_ms, samples}, "warm":
     {...}, "filtered": {...}, "unchanged": {...}, "service_warm_avg_ms", "warm_cpu_ms":
-    {client, worker} (per warm query), "warm_client_cpu": {p50_ms, p99_ms, samples}
+    {client, worker} (per warm query), "floor_client_cpu_ms" (this process's CPU per
+    floor request of the same bytes), "warm_client_cpu": {p50_ms, p99_ms, samples}
     (this process's CPU in each warm query), "warm_client_gc": {genN: {collections, total_ms,
     max_ms}} (this process's, during the warm queries), "floor": {...} (bare
     request/reply of grouped_reply_bytes), "floor_triples": {...} (of reply_bytes)}.
@@ -291,13 +293,16 @@ async def bench_queries(
     config = load_config(None, env)
     pdus = list(linear_room(ROOM_VERSION, members=entries - BOOTSTRAP_STATE, events=0, seed=7))
     room_id = pdus[1]["room_id"]
-    nc = await connect(config.nats, name="query-bench")
+    # Keeping no states: every query below moves the whole state (but `unchanged`).
+    # Connected as a client connects (its connection's settings are part of its cost).
+    client = await RoomserverClient.connect(
+        config, name="query-bench", timeout=60, state_cache_entries=0
+    )
+    nc = client.nc
     js = nc.jetstream()
     log_path = workdir / f"query-{tag}.log"
     try:
         await ensure_streams(js, config)
-        # Keeping no states: every query below moves the whole state (but `unchanged`).
-        client = RoomserverClient(nc, config, timeout=60, state_cache_entries=0)
         for start in range(0, len(pdus), 2000):
             await client.publish_many(pdus[start : start + 2000])
         count = len(pdus)
@@ -339,6 +344,7 @@ async def bench_queries(
                 floor: list[float] = []
                 floor_triples: list[float] = []
                 client_cpu: list[float] = []
+                floor_cpu: list[float] = []
                 # What the set-up left for the collector is not the warm queries' cost.
                 gc.collect()
                 worker_cpu = _cpu_seconds(worker.pid)
@@ -354,7 +360,10 @@ async def bench_queries(
                     # in turns first (the worker may still be busy after its reply).
                     sizes = [(floor, grouped_bytes), (floor_triples, reply_bytes)]
                     for figures, size in sizes[:: 1 if i % 2 else -1]:
+                        cpu = time.process_time()
                         figures.append(await _floor_request(nc, size))
+                        if figures is floor:
+                            floor_cpu.append(time.process_time() - cpu)
                 worker_cpu = _cpu_seconds(worker.pid) - worker_cpu
                 after = await _service_stats(nc, config.streams.subject_prefix)
                 filtered = await _timed(
@@ -390,6 +399,10 @@ async def bench_queries(
             "client": round(sum(client_cpu) / samples * 1000, 3),
             "worker": round(worker_cpu / samples * 1000, 3),
         },
+        # This process's CPU per bare request/reply of the warm reply's bytes: what
+        # moving them costs the client (nats-py), so that the warm query's CPU beyond
+        # it is the decode and the rest of the client's own work.
+        "floor_client_cpu_ms": round(sum(floor_cpu) / samples * 1000, 3),
         # This process's CPU in each warm query: its own tail, without the waits.
         "warm_client_cpu": _summary(client_cpu),
         # This process's garbage collections during the warm queries.
@@ -505,11 +518,11 @@ async def bench_big_state(
         storage_cache_mb=str(BIG_STATE_CACHE_MB),
     )
     config = load_config(None, env)
-    nc = await connect(config.nats, name="big-state-bench")
+    client = await RoomserverClient.connect(config, name="big-state-bench", timeout=60)
+    nc = client.nc
     js = nc.jetstream()
     try:
         await ensure_streams(js, config)
-        client = RoomserverClient(nc, config, timeout=60)
         with (
             open(workdir / f"big-{tag}.log", "ab") as log,
             _worker_process(env, workdir, log),
@@ -613,7 +626,10 @@ def main() -> None:
         )
     print(f"  service   avg {result['service_warm_avg_ms']:8.3f} ms   (warm, inside the worker)")
     cpu = result["warm_cpu_ms"]
-    print(f"  CPU per warm query: client {cpu['client']:.2f} ms, worker {cpu['worker']:.2f} ms")
+    print(
+        f"  CPU per warm query: client {cpu['client']:.2f} ms, worker {cpu['worker']:.2f} ms;"
+        f" client per floor request {result['floor_client_cpu_ms']:.2f} ms"
+    )
     own = result["warm_client_cpu"]
     print(f"  client CPU in a warm query: p50 {own['p50_ms']:.2f} ms, p99 {own['p99_ms']:.2f} ms")
     for generation, figures in result["warm_client_gc"].items():

@@ -369,8 +369,9 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"service (warm) {q['service_warm_avg_ms']:.1f} ms",
         ),
         Row(
-            "  CPU per warm query (client, worker)",
-            figures=f"{q['warm_cpu_ms']['client']:.2f} ms, {q['warm_cpu_ms']['worker']:.2f} ms",
+            "  CPU per warm query (client, worker; client per floor request)",
+            figures=f"{q['warm_cpu_ms']['client']:.2f} ms, {q['warm_cpu_ms']['worker']:.2f} ms; "
+            f"{q.get('floor_client_cpu_ms', 0):.2f} ms",
         ),
         Row(
             "  warm, state unchanged since the client's last ask",
