@@ -59,16 +59,15 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
             f"checked against is for {create.room_id}"
         )
     sender = event.sender
-    sender_domain = domain_of(sender)
-    if not federates(create) and sender_domain != domain_of(create.sender):
+    if not federates(create) and domain_of(sender) != domain_of(create.sender):
         raise AuthError(
             f"{sender} cannot send to this room: its m.room.create sets m.federate to "
-            f"{create.content.get('m.federate')!r} and {sender_domain} is not the creator's "
-            "server"
+            f"{create.content.get('m.federate')!r} and {domain_of(sender)} is not the "
+            "creator's server"
         )
     version = event.room_version
     if event.type == ALIASES and version.special_case_aliases:
-        _check_aliases(event, sender_domain)
+        _check_aliases(event, domain_of(sender))
         return
     levels = PowerLevels(state, version)
     if event.type == MEMBER:
@@ -89,12 +88,12 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
                 f"m.room.third_party_invite needs {invite_level} (the invite level)"
             )
         return
-    needed = levels.send_level(event.type, event.is_state)
+    state_key = event.state_key
+    needed = levels.send_level(event.type, state_key is not None)
     if sender_level < needed:
         raise AuthError(
             f"{sender} has {describe_level(sender_level)} but {event.type} needs {needed}"
         )
-    state_key = event.state_key
     if state_key is not None and state_key.startswith("@") and state_key != sender:
         raise AuthError(
             f"{sender} cannot send {event.type} with state_key {state_key}: a state_key that "
