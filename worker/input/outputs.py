@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,8 +19,11 @@ from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.lru import BoundedMemo
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
+    """One output message. A named tuple rather than a frozen dataclass: one is made
+    for every event, and a frozen dataclass sets each field through
+    `object.__setattr__`."""
+
     subject: str
     msg_id: str
     payload: bytes
