@@ -73,9 +73,17 @@ class Extremities:
         linear = len(latest) == 1 and latest[0] == row.nid
         if linear:
             new_snapshot = row.after_snapshot_nid
-            # The event itself is the one extremity: its ID is in hand.
+            # The event itself is the one extremity: its ID is in hand, and so is the
+            # last event sent's when it is the prev event (a linear room).
             latest_ids = [event.event_id]
-            ids = self.events.ids_of([last_sent]) if last_sent else {}
+            ids = {}
+            if last_sent:
+                for prev in prev_rows.values():
+                    if prev.nid == last_sent:
+                        ids[last_sent] = prev.event_id
+                        break
+                else:
+                    ids = self.events.ids_of([last_sent])
         else:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
