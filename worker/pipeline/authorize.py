@@ -12,12 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from worker.matrix.auth import AuthError, auth_types_for_event, check_auth, validate_auth_events
+from worker.matrix.auth import (
+    AuthError,
+    VerdictKey,
+    auth_types_for_event,
+    check_auth,
+    validate_auth_events,
+    verdict_key,
+)
 from worker.matrix.auth.selection import CREATE_KEY
 from worker.matrix.events import CREATE, Event, StateKey
 from worker.storage.blocks import NidStateKey
 from worker.storage.database import Database, RoomRow
-from worker.storage.events import EventStore
+from worker.storage.events import EventStore, StoredEvent
+from worker.storage.lru import BoundedMemo
 from worker.storage.schema import (
     EMPTY_STATE_KEY_NID,
     STATUS_ACCEPTED,
@@ -26,6 +34,12 @@ from worker.storage.schema import (
     WELL_KNOWN_TYPES,
 )
 from worker.storage.state import StateStore, StateView
+
+#: Passes against the auth events remembered (`Authorizer._passed`), about one per
+#: active sender (a 2,000-member room's senders fit). An entry costs ~1 KB, and holds
+#: on to the events it cites (mostly the senders' member events, which the event cache
+#: holds as well while they are current).
+PASSED_AUTH_MEMO = 4096
 
 
 @dataclass(slots=True)
@@ -77,6 +91,15 @@ class Authorizer:
         self.db = db
         self.state = state
         self.events = events
+        #: `verdict_key` → the stored events an event with that key cited (and, in
+        #: v12, the create event) and what passed against them. The events are kept
+        #: as objects: the event cache hands out the same object for an event until
+        #: its row or JSON changes (a promoted outlier, a redaction) or a rollback
+        #: empties it, so the same objects are the same events, statuses and contents,
+        #: and the rules give the same pass. Other objects are checked again.
+        self._passed: BoundedMemo[VerdictKey, tuple[tuple[StoredEvent, ...], PassedAuth]] = (
+            BoundedMemo(PASSED_AUTH_MEMO)
+        )
 
     def against_auth_events(
         self, event: Event, room: RoomRow, verdict: Verdict
@@ -92,6 +115,11 @@ class Authorizer:
             return None
         auth_ids = event.auth_event_ids
         found = self.events.many_by_id(auth_ids)
+        memo_key = verdict_key(event)
+        if memo_key is not None:
+            remembered = self._passed.get(memo_key)
+            if remembered is not None and self._cites_same(event, found, remembered[0]):
+                return remembered[1]
         # One pass over the cited events gives what the rules look at (the events, the
         # rejected ones) and the auth state they make, as events and as NIDs.
         auth_events: dict[str, Event] = {}
@@ -141,7 +169,31 @@ class Authorizer:
         complete = expected is not None and len(nids) == len(expected) + (
             CREATE_KEY not in expected
         )
-        return PassedAuth(nids, tuple(entries), complete)
+        passed = PassedAuth(nids, tuple(entries), complete)
+        if memo_key is not None:
+            self._passed[memo_key] = (self._cited(event, found), passed)
+        return passed
+
+    def _cited(self, event: Event, found: Mapping[str, StoredEvent]) -> tuple[StoredEvent, ...]:
+        """The stored events a pass of `event` rests on: those it cites (all stored,
+        since it passed) and, in v12, the room's create event."""
+        cited = tuple(found[eid] for eid in event.auth_event_ids)
+        if event.room_version.room_id_from_create:
+            create = self.events.by_id("$" + event.room_id[1:])
+            assert create is not None  # the pass needed it
+            cited += (create,)
+        return cited
+
+    def _cites_same(
+        self, event: Event, found: Mapping[str, StoredEvent], cited: tuple[StoredEvent, ...]
+    ) -> bool:
+        """Whether the event cache holds the very objects a remembered pass rests on."""
+        for eid, stored in zip(event.auth_event_ids, cited, strict=False):
+            if found.get(eid) is not stored:
+                return False
+        if event.room_version.room_id_from_create:
+            return self.events.by_id("$" + event.room_id[1:]) is cited[-1]
+        return True
 
     def against_state_before(
         self,

@@ -105,6 +105,39 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
         _check_redaction(event, levels, sender_level)
 
 
+#: Event types whose rules read more of the event than `verdict_key` holds: its content
+#: (membership, power levels, aliases, a third-party invite), its prev events (the
+#: creator's first join), its target and ID (v1–v2 redactions), or no state at all
+#: (the create event).
+_READS_MORE_OF_THE_EVENT = frozenset(
+    {CREATE, MEMBER, POWER_LEVELS, ALIASES, THIRD_PARTY_INVITE, REDACTION}
+)
+
+#: Everything `validate_auth_events` and `check_auth` read of an event of the other
+#: types: room version, room, type, state key, sender, cited auth events.
+VerdictKey = tuple[str, str, str, str | None, str, tuple[str, ...]]
+
+
+def verdict_key(event: Event) -> VerdictKey | None:
+    """What the rule on the auth events list and `check_auth` read of `event`, or None
+    for the types whose rules read more of it (`_READS_MORE_OF_THE_EVENT`).
+
+    Two events with the same key, checked against the same events, are allowed or
+    rejected alike (only the wording of a rejection differs: it names the event), so a
+    caller may reuse a pass. A rule that starts to read another field of such events
+    must add it here."""
+    if event.type in _READS_MORE_OF_THE_EVENT:
+        return None
+    return (
+        event.room_version.identifier,
+        event.room_id,
+        event.type,
+        event.state_key,
+        event.sender,
+        event.auth_event_ids,
+    )
+
+
 def check_create(event: Event) -> None:
     """The `m.room.create` rule (rule 1), which needs no state."""
     version = event.room_version
