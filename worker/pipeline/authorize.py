@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from weakref import ref
 
 from worker.matrix.auth import (
     AuthError,
@@ -36,9 +37,8 @@ from worker.storage.schema import (
 from worker.storage.state import StateStore, StateView
 
 #: Passes against the auth events remembered (`Authorizer._passed`), about one per
-#: active sender (a 2,000-member room's senders fit). An entry costs ~1 KB, and holds
-#: on to the events it cites (mostly the senders' member events, which the event cache
-#: holds as well while they are current).
+#: active sender (a 2,000-member room's senders fit): ~1.3 KB an entry, ~5 MB when
+#: full. Entries hold the events they rest on weakly, so they keep none alive.
 PASSED_AUTH_MEMO = 4096
 
 
@@ -92,12 +92,13 @@ class Authorizer:
         self.state = state
         self.events = events
         #: `verdict_key` → the stored events an event with that key cited (and, in
-        #: v12, the create event) and what passed against them. The events are kept
-        #: as objects: the event cache hands out the same object for an event until
-        #: its row or JSON changes (a promoted outlier, a redaction) or a rollback
-        #: empties it, so the same objects are the same events, statuses and contents,
-        #: and the rules give the same pass. Other objects are checked again.
-        self._passed: BoundedMemo[VerdictKey, tuple[tuple[StoredEvent, ...], PassedAuth]] = (
+        #: v12, the create event) and what passed against them. The event cache hands
+        #: out the same object for an event until its row or JSON changes (a promoted
+        #: outlier, a redaction) or a rollback empties the cache, so while it holds the
+        #: same objects they are the same events, statuses and contents, and the rules
+        #: give the same pass; otherwise the event is checked again. The objects are
+        #: held weakly: one the cache dropped is gone, and its entry no longer matches.
+        self._passed: BoundedMemo[VerdictKey, tuple[tuple[ref[StoredEvent], ...], PassedAuth]] = (
             BoundedMemo(PASSED_AUTH_MEMO)
         )
 
@@ -174,25 +175,34 @@ class Authorizer:
             self._passed[memo_key] = (self._cited(event, found), passed)
         return passed
 
-    def _cited(self, event: Event, found: Mapping[str, StoredEvent]) -> tuple[StoredEvent, ...]:
+    def _cited(
+        self, event: Event, found: Mapping[str, StoredEvent]
+    ) -> tuple[ref[StoredEvent], ...]:
         """The stored events a pass of `event` rests on: those it cites (all stored,
         since it passed) and, in v12, the room's create event."""
-        cited = tuple(found[eid] for eid in event.auth_event_ids)
+        cited = tuple(ref(found[eid]) for eid in event.auth_event_ids)
         if event.room_version.room_id_from_create:
             create = self.events.by_id("$" + event.room_id[1:])
             assert create is not None  # the pass needed it
-            cited += (create,)
+            cited += (ref(create),)
         return cited
 
     def _cites_same(
-        self, event: Event, found: Mapping[str, StoredEvent], cited: tuple[StoredEvent, ...]
+        self,
+        event: Event,
+        found: Mapping[str, StoredEvent],
+        cited: tuple[ref[StoredEvent], ...],
     ) -> bool:
         """Whether the event cache holds the very objects a remembered pass rests on."""
-        for eid, stored in zip(event.auth_event_ids, cited, strict=False):
-            if found.get(eid) is not stored:
+        for eid, weak in zip(event.auth_event_ids, cited, strict=False):
+            held = weak()
+            # A dropped object is no proof either way (nor is an event no longer
+            # stored, after a rollback).
+            if held is None or found.get(eid) is not held:
                 return False
         if event.room_version.room_id_from_create:
-            return self.events.by_id("$" + event.room_id[1:]) is cited[-1]
+            create = cited[-1]()
+            return create is not None and self.events.by_id("$" + event.room_id[1:]) is create
         return True
 
     def against_state_before(

@@ -22,7 +22,7 @@ from worker.storage.database import Database, EventRow, StorageError
 from worker.storage.lru import LruByWeight
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class StoredEvent:
     row: EventRow
     event: Event
