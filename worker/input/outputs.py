@@ -8,9 +8,8 @@ after a crash a no-op for JetStream.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -20,8 +19,11 @@ from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.lru import BoundedMemo
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
+    """One output message. A named tuple rather than a frozen dataclass: one is made
+    for every event, and a frozen dataclass sets each field through
+    `object.__setattr__`."""
+
     subject: str
     msg_id: str
     payload: bytes
@@ -49,31 +51,32 @@ class OutputBuilder:
         room_version: str,
         event_id: str,
         pdu: Mapping[str, Any],
-        latest_event_ids: Sequence[str],
-        adds_state_event_ids: Sequence[str],
-        removes_state_event_ids: Sequence[str],
+        latest_event_ids: list[str],
+        adds_state_event_ids: list[str],
+        removes_state_event_ids: list[str],
         last_sent_event_id: str | None,
         send_as_server: str | None,
         transaction_id: Mapping[str, Any] | None,
     ) -> Output:
+        """The lists go into the body as they are (the caller made them for it)."""
         body = {
             "type": "new_room_event",
             "room_id": room_id,
             "room_version": room_version,
             "event_id": event_id,
             "event": pdu,
-            "latest_event_ids": list(latest_event_ids),
-            "adds_state_event_ids": list(adds_state_event_ids),
-            "removes_state_event_ids": list(removes_state_event_ids),
+            "latest_event_ids": latest_event_ids,
+            "adds_state_event_ids": adds_state_event_ids,
+            "removes_state_event_ids": removes_state_event_ids,
             "last_sent_event_id": last_sent_event_id,
             "send_as_server": send_as_server,
             "transaction_id": transaction_id,
         }
-        return self._output(room_id, event_id, body)
+        return self._output(room_id, event_id, "new_room_event", body)
 
     def old_room_event(self, *, room_id: str, event_id: str, pdu: Mapping[str, Any]) -> Output:
         body = {"type": "old_room_event", "room_id": room_id, "event_id": event_id, "event": pdu}
-        return self._output(room_id, event_id, body)
+        return self._output(room_id, event_id, "old_room_event", body)
 
     def rejected_event(
         self, *, room_id: str, event_id: str, kind: str, soft_failed: bool, reason: str
@@ -86,7 +89,7 @@ class OutputBuilder:
             "soft_failed": soft_failed,
             "reason": reason,
         }
-        return self._output(room_id, event_id, body)
+        return self._output(room_id, event_id, "rejected_event", body)
 
     def redacted_event(
         self, *, room_id: str, redacted_event_id: str, redaction_event_id: str
@@ -97,7 +100,7 @@ class OutputBuilder:
             "redacted_event_id": redacted_event_id,
             "redaction_event_id": redaction_event_id,
         }
-        return self._output(room_id, redaction_event_id, body)
+        return self._output(room_id, redaction_event_id, "redacted_event", body)
 
     def dead_letter(
         self,
@@ -126,8 +129,11 @@ class OutputBuilder:
             self.subjects.deadletter(room_id), f"deadletter:{subject}:{stream_sequence}", body
         )
 
-    def _output(self, room_id: str, event_id: str, body: Mapping[str, Any]) -> Output:
+    def _output(
+        self, room_id: str, event_id: str, output_type: str, body: Mapping[str, Any]
+    ) -> Output:
+        """`output_type` is the body's `type`, which the message ID ends with."""
         subject = self._output_subjects.get(room_id)
         if subject is None:
             subject = self._output_subjects[room_id] = self.subjects.output(room_id)
-        return Output(subject, f"{event_id}:{body['type']}", bytes(self._packer.pack(body)))
+        return Output(subject, f"{event_id}:{output_type}", bytes(self._packer.pack(body)))

@@ -66,39 +66,57 @@ class Extremities:
     ) -> None:
         """A `new` accepted event: forward extremities, current state, the output;
         `prev_rows` are the stored rows of its prev events."""
-        event = stored.event
+        event, row = stored.event, stored.row
         latest = self._latest_after(stored, room, prev_rows)
         old_snapshot = room.snapshot_nid
-        linear = latest == [stored.row.nid]
+        last_sent = room.last_sent_event_nid
+        linear = len(latest) == 1 and latest[0] == row.nid
         if linear:
-            new_snapshot = stored.row.after_snapshot_nid
+            new_snapshot = row.after_snapshot_nid
+            # The event itself is the one extremity: its ID is in hand, and so is the
+            # last event sent's when it is the prev event (a linear room).
+            latest_ids = [event.event_id]
+            ids = {}
+            if last_sent:
+                for prev in prev_rows.values():
+                    if prev.nid == last_sent:
+                        ids[last_sent] = prev.event_id
+                        break
+                else:
+                    ids = self.events.ids_of([last_sent])
         else:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self.states.resolve_and_store(room, snapshots)
-        adds, removes, own_key_only = self._state_change(old_snapshot, new_snapshot, stored, linear)
-        self._index_memberships(room.nid, stored, adds, removes, own_key_only)
-        ids = self.events.ids_of(
-            [*latest, *([room.last_sent_event_nid] if room.last_sent_event_nid else [])]
-        )
+            ids = self.events.ids_of([*latest, last_sent] if last_sent else latest)
+            latest_ids = [ids[nid] for nid in latest]
+        if old_snapshot != new_snapshot:
+            adds, removes, own_key_only = self._state_change(
+                old_snapshot, new_snapshot, stored, linear
+            )
+            self._index_memberships(room.nid, stored, adds, removes, own_key_only)
+        else:
+            # The current state did not move (a message event): nothing to index.
+            adds, removes = [], []
         self.outbox.emit(
             self.outputs.new_room_event(
                 room_id=event.room_id,
                 room_version=room.room_version,
                 event_id=event.event_id,
                 pdu=event.pdu,
-                latest_event_ids=[ids[nid] for nid in latest],
+                latest_event_ids=latest_ids,
                 adds_state_event_ids=adds,
                 removes_state_event_ids=removes,
-                last_sent_event_id=ids.get(room.last_sent_event_nid),
+                last_sent_event_id=ids.get(last_sent),
                 send_as_server=inp.send_as_server,
                 transaction_id=inp.transaction_id,
             )
         )
         room.latest_event_nids = latest
         room.snapshot_nid = new_snapshot
-        room.last_sent_event_nid = stored.row.nid
-        room.depth = max(room.depth, event.depth)
+        room.last_sent_event_nid = row.nid
+        if row.depth > room.depth:
+            room.depth = row.depth
         self.db.update_room(room)
         self.db.on_rollback(self._forget_rooms)
 
@@ -107,12 +125,18 @@ class Extremities:
     ) -> list[int]:
         """The room's forward extremities once `stored` is accepted: the old ones it
         does not replace, and itself unless accepted children of it are stored."""
-        event = stored.event
-        prev_nids = {row.nid for row in prev_rows.values()}
-        prev_nids |= self._behind_soft_failed(prev_rows.values())
+        prev_nids: set[int] = set()
+        soft_failed = False
+        for row in prev_rows.values():
+            prev_nids.add(row.nid)
+            if row.status == STATUS_SOFT_FAILED:
+                soft_failed = True
+        if soft_failed:
+            prev_nids |= self._behind_soft_failed(prev_rows.values())
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
+        event_id = stored.event.event_id
         if not latest or not (
-            self._stop_awaiting(event.event_id) and self._has_accepted_children(event.event_id)
+            self._stop_awaiting(event_id) and self._has_accepted_children(event_id)
         ):
             latest.append(stored.row.nid)
         return latest
@@ -187,10 +211,9 @@ class Extremities:
     def _state_change(
         self, old_snapshot: int, new_snapshot: int, stored: StoredEvent, linear: bool
     ) -> tuple[list[str], list[str], bool]:
-        """Event IDs added to and removed from the room's current state, and whether the
-        change is only `stored` itself in the place of its key's previous event."""
-        if old_snapshot == new_snapshot:
-            return [], [], False
+        """Event IDs added to and removed from the room's current state (which moved:
+        the snapshots differ), and whether the change is only `stored` itself in the
+        place of its key's previous event."""
         old = self.state.load(old_snapshot)
         new = self.state.load(new_snapshot)
         row = stored.row

@@ -61,7 +61,14 @@ class EventStates:
         stored rows of its prev events (`EventStates.prev_rows`)."""
         if inp.state_event_ids is not None:
             return self._supplied(inp.state_event_ids, room)
-        if not event.prev_event_ids:
+        prev_ids = event.prev_event_ids
+        if len(prev_ids) == 1:
+            # A linear room: the state before is the one prev event's state after,
+            # already in its row (one snapshot resolves to itself).
+            row = prev_rows.get(prev_ids[0])
+            if row is not None and row.status != STATUS_OUTLIER:
+                return row.after_snapshot_nid
+        elif not prev_ids:
             return 0
         prevs = {eid: row for eid, row in prev_rows.items() if row.status != STATUS_OUTLIER}
         if not prevs:

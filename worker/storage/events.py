@@ -22,7 +22,7 @@ from worker.storage.database import Database, EventRow, StorageError
 from worker.storage.lru import LruByWeight
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class StoredEvent:
     """A stored event's row and its parsed event. A slotted dataclass, not a named
     tuple: its fields are read far more often than it is made, and reading a slot is

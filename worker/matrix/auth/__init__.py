@@ -5,7 +5,7 @@ Pure functions over `Event`s and state maps; see `rules` for how the pipeline ru
 
 from worker.matrix.auth.errors import AuthError
 from worker.matrix.auth.power_levels import CREATOR_LEVEL, Level, parse_level, user_power_level
-from worker.matrix.auth.rules import check_auth, check_create
+from worker.matrix.auth.rules import VerdictKey, check_auth, check_create, verdict_key
 from worker.matrix.auth.selection import (
     auth_types_for_event,
     create_event_id_for_room,
@@ -18,6 +18,7 @@ __all__ = [
     "CREATOR_LEVEL",
     "AuthError",
     "Level",
+    "VerdictKey",
     "auth_types_for_event",
     "check_auth",
     "check_create",
@@ -27,4 +28,5 @@ __all__ = [
     "third_party_invite_token",
     "user_power_level",
     "validate_auth_events",
+    "verdict_key",
 ]

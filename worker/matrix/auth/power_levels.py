@@ -85,14 +85,15 @@ def creators_of(create: Event) -> frozenset[str]:
 class PowerLevels:
     """The power levels in force in one state map."""
 
-    __slots__ = ("_content", "_creator", "_creators", "_version", "event")
+    __slots__ = ("_content", "_create", "_creators", "_version", "event")
 
     def __init__(self, state: Mapping[StateKey, Event], room_version: RoomVersion) -> None:
         create = state.get(CREATE_KEY)
         self.event = state.get(POWER_LEVELS_KEY)
         self._version = room_version
         self._content: Mapping[str, Any] = self.event.content if self.event is not None else {}
-        self._creator = creator_of(create) if create is not None else None
+        #: The creator is only read without a power levels event: found then.
+        self._create = create
         self._creators: frozenset[str] = (
             creators_of(create)
             if create is not None and room_version.room_id_from_create
@@ -100,10 +101,13 @@ class PowerLevels:
         )
 
     def user_level(self, user_id: str) -> Level:
-        if user_id in self._creators:
+        if self._creators and user_id in self._creators:
             return CREATOR_LEVEL
         if self.event is None:
-            return CREATOR_DEFAULT_LEVEL if user_id == self._creator else 0
+            create = self._create
+            return (
+                CREATOR_DEFAULT_LEVEL if create is not None and user_id == creator_of(create) else 0
+            )
         users = self._content.get("users")
         if (type(users) is dict or isinstance(users, Mapping)) and user_id in users:
             level = parse_level(users[user_id], self._version)

@@ -59,16 +59,15 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
             f"checked against is for {create.room_id}"
         )
     sender = event.sender
-    sender_domain = domain_of(sender)
-    if not federates(create) and sender_domain != domain_of(create.sender):
+    if not federates(create) and domain_of(sender) != domain_of(create.sender):
         raise AuthError(
             f"{sender} cannot send to this room: its m.room.create sets m.federate to "
-            f"{create.content.get('m.federate')!r} and {sender_domain} is not the creator's "
-            "server"
+            f"{create.content.get('m.federate')!r} and {domain_of(sender)} is not the "
+            "creator's server"
         )
     version = event.room_version
     if event.type == ALIASES and version.special_case_aliases:
-        _check_aliases(event, sender_domain)
+        _check_aliases(event, domain_of(sender))
         return
     levels = PowerLevels(state, version)
     if event.type == MEMBER:
@@ -89,12 +88,12 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
                 f"m.room.third_party_invite needs {invite_level} (the invite level)"
             )
         return
-    needed = levels.send_level(event.type, event.is_state)
+    state_key = event.state_key
+    needed = levels.send_level(event.type, state_key is not None)
     if sender_level < needed:
         raise AuthError(
             f"{sender} has {describe_level(sender_level)} but {event.type} needs {needed}"
         )
-    state_key = event.state_key
     if state_key is not None and state_key.startswith("@") and state_key != sender:
         raise AuthError(
             f"{sender} cannot send {event.type} with state_key {state_key}: a state_key that "
@@ -104,6 +103,39 @@ def check_auth(event: Event, state: Mapping[StateKey, Event]) -> None:
         check_power_levels_event(event, state, levels, sender_level)
     elif event.type == REDACTION and version.redaction_in_auth_rules:
         _check_redaction(event, levels, sender_level)
+
+
+#: Event types whose rules read more of the event than `verdict_key` holds: its content
+#: (membership, power levels, aliases, a third-party invite), its prev events (the
+#: creator's first join), its target and ID (v1–v2 redactions), or no state at all
+#: (the create event).
+_READS_MORE_OF_THE_EVENT = frozenset(
+    {CREATE, MEMBER, POWER_LEVELS, ALIASES, THIRD_PARTY_INVITE, REDACTION}
+)
+
+#: Everything `validate_auth_events` and `check_auth` read of an event of the other
+#: types: room version, room, type, state key, sender, cited auth events.
+VerdictKey = tuple[str, str, str, str | None, str, tuple[str, ...]]
+
+
+def verdict_key(event: Event) -> VerdictKey | None:
+    """What the rule on the auth events list and `check_auth` read of `event`, or None
+    for the types whose rules read more of it (`_READS_MORE_OF_THE_EVENT`).
+
+    Two events with the same key, checked against the same events, are allowed or
+    rejected alike (only the wording of a rejection differs: it names the event), so a
+    caller may reuse a pass. A rule that starts to read another field of such events
+    must add it here."""
+    if event.type in _READS_MORE_OF_THE_EVENT:
+        return None
+    return (
+        event.room_version.identifier,
+        event.room_id,
+        event.type,
+        event.state_key,
+        event.sender,
+        event.auth_event_ids,
+    )
 
 
 def check_create(event: Event) -> None:

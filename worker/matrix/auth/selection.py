@@ -102,6 +102,7 @@ def validate_auth_events(
     event: Event,
     auth_events: Mapping[str, Event | None],
     rejected_ids: Set[str],
+    expected: Set[StateKey] | None = None,
 ) -> None:
     """Check the event's own `auth_events` list, raising `AuthError` on the first fault.
 
@@ -109,13 +110,16 @@ def validate_auth_events(
     is unknown. An `m.room.create` event is allowed by its own rule before this one is
     reached, so its list is not examined. In v12 the caller must still check that the
     create event named by `create_event_id_for_room` is stored and was not rejected.
+    `expected` is the event's `auth_types_for_event`, when the caller has it already
+    (it needs the same set to pick the event's state later).
     """
     if event.type == CREATE:
         return
     version = event.room_version
-    expected = auth_types_for_event(
-        version, event.type, event.state_key, event.sender, event.content
-    )
+    if expected is None:
+        expected = auth_types_for_event(
+            version, event.type, event.state_key, event.sender, event.content
+        )
     seen: dict[StateKey, str] = {}
     for auth_id in event.auth_event_ids:
         auth_event = auth_events.get(auth_id)
