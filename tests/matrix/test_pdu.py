@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.input.decode import decode_input
 from worker.matrix.canonical_json import CanonicalJsonError, encode_canonical_json
 from worker.matrix.hashes import add_content_hash, compute_event_id, content_hash_view
 from worker.matrix.pdu import (
@@ -461,3 +463,63 @@ def test_size_from_the_content_hash_view_is_exact(pdu: dict[str, Any]) -> None:
     view = content_hash_view(pdu)
     view_bytes = encode_canonical_json(view, strict=True)
     assert _encoded_size(view, view_bytes, pdu) == len(encode_canonical_json(pdu, strict=True))
+
+
+# -- the C check of float-free inputs --------------------------------------------------
+
+
+def _outcome(pdu: object, version: RoomVersion, float_free: bool) -> object:
+    """What parse_pdu makes of a PDU: its error code, or the event's whole result."""
+    try:
+        event = parse_pdu(pdu, version, float_free=float_free)
+    except PduError as exc:
+        return exc.code
+    return (event.event_id, event.redacted, event.pdu)
+
+
+#: msgpack values with the integers at canonical JSON's bounds drawn often.
+bounded_msgpack_values = st.recursive(
+    msgpack_scalars
+    | st.sampled_from([2**53 - 1, 2**53, -(2**53) + 1, -(2**53), 2**63, 2**64 - 1, -(2**63)]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=3), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from(ALL),
+    fields=st.dictionaries(st.sampled_from(PDU_KEYS), bounded_msgpack_values, max_size=6),
+    drop=st.lists(st.sampled_from(PDU_KEYS), max_size=2),
+)
+def test_float_free_inputs_parse_as_the_full_walk_does(
+    version: RoomVersion, fields: dict[str, Any], drop: list[str]
+) -> None:
+    """An input decoded from msgpack carries `float_free` when its bytes hold no float
+    marker; parsing with it must give what the Python walk gives, errors included."""
+    pdu = make_pdu(version)
+    pdu.update(fields)
+    for key in drop:
+        pdu.pop(key, None)
+    inp = decode_input(msgpack.packb({"event": pdu}, use_bin_type=True))
+    assert _outcome(inp.event, version, inp.float_free) == _outcome(inp.event, version, False)
+
+
+def test_float_free_marks_only_inputs_without_floats() -> None:
+    version = get_room_version("10")
+    plain = msgpack.packb({"event": make_pdu(version)}, use_bin_type=True)
+    assert decode_input(plain).float_free
+    for number, code in ((1.5, "not_canonical"), (0.0, "not_canonical"), (math.nan, "bad_pdu")):
+        floaty = make_pdu(version, hashed=False, content={"n": number})
+        for single in (False, True):  # float 32 (0xca) and float 64 (0xcb)
+            data = msgpack.packb({"event": floaty}, use_bin_type=True, use_single_float=single)
+            assert not decode_input(data).float_free
+            assert code_of(decode_input(data).event, version) == code
+    # A float marker byte inside an integer only costs the walk, never the check.
+    marked = msgpack.packb({"event": make_pdu(version, depth=0xCA)}, use_bin_type=True)
+    assert not decode_input(marked).float_free
+    assert parse_pdu(decode_input(marked).event, version).depth == 0xCA

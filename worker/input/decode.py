@@ -38,6 +38,10 @@ class InputMessage:
     origin: str | None
     send_as_server: str | None
     transaction_id: dict[str, Any] | None
+    #: No float anywhere in the message: its bytes hold neither of msgpack's two float
+    #: markers (0xca, 0xcb; a marker byte inside a string or integer only makes this
+    #: False). The PDU's canonical JSON check can then run in C (`parse_pdu`).
+    float_free: bool = False
 
 
 def decode_input(data: bytes) -> InputMessage:
@@ -87,6 +91,7 @@ def decode_input(data: bytes) -> InputMessage:
         origin=_optional_str(body, "origin"),
         send_as_server=_optional_str(body, "send_as_server"),
         transaction_id=transaction_id,
+        float_free=b"\xca" not in data and b"\xcb" not in data,
     )
 
 

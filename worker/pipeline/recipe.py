@@ -123,7 +123,7 @@ class Recipe:
             if decoded is None:
                 return None
             inp, version = decoded
-            event = parse_pdu(inp.event, version)
+            event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except Exception:  # raised again in the input's own turn, in its savepoint
             return None
         return _Parsed(inp, version, event)
@@ -215,7 +215,7 @@ class Recipe:
             if parsed is not None and parsed.version.identifier == version.identifier:
                 event = parsed.event
             else:
-                event = parse_pdu(inp.event, version)
+                event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except PduError as exc:
             raise DeadLetter(exc.code, exc.message) from None
         if event.room_id != subject_room:
