@@ -327,6 +327,23 @@ def test_content_hash_mismatch_gives_redacted_event(version: RoomVersion) -> Non
     assert event.content == {}
 
 
+@pytest.mark.parametrize("version", ALL, ids=lambda v: f"v{v.identifier}")
+def test_content_hash_claim_with_padding_still_matches(version: RoomVersion) -> None:
+    """Appendices, "Unpadded Base64": "When decoding Base64, implementations SHOULD
+    accept input with or without padding characters wherever possible". The claim is
+    compared with the computed hash unpadded first; a padded claim takes the decoding
+    path and must match all the same, and a padded wrong one must not."""
+    pdu = make_pdu(version)
+    claim = pdu["hashes"]["sha256"]
+    assert "=" not in claim and len(claim) == 43  # a SHA-256 digest: one padding "="
+    padded = dict(pdu, hashes={"sha256": claim + "="})
+    event = parse_pdu(padded, version)
+    assert not event.redacted
+    assert event.pdu == padded and event.content == pdu["content"]
+    wrong = ("A" if claim[0] != "A" else "B") + claim[1:] + "="
+    assert parse_pdu(dict(pdu, hashes={"sha256": wrong}), version).redacted
+
+
 def test_undecodable_content_hash_is_a_bad_pdu() -> None:
     """The spec: "Passes hash checks, otherwise it is redacted before being processed
     further." A hash that is not base64 could be read as failing the check, but
