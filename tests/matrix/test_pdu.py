@@ -17,6 +17,7 @@ from worker.input.decode import decode_input
 from worker.matrix.canonical_json import CanonicalJsonError, encode_canonical_json
 from worker.matrix.hashes import add_content_hash, compute_event_id, content_hash_view
 from worker.matrix.pdu import (
+    MAX_ID_BYTES,
     MAX_PDU_BYTES,
     PduError,
     _encoded_size,
@@ -248,6 +249,58 @@ def test_v12_room_id_rules() -> None:
 def test_too_large(fields: dict[str, Any]) -> None:
     for version in ("1", "4", "12"):
         assert code_of(make_pdu(version, **fields), version) == "too_large"
+
+
+@pytest.mark.parametrize("key", ["type", "state_key", "sender", "room_id"])
+@pytest.mark.parametrize("char", ["x", "é", "日", "😀"], ids=["1 byte", "2", "3", "4 bytes"])
+def test_identifier_limit_is_in_bytes_at_the_edge(key: str, char: str) -> None:
+    """Client-server API, "Size limits": `type`, `state_key`, `sender`, `room_id` and
+    `event_id` are limited to 255 bytes. Exactly 255 bytes passes, 256 does not, in
+    characters of every UTF-8 width (a short string passes without being encoded)."""
+    width = len(char.encode())
+    frame = {"sender": ("@", ":x.org"), "room_id": ("!", ":x.org")}.get(key, ("", ""))
+    for size, passes in ((MAX_ID_BYTES, True), (MAX_ID_BYTES + 1, False)):
+        fill = size - len("".join(frame).encode())
+        value = frame[0] + char * (fill // width) + "a" * (fill % width) + frame[1]
+        assert len(value.encode()) == size
+        if key == "sender" and char != "x":  # a user ID's localpart is ASCII
+            value = frame[0] + "a" * fill + frame[1]
+        pdu = make_pdu("10", **{key: value})
+        if passes:
+            assert parse_pdu(pdu, get_room_version("10")).pdu[key] == value
+        else:
+            assert code_of(pdu, "10") == "too_large"
+
+
+#: Faults, one per check, in the order the format is checked: a PDU with two of them
+#: is refused for the earlier one (dead letters keep naming the same fault).
+ORDERED_FAULTS: list[tuple[str, Any, str]] = [
+    ("type", 5, "`type` must be a string"),
+    ("sender", "nobody", "`sender` 'nobody' is not a user ID"),
+    ("state_key", 7, "`state_key` must be a string"),
+    ("content", [], "`content` must be an object"),
+    ("origin_server_ts", "now", "`origin_server_ts` must be an integer"),
+    ("depth", -1, "`depth` is -1"),
+    ("hashes", {"sha256": 1}, "`hashes.sha256` must be"),
+    ("signatures", {"s": []}, "`signatures.s` must map"),
+    ("unsigned", 3, "`unsigned` must be an object"),
+    ("prev_events", [1], "each `prev_events` entry"),
+    ("auth_events", "$a", "`auth_events` must be a list"),
+    ("room_id", "r:x.org", "`room_id` 'r:x.org' must start with '!'"),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(ORDERED_FAULTS))), min_size=1, max_size=4))
+def test_the_first_format_fault_is_the_one_reported(faults: list[int]) -> None:
+    version = get_room_version("10")
+    pdu = make_pdu(version)
+    for index in faults:
+        key, value, _ = ORDERED_FAULTS[index]
+        pdu[key] = value
+    with pytest.raises(PduError) as raised:
+        parse_pdu(pdu, version)
+    assert ORDERED_FAULTS[min(faults)][2] in raised.value.message
 
 
 def test_legacy_event_id_too_long() -> None:

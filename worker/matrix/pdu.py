@@ -127,21 +127,23 @@ def _check_edges(pdu: Mapping[str, Any], key: str, limit: int, pairs: bool) -> N
         raise PduError(
             TOO_MANY_EDGES, f"`{key}` lists {len(refs)} events; at most {limit} are allowed"
         )
+    if not pairs:
+        for ref in refs:
+            if type(ref) is not str:
+                raise _bad(f"each `{key}` entry must be an event ID string from room version 3 on")
+        return
     for ref in refs:
-        if pairs:
-            if (
-                type(ref) is not list
-                or len(ref) != 2
-                or type(ref[0]) is not str
-                or type(ref[1]) is not dict
-                or type(ref[1].get("sha256")) is not str
-            ):
-                raise _bad(
-                    f'each `{key}` entry must be [event_id, {{"sha256": hash}}] in room '
-                    "versions 1 and 2"
-                )
-        elif type(ref) is not str:
-            raise _bad(f"each `{key}` entry must be an event ID string from room version 3 on")
+        if (
+            type(ref) is not list
+            or len(ref) != 2
+            or type(ref[0]) is not str
+            or type(ref[1]) is not dict
+            or type(ref[1].get("sha256")) is not str
+        ):
+            raise _bad(
+                f'each `{key}` entry must be [event_id, {{"sha256": hash}}] in room '
+                "versions 1 and 2"
+            )
 
 
 def _check_sender(sender: str) -> None:
@@ -164,43 +166,75 @@ _is_user_id = lru_cache(maxsize=4096)(is_valid_user_id)
 
 
 def _check_signatures(pdu: Mapping[str, Any]) -> None:
-    for server, keys in _object(pdu, "signatures").items():
-        if type(keys) is not dict or any(type(sig) is not str for sig in keys.values()):
+    signatures = pdu.get("signatures")
+    if type(signatures) is not dict:
+        signatures = _object(pdu, "signatures")
+    for server, keys in signatures.items():
+        if type(keys) is not dict:
             raise _bad(f"`signatures.{server}` must map key IDs to signature strings")
+        for signature in keys.values():  # a loop: a generator costs more for one or two
+            if type(signature) is not str:
+                raise _bad(f"`signatures.{server}` must map key IDs to signature strings")
 
 
-def _check_format(pdu: Mapping[str, Any], room_version: RoomVersion) -> None:
-    """The event format of the room version, except the event ID."""
-    event_type = _string(pdu, "type", limit=True)
-    _check_sender(_string(pdu, "sender", limit=True))
+#: A string of at most this many characters is within `MAX_ID_BYTES` in UTF-8 (at most
+#: four bytes a character), whatever it holds.
+_SURELY_SHORT = MAX_ID_BYTES // 4
+
+
+def _check_format(pdu: dict[str, Any], room_version: RoomVersion) -> None:
+    """The event format of the room version, except the event ID.
+
+    Each check tests the usual value inline; the helper that words the error (or
+    accepts a valid value the inline test cannot, such as a long string within the
+    byte limit) runs only when that test fails, at the same place in the order, so a
+    PDU with several faults is refused for the same one."""
+    get = pdu.get
+    event_type = get("type")
+    if type(event_type) is not str or len(event_type) > _SURELY_SHORT:
+        event_type = _string(pdu, "type", limit=True)
+    sender = get("sender")
+    if type(sender) is not str or len(sender) > _SURELY_SHORT:
+        sender = _string(pdu, "sender", limit=True)
+    _check_sender(sender)
     if "state_key" in pdu:
-        _string(pdu, "state_key", limit=True)
-    _object(pdu, "content")
-    _integer(pdu, "origin_server_ts")
-    depth = _integer(pdu, "depth")
+        state_key = pdu["state_key"]
+        if type(state_key) is not str or len(state_key) > _SURELY_SHORT:
+            _string(pdu, "state_key", limit=True)
+    if type(get("content")) is not dict:
+        _object(pdu, "content")
+    if type(get("origin_server_ts")) is not int:
+        _integer(pdu, "origin_server_ts")
+    depth = get("depth")
+    if type(depth) is not int:
+        depth = _integer(pdu, "depth")
     if depth < 0:
         raise _bad(f"`depth` is {depth}; it must not be negative")
     if depth > MAX_DEPTH_LEGACY:
         raise _bad(f"`depth` is {depth}; it must be less than 2**63")
-    hashes = _object(pdu, "hashes")
+    hashes = get("hashes")
+    if type(hashes) is not dict:
+        hashes = _object(pdu, "hashes")
     if type(hashes.get("sha256")) is not str:
         raise _bad("`hashes.sha256` must be the content hash as a base64 string")
     _check_signatures(pdu)
-    if "unsigned" in pdu:
+    if "unsigned" in pdu and type(pdu["unsigned"]) is not dict:
         _object(pdu, "unsigned")
     pairs = room_version.auth_events_are_pairs
     _check_edges(pdu, "prev_events", MAX_PREV_EVENTS, pairs)
     _check_edges(pdu, "auth_events", MAX_AUTH_EVENTS, pairs)
     if not room_version.updated_redaction_rules and "redacts" in pdu:
         _string(pdu, "redacts")
-    if room_version.room_id_from_create and event_type == CREATE and pdu.get("state_key") == "":
+    if room_version.room_id_from_create and event_type == CREATE and get("state_key") == "":
         if "room_id" in pdu:
             raise _bad(
                 "an m.room.create event has no `room_id` from room version 12 on: the room "
                 "ID is derived from its event ID"
             )
         return
-    room_id = _string(pdu, "room_id", limit=True)
+    room_id = get("room_id")
+    if type(room_id) is not str or len(room_id) > _SURELY_SHORT:
+        room_id = _string(pdu, "room_id", limit=True)
     if not room_id.startswith("!"):
         raise _bad(f"`room_id` {_show(room_id)} must start with '!'")
 
