@@ -91,7 +91,9 @@ def decode_input(data: bytes) -> InputMessage:
         origin=_optional_str(body, "origin"),
         send_as_server=_optional_str(body, "send_as_server"),
         transaction_id=transaction_id,
-        float_free=b"\xca" not in data and b"\xcb" not in data,
+        # `find`, not `in`: `in` first tries the operand as a byte value, and raising
+        # and clearing that TypeError costs more than the scan.
+        float_free=data.find(b"\xca") < 0 and data.find(b"\xcb") < 0,
     )
 
 
