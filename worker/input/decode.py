@@ -6,9 +6,8 @@ Only the envelope is checked here; the PDU inside is validated by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -29,8 +28,10 @@ class Kind(Enum):
 _KINDS: dict[object, Kind] = {kind.value: kind for kind in Kind}
 
 
-@dataclass(frozen=True, slots=True)
-class InputMessage:
+class InputMessage(NamedTuple):
+    """A decoded input. A named tuple: made in one step, where a frozen dataclass sets
+    each of its fields through `object.__setattr__` (once per input, it showed)."""
+
     kind: Kind
     event: dict[str, Any]
     room_version: str | None

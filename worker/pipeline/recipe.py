@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -38,9 +39,9 @@ from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED, STATUS_SOFT_F
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Valid:
-    """A decoded input whose event parsed and belongs to the subject's room."""
+class _Valid(NamedTuple):
+    """A decoded input whose event parsed and belongs to the subject's room (a named
+    tuple, like `_Parsed`: one is made per input, in one step)."""
 
     inp: InputMessage
     event: Event
@@ -67,8 +68,7 @@ class Parts:
     outputs: OutputBuilder
 
 
-@dataclass(frozen=True, slots=True)
-class _Parsed:
+class _Parsed(NamedTuple):
     """An input decoded and parsed ahead of its turn (see `Recipe.prefetch`)."""
 
     inp: InputMessage
