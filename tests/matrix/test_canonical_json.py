@@ -7,6 +7,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from worker.matrix.canonical_json import (
     check_json,
     encode_canonical_json,
     encode_checked,
+    encode_float_free,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "format"
@@ -262,3 +264,76 @@ def test_values_orjson_refuses_fall_back_to_json() -> None:
     for _ in range(MAX_NESTING - 1):
         deep = {"k": deep}
     assert encode_canonical_json(deep, strict=True) == _reference(deep)
+
+
+# -- the one-pass check of float-free msgpack values ---------------------------------------
+#
+# `encode_float_free` lets orjson check and encode a value msgpack decoded when it holds
+# no float. It may refuse more than `check_json` (the caller then walks the value), but
+# whatever it accepts, `check_json` must accept too, float-free, with the same bytes:
+# otherwise a PDU the full check rejects would pass.
+
+#: Everything msgpack decodes to (raw=False, strict_map_key=True) except floats: its
+#: whole integer range, bytes, extension types and timestamps, bytes keys.
+msgpack_float_free = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.sampled_from([MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER, MAX_SAFE_INTEGER + 1])
+    | st.sampled_from([-MAX_SAFE_INTEGER - 1, 2**63, -(2**63)])
+    | tricky_text
+    | st.binary(max_size=4)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**32))
+    | st.just(msgpack.Timestamp(1, 2)),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(tricky_text | st.binary(max_size=3), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def _checked(value: Any, strict: bool) -> bool | None:
+    """`check_json`'s verdict: None when it refuses, else whether floats need rewriting."""
+    try:
+        return check_json(value, strict=strict)
+    except CanonicalJsonError:
+        return None
+
+
+@settings(max_examples=500)
+@given(msgpack_float_free, st.booleans())
+def test_float_free_encoding_accepts_only_what_check_json_accepts(value: Any, strict: bool) -> None:
+    encoded = encode_float_free(value, strict=strict)
+    verdict = _checked(value, strict)
+    if encoded is None:
+        # Refused: only values check_json refuses too (none of these nests 255 deep).
+        assert verdict is None
+        return
+    assert verdict is False
+    assert encoded == encode_canonical_json(value, strict=strict) == _reference(value)
+
+
+def test_float_free_encoding_keeps_the_strict_integer_bounds() -> None:
+    """Spec (appendices, "Canonical JSON"): integers in [-(2**53)+1, (2**53)-1] only, in
+    strict rooms; lenient rooms write any integer msgpack can carry."""
+    for number in (MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER):
+        assert encode_float_free({"n": number}, strict=True) == b'{"n":%d}' % number
+    for number in (MAX_SAFE_INTEGER + 1, -MAX_SAFE_INTEGER - 1, 2**64 - 1, -(2**63)):
+        assert encode_float_free([number], strict=True) is None
+        assert _checked([number], True) is None
+        assert encode_float_free([number], strict=False) == b"[%d]" % number
+
+
+def test_float_free_encoding_refuses_nesting_before_check_json_does() -> None:
+    """orjson's nesting limit (254) is below MAX_NESTING: the values in between are
+    refused here and accepted by the walk the caller then runs; deeper ones by both."""
+    for levels, accepted in ((254, True), (255, False), (MAX_NESTING, False)):
+        deep: Any = 0
+        for _ in range(levels):
+            deep = [deep]
+        assert (encode_float_free(deep, strict=True) is not None) is accepted
+        assert _checked(deep, True) is False
+    assert _checked([deep], True) is None
+    assert encode_float_free([deep], strict=True) is None

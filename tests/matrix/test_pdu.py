@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.input.decode import decode_input
 from worker.matrix.canonical_json import CanonicalJsonError, encode_canonical_json
 from worker.matrix.hashes import add_content_hash, compute_event_id, content_hash_view
 from worker.matrix.pdu import (
+    MAX_ID_BYTES,
     MAX_PDU_BYTES,
     PduError,
     _encoded_size,
@@ -248,6 +251,58 @@ def test_too_large(fields: dict[str, Any]) -> None:
         assert code_of(make_pdu(version, **fields), version) == "too_large"
 
 
+@pytest.mark.parametrize("key", ["type", "state_key", "sender", "room_id"])
+@pytest.mark.parametrize("char", ["x", "é", "日", "😀"], ids=["1 byte", "2", "3", "4 bytes"])
+def test_identifier_limit_is_in_bytes_at_the_edge(key: str, char: str) -> None:
+    """Client-server API, "Size limits": `type`, `state_key`, `sender`, `room_id` and
+    `event_id` are limited to 255 bytes. Exactly 255 bytes passes, 256 does not, in
+    characters of every UTF-8 width (a short string passes without being encoded)."""
+    width = len(char.encode())
+    frame = {"sender": ("@", ":x.org"), "room_id": ("!", ":x.org")}.get(key, ("", ""))
+    for size, passes in ((MAX_ID_BYTES, True), (MAX_ID_BYTES + 1, False)):
+        fill = size - len("".join(frame).encode())
+        value = frame[0] + char * (fill // width) + "a" * (fill % width) + frame[1]
+        assert len(value.encode()) == size
+        if key == "sender" and char != "x":  # a user ID's localpart is ASCII
+            value = frame[0] + "a" * fill + frame[1]
+        pdu = make_pdu("10", **{key: value})
+        if passes:
+            assert parse_pdu(pdu, get_room_version("10")).pdu[key] == value
+        else:
+            assert code_of(pdu, "10") == "too_large"
+
+
+#: Faults, one per check, in the order the format is checked: a PDU with two of them
+#: is refused for the earlier one (dead letters keep naming the same fault).
+ORDERED_FAULTS: list[tuple[str, Any, str]] = [
+    ("type", 5, "`type` must be a string"),
+    ("sender", "nobody", "`sender` 'nobody' is not a user ID"),
+    ("state_key", 7, "`state_key` must be a string"),
+    ("content", [], "`content` must be an object"),
+    ("origin_server_ts", "now", "`origin_server_ts` must be an integer"),
+    ("depth", -1, "`depth` is -1"),
+    ("hashes", {"sha256": 1}, "`hashes.sha256` must be"),
+    ("signatures", {"s": []}, "`signatures.s` must map"),
+    ("unsigned", 3, "`unsigned` must be an object"),
+    ("prev_events", [1], "each `prev_events` entry"),
+    ("auth_events", "$a", "`auth_events` must be a list"),
+    ("room_id", "r:x.org", "`room_id` 'r:x.org' must start with '!'"),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(ORDERED_FAULTS))), min_size=1, max_size=4))
+def test_the_first_format_fault_is_the_one_reported(faults: list[int]) -> None:
+    version = get_room_version("10")
+    pdu = make_pdu(version)
+    for index in faults:
+        key, value, _ = ORDERED_FAULTS[index]
+        pdu[key] = value
+    with pytest.raises(PduError) as raised:
+        parse_pdu(pdu, version)
+    assert ORDERED_FAULTS[min(faults)][2] in raised.value.message
+
+
 def test_legacy_event_id_too_long() -> None:
     pdu = make_pdu("1", event_id="$" + "e" * 250 + ":example.org")
     assert code_of(pdu, "1") == "too_large"
@@ -323,6 +378,23 @@ def test_content_hash_mismatch_gives_redacted_event(version: RoomVersion) -> Non
     assert event.event_id == original_id  # redaction keeps what the ID covers
     assert event.pdu == redact(tampered, version)
     assert event.content == {}
+
+
+@pytest.mark.parametrize("version", ALL, ids=lambda v: f"v{v.identifier}")
+def test_content_hash_claim_with_padding_still_matches(version: RoomVersion) -> None:
+    """Appendices, "Unpadded Base64": "When decoding Base64, implementations SHOULD
+    accept input with or without padding characters wherever possible". The claim is
+    compared with the computed hash unpadded first; a padded claim takes the decoding
+    path and must match all the same, and a padded wrong one must not."""
+    pdu = make_pdu(version)
+    claim = pdu["hashes"]["sha256"]
+    assert "=" not in claim and len(claim) == 43  # a SHA-256 digest: one padding "="
+    padded = dict(pdu, hashes={"sha256": claim + "="})
+    event = parse_pdu(padded, version)
+    assert not event.redacted
+    assert event.pdu == padded and event.content == pdu["content"]
+    wrong = ("A" if claim[0] != "A" else "B") + claim[1:] + "="
+    assert parse_pdu(dict(pdu, hashes={"sha256": wrong}), version).redacted
 
 
 def test_undecodable_content_hash_is_a_bad_pdu() -> None:
@@ -461,3 +533,63 @@ def test_size_from_the_content_hash_view_is_exact(pdu: dict[str, Any]) -> None:
     view = content_hash_view(pdu)
     view_bytes = encode_canonical_json(view, strict=True)
     assert _encoded_size(view, view_bytes, pdu) == len(encode_canonical_json(pdu, strict=True))
+
+
+# -- the C check of float-free inputs --------------------------------------------------
+
+
+def _outcome(pdu: object, version: RoomVersion, float_free: bool) -> object:
+    """What parse_pdu makes of a PDU: its error code, or the event's whole result."""
+    try:
+        event = parse_pdu(pdu, version, float_free=float_free)
+    except PduError as exc:
+        return exc.code
+    return (event.event_id, event.redacted, event.pdu)
+
+
+#: msgpack values with the integers at canonical JSON's bounds drawn often.
+bounded_msgpack_values = st.recursive(
+    msgpack_scalars
+    | st.sampled_from([2**53 - 1, 2**53, -(2**53) + 1, -(2**53), 2**63, 2**64 - 1, -(2**63)]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=3), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from(ALL),
+    fields=st.dictionaries(st.sampled_from(PDU_KEYS), bounded_msgpack_values, max_size=6),
+    drop=st.lists(st.sampled_from(PDU_KEYS), max_size=2),
+)
+def test_float_free_inputs_parse_as_the_full_walk_does(
+    version: RoomVersion, fields: dict[str, Any], drop: list[str]
+) -> None:
+    """An input decoded from msgpack carries `float_free` when its bytes hold no float
+    marker; parsing with it must give what the Python walk gives, errors included."""
+    pdu = make_pdu(version)
+    pdu.update(fields)
+    for key in drop:
+        pdu.pop(key, None)
+    inp = decode_input(msgpack.packb({"event": pdu}, use_bin_type=True))
+    assert _outcome(inp.event, version, inp.float_free) == _outcome(inp.event, version, False)
+
+
+def test_float_free_marks_only_inputs_without_floats() -> None:
+    version = get_room_version("10")
+    plain = msgpack.packb({"event": make_pdu(version)}, use_bin_type=True)
+    assert decode_input(plain).float_free
+    for number, code in ((1.5, "not_canonical"), (0.0, "not_canonical"), (math.nan, "bad_pdu")):
+        floaty = make_pdu(version, hashed=False, content={"n": number})
+        for single in (False, True):  # float 32 (0xca) and float 64 (0xcb)
+            data = msgpack.packb({"event": floaty}, use_bin_type=True, use_single_float=single)
+            assert not decode_input(data).float_free
+            assert code_of(decode_input(data).event, version) == code
+    # A float marker byte inside an integer only costs the walk, never the check.
+    marked = msgpack.packb({"event": make_pdu(version, depth=0xCA)}, use_bin_type=True)
+    assert not decode_input(marked).float_free
+    assert parse_pdu(decode_input(marked).event, version).depth == 0xCA

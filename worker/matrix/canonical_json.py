@@ -60,6 +60,7 @@ _ENCODE = json.JSONEncoder(
     sort_keys=True,
 ).encode
 _ORJSON_SORTED = orjson.OPT_SORT_KEYS
+_ORJSON_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class CanonicalJsonError(ValueError):
@@ -110,6 +111,25 @@ def encode_checked(value: Any) -> bytes:
         # Integers beyond 64 bits (lenient rooms), nesting orjson refuses, lone surrogates,
         # types it does not know: `json` encodes the first two and words the errors.
         return _encode_with_json(value)
+
+
+def encode_float_free(value: Any, *, strict: bool) -> bytes | None:
+    """Check and encode, in one pass in C, a value that holds no float and nothing but
+    the types msgpack decodes to (dict, list, str, int, bool, None, bytes, extension
+    types): its canonical JSON, or None when it may not be canonical JSON.
+
+    For such a value orjson refuses all that `check_json` refuses (and a little more,
+    never less): integers beyond ±(2**53-1) under `strict` (`OPT_STRICT_INTEGER`, the same
+    bound), keys that are not strings, bytes and extension types, and nesting beyond
+    254 levels (`MAX_NESTING` is 256). Floats, which orjson would write (NaN as
+    ``null``), are the caller's promise to exclude. On None the caller runs
+    `check_json`, which gives the reason, or accepts the rare value nested 255 or 256
+    levels deep.
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON_STRICT if strict else _ORJSON_SORTED)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _encode_with_json(value: Any) -> bytes:

@@ -14,24 +14,29 @@ computed ID and removes it.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from worker.matrix.canonical_json import encode_canonical_json, encode_checked
-from worker.matrix.redaction import redact
+from worker.matrix.redaction import kept_top_level, redact_content
 from worker.matrix.room_versions import EventIdFormat, RoomVersion
 
-_NOT_IN_CONTENT_HASH = frozenset(("unsigned", "signatures", "hashes"))
+_NOT_IN_CONTENT_HASH = ("unsigned", "signatures", "hashes")
 _NOT_IN_REFERENCE_HASH = frozenset(("unsigned", "signatures"))
 _NOT_IN_REFERENCE_HASH_V3 = frozenset(("unsigned", "signatures", "event_id"))
+#: The standard alphabet's two last digits as the URL-safe alphabet writes them.
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def encode_base64(raw: bytes, *, url_safe: bool = False) -> str:
     """Unpadded base64 (appendices, "Unpadded Base64"), standard or URL-safe alphabet."""
+    # binascii directly: the `base64` module's wrappers cost as much again per event ID.
+    encoded = binascii.b2a_base64(raw, newline=False).rstrip(b"=")
     if url_safe:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-    return base64.b64encode(raw).rstrip(b"=").decode("ascii")
+        encoded = encoded.translate(_URL_SAFE)
+    return encoded.decode("ascii")
 
 
 def decode_base64(text: str) -> bytes:
@@ -48,10 +53,6 @@ def decode_base64(text: str) -> bytes:
         raise ValueError(f"not base64: {exc}") from None
 
 
-def _without(pdu: Mapping[str, Any], excluded: frozenset[str]) -> dict[str, Any]:
-    return {key: value for key, value in pdu.items() if key not in excluded}
-
-
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
@@ -65,8 +66,13 @@ def content_hash(pdu: Mapping[str, Any], *, strict: bool) -> bytes:
 
 
 def content_hash_view(pdu: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a PDU the content hash covers (a new dict; values are shared)."""
-    return _without(pdu, _NOT_IN_CONTENT_HASH)
+    """The part of a PDU the content hash covers (a new dict; values are shared).
+
+    Its keys are in no particular order: canonical JSON sorts them."""
+    view = dict(pdu)  # a copy in C, then three deletions: no loop over the keys
+    for key in _NOT_IN_CONTENT_HASH:
+        view.pop(key, None)
+    return view
 
 
 def expected_content_hash(pdu: Mapping[str, Any]) -> bytes | None:
@@ -91,13 +97,35 @@ def content_hash_matches(pdu: Mapping[str, Any], room_version: RoomVersion) -> b
     return expected == content_hash(pdu, strict=room_version.strict_canonical_json)
 
 
+#: `_reference_hash_keys` by room version identifier.
+_REFERENCE_HASH_KEYS: dict[str, frozenset[str]] = {}
+
+
+def _reference_hash_keys(room_version: RoomVersion) -> frozenset[str]:
+    """The top-level keys the reference hash covers: those redaction keeps, less
+    `signatures` (and `event_id` from v3, see the module's docstring)."""
+    keys = _REFERENCE_HASH_KEYS.get(room_version.identifier)
+    if keys is None:
+        excluded = (
+            _NOT_IN_REFERENCE_HASH
+            if room_version.event_id_format is EventIdFormat.LEGACY
+            else _NOT_IN_REFERENCE_HASH_V3
+        )
+        keys = _REFERENCE_HASH_KEYS[room_version.identifier] = (
+            kept_top_level(room_version) - excluded
+        )
+    return keys
+
+
 def _reference_hash_view(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
-    excluded = (
-        _NOT_IN_REFERENCE_HASH
-        if room_version.event_id_format is EventIdFormat.LEGACY
-        else _NOT_IN_REFERENCE_HASH_V3
-    )
-    return _without(redact(pdu, room_version), excluded)
+    """The redacted event without signatures and unsigned, built in one pass (the
+    redacted copy less those keys; in no particular key order: canonical JSON sorts)."""
+    view = dict(pdu)
+    for key in view.keys() - _reference_hash_keys(room_version):
+        del view[key]
+    if "content" in view:
+        view["content"] = redact_content(view.get("type"), view["content"], room_version)
+    return view
 
 
 def reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:

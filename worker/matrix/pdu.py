@@ -29,10 +29,12 @@ from worker.matrix.canonical_json import (
     check_json,
     encode_canonical_json,
     encode_checked,
+    encode_float_free,
 )
 from worker.matrix.events import CREATE, Event
 from worker.matrix.hashes import (
     content_hash_view,
+    encode_base64,
     event_id_from_reference_hash,
     expected_content_hash,
     reference_hash,
@@ -125,21 +127,23 @@ def _check_edges(pdu: Mapping[str, Any], key: str, limit: int, pairs: bool) -> N
         raise PduError(
             TOO_MANY_EDGES, f"`{key}` lists {len(refs)} events; at most {limit} are allowed"
         )
+    if not pairs:
+        for ref in refs:
+            if type(ref) is not str:
+                raise _bad(f"each `{key}` entry must be an event ID string from room version 3 on")
+        return
     for ref in refs:
-        if pairs:
-            if (
-                type(ref) is not list
-                or len(ref) != 2
-                or type(ref[0]) is not str
-                or type(ref[1]) is not dict
-                or type(ref[1].get("sha256")) is not str
-            ):
-                raise _bad(
-                    f'each `{key}` entry must be [event_id, {{"sha256": hash}}] in room '
-                    "versions 1 and 2"
-                )
-        elif type(ref) is not str:
-            raise _bad(f"each `{key}` entry must be an event ID string from room version 3 on")
+        if (
+            type(ref) is not list
+            or len(ref) != 2
+            or type(ref[0]) is not str
+            or type(ref[1]) is not dict
+            or type(ref[1].get("sha256")) is not str
+        ):
+            raise _bad(
+                f'each `{key}` entry must be [event_id, {{"sha256": hash}}] in room '
+                "versions 1 and 2"
+            )
 
 
 def _check_sender(sender: str) -> None:
@@ -162,43 +166,75 @@ _is_user_id = lru_cache(maxsize=4096)(is_valid_user_id)
 
 
 def _check_signatures(pdu: Mapping[str, Any]) -> None:
-    for server, keys in _object(pdu, "signatures").items():
-        if type(keys) is not dict or any(type(sig) is not str for sig in keys.values()):
+    signatures = pdu.get("signatures")
+    if type(signatures) is not dict:
+        signatures = _object(pdu, "signatures")
+    for server, keys in signatures.items():
+        if type(keys) is not dict:
             raise _bad(f"`signatures.{server}` must map key IDs to signature strings")
+        for signature in keys.values():  # a loop: a generator costs more for one or two
+            if type(signature) is not str:
+                raise _bad(f"`signatures.{server}` must map key IDs to signature strings")
 
 
-def _check_format(pdu: Mapping[str, Any], room_version: RoomVersion) -> None:
-    """The event format of the room version, except the event ID."""
-    event_type = _string(pdu, "type", limit=True)
-    _check_sender(_string(pdu, "sender", limit=True))
+#: A string of at most this many characters is within `MAX_ID_BYTES` in UTF-8 (at most
+#: four bytes a character), whatever it holds.
+_SURELY_SHORT = MAX_ID_BYTES // 4
+
+
+def _check_format(pdu: dict[str, Any], room_version: RoomVersion) -> None:
+    """The event format of the room version, except the event ID.
+
+    Each check tests the usual value inline; the helper that words the error (or
+    accepts a valid value the inline test cannot, such as a long string within the
+    byte limit) runs only when that test fails, at the same place in the order, so a
+    PDU with several faults is refused for the same one."""
+    get = pdu.get
+    event_type = get("type")
+    if type(event_type) is not str or len(event_type) > _SURELY_SHORT:
+        event_type = _string(pdu, "type", limit=True)
+    sender = get("sender")
+    if type(sender) is not str or len(sender) > _SURELY_SHORT:
+        sender = _string(pdu, "sender", limit=True)
+    _check_sender(sender)
     if "state_key" in pdu:
-        _string(pdu, "state_key", limit=True)
-    _object(pdu, "content")
-    _integer(pdu, "origin_server_ts")
-    depth = _integer(pdu, "depth")
+        state_key = pdu["state_key"]
+        if type(state_key) is not str or len(state_key) > _SURELY_SHORT:
+            _string(pdu, "state_key", limit=True)
+    if type(get("content")) is not dict:
+        _object(pdu, "content")
+    if type(get("origin_server_ts")) is not int:
+        _integer(pdu, "origin_server_ts")
+    depth = get("depth")
+    if type(depth) is not int:
+        depth = _integer(pdu, "depth")
     if depth < 0:
         raise _bad(f"`depth` is {depth}; it must not be negative")
     if depth > MAX_DEPTH_LEGACY:
         raise _bad(f"`depth` is {depth}; it must be less than 2**63")
-    hashes = _object(pdu, "hashes")
+    hashes = get("hashes")
+    if type(hashes) is not dict:
+        hashes = _object(pdu, "hashes")
     if type(hashes.get("sha256")) is not str:
         raise _bad("`hashes.sha256` must be the content hash as a base64 string")
     _check_signatures(pdu)
-    if "unsigned" in pdu:
+    if "unsigned" in pdu and type(pdu["unsigned"]) is not dict:
         _object(pdu, "unsigned")
     pairs = room_version.auth_events_are_pairs
     _check_edges(pdu, "prev_events", MAX_PREV_EVENTS, pairs)
     _check_edges(pdu, "auth_events", MAX_AUTH_EVENTS, pairs)
     if not room_version.updated_redaction_rules and "redacts" in pdu:
         _string(pdu, "redacts")
-    if room_version.room_id_from_create and event_type == CREATE and pdu.get("state_key") == "":
+    if room_version.room_id_from_create and event_type == CREATE and get("state_key") == "":
         if "room_id" in pdu:
             raise _bad(
                 "an m.room.create event has no `room_id` from room version 12 on: the room "
                 "ID is derived from its event ID"
             )
         return
-    room_id = _string(pdu, "room_id", limit=True)
+    room_id = get("room_id")
+    if type(room_id) is not str or len(room_id) > _SURELY_SHORT:
+        room_id = _string(pdu, "room_id", limit=True)
     if not room_id.startswith("!"):
         raise _bad(f"`room_id` {_show(room_id)} must start with '!'")
 
@@ -229,7 +265,7 @@ def _encoded_size(view: dict[str, Any], view_bytes: bytes, pdu: dict[str, Any]) 
     return len(view_bytes) + extra_size - 1
 
 
-def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
+def parse_pdu(pdu: object, room_version: RoomVersion, *, float_free: bool = False) -> Event:
     """Validate a PDU as received and return it as an `Event`.
 
     Raises `PduError` for anything that makes the event unusable. When the content hash does
@@ -238,6 +274,10 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
     From room version 3 an `event_id` key, which that format does not have, is accepted as
     the sender's claim of the ID: it must equal the computed ID and is removed from the
     returned PDU (it would otherwise change both hashes).
+
+    `float_free` is the caller's promise that `pdu` was decoded from msgpack bytes with
+    no float in them (see `worker.input.decode`): then one orjson pass in C checks and
+    sizes the PDU where `check_json` would walk it in Python (`encode_float_free`).
     """
     if type(pdu) is not dict:
         raise _bad(f"a PDU must be a JSON object, not {type(pdu).__name__}")
@@ -245,16 +285,24 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
     has_claim = not legacy and "event_id" in pdu
     body = {k: v for k, v in pdu.items() if k != "event_id"} if has_claim else pdu
 
+    whole = (
+        encode_float_free(pdu, strict=room_version.strict_canonical_json) if float_free else None
+    )
     try:
-        # One walk checks the whole PDU; afterwards its parts encode without checks.
-        rewrite = check_json(pdu, strict=room_version.strict_canonical_json)
         view = content_hash_view(body)
-        if rewrite:  # v1–5 only: whole-number floats are written as integers
-            size = len(encode_canonical_json(pdu, strict=False))
-            view_bytes = encode_canonical_json(view, strict=False)
-        else:
+        if whole is not None:  # checked and encoded whole in C: canonical, no floats
+            rewrite = False
             view_bytes = encode_checked(view)
-            size = _encoded_size(view, view_bytes, pdu)
+            size = len(whole)
+        else:
+            # One walk checks the whole PDU; afterwards its parts encode without checks.
+            rewrite = check_json(pdu, strict=room_version.strict_canonical_json)
+            if rewrite:  # v1–5 only: whole-number floats are written as integers
+                size = len(encode_canonical_json(pdu, strict=False))
+                view_bytes = encode_canonical_json(view, strict=False)
+            else:
+                view_bytes = encode_checked(view)
+                size = _encoded_size(view, view_bytes, pdu)
     except CanonicalJsonError as exc:
         raise _json_error(exc, room_version) from None
     if size > MAX_PDU_BYTES:
@@ -287,12 +335,17 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
                 f"the PDU's ID is {event_id}",
             )
 
+    computed = hashlib.sha256(view_bytes).digest()
+    if body["hashes"]["sha256"] == encode_base64(computed):
+        # The usual case, decided without decoding: the claim is the computed hash in
+        # unpadded base64, so it is base64 and matches.
+        return Event(event_id, room_version, body)
     expected = expected_content_hash(body)
     if expected is None:
         # A hash that is not base64 is no hash at all: Synapse refuses such a PDU
         # rather than process it redacted (docs/matrix.md).
         raise _bad(f"`hashes.sha256` {_show(body['hashes']['sha256'])} is not base64")
-    if expected != hashlib.sha256(view_bytes).digest():
+    if expected != computed:
         return Event(event_id, room_version, redact(body, room_version), redacted=True)
     return Event(event_id, room_version, body)
 

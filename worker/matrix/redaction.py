@@ -112,13 +112,18 @@ def redact_content(
     return kept
 
 
+def kept_top_level(room_version: RoomVersion) -> frozenset[str]:
+    """The top-level keys a redacted event keeps under `room_version`'s algorithm."""
+    return _TOP_LEVEL_V11 if room_version.updated_redaction_rules else _TOP_LEVEL_V1
+
+
 def redact(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
     """The redacted copy of a PDU under `room_version`'s algorithm.
 
     The input is not modified. The result is a new top-level dict and a new `content`; other
     nested values are shared with the input, so treat the result as read-only.
     """
-    top_level = _TOP_LEVEL_V11 if room_version.updated_redaction_rules else _TOP_LEVEL_V1
+    top_level = kept_top_level(room_version)
     redacted = {key: value for key, value in pdu.items() if key in top_level}
     if "content" in pdu:
         redacted["content"] = redact_content(pdu.get("type"), pdu["content"], room_version)

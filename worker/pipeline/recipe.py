@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -38,9 +39,9 @@ from worker.storage.schema import STATUS_OUTLIER, STATUS_REJECTED, STATUS_SOFT_F
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Valid:
-    """A decoded input whose event parsed and belongs to the subject's room."""
+class _Valid(NamedTuple):
+    """A decoded input whose event parsed and belongs to the subject's room (a named
+    tuple, like `_Parsed`: one is made per input, in one step)."""
 
     inp: InputMessage
     event: Event
@@ -67,8 +68,7 @@ class Parts:
     outputs: OutputBuilder
 
 
-@dataclass(frozen=True, slots=True)
-class _Parsed:
+class _Parsed(NamedTuple):
     """An input decoded and parsed ahead of its turn (see `Recipe.prefetch`)."""
 
     inp: InputMessage
@@ -123,7 +123,7 @@ class Recipe:
             if decoded is None:
                 return None
             inp, version = decoded
-            event = parse_pdu(inp.event, version)
+            event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except Exception:  # raised again in the input's own turn, in its savepoint
             return None
         return _Parsed(inp, version, event)
@@ -215,7 +215,7 @@ class Recipe:
             if parsed is not None and parsed.version.identifier == version.identifier:
                 event = parsed.event
             else:
-                event = parse_pdu(inp.event, version)
+                event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except PduError as exc:
             raise DeadLetter(exc.code, exc.message) from None
         if event.room_id != subject_room:
