@@ -155,14 +155,20 @@ class PipelineProcess(PipelineHandle):
     async def _exchange(self, request: Request) -> Reply:
         if self._dead is not None:
             raise self._dead
+        reader, writer = await self._connected()
+        # Handed to the socket at once, before whatever else the loop has ready runs
+        # (the acks of the batch before, started as it was answered): the pipeline's
+        # process would wait for those first, idle.
+        writer.write(_framed(request))
         # Shielded: once a request is sent its reply must be read, or the next request
         # would read it instead.
-        return await asyncio.shield(asyncio.ensure_future(self._round_trip(request)))
+        return await asyncio.shield(asyncio.ensure_future(self._reply(request, reader, writer)))
 
-    async def _round_trip(self, request: Request) -> Reply:
-        reader, writer = await self._connected()
+    async def _reply(
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Reply:
+        """The answer to `request`, which was written to `writer`."""
         try:
-            writer.write(_framed(request))
             await writer.drain()
             (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
             ok, value = pickle.loads(await reader.readexactly(size))
