@@ -20,8 +20,9 @@ from worker.matrix.builder import RoomBuilder
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Disposition, InboundMessage
 from worker.runner.pipeline_process import PipelineProcess, _portable
+from worker.runner.pipeline_server import BatchResult
 from worker.storage.cache_budget import DEFAULT_CACHE_MB
-from worker.storage.database import is_transient
+from worker.storage.database import OutboxRow, is_transient
 from worker.storage.lock import StorageLock
 
 
@@ -79,3 +80,14 @@ def test_a_transient_fault_stays_transient_across_the_pipe(tmp_path: Path) -> No
     assert is_transient(crossed)
     assert crossed.sqlite_errorname == "SQLITE_BUSY"
     assert any("in the pipeline process" in note for note in crossed.__notes__)
+
+
+def test_a_batch_result_crosses_the_pipe_with_its_rows_as_rows() -> None:
+    # Pickled with its rows as plain tuples (BatchResult.__reduce__), it must still
+    # come out with OutboxRows, which the relay reads by name.
+    rows = [OutboxRow(7, "out.room", "$a", b"{}"), OutboxRow(8, "out.room", "$b", b"[]")]
+    result = BatchResult([Disposition.ACK, Disposition.TERM], [0.5, 0.25], rows)
+    crossed = pickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    assert crossed == result
+    assert [type(row) for row in crossed.rows] == [OutboxRow, OutboxRow]
+    assert crossed.rows[1].payload == b"[]"

@@ -75,6 +75,11 @@ FULL_EVERY: Final = 300.0
 _HEADER: Final = struct.Struct("!I")
 #: Seconds the child gets to exit once told to (it finishes the request in hand first).
 _EXIT_TIMEOUT: Final = 30.0
+#: Bytes a message may take in the socket before its sender waits for the reader (the
+#: kernel's default, ~200 kB, is less than a batch's reply: 256 outputs of ~1 kB; the
+#: pipeline's process then waits in `sendall` until the event loop comes to read it).
+#: Capped by net.core.wmem_max (4 MiB by default).
+_SOCKET_BUFFER: Final = 4 << 20
 #: Bytes read from the socket at a time.
 _READ_LIMIT: Final = 1 << 20
 #: The shared flags' size (two C longs, rounded up to a page by the kernel).
@@ -99,6 +104,8 @@ class PipelineProcess(PipelineHandle):
             self._flags_map = mmap.mmap(flags_fd, _FLAGS_BYTES)
             super().__init__(metrics, SharedFlags(_cells(self._flags_map)))
             ours, theirs = socket.socketpair()
+            for end in (ours, theirs):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             fds = (theirs.fileno(), lock_fd, flags_fd)
             try:
                 self._process = subprocess.Popen(
@@ -148,14 +155,20 @@ class PipelineProcess(PipelineHandle):
     async def _exchange(self, request: Request) -> Reply:
         if self._dead is not None:
             raise self._dead
+        reader, writer = await self._connected()
+        # Handed to the socket at once, before whatever else the loop has ready runs
+        # (the acks of the batch before, started as it was answered): the pipeline's
+        # process would wait for those first, idle.
+        writer.write(_framed(request))
         # Shielded: once a request is sent its reply must be read, or the next request
         # would read it instead.
-        return await asyncio.shield(asyncio.ensure_future(self._round_trip(request)))
+        return await asyncio.shield(asyncio.ensure_future(self._reply(request, reader, writer)))
 
-    async def _round_trip(self, request: Request) -> Reply:
-        reader, writer = await self._connected()
+    async def _reply(
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Reply:
+        """The answer to `request`, which was written to `writer`."""
         try:
-            writer.write(_framed(request))
             await writer.drain()
             (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
             ok, value = pickle.loads(await reader.readexactly(size))

@@ -110,6 +110,19 @@ class BatchResult:
     laps: list[float]
     rows: list[OutboxRow]
 
+    def __reduce__(self) -> tuple[Callable[..., BatchResult], tuple[Any, ...]]:
+        """Pickled with its rows as plain tuples: a NamedTuple pickles through a Python
+        call per row (`__getnewargs__`, ~5 us: a reply of 256 rows took 1.4 ms to
+        pickle, 0.13 ms as tuples), in the pipeline's process, the bottleneck."""
+        return _batch_result, (self.dispositions, self.laps, list(map(tuple, self.rows)))
+
+
+def _batch_result(
+    dispositions: list[Disposition], laps: list[float], rows: list[tuple[int, str, str, bytes]]
+) -> BatchResult:
+    """A `BatchResult` unpickled (see `BatchResult.__reduce__`)."""
+    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)))
+
 
 @dataclass(slots=True)
 class _Recorded:
