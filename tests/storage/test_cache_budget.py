@@ -92,6 +92,7 @@ def _pipeline_caches(pipeline: Pipeline) -> list[tuple[str, Any]]:
         ("room_rows", pipeline.rooms.cached_rooms),
         ("subjects", pipeline.rooms.subject_rooms),
         ("output_subjects", pipeline.outputs._output_subjects),
+        ("passed_auth", pipeline.authorize._passed),
         ("resolutions", resolver.cache),
         ("resolved_snapshots", pipeline.states._resolved),
         ("auth_chains", resolver._chains),

@@ -36,11 +36,6 @@ from worker.storage.schema import (
 )
 from worker.storage.state import StateStore, StateView
 
-#: Passes against the auth events remembered (`Authorizer._passed`), about one per
-#: active sender (a 2,000-member room's senders fit): ~1.3 KB an entry, ~5 MB when
-#: full. Entries hold the events they rest on weakly, so they keep none alive.
-PASSED_AUTH_MEMO = 4096
-
 
 @dataclass(slots=True)
 class Verdict:
@@ -87,7 +82,11 @@ class PassedAuth:
 class Authorizer:
     """The three checks over stored events and NID state maps."""
 
-    def __init__(self, db: Database, state: StateStore, events: EventStore) -> None:
+    def __init__(
+        self, db: Database, state: StateStore, events: EventStore, memo_entries: int
+    ) -> None:
+        """`memo_entries` bounds the passes remembered (`passed_auth`, about one per
+        active sender: a 2,000-member room's fit the default budget's 4,100)."""
         self.db = db
         self.state = state
         self.events = events
@@ -99,7 +98,7 @@ class Authorizer:
         #: give the same pass; otherwise the event is checked again. The objects are
         #: held weakly: one the cache dropped is gone, and its entry no longer matches.
         self._passed: BoundedMemo[VerdictKey, tuple[tuple[ref[StoredEvent], ...], PassedAuth]] = (
-            BoundedMemo(PASSED_AUTH_MEMO)
+            BoundedMemo(memo_entries)
         )
 
     def against_auth_events(

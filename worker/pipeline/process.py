@@ -68,7 +68,9 @@ class Pipeline:
         self.batch = Batch(db, self.outbox, self.outputs)
         self.rooms = Rooms(db, subjects, limits)
         self.held = HeldEvents(db, held_max_wait, clock)
-        self.authorize = Authorizer(db, self.state, self.events)
+        self.authorize = Authorizer(
+            db, self.state, self.events, (budget or DEFAULT_BUDGET).bound("passed_auth")
+        )
         self.resolver = NidResolver(db, self.state, self.events, budget)
         self.states = EventStates(
             db,

@@ -78,6 +78,9 @@ SHARES: Final[dict[str, Share]] = {
     #: its slot (~125 bytes measured; the room ID is shared with the room's other
     #: entries).
     "output_subjects": Share(0.00125, 130),
+    #: Passes against the auth events remembered by the authorizer, by pass (~1.3 KB:
+    #: the key, the auth state as NIDs both ways, weak references to the cited events).
+    "passed_auth": Share(0.02, 1_300),
     #: Resolutions, by differing state entry.
     "resolutions": Share(0.02, 150),
     #: Resolved snapshots by their inputs, by resolution.
@@ -104,7 +107,7 @@ SHARES: Final[dict[str, Share]] = {
     "reader_block_lists": Share(0.0025, 40),
     #: The reader's six NID maps (types, state keys, event IDs, memberships, auth
     #: events both ways), by entry.
-    "reader_names": Share(0.27938, 230, copies=6),
+    "reader_names": Share(0.25938, 230, copies=6),
     #: Whole states encoded for replies, by byte.
     "packed_states": Share(0.04625, 1),
 }
