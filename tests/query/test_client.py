@@ -3,10 +3,7 @@ msg ID, and outputs through a durable consumer, at least once."""
 
 from __future__ import annotations
 
-import os
-
 import msgpack
-import nats.aio.client
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -15,7 +12,6 @@ from tests.harness.e2e import running_worker
 from tests.query.scenario import ALICE, BOB, wait_processed
 from worker.bus.streams import ensure_streams
 from worker.client import RoomserverClient, embedded_server_url
-from worker.client.core import READ_BUFFER_BYTES
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
 
@@ -117,19 +113,3 @@ async def test_connect_uses_configured_servers(config: Config) -> None:
         assert client.nc.is_connected
     assert client.nc.is_closed
     assert embedded_server_url(Config()) == "nats://127.0.0.1:4222"
-
-
-async def test_a_client_connection_reads_whole_messages_in_large_pieces(config: Config) -> None:
-    """A client that connects itself has nats-py read up to 1 MiB at a time (nats-py's
-    own 32 KiB made a 680 kB reply 21 reads and three pauses of the socket's reading),
-    and large and small messages still arrive whole and in order."""
-    async with await RoomserverClient.connect(config) as client:
-        assert nats.aio.client.DEFAULT_BUFFER_SIZE >= READ_BUFFER_BYTES
-        sub = await client.nc.subscribe("big")
-        await client.nc.flush()
-        bodies = [os.urandom(n) for n in (900_000, 3, 700_000, 0, 65_537)]
-        for body in bodies:
-            await client.nc.publish("big", body)
-        await client.nc.flush()
-        for body in bodies:
-            assert (await sub.next_msg(timeout=10)).data == body

@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Self, TypeVar
 
 import msgpack
-import nats.aio.client
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -28,35 +27,12 @@ from worker.query.gather import SPANNING, merge_replies
 from worker.query.schema import SERVICE_NAME
 
 DEFAULT_TIMEOUT: Final = 5.0
-#: Bytes nats-py reads from its socket at a time, and its StreamReader's limit, once a
-#: client connected through `ClientCore.connect` (`read_in_large_pieces`).
-READ_BUFFER_BYTES: Final = 1 << 20
 
 T = TypeVar("T")
 
 
 def _as_map(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
-
-
-def read_in_large_pieces() -> None:
-    """Have nats-py read up to READ_BUFFER_BYTES at a time, in this whole process.
-
-    nats-py's own size is 32 KiB (its module's DEFAULT_BUFFER_SIZE, which it reads at
-    each read of the socket and, as its StreamReader's limit, when it opens a
-    connection). A 680 kB reply (a 10,000-entry state) then took some 21 reads
-    through its parser, and asyncio stopped and restarted reading the socket three
-    times on the way (reading pauses while twice the limit waits unread: two
-    epoll_ctl calls and an event-loop turn each time). With 1 MiB (NATS's default
-    max_payload, one whole message) both go: 0.2 ms less client CPU per warm state
-    query (docs/queries.md, Speed). Small messages are read as before (a read takes
-    what has arrived). The setting is nats-py's, for every connection of the process,
-    so only a client connecting through `ClientCore.connect` (a process that asks
-    questions) makes it, before it connects; the worker leaves it alone, and a larger
-    value someone else set is kept.
-    """
-    if nats.aio.client.DEFAULT_BUFFER_SIZE < READ_BUFFER_BYTES:
-        nats.aio.client.DEFAULT_BUFFER_SIZE = READ_BUFFER_BYTES
 
 
 class ClientCore(Started):
@@ -109,10 +85,8 @@ class ClientCore(Started):
 
         NATS reconnects forever, also for the first connection (a worker must outlive
         a NATS restart); with `connect_timeout` the client gives up after that many
-        seconds instead, raising RoomserverError `unavailable`. nats-py reads in pieces
-        of up to 1 MiB from then on, in the whole process (`read_in_large_pieces`).
+        seconds instead, raising RoomserverError `unavailable`.
         """
-        read_in_large_pieces()
         targets = list(servers) if servers else server_urls(config)
         attempt = connect(config.nats, targets, name=name)
         try:
