@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from worker.storage.auth_citers import AuthCiters
-from worker.storage.database import Database
+from worker.storage.database import Database, RoomRow
 from worker.storage.schema import STATUS_ACCEPTED
 
 MEMBER_TYPE = "m.room.member"
@@ -46,13 +46,20 @@ def _store(
     )
 
 
+def _create_and_join(db: Database) -> tuple[RoomRow, int, int]:
+    """A room with its create event and a join citing it, stored in the open
+    transaction: the room row and the two events' NIDs."""
+    room = db.create_room("!r:test", "10")
+    create = _store(db, room.nid, "$create", [], event_type="m.room.create")
+    join = _store(db, room.nid, "$join", ["$create"], state_key="@a:test")
+    return room, create, join
+
+
 def test_edges_follow_rows_stored_later_and_auth_events_that_arrive_late(tmp_path: Path) -> None:
     db = Database(tmp_path)
     index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
     with db.transaction():
-        room = db.create_room("!r:test", "10")
-        create = _store(db, room.nid, "$create", [], event_type="m.room.create")
-        join = _store(db, room.nid, "$join", ["$create"], state_key="@a:test")
+        room, create, join = _create_and_join(db)
     citers = index.room(room.nid)
     assert citers.by_nid == {create: [join]} and citers.complete
     with db.transaction():
@@ -114,9 +121,7 @@ def test_rows_stored_in_the_open_transaction_are_indexed(tmp_path: Path) -> None
     db = Database(tmp_path)
     index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
     with db.transaction():
-        room = db.create_room("!r:test", "10")
-        create = _store(db, room.nid, "$create", [], event_type="m.room.create")
-        join = _store(db, room.nid, "$join", ["$create"], state_key="@a:test")
+        room, create, join = _create_and_join(db)
         citers = index.room(room.nid)
         assert citers.by_nid == {create: [join]} and citers.complete
     db.close()
