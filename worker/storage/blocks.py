@@ -51,10 +51,7 @@ def _bytes(values: array[int]) -> bytes:
 
 def pack_nids(nids: Iterable[int]) -> bytes:
     """A NID list (a snapshot's blocks, forward extremities, auth events) as int64s."""
-    values = array("q", nids)
-    if _BIG_ENDIAN:
-        values.byteswap()
-    return values.tobytes()
+    return _bytes(array("q", nids))
 
 
 def unpack_nids(blob: bytes) -> list[int]:
