@@ -20,7 +20,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from worker.matrix.canonical_json import encode_canonical_json, encode_checked
-from worker.matrix.redaction import kept_top_level, redact_content
+from worker.matrix.redaction import kept_top_level, redact
 from worker.matrix.room_versions import EventIdFormat, RoomVersion
 
 _NOT_IN_CONTENT_HASH = ("unsigned", "signatures", "hashes")
@@ -118,14 +118,9 @@ def _reference_hash_keys(room_version: RoomVersion) -> frozenset[str]:
 
 
 def _reference_hash_view(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
-    """The redacted event without signatures and unsigned, built in one pass (the
-    redacted copy less those keys; in no particular key order: canonical JSON sorts)."""
-    view = dict(pdu)
-    for key in view.keys() - _reference_hash_keys(room_version):
-        del view[key]
-    if "content" in view:
-        view["content"] = redact_content(view.get("type"), view["content"], room_version)
-    return view
+    """The redacted event without signatures and unsigned (in no particular key order:
+    canonical JSON sorts)."""
+    return redact(pdu, room_version, keep=_reference_hash_keys(room_version))
 
 
 def reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:

@@ -21,7 +21,7 @@ Synapse and ruma agree on both cases.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from worker.matrix.events import (
@@ -117,14 +117,21 @@ def kept_top_level(room_version: RoomVersion) -> frozenset[str]:
     return _TOP_LEVEL_V11 if room_version.updated_redaction_rules else _TOP_LEVEL_V1
 
 
-def redact(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
+def redact(
+    pdu: Mapping[str, Any], room_version: RoomVersion, *, keep: Set[str] | None = None
+) -> dict[str, Any]:
     """The redacted copy of a PDU under `room_version`'s algorithm.
 
     The input is not modified. The result is a new top-level dict and a new `content`; other
-    nested values are shared with the input, so treat the result as read-only.
+    nested values are shared with the input, so treat the result as read-only. `keep`
+    narrows the top-level keys kept to a part of the algorithm's (`kept_top_level`): the
+    reference hash's view is the redacted event without its signatures, made in the
+    same pass.
     """
-    top_level = kept_top_level(room_version)
-    redacted = {key: value for key, value in pdu.items() if key in top_level}
-    if "content" in pdu:
+    # A copy in C less the keys not kept, rather than a loop over every key.
+    redacted = dict(pdu)
+    for key in redacted.keys() - (kept_top_level(room_version) if keep is None else keep):
+        del redacted[key]
+    if "content" in redacted:
         redacted["content"] = redact_content(pdu.get("type"), pdu["content"], room_version)
     return redacted
