@@ -3,7 +3,7 @@ one statement per table, at the commit (or at an input savepoint's bounds).
 
 `Database.insert_event` writes the event's own row at once and keeps the other two in
 memory. What must hold, on a real SQLite file: the connection's reads of those rows
-(`event_json`, `children_of`, `prev_event_ids_of`) see them at once; an input whose
+(`event_json`, `prev_event_ids_of`) see them at once; an input whose
 savepoint is undone takes exactly its own rows back, never an earlier input's (even
 one inserted outside any savepoint, or written by a read inside the undone one); a
 transaction that does not commit writes none; one that commits writes them all.
@@ -61,7 +61,6 @@ def test_rows_are_read_at_once_and_written_at_the_commit(tmp_path: Path) -> None
         b = _insert(db, room.nid, "$b", ["$a", "$x"])
         assert _on_disk(tmp_path) == ([], [])  # not written yet
         assert db.event_json(b) == b'{"id":"$b"}'
-        assert db.children_of("$a") == [b]
         assert sorted(db.prev_event_ids_of([b])) == ["$a", "$x"]
     assert _on_disk(tmp_path) == (
         [(a, b'{"id":"$a"}'), (b, b'{"id":"$b"}')],
@@ -78,9 +77,10 @@ def test_an_undone_savepoint_takes_back_its_own_rows_only(tmp_path: Path) -> Non
         first = _insert(db, room.nid, "$first", [])
         with pytest.raises(Boom), db.savepoint():
             undone = _insert(db, room.nid, "$undone", ["$first"])
-            assert db.children_of("$first") == [undone]  # a read writes the rows inside
+            # A read writes the rows inside.
+            assert db.prev_event_ids_of([undone]) == ["$first"]
             raise Boom
-        assert db.children_of("$first") == []
+        assert db.prev_event_ids_of([undone]) == []
         assert db.event_json(first) == b'{"id":"$first"}'
         with db.savepoint():
             kept = _insert(db, room.nid, "$kept", ["$first"])

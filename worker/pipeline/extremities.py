@@ -50,11 +50,12 @@ class Extremities:
         #: Mirrored from their table while they fit the budget.
         self.awaited_prevs = MaybeSet("awaited prev events", db.awaited_prevs.all(), budget)
 
-    def await_prevs(self, event_ids: list[str]) -> None:
-        """An event was processed without these prev events (forced out of hold, or
-        with the state supplied): when one arrives, its children are already there."""
+    def await_prevs(self, event_ids: list[str], child_nid: int) -> None:
+        """The event `child_nid` was processed without these prev events (forced out of
+        hold, or with the state supplied): when one arrives, its children are already
+        there."""
         if event_ids:
-            self.db.awaited_prevs.add(event_ids)
+            self.db.awaited_prevs.add(event_ids, child_nid)
             self.awaited_prevs.add(event_ids)
 
     def advance(
@@ -135,9 +136,7 @@ class Extremities:
             prev_nids |= self._behind_soft_failed(prev_rows.values())
         latest = [nid for nid in room.latest_event_nids if nid not in prev_nids]
         event_id = stored.event.event_id
-        if not latest or not (
-            self._stop_awaiting(event_id) and self._has_accepted_children(event_id)
-        ):
+        if not latest or not self._has_accepted_children(self._stop_awaiting(event_id)):
             latest.append(stored.row.nid)
         return latest
 
@@ -164,22 +163,22 @@ class Extremities:
             frontier = [row.nid for row in rows if row.status == STATUS_SOFT_FAILED]
         return found
 
-    def _stop_awaiting(self, event_id: str) -> bool:
-        """An awaited prev event has arrived: delete its row from the awaited prev
-        events, and say whether it may have been awaited (False: it certainly was
-        not, so no stored event names it)."""
+    def _stop_awaiting(self, event_id: str) -> list[int]:
+        """An awaited prev event has arrived: delete its rows from the awaited prev
+        events, and return the NIDs of the stored events that named it (none when it
+        certainly was not awaited, so no stored event names it)."""
         if not self.awaited_prevs.may_contain(event_id):
-            return False
+            return []
+        children = self.db.children_of(event_id)
         self.db.awaited_prevs.remove(event_id)
         self.awaited_prevs.discard(event_id)
         self.db.on_rollback(lambda: self.awaited_prevs.add([event_id]))
-        return True
+        return children
 
-    def _has_accepted_children(self, event_id: str) -> bool:
-        """Whether accepted events already name this one as a prev event (it arrived
-        after children that were processed without it). Like Synapse, rejected,
+    def _has_accepted_children(self, children: list[int]) -> bool:
+        """Whether accepted events already name the arriving event as a prev event (it
+        arrived after children that were processed without it). Like Synapse, rejected,
         soft-failed and outlier children do not count."""
-        children = self.db.children_of(event_id)
         return any(self.events.by_nid(nid).row.status == STATUS_ACCEPTED for nid in children)
 
     def _index_memberships(

@@ -174,7 +174,8 @@ class Recipe:
         self.p.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
-            self.p.extremities.await_prevs(self.p.states.prevs_without_state(event, prev_rows))
+            missing = self.p.states.prevs_without_state(event, prev_rows)
+            self.p.extremities.await_prevs(missing, stored.row.nid)
         self._publish(stored, room, verdict, inp, before, prev_rows)
 
     def event_id_of(self, message: InboundMessage) -> str | None:

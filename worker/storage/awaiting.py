@@ -44,20 +44,34 @@ class Redactions:
 
 
 class AwaitedPrevEvents:
-    """Prev events named by stored events but not stored themselves; one arriving
-    later may change the room's forward extremities."""
+    """Prev events named by stored events but not stored themselves (or only as
+    outliers), each with the stored events processed without it; one arriving later
+    may change the room's forward extremities, and those events are its children."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def add(self, event_ids: Sequence[str]) -> None:
+    def add(self, event_ids: Sequence[str], child_nid: int) -> None:
+        """The stored event `child_nid` was processed without these prev events."""
         self.conn.executemany(
-            "INSERT OR IGNORE INTO awaited_prev_events (event_id) VALUES (?)",
-            [(event_id,) for event_id in event_ids],
+            "INSERT OR IGNORE INTO awaited_prev_events (event_id, child_event_nid) VALUES (?, ?)",
+            [(event_id, child_nid) for event_id in event_ids],
         )
 
     def all(self) -> list[str]:
-        return [row[0] for row in self.conn.execute("SELECT event_id FROM awaited_prev_events")]
+        return [
+            row[0] for row in self.conn.execute("SELECT DISTINCT event_id FROM awaited_prev_events")
+        ]
+
+    def children(self, event_id: str) -> list[int]:
+        """NIDs of the stored events processed while `event_id` was awaited."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT child_event_nid FROM awaited_prev_events WHERE event_id = ?",
+                (event_id,),
+            )
+        ]
 
     def remove(self, event_id: str) -> None:
         self.conn.execute("DELETE FROM awaited_prev_events WHERE event_id = ?", (event_id,))

@@ -431,14 +431,17 @@ class Database(WriteConnection):
         return int(row[0]) if row is not None else None
 
     def children_of(self, event_id: str) -> list[int]:
-        """NIDs of stored events naming `event_id` as a prev event."""
-        self.write_deferred()
-        return [
-            row[0]
-            for row in self.conn.execute(
-                "SELECT event_nid FROM event_edges WHERE prev_event_id = ?", (event_id,)
-            )
-        ]
+        """NIDs of stored timeline events naming `event_id` as a prev event, for an
+        event that arrives after them (an awaited prev event).
+
+        They are the events processed while it was awaited (`db.awaited_prevs`), not
+        read from `event_edges`: a stored event naming a prev event not stored yet (or
+        stored only as an outlier) was either processed without it, and so recorded
+        there, or is an outlier itself (a child that does not count; re-sent as a
+        timeline event, it is processed, and recorded, then). An index of `event_edges`
+        by prev event, which would answer for any event, cost each stored event a
+        write of a random leaf of it."""
+        return self.awaited_prevs.children(event_id)
 
     def prev_event_ids_of(self, nids: Sequence[int]) -> list[str]:
         """The prev event IDs the stored events with these NIDs name (known or not)."""

@@ -12,7 +12,11 @@ import sqlite3
 #: parked and would process its later inputs without the one that failed.
 #: 3: the index of users' rooms (`user_room_memberships`), filled from every room's
 #: current state on the upgrade (worker.storage.membership_index).
-SCHEMA_VERSION = 3
+#: 4: the awaited prev events name the stored events that were processed without them
+#: (filled from `event_edges` on the upgrade), and `event_edges` has no index by prev
+#: event any more: it served only the question those rows now answer, and each event
+#: wrote a random leaf of it.
+SCHEMA_VERSION = 4
 
 #: Well-known event types with fixed NIDs (never 0: 0 means "none").
 WELL_KNOWN_TYPES: dict[str, int] = {
@@ -52,7 +56,17 @@ STATUS_NAMES = {
     STATUS_OUTLIER: "outlier",
 }
 
-DDL = """
+#: Created by the DDL, and by the upgrade from version 3 in place of the older table.
+AWAITED_PREV_EVENTS = """
+CREATE TABLE IF NOT EXISTS awaited_prev_events (
+    event_id TEXT NOT NULL,
+    child_event_nid INTEGER NOT NULL,
+    PRIMARY KEY (event_id, child_event_nid)
+) WITHOUT ROWID;
+"""
+
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS event_types (
     nid INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE
@@ -102,7 +116,6 @@ CREATE TABLE IF NOT EXISTS event_edges (
     prev_event_id TEXT NOT NULL,
     PRIMARY KEY (event_nid, prev_event_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS event_edges_prev ON event_edges(prev_event_id);
 CREATE TABLE IF NOT EXISTS state_blocks (
     nid INTEGER PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
@@ -143,11 +156,11 @@ CREATE TABLE IF NOT EXISTS held_waits (
     PRIMARY KEY (missing_event_id, held_event_id)
 ) WITHOUT ROWID;
 -- prev events that stored timeline events named while they were unknown (processed
--- after the wait, or with supplied state): when one arrives, it may already have children
-CREATE TABLE IF NOT EXISTS awaited_prev_events (
-    event_id TEXT PRIMARY KEY
-) WITHOUT ROWID;
--- rooms whose processing failed unexpectedly (a bug, not bad input): nothing more of
+-- after the wait, or with supplied state), with those events: when one arrives, they
+-- are the children it already has
+"""
+    + AWAITED_PREV_EVENTS
+    + """-- rooms whose processing failed unexpectedly (a bug, not bad input): nothing more of
 -- the room is processed until it is retried, so a bug never forks it silently
 CREATE TABLE IF NOT EXISTS parked_rooms (
     room_id TEXT PRIMARY KEY,
@@ -193,6 +206,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL
 );
 """
+)
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -222,4 +236,32 @@ def create_schema(conn: sqlite3.Connection) -> None:
             from worker.storage.membership_index import index_existing_rooms
 
             index_existing_rooms(conn)
+        if 0 < version < 4:
+            name_awaited_children(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def name_awaited_children(conn: sqlite3.Connection) -> None:
+    """The upgrade to version 4: the awaited prev events gain the stored events that
+    named them, and `event_edges` loses its index by prev event.
+
+    The children are read from `event_edges` through that index, before it goes. They
+    are every stored event naming the awaited prev event, as the version-3 worker's
+    question for its children read them: outliers and rejected events among them count
+    for nothing there either, and every accepted one was processed without the prev
+    event, so the worker of this version records it too. An awaited prev event no
+    stored event names keeps no row, which answers the same (no children). Safe to run
+    again: a table already of the new shape is left as it is."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(awaited_prev_events)")]
+    if "child_event_nid" not in columns:
+        conn.executescript(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE awaited_prev_events RENAME TO awaited_prev_events_v3;"
+            + AWAITED_PREV_EVENTS
+            + "INSERT OR IGNORE INTO awaited_prev_events (event_id, child_event_nid)"
+            " SELECT a.event_id, g.event_nid FROM awaited_prev_events_v3 a"
+            " JOIN event_edges g ON g.prev_event_id = a.event_id;"
+            "DROP TABLE awaited_prev_events_v3;"
+            "COMMIT;"
+        )
+    conn.execute("DROP INDEX IF EXISTS event_edges_prev")

@@ -1,0 +1,143 @@
+"""The upgrade from schema version 3 to 4, on real SQLite files.
+
+Version 4 records, with each awaited prev event, the stored events processed without
+it, and drops the index of `event_edges` by prev event that version 3 read children
+through. A database written by version 3 (its DDL as it was, schema_v3.sql) must then
+give the same answers as one written by version 4 throughout: the same children for
+an awaited prev event, and the same outputs, forward extremities and rows once the late
+prev event arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.harness.pipeline import ALICE, Harness
+from worker.matrix.builder import RoomBuilder
+from worker.matrix.events import Event
+from worker.pipeline import Disposition
+from worker.storage.database import DB_FILENAME
+from worker.storage.schema import SCHEMA_VERSION
+
+SCHEMA_V3 = Path(__file__).with_name("schema_v3.sql")
+
+
+def _late_parents(path: Path) -> tuple[RoomBuilder, Event, Event, list[Event]]:
+    """A room whose events named two prev events that never came: two accepted
+    children of `late` and an outlier naming it, and one child of `gone`, processed
+    without them after the wait. Returns the builder, `late`, `gone` and the children."""
+    h = Harness(path)
+    late = h.builder.message(ALICE, "late parent")
+    first = h.builder.message(ALICE, "first", prev_events=[late.event_id])
+    second = h.builder.message(ALICE, "second", prev_events=[late.event_id])
+    outlier = h.builder.message(ALICE, "outlier", prev_events=[late.event_id])
+    gone = h.builder.message(ALICE, "never arrives", prev_events=[second.event_id])
+    orphan = h.builder.message(ALICE, "orphan", prev_events=[gone.event_id])
+    for event in (first, second, orphan):
+        assert h.send(event) is Disposition.ACK
+    assert h.send(outlier, kind="outlier") is Disposition.ACK
+    wait = h.pipeline.held_max_wait_ms + 1000
+    assert h.pipeline.release_expired(int(time.time() * 1000) + wait) == 3
+    h.db.close()
+    return h.builder, late, gone, [first, second, outlier, orphan]
+
+
+def _as_version_3(source: Path, target: Path) -> None:
+    """The same rows in a database made by version 3's DDL: the awaited prev events
+    without their children, and `event_edges` indexed by prev event."""
+    target.mkdir()
+    with contextlib.closing(sqlite3.connect(target / DB_FILENAME)) as conn:
+        conn.executescript(SCHEMA_V3.read_text(encoding="utf-8"))
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("ATTACH DATABASE ? AS v4", (str(source / DB_FILENAME),))
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' AND name != 'awaited_prev_events'"
+            )
+        ]
+        with conn:
+            for name in tables:
+                conn.execute(f'INSERT INTO main."{name}" SELECT * FROM v4."{name}"')
+            # The AUTOINCREMENT counters as they were (the copy above moved them).
+            conn.execute("DELETE FROM main.sqlite_sequence")
+            conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM v4.sqlite_sequence")
+            conn.execute(
+                "INSERT INTO main.awaited_prev_events "
+                "SELECT DISTINCT event_id FROM v4.awaited_prev_events"
+            )
+        conn.execute("DETACH DATABASE v4")
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "event_edges_prev" in indexes
+
+
+def _nid(h: Harness, event: Event) -> int:
+    row = h.db.get_event_row(event.event_id)
+    assert row is not None
+    return row.nid
+
+
+def _dump(path: Path) -> list[str]:
+    """The database as SQL text, but for the arrival times (the clock's, not the
+    schema's)."""
+    with contextlib.closing(sqlite3.connect(path / DB_FILENAME)) as conn:
+        conn.execute("UPDATE events SET received_ts = 0")  # not committed
+        return list(conn.iterdump())
+
+
+def test_a_version_3_database_answers_as_a_version_4_one(tmp_path: Path) -> None:
+    fresh, upgraded = tmp_path / "fresh", tmp_path / "upgraded"
+    builder, late, gone, children = _late_parents(fresh)
+    first, second, outlier, orphan = children
+    _as_version_3(fresh, upgraded)
+
+    runs = {path: Harness(path, room=builder) for path in (fresh, upgraded)}
+    for path, h in runs.items():
+        assert h.db.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        names = {name for (name,) in h.db.conn.execute("SELECT name FROM sqlite_master")}
+        assert "event_edges_prev" not in names and "awaited_prev_events_v3" not in names
+        nid = {e.event_id: _nid(h, e) for e in children}
+        kids = {nid[first.event_id], nid[second.event_id]}
+        # Version 3 read every stored event naming the prev event, the outlier too
+        # (which counts for nothing); version 4 recorded the events processed without it.
+        extra = {nid[outlier.event_id]} if path == upgraded else set()
+        assert set(h.db.children_of(late.event_id)) == kids | extra
+        assert h.db.children_of(gone.event_id) == [nid[orphan.event_id]]
+        assert sorted(h.db.awaited_prevs.all()) == sorted([late.event_id, gone.event_id])
+
+    outputs = {}
+    for path, h in runs.items():
+        h.outbox()
+        assert h.send(late) is Disposition.ACK
+        outputs[path] = h.outbox()
+        room = h.db.get_room(h.room_id)
+        assert room is not None
+        # The late parent arrived after its accepted children: they, not it, are
+        # among the room's forward extremities (beside the orphan, whose prev event
+        # never came), and it replaces its own prev event there.
+        latest = set(h.db.event_ids_of(room.latest_event_nids).values())
+        assert latest == {first.event_id, second.event_id, orphan.event_id}
+        assert h.db.awaited_prevs.all() == [gone.event_id]
+        h.db.close()
+    assert outputs[fresh] == outputs[upgraded]
+    [(_, body)] = outputs[fresh]
+    assert body["event_id"] == late.event_id
+    assert _dump(fresh) == _dump(upgraded)
+
+
+def test_the_upgrade_runs_once(tmp_path: Path) -> None:
+    """Opening an upgraded database again changes nothing (the upgrade may be cut off
+    between its transaction and the new version number, and then runs again)."""
+    fresh, upgraded = tmp_path / "fresh", tmp_path / "upgraded"
+    builder, *_ = _late_parents(fresh)
+    _as_version_3(fresh, upgraded)
+    Harness(upgraded, room=builder).db.close()
+    before = _dump(upgraded)
+    with contextlib.closing(sqlite3.connect(upgraded / DB_FILENAME)) as conn:
+        conn.execute("PRAGMA user_version = 3")
+    Harness(upgraded, room=builder).db.close()
+    assert _dump(upgraded) == before
