@@ -33,6 +33,11 @@ _MEMBER_ROWS: Final = (
 )
 _BY_IDS: Final = _MEMBER_ROWS + "e.event_id IN (SELECT value FROM json_each(?))"
 _BY_NIDS: Final = _MEMBER_ROWS + "e.nid IN (SELECT value FROM json_each(?))"
+#: (user, event NID) of the member events among some events, by event ID.
+_MEMBERS_BY_IDS: Final = (
+    "SELECT k.state_key, e.nid FROM events e JOIN state_keys k ON k.nid = e.state_key_nid "
+    "WHERE e.type_nid = ? AND e.event_id IN (SELECT value FROM json_each(?))"
+)
 
 
 def apply_state_change(
@@ -45,10 +50,14 @@ def apply_state_change(
     change nothing.
     """
     if removes:
-        conn.execute(
-            "DELETE FROM user_room_memberships WHERE room_nid = ? AND event_nid IN "
-            "(SELECT nid FROM events WHERE event_id IN (SELECT value FROM json_each(?)))",
-            (room_nid, json.dumps(list(removes))),
+        # A row's user is its member event's state key, so the rows to delete are
+        # found by their key (no index by event NID: each row's upsert wrote a random
+        # leaf of one).
+        members = conn.execute(_MEMBERS_BY_IDS, (MEMBER_TYPE_NID, json.dumps(list(removes))))
+        conn.executemany(
+            "DELETE FROM user_room_memberships WHERE user_id = ? AND room_nid = ? "
+            "AND event_nid = ?",
+            [(user_id, room_nid, nid) for user_id, nid in members.fetchall()],
         )
     if adds:
         rows = conn.execute(_BY_IDS, (MEMBER_TYPE_NID, json.dumps(list(adds)))).fetchall()

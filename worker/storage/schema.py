@@ -15,7 +15,8 @@ import sqlite3
 #: 4: the awaited prev events name the stored events that were processed without them
 #: (filled from `event_edges` on the upgrade), and `event_edges` has no index by prev
 #: event any more: it served only the question those rows now answer, and each event
-#: wrote a random leaf of it.
+#: wrote a random leaf of it. Nor has `user_room_memberships` one by event NID (its rows
+#: are deleted by their key).
 SCHEMA_VERSION = 4
 
 #: Well-known event types with fixed NIDs (never 0: 0 means "none").
@@ -196,7 +197,6 @@ CREATE TABLE IF NOT EXISTS user_room_memberships (
     event_nid INTEGER NOT NULL,
     PRIMARY KEY (user_id, room_nid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS user_room_memberships_event ON user_room_memberships(event_nid);
 -- outputs owed by committed inputs, published after commit and then deleted
 CREATE TABLE IF NOT EXISTS outbox (
     -- AUTOINCREMENT: sequence numbers are never reused, so "published through N" is safe
@@ -237,13 +237,14 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
             index_existing_rooms(conn)
         if 0 < version < 4:
-            name_awaited_children(conn)
+            upgrade_to_4(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def name_awaited_children(conn: sqlite3.Connection) -> None:
+def upgrade_to_4(conn: sqlite3.Connection) -> None:
     """The upgrade to version 4: the awaited prev events gain the stored events that
-    named them, and `event_edges` loses its index by prev event.
+    named them, `event_edges` loses its index by prev event, and
+    `user_room_memberships` its index by event NID.
 
     The children are read from `event_edges` through that index, before it goes. They
     are every stored event naming the awaited prev event, as the version-3 worker's
@@ -265,3 +266,6 @@ def name_awaited_children(conn: sqlite3.Connection) -> None:
             "COMMIT;"
         )
     conn.execute("DROP INDEX IF EXISTS event_edges_prev")
+    # Rows leaving the index are found by their key since version 4 (see
+    # `worker.storage.membership_index.apply_state_change`).
+    conn.execute("DROP INDEX IF EXISTS user_room_memberships_event")
