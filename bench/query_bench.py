@@ -30,7 +30,11 @@ current state is timed from this process through the real request/reply path
   moment, whatever the worker and the client do; and the same for the bytes of the
   contract's triples (`reply_bytes`), what the reply weighed before the grouped form;
   and this process's CPU per floor request of the warm reply's bytes: what nats-py
-  takes to move them, so that the warm query's client CPU beyond it is the decode.
+  takes to move them, so that the warm query's client CPU beyond it is the decode;
+- the warm query split: the worker's reply to the same request not decoded, asked
+  right after each warm query (`undecoded`: the worker's and NATS's share), and each
+  warm query until `state()` returned (`warm_to_value`) and then freeing the state it
+  returned (`warm_freeing`), which `warm` includes as before.
 
 The big room (`bench_big_state`) is built the cheap way: its joins go through the
 pipeline in this process, straight into a storage directory (no NATS, no outputs),
