@@ -374,6 +374,10 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"{q.get('floor_client_cpu_ms', 0):.2f} ms",
         ),
         Row(
+            "  warm split: reply not decoded / until the state is in hand / freeing it",
+            figures=_split_figures(q),
+        ),
+        Row(
             "  warm, state unchanged since the client's last ask",
             figures=f"p50 {q['unchanged']['p50_ms']:.2f} ms, p99 {q['unchanged']['p99_ms']:.1f} ms",
         ),
@@ -384,6 +388,16 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             f"(p50 {q['floor_triples']['p50_ms']:.1f}, p99 {q['floor_triples']['p99_ms']:.1f})",
         ),
     ]
+
+
+def _split_figures(q: dict[str, Any]) -> str:
+    """The warm query's split (bench/query_bench.py), p50/p99 each."""
+    if "undecoded" not in q:
+        return ""
+    return "; ".join(
+        f"{q[key]['p50_ms']:.2f}/{q[key]['p99_ms']:.1f} ms"
+        for key in ("undecoded", "warm_to_value", "warm_freeing")
+    )
 
 
 async def _run_big_state(ctx: Context) -> dict[str, Any]:
