@@ -43,6 +43,10 @@ class Verdict:
 
     status: int = STATUS_ACCEPTED
     reason: str | None = None
+    #: The event's stored auth events by ID, as the check against them found them
+    #: (None before it): storing the event takes their NIDs from here rather than
+    #: looking them up again. Nothing the input does in between changes them.
+    cited: Mapping[str, StoredEvent] | None = None
 
     def reject(self, status: int, reason: str) -> None:
         if self.status == STATUS_ACCEPTED:
@@ -114,7 +118,7 @@ class Authorizer:
             verdict.reject(STATUS_REJECTED, f"room {event.room_id} already has a create event")
             return None
         auth_ids = event.auth_event_ids
-        found = self.events.many_by_id(auth_ids)
+        found = verdict.cited = self.events.many_by_id(auth_ids)
         memo_key = verdict_key(event)
         if memo_key is not None:
             remembered = self._passed.get(memo_key)

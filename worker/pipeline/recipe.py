@@ -169,7 +169,14 @@ class Recipe:
         if inp.kind is Kind.NEW:
             self.p.authorize.against_current_state(event, room, before, verdict)
         stored = self.p.writer.store(
-            event, room, verdict.status, verdict.reason, before, existing, self.p.states.after
+            event,
+            room,
+            verdict.status,
+            verdict.reason,
+            before,
+            existing,
+            self.p.states.after,
+            verdict.cited,
         )
         self.p.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
@@ -259,7 +266,7 @@ class Recipe:
         self, event: Event, room: RoomRow, verdict: Verdict, existing: EventRow | None
     ) -> None:
         status = STATUS_OUTLIER if verdict.accepted else verdict.status
-        self.p.writer.store(event, room, status, verdict.reason, 0, existing)
+        self.p.writer.store(event, room, status, verdict.reason, 0, existing, cited=verdict.cited)
         log.debug("stored outlier", status=status, reason=verdict.reason, **_ids(event))
 
     def _publish(

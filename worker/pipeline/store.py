@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from worker.matrix.events import Event
 from worker.storage.database import Database, EventRow, RoomRow
@@ -26,19 +26,24 @@ class EventWriter:
         before: int,
         existing: EventRow | None,
         after: Callable[[int, int, int, int, int], int] | None = None,
+        cited: Mapping[str, StoredEvent] | None = None,
     ) -> StoredEvent:
         """Store `event` with the state `before` it and the state after it: `after` (of
         room NID, before, type NID, state key NID, the event's own NID) gives that one
         for a timeline event, written before the event's row since it holds the event's
         NID (see `Database.next_event_nid`); without it, after = before (outliers).
-        `existing` is the event's outlier row."""
+        `existing` is the event's outlier row; `cited`, the event's stored auth events
+        by ID if they were looked up already (`Verdict.cited`)."""
         db = self.db
         type_nid = db.type_nid(event.type, create=True)
         sk = event.state_key
         sk_nid = db.state_key_nid(sk, create=True) if sk is not None else 0
         auth_ids = event.auth_event_ids
-        auth_rows = self.events.rows(auth_ids)
-        auth_nids = [auth_rows[e].nid for e in auth_ids if e in auth_rows]
+        if cited is None:
+            auth_rows = self.events.rows(auth_ids)
+            auth_nids = [auth_rows[e].nid for e in auth_ids if e in auth_rows]
+        else:
+            auth_nids = [cited[e].row.nid for e in auth_ids if e in cited]
         nid = existing.nid if existing is not None else db.next_event_nid()
         room_nid = room.nid
         depth = event.depth
