@@ -145,7 +145,7 @@ def pack_output(body: Mapping[str, Any], fallback: msgpack.Packer) -> bytes:
     instructions per event went to packing it), into the same bytes for what a body
     holds (str keys; str, int, float, bool, None, bytes, lists and dicts of them: both
     write the shortest form of each, floats as float64, str8 for short strings, as
-    `use_bin_type=True` asks; checked value for value in tests/input/test_outputs.py).
+    `use_bin_type=True` asks; checked value for value in tests/test_output_packing.py).
     What `ormsgpack` refuses (a key that is not a str, an int beyond 64 bits, a type it
     does not know) goes to `msgpack`, which packs it or raises as it always did."""
     try:
