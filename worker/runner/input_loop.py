@@ -332,13 +332,16 @@ class InputLoop:
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
         pending = 0
+        taken = []
         for message in messages:
             sequence, pending = stream_position(message)
             inbound = InboundMessage(message.subject, message.data, sequence)
             item = InHand(message, inbound, now, now)
             self.in_hand.append(item)
             self._rooms[item.subject] += 1
+            taken.append(inbound)
         self.metrics.consumer_lag.set(pending)
+        self.pipeline.parse_ahead.add(taken)
 
     async def _collect_fetch(self) -> None:
         """Wait for the fetch under way (never cancelled: messages it had taken would be

@@ -36,6 +36,7 @@ from worker.runner.common import (
     next_delay,
     sleep_unless_stopped,
 )
+from worker.runner.parse_ahead import ParseAhead
 from worker.runner.pipeline_server import (
     BatchResult,
     PipelineServer,
@@ -67,6 +68,8 @@ class PipelineHandle(ABC):
         self._published_through = 0
         #: One request at a time, in the order they come.
         self._turn = asyncio.Lock()
+        #: The inputs in hand, parsed here (see worker.runner.parse_ahead).
+        self.parse_ahead = ParseAhead()
         #: The last ticket reported durable, or the error that ended syncing (or the
         #: pipeline); `_synced` is set at each report (and replaced by a clear one).
         self._durable = 0
@@ -129,7 +132,10 @@ class PipelineHandle(ABC):
         """One transaction over `messages` (see `Pipeline.process_batch`); transient
         faults propagate for the caller to retry."""
         batch = [(m.subject, m.data, m.stream_sequence) for m in messages]
-        result: BatchResult = await self._request("process_batch", batch, budget)
+        hints = self.parse_ahead.hints(messages)
+        result: BatchResult = await self._request("process_batch", batch, budget, hints)
+        self.parse_ahead.forget(messages[: len(result.dispositions)])
+        self.parse_ahead.learn(result.versions)
         return result
 
     async def release_expired(self) -> tuple[int, list[OutboxRow]]:
@@ -172,6 +178,7 @@ class PipelineHandle(ABC):
 
     async def close(self) -> None:
         """Close the database (the pipeline's process or thread goes with `stop`)."""
+        self.parse_ahead.close()
         if self.path is not None:
             self.path = None
             await self._request("close")

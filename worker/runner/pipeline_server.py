@@ -29,6 +29,7 @@ from typing import Any, Final
 import structlog
 
 from worker.bus.subjects import Subjects
+from worker.input.parse_hint import ParseHint
 from worker.metrics import TimedDatabase
 from worker.pipeline import (
     Counters,
@@ -120,13 +121,16 @@ class BatchResult:
     rows: list[OutboxRow]
     #: The syncer's ticket of its commit (0: nothing to wait for).
     ticket: int = 0
+    #: The room versions, by input subject, of rooms whose inputs came without a hint
+    #: for their version (worker.runner.parse_ahead learns them).
+    versions: dict[str, str] = field(default_factory=dict)
 
     def __reduce__(self) -> tuple[Callable[..., BatchResult], tuple[Any, ...]]:
         """Pickled with its rows as plain tuples: a NamedTuple pickles through a Python
         call per row (`__getnewargs__`, ~5 us: a reply of 256 rows took 1.4 ms to
         pickle, 0.13 ms as tuples), in the pipeline's process, the bottleneck."""
         rows = list(map(tuple, self.rows))
-        return _batch_result, (self.dispositions, self.laps, rows, self.ticket)
+        return _batch_result, (self.dispositions, self.laps, rows, self.ticket, self.versions)
 
 
 def _batch_result(
@@ -134,9 +138,10 @@ def _batch_result(
     laps: list[float],
     rows: list[tuple[int, str, str, bytes]],
     ticket: int,
+    versions: dict[str, str],
 ) -> BatchResult:
     """A `BatchResult` unpickled (see `BatchResult.__reduce__`)."""
-    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)), ticket)
+    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)), ticket, versions)
 
 
 @dataclass(slots=True)
@@ -227,16 +232,27 @@ class PipelineServer:
         return str(db.path)
 
     def process_batch(
-        self, messages: list[tuple[str, bytes, int]], budget: float | None
+        self,
+        messages: list[tuple[str, bytes, int]],
+        budget: float | None,
+        hints: list[ParseHint | None] | None = None,
     ) -> BatchResult:
+        """One transaction over `messages`, their events parsed from `hints` where the
+        caller parsed them (worker.input.parse_hint)."""
         pipeline = self._pipeline()
         pipeline.batch.budget = budget
         self.flags.set_reached(0)
         inbound = [InboundMessage(subject, data, seq) for subject, data, seq in messages]
-        dispositions = pipeline.process_batch(inbound)
+        hints = hints if hints is not None else [None] * len(inbound)
+        pipeline.recipe.hints = {m: h for m, h in zip(inbound, hints, strict=True) if h is not None}
+        try:
+            dispositions = pipeline.process_batch(inbound)
+        finally:
+            pipeline.recipe.hints = {}
         ticket = self._syncer.committed() if self._syncer is not None else 0
         rows = pipeline.outbox.emitted
-        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, rows, ticket)
+        versions = _unhinted_versions(pipeline, inbound, hints)
+        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, rows, ticket, versions)
 
     def release_expired(self) -> tuple[int, list[OutboxRow]]:
         """Held events released, and the outbox rows their transaction committed."""
@@ -289,3 +305,22 @@ class PipelineServer:
         totals = pipeline.counters
         counters = replace(totals, dead_letter_codes=dict(totals.dead_letter_codes))
         return Snapshot(counters, pipeline.held_count, pipeline.parked_room_ids())
+
+
+def _unhinted_versions(
+    pipeline: Pipeline, inbound: list[InboundMessage], hints: list[ParseHint | None]
+) -> dict[str, str]:
+    """The versions of the stored rooms, by input subject, whose first input in the
+    batch came without a hint for that version: what the caller's guess lacked."""
+    versions: dict[str, str] = {}
+    seen: set[str] = set()
+    for message, hint in zip(inbound, hints, strict=True):
+        subject = message.subject
+        if subject in seen:
+            continue
+        seen.add(subject)
+        room_id = pipeline.rooms.of_subject(subject)
+        room = pipeline.rooms.get(room_id) if room_id is not None else None
+        if room is not None and (hint is None or hint.version != room.room_version):
+            versions[subject] = room.room_version
+    return versions
