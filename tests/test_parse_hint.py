@@ -19,7 +19,7 @@ import pytest
 from tests.harness.pipeline import ALICE, SUBJECTS, Harness, pack
 from tests.test_bad_input import CASES
 from worker.input.decode import decode_input
-from worker.input.parse_hint import ParseHint, hinted_event, parse_ahead
+from worker.input.parse_hint import hinted_event, parse_ahead
 from worker.matrix.builder import RoomBuilder
 from worker.matrix.pdu import parse_pdu
 from worker.matrix.room_versions import get_room_version
@@ -76,7 +76,7 @@ def test_a_hint_is_made_for_a_good_event(harness: Harness, ahead: ParseAhead) ->
     data = pack({"event": dict(event.pdu)})
     message = InboundMessage(SUBJECTS.input(harness.room_id), data, 99)
     [hint] = ahead.hints([message])
-    assert hint == ParseHint("10", event.event_id)
+    assert hint == ("10", event.event_id)
     assert send_hinted(harness, ahead, data) is Disposition.ACK
     [(_, body)] = harness.outbox()
     assert (body["type"], body["event_id"]) == ("new_room_event", event.event_id)
@@ -89,7 +89,7 @@ def test_the_pipeline_takes_a_hinted_event_as_it_is(harness: Harness) -> None:
     data = pack({"event": dict(event.pdu)})
     harness.seq += 1
     message = InboundMessage(SUBJECTS.input(harness.room_id), data, harness.seq)
-    harness.pipeline.recipe.hints = {message: ParseHint("10", other.event_id)}
+    harness.pipeline.recipe.hints = {message: ("10", other.event_id)}
     try:
         assert harness.pipeline.process_batch([message]) == [Disposition.ACK]
     finally:
@@ -143,7 +143,7 @@ def test_a_hint_for_another_room_version_is_not_used() -> None:
     builder = RoomBuilder("10", ALICE)
     event = builder.bootstrap()[0]
     inp = decode_input(pack({"event": dict(event.pdu)}))
-    wrong = ParseHint("9", "$not-the-id")
+    wrong = ("9", "$not-the-id")
     assert hinted_event(inp, get_room_version("10"), wrong) is None
 
 

@@ -33,8 +33,8 @@ SLICE: Final = 16
 #: forgotten and learned again from the pipeline's results.
 MAX_ROOMS: Final = 100_000
 
-#: A hint not made yet (the input waits in the queue).
-_PENDING: Final = ParseHint("", "")
+#: A hint not made yet (the input waits in the queue); told apart by identity.
+_PENDING: Final[ParseHint] = ("", "not parsed yet")
 
 
 class ParseAhead:

@@ -321,6 +321,6 @@ def _unhinted_versions(
         seen.add(subject)
         room_id = pipeline.rooms.of_subject(subject)
         room = pipeline.rooms.get(room_id) if room_id is not None else None
-        if room is not None and (hint is None or hint.version != room.room_version):
+        if room is not None and (hint is None or hint[0] != room.room_version):
             versions[subject] = room.room_version
     return versions
