@@ -2,6 +2,7 @@
 
     python -m bench.pipeline_check digest              # hashes of outputs and every table
     python -m bench.pipeline_check instructions linear # callgrind, inside process_batch
+    python -m bench.pipeline_check --hints ...         # inputs parsed ahead, as the worker does
 
 Both feed the same rooms to `Pipeline.process_batch` in batches of the worker's size on
 a real SQLite file, without NATS (as `bench.profile`): a 200-member linear room of 3,000
@@ -16,6 +17,10 @@ code: a change that keeps results keeps every hash.
 while `process_batch` runs (two client requests from a tiny C library built on the fly
 with valgrind's header), and prints the instructions per message. Unlike CPU time,
 instruction counts are not disturbed by other load on the machine.
+
+`--hints` has each batch's inputs parsed ahead first, outside the count, as the
+worker's event loop does (worker.runner.parse_ahead), and handed to the pipeline as
+hints: what the pipeline's process then does.
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ from worker.bus.subjects import Subjects
 from worker.config import LogConfig
 from worker.logs import configure_logging
 from worker.pipeline import InboundMessage, Pipeline
+from worker.runner.parse_ahead import ParseAhead
 from worker.runner.pipeline_process import GC_GEN0_THRESHOLD
 from worker.storage.database import Database
 from worker.synthetic import linear_room
 
 VERSION = "10"
+#: Whether inputs are parsed ahead (`--hints`).
+HINTS = os.environ.get("PIPELINE_CHECK_HINTS") == "1"
 ROOMS = {"linear": (200, 3000), "forked": (200, 1000)}
 
 _TOGGLE_C = """
@@ -72,10 +80,15 @@ def _feed(
         db = Database(Path(tmp))
         pipeline = Pipeline(db, Subjects())
         seen: list[bytes] = []
+        ahead = ParseAhead()
         for first in range(0, len(messages), BATCH):
+            batch = messages[first : first + BATCH]
+            if HINTS:
+                hints = zip(batch, ahead.hints(batch), strict=True)
+                pipeline.recipe.hints = {m: h for m, h in hints if h is not None}
             if around is not None:
                 around()
-            dispositions = pipeline.process_batch(messages[first : first + BATCH])
+            dispositions = pipeline.process_batch(batch)
             if around is not None:
                 around()
             seen.append(repr([d.value for d in dispositions]).encode())
@@ -152,7 +165,7 @@ def instructions(scenario: str) -> float:
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env={**os.environ, "PYTHONHASHSEED": "0", "PIPELINE_CHECK_HINTS": str(int(HINTS))},
         )
         count = int(re.search(r"messages (\d+)", child.stdout).group(1))  # type: ignore[union-attr]
         totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
@@ -164,7 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["digest", "instructions", "child"])
     parser.add_argument("scenario", nargs="?", choices=list(ROOMS))
+    parser.add_argument("--hints", action="store_true", help="parse inputs ahead, as the worker")
     args = parser.parse_args()
+    if args.hints:
+        global HINTS
+        HINTS = True
     configure_logging(LogConfig(level="warning"))
     if args.what == "digest":
         digest()

@@ -184,7 +184,7 @@ class WorkerMetrics:
         )
         self.commit_seconds = histogram(
             "roomserver_commit_seconds",
-            "Time of the SQLite COMMIT that makes a batch durable",
+            "Time of the SQLite COMMIT of a batch (its sync to disk follows, beside the next)",
             buckets=_LATENCY_BUCKETS,
         )
         self.publish_seconds = histogram(

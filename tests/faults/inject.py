@@ -10,6 +10,9 @@ process (and, run again there, in the pipeline's process) and then calls
   file removes the fault without a restart.
 - ROOMSERVER_TEST_MAX_PAGE_COUNT: `PRAGMA max_page_count` on the worker's connection,
   so the database is "full" at that size: a real SQLITE_FULL from SQLite.
+- ROOMSERVER_TEST_SYNC_GATE: a file. While it exists, syncing the write-ahead log
+  (worker.storage.durability) waits: commits are made but none becomes durable, as
+  with a very slow disk. Deleting the file lets the syncs through.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import worker.storage.connection as connection
 from worker import cli
+from worker.storage.durability import WalSync
 from worker.storage.events import EventStore, StoredEvent
 
 
@@ -46,11 +51,25 @@ def _limit_pages(pages: int) -> None:
     connection.open_connection = limited
 
 
+def _gate_syncs(gate: Path) -> None:
+    original = WalSync.sync
+
+    def gated(self: WalSync) -> None:
+        # A poll, in the worker: the disk stands still until the test lets it go.
+        while gate.exists():
+            time.sleep(0.01)
+        original(self)
+
+    WalSync.sync = gated  # type: ignore[method-assign]
+
+
 def _inject_from_environment() -> None:
     if fail_file := os.environ.get("ROOMSERVER_TEST_FAIL_FILE"):
         _inject_failure(Path(fail_file))
     if pages := os.environ.get("ROOMSERVER_TEST_MAX_PAGE_COUNT"):
         _limit_pages(int(pages))
+    if gate := os.environ.get("ROOMSERVER_TEST_SYNC_GATE"):
+        _gate_syncs(Path(gate))
 
 
 # At the top level, not under the `__main__` guard: the pipeline's process runs this

@@ -18,6 +18,7 @@ import structlog
 from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import OutputBuilder
+from worker.input.parse_hint import ParseHint, hinted_event
 from worker.matrix.events import Event
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu
@@ -86,6 +87,9 @@ class Recipe:
         #: Event IDs of the batch that were not stored when it started; each answers
         #: one duplicate check, the first (a later one may follow a write of it).
         self._absent: set[str] = set()
+        #: The open batch's inputs parsed where the worker fetched them (set by its
+        #: caller: worker.input.parse_hint), used by `prefetch`.
+        self.hints: Mapping[InboundMessage, ParseHint] = {}
 
     def prefetch(self, messages: Sequence[InboundMessage]) -> None:
         """Decode and parse a batch's inputs ahead, and learn in one query which of
@@ -123,7 +127,10 @@ class Recipe:
             if decoded is None:
                 return None
             inp, version = decoded
-            event = parse_pdu(inp.event, version, float_free=inp.float_free)
+            hint = self.hints.get(message)
+            event = hinted_event(inp, version, hint) if hint is not None else None
+            if event is None:
+                event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except Exception:  # raised again in the input's own turn, in its savepoint
             return None
         return _Parsed(inp, version, event)

@@ -10,9 +10,10 @@ cheap rooms' inputs that come in meanwhile are seen and can cut it short. While 
 transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
 that, when the pipeline runs in this process's database thread, the event loop's
 network work does not wait for its Python for the default 5 ms each time it wakes.
-Once a transaction is committed its acks and outputs are settled in the background
-while the next ones are processed (the pipeline is the bottleneck; this keeps it
-busy), each after the one before (outputs keep their order). A lost connection
+Once a transaction is committed, and its commit is on disk (the pipeline does not
+wait for that: worker.runner.syncer), its acks and outputs are settled in the
+background while the next ones are processed (the pipeline is the bottleneck; this
+keeps it busy), each after the one before (outputs keep their order). A lost connection
 rewinds the consumer to the oldest input not acknowledged, so nothing in flight is
 lost.
 """
@@ -331,13 +332,16 @@ class InputLoop:
     def _take(self, messages: list[Msg]) -> None:
         now = time.monotonic()
         pending = 0
+        taken = []
         for message in messages:
             sequence, pending = stream_position(message)
             inbound = InboundMessage(message.subject, message.data, sequence)
             item = InHand(message, inbound, now, now)
             self.in_hand.append(item)
             self._rooms[item.subject] += 1
+            taken.append(inbound)
         self.metrics.consumer_lag.set(pending)
+        self.pipeline.parse_ahead.add(taken)
 
     async def _collect_fetch(self) -> None:
         """Wait for the fetch under way (never cancelled: messages it had taken would be
@@ -396,7 +400,9 @@ class InputLoop:
         self.scheduler.record(done, result.laps, time.monotonic())
         self._forget(done, in_order and not costlier)
         messages = [item.message for item in done]
-        self.settling.start(self._settle_batch(messages, dispositions, result.rows, stop))
+        self.settling.start(
+            self._settle_batch(messages, dispositions, result.rows, result.ticket, stop)
+        )
 
     def _reached(self) -> int:
         """How many inputs the transaction under way has done."""
@@ -472,8 +478,12 @@ class InputLoop:
         messages: list[Msg],
         dispositions: list[Disposition],
         rows: list[OutboxRow],
+        ticket: int,
         stop: asyncio.Event,
     ) -> None:
+        """Acknowledge a batch's inputs and publish its outputs once its commit is on
+        disk (the pipeline goes on with the next batch meanwhile)."""
+        await self.pipeline.durable(ticket)
         await settle(messages, [_SETTLE[d] for d in dispositions])
         self.progress.batches += 1
         await self.relay.publish(rows, stop)

@@ -10,11 +10,16 @@ database thread answered them before. The counts metrics and tests read (`counte
 `held_count`, parked rooms) are those the last request that could change them
 reported; the loop reads them after its own requests, so they are never behind what
 it has seen.
+
+A batch's result comes back before its commit is durable, with a ticket
+(worker.runner.syncer): `durable` waits until the pipeline has reported the ticket
+synced, which it does on its own, between requests or during one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import fields
@@ -31,6 +36,7 @@ from worker.runner.common import (
     next_delay,
     sleep_unless_stopped,
 )
+from worker.runner.parse_ahead import ParseAhead
 from worker.runner.pipeline_server import (
     BatchResult,
     PipelineServer,
@@ -38,6 +44,7 @@ from worker.runner.pipeline_server import (
     Request,
     SharedFlags,
 )
+from worker.runner.syncer import Notice
 from worker.storage.database import is_transient
 
 log = structlog.get_logger(__name__)
@@ -61,6 +68,13 @@ class PipelineHandle(ABC):
         self._published_through = 0
         #: One request at a time, in the order they come.
         self._turn = asyncio.Lock()
+        #: The inputs in hand, parsed here (see worker.runner.parse_ahead).
+        self.parse_ahead = ParseAhead()
+        #: The last ticket reported durable, or the error that ended syncing (or the
+        #: pipeline); `_synced` is set at each report (and replaced by a clear one).
+        self._durable = 0
+        self._sync_failed: BaseException | None = None
+        self._synced = asyncio.Event()
 
     # -- what the loop, metrics and tests read -------------------------------------
 
@@ -78,6 +92,24 @@ class PipelineHandle(ABC):
     def reached(self) -> int:
         """How many inputs the transaction under way has done so far."""
         return self.interrupt.reached()
+
+    async def durable(self, ticket: int) -> None:
+        """Wait until the commit of `ticket` (a `BatchResult.ticket`) is on disk;
+        raises what ended syncing if it failed, or the pipeline if it died."""
+        while self._durable < ticket:
+            if self._sync_failed is not None:
+                raise self._sync_failed
+            await self._synced.wait()
+
+    def _on_durable(self, notice: Notice) -> None:
+        """A report of the pipeline's syncer (in the event loop's thread)."""
+        if isinstance(notice, BaseException):
+            if self._sync_failed is None:
+                self._sync_failed = notice
+        else:
+            self._durable = max(self._durable, notice)
+        synced, self._synced = self._synced, asyncio.Event()
+        synced.set()
 
     def mark_published(self, through_seq: int) -> None:
         """Outbox rows up to `through_seq` are published: told to the pipeline with the
@@ -100,7 +132,10 @@ class PipelineHandle(ABC):
         """One transaction over `messages` (see `Pipeline.process_batch`); transient
         faults propagate for the caller to retry."""
         batch = [(m.subject, m.data, m.stream_sequence) for m in messages]
-        result: BatchResult = await self._request("process_batch", batch, budget)
+        hints = self.parse_ahead.hints(messages)
+        result: BatchResult = await self._request("process_batch", batch, budget, hints)
+        self.parse_ahead.forget(messages[: len(result.dispositions)])
+        self.parse_ahead.learn(result.versions)
         return result
 
     async def release_expired(self) -> tuple[int, list[OutboxRow]]:
@@ -143,6 +178,7 @@ class PipelineHandle(ABC):
 
     async def close(self) -> None:
         """Close the database (the pipeline's process or thread goes with `stop`)."""
+        self.parse_ahead.close()
         if self.path is not None:
             self.path = None
             await self._request("close")
@@ -187,8 +223,17 @@ class LocalPipeline(PipelineHandle):
     def __init__(self, metrics: WorkerMetrics) -> None:
         flags = SharedFlags()
         super().__init__(metrics, flags)
-        self.server = PipelineServer(flags)
+        self.server = PipelineServer(flags, self._from_syncer)
         self._thread = DbThread()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _from_syncer(self, notice: Notice) -> None:
+        """The syncer's report, from its thread, handed to the event loop's."""
+        loop = self._loop
+        if loop is not None:
+            # Not once the loop is closed (the last sync of a stop that outlived it).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_durable, notice)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -203,4 +248,6 @@ class LocalPipeline(PipelineHandle):
             self._thread.shutdown()
 
     async def _exchange(self, request: Request) -> Reply:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         return await self._thread.run(self.server.handle, request)

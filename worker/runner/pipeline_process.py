@@ -4,8 +4,12 @@ The event loop (fetching, acking, publishing, scheduling) and the pipeline (Pyth
 on every event) each take most of a core at full load; in one process they share one
 GIL and so one core. Here the pipeline and the writer's SQLite connection live in a
 child process that answers `PipelineServer` requests over a socket pair: one pickled
-`Request` in, one pickled reply out, framed by a 4-byte length. The interrupt and the
-inputs done so far are shared memory (`SharedFlags` on a memfd both map).
+`Request` in, one pickled reply out, framed by a 4-byte length. The child also sends,
+on its own, the syncer's reports (worker.runner.syncer: a batch's commit is durable),
+between replies or during a request; the worker reads everything the child sends in
+one task, which hands replies to their requests and reports to `durable`. The
+interrupt and the inputs done so far are shared memory (`SharedFlags` on a memfd both
+map).
 
 The child is a fresh interpreter (`python -c`, not a fork of a process that may run
 threads), started as soon as the storage lock is held, so that its imports overlap the
@@ -32,6 +36,7 @@ patches applied at its top level apply in the child too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import mmap
@@ -42,8 +47,10 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from multiprocessing import spawn
 from pathlib import Path
 from typing import IO, Any, Final
@@ -58,6 +65,7 @@ from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
 from worker.runner.pipeline_handle import PipelineHandle
 from worker.runner.pipeline_server import PipelineServer, Reply, Request, SharedFlags
+from worker.runner.syncer import Notice
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +79,11 @@ GC_GEN0_THRESHOLD: Final = 50_000
 YOUNG_EVERY_CPU: Final = 0.1
 #: Seconds between two full collections run between requests (`CollectionPacer`).
 FULL_EVERY: Final = 300.0
+#: Seconds the syncer's thread waits at most for the interpreter once its sync is done
+#: (Python's default, 5 ms, would delay each batch's acknowledgements by up to that
+#: while the pipeline runs Python; with no other thread wanting it, a shorter interval
+#: costs nothing).
+SWITCH_INTERVAL: Final = 0.0005
 #: A message's length, before it.
 _HEADER: Final = struct.Struct("!I")
 #: Seconds the child gets to exit once told to (it finishes the request in hand first).
@@ -87,6 +100,11 @@ _FLAGS_BYTES: Final = 2 * ctypes.sizeof(ctypes.c_long)
 #: The child's name for `multiprocessing` (its logs and `current_process()`).
 _NAME: Final = "roomserver-pipeline"
 _CHILD_MAIN: Final = "from worker.runner.pipeline_process import child_main; child_main()"
+#: What a message from the child is, its first item: a request's answer or error, or a
+#: report of the syncer.
+_ANSWER: Final = 0
+_ERROR: Final = 1
+_SYNCED: Final = 2
 
 
 class PipelineProcessDied(RuntimeError):
@@ -128,6 +146,12 @@ class PipelineProcess(PipelineHandle):
         del preparation["authkey"]
         ours.sendall(_framed((preparation, log_config)))
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        #: The task reading what the child sends (see `_read`), once connected.
+        self._reading: asyncio.Future[None] | None = None
+        #: Requests sent and not answered yet, oldest first, with their answers to come.
+        self._waiting: deque[tuple[Request, asyncio.Future[Reply]]] = deque()
+        #: Set once the worker closes the socket: the end of the child is no news then.
+        self._stopping = False
         self._dead: PipelineProcessDied | None = None
 
     @property
@@ -146,49 +170,75 @@ class PipelineProcess(PipelineHandle):
             if self._dead is None:
                 await self.close()
         finally:
+            self._stopping = True
             if self._streams is not None:
                 self._streams[1].close()
             self._socket.close()
             await self._join()
+            if self._reading is not None:
+                self._reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reading
             self.metrics.pipeline_pid = None
 
     async def _exchange(self, request: Request) -> Reply:
         if self._dead is not None:
             raise self._dead
-        reader, writer = await self._connected()
+        writer = await self._connected()
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, answer))
         # Handed to the socket at once, before whatever else the loop has ready runs
         # (the acks of the batch before, started as it was answered): the pipeline's
         # process would wait for those first, idle.
         writer.write(_framed(request))
-        # Shielded: once a request is sent its reply must be read, or the next request
-        # would read it instead.
-        return await asyncio.shield(asyncio.ensure_future(self._reply(request, reader, writer)))
-
-    async def _reply(
-        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Reply:
-        """The answer to `request`, which was written to `writer`."""
-        try:
+        with contextlib.suppress(ConnectionError):
+            # If the child is gone, `_read` fails the answer with the reason.
             await writer.drain()
-            (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-            ok, value = pickle.loads(await reader.readexactly(size))
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            await self._join(timeout=5.0)
-            code = self._process.returncode
-            self._dead = PipelineProcessDied(
-                f"the pipeline process exited (exit status {code}) during {request.name}"
-            )
-            log.error("the pipeline process died", exit_status=code)
-            raise self._dead from exc
-        if not ok:
-            raise value
-        reply: Reply = value
+        # Shielded: a request sent is answered, and the answer read, even if its caller
+        # gives up (the reading task takes answers in the order of `_waiting`).
+        reply: Reply = await asyncio.shield(answer)
         return reply
 
-    async def _connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Everything the child sends, until it exits: answers to the requests waiting,
+        in order, and the syncer's reports."""
+        try:
+            while True:
+                (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                kind, value = pickle.loads(await reader.readexactly(size))
+                if kind == _SYNCED:
+                    self._on_durable(value)
+                    continue
+                _, answer = self._waiting.popleft()
+                if answer.done():
+                    continue
+                if kind == _ANSWER:
+                    answer.set_result(value)
+                else:
+                    answer.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if self._stopping:
+                return
+            await self._join(timeout=5.0)
+            code = self._process.returncode
+            during = f"during {self._waiting[0][0].name}" if self._waiting else "between requests"
+            self._dead = PipelineProcessDied(
+                f"the pipeline process exited (exit status {code}) {during}"
+            )
+            self._dead.__cause__ = exc
+            log.error("the pipeline process died", exit_status=code)
+            while self._waiting:
+                _, answer = self._waiting.popleft()
+                if not answer.done():
+                    answer.set_exception(self._dead)
+            self._on_durable(self._dead)
+
+    async def _connected(self) -> asyncio.StreamWriter:
+        """The socket's writer; the first call also starts reading what the child sends."""
         if self._streams is None:
             self._streams = await asyncio.open_unix_connection(sock=self._socket, limit=_READ_LIMIT)
-        return self._streams
+            self._reading = asyncio.ensure_future(self._read(self._streams[0]))
+        return self._streams[1]
 
     async def _join(self, timeout: float = _EXIT_TIMEOUT) -> None:
         """Wait for the child to exit; kill it if it does not within `timeout`."""
@@ -223,6 +273,7 @@ def child_main() -> None:
     configure_logging(log_config)
     prepare_collector()
     fix_mmap_threshold()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     flags_map = mmap.mmap(flags_fd, _FLAGS_BYTES)
     os.close(flags_fd)
     serve(sock, incoming, SharedFlags(_cells(flags_map)))
@@ -277,20 +328,42 @@ class CollectionPacer:
             promote_unscanned()
 
 
+class _Sender:
+    """Sends to the worker from the request loop and from the syncer's thread, one
+    whole message at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, kind: int, value: Any) -> None:
+        message = _framed((kind, value))
+        with self._lock:
+            self._sock.sendall(message)
+
+    def report(self, notice: Notice) -> None:
+        """The syncer's report (in its thread); lost if the worker is gone."""
+        with contextlib.suppress(OSError):
+            self.send(_SYNCED, _portable(notice) if isinstance(notice, Exception) else notice)
+
+
 def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
     """Answer requests until end-of-file, then close the database."""
-    server = PipelineServer(flags)
+    sender = _Sender(sock)
+    server = PipelineServer(flags, sender.report)
     # Between requests, after the answer is sent: the worker is not kept waiting.
     trimmer = HeapTrimmer()
     collections = CollectionPacer()
     try:
         while (request := _receive(incoming)) is not None:
+            kind: int
+            value: Reply | Exception
             try:
-                answer = _framed((True, server.handle(request)))
+                kind, value = _ANSWER, server.handle(request)
             except Exception as exc:
-                answer = _framed((False, _portable(exc)))
+                kind, value = _ERROR, _portable(exc)
             try:
-                sock.sendall(answer)
+                sender.send(kind, value)
             except OSError:
                 break  # the worker is gone
             collections.after_request()

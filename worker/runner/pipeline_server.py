@@ -11,6 +11,11 @@ the same requests cross a pipe unchanged.
 Two numbers are shared without a request (`SharedFlags`): the interrupt the input
 loop sets when a transaction should give way, and how many inputs the transaction
 under way has done; both are read while a transaction runs.
+
+A batch's commit returns before it is on disk (worker.runner.syncer): its result
+carries a ticket, and the syncer's thread tells the loop (`on_durable`) once the ticket
+is durable; the loop acknowledges and publishes the batch only then. Every other
+request is answered once everything committed so far is durable, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Final
 import structlog
 
 from worker.bus.subjects import Subjects
+from worker.input.parse_hint import ParseHint
 from worker.metrics import TimedDatabase
 from worker.pipeline import (
     Counters,
@@ -33,13 +39,17 @@ from worker.pipeline import (
     Pipeline,
     RetryStep,
 )
+from worker.runner.syncer import Notice, Syncer
 from worker.storage.cache_budget import CacheBudget
+from worker.storage.durability import WalSync
 
 log = structlog.get_logger(__name__)
 
 #: Requests after which the counts metrics show may have changed (the others only read
 #: or delete published outbox rows).
 _CHANGING: Final = frozenset({"open", "process_batch", "release_expired", "retry_parked"})
+#: Requests answered before what they committed is durable (see the module docstring).
+_UNSYNCED: Final = frozenset({"open", "process_batch", "close"})
 
 
 class SharedFlags:
@@ -104,24 +114,34 @@ class Reply:
 class BatchResult:
     """What `process_batch` did: the dispositions of the inputs it reached (the first
     ones offered), what each took (the stopwatch's laps) and the outbox rows it
-    committed, to publish without reading them back."""
+    committed, to publish without reading them back, once `ticket` is durable."""
 
     dispositions: list[Disposition]
     laps: list[float]
     rows: list[OutboxRow]
+    #: The syncer's ticket of its commit (0: nothing to wait for).
+    ticket: int = 0
+    #: The room versions, by input subject, of rooms whose inputs came without a hint
+    #: for their version (worker.runner.parse_ahead learns them).
+    versions: dict[str, str] = field(default_factory=dict)
 
     def __reduce__(self) -> tuple[Callable[..., BatchResult], tuple[Any, ...]]:
         """Pickled with its rows as plain tuples: a NamedTuple pickles through a Python
         call per row (`__getnewargs__`, ~5 us: a reply of 256 rows took 1.4 ms to
         pickle, 0.13 ms as tuples), in the pipeline's process, the bottleneck."""
-        return _batch_result, (self.dispositions, self.laps, list(map(tuple, self.rows)))
+        rows = list(map(tuple, self.rows))
+        return _batch_result, (self.dispositions, self.laps, rows, self.ticket, self.versions)
 
 
 def _batch_result(
-    dispositions: list[Disposition], laps: list[float], rows: list[tuple[int, str, str, bytes]]
+    dispositions: list[Disposition],
+    laps: list[float],
+    rows: list[tuple[int, str, str, bytes]],
+    ticket: int,
+    versions: dict[str, str],
 ) -> BatchResult:
     """A `BatchResult` unpickled (see `BatchResult.__reduce__`)."""
-    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)))
+    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)), ticket, versions)
 
 
 @dataclass(slots=True)
@@ -156,10 +176,17 @@ class PipelineServer:
         }
     )
 
-    def __init__(self, flags: SharedFlags) -> None:
+    def __init__(
+        self, flags: SharedFlags, on_durable: Callable[[Notice], None] = lambda notice: None
+    ) -> None:
         self.flags = flags
+        #: Called in the syncer's thread with each ticket made durable (or its error);
+        #: by default nobody listens (a caller that does not wait for durability).
+        self.on_durable = on_durable
         #: None until `open` (and after `close`).
         self.pipeline: Pipeline | None = None
+        self._syncer: Syncer | None = None
+        self._wal: WalSync | None = None
         self._commits = _Recorded()
         self._batch_sizes = _Recorded()
 
@@ -172,6 +199,8 @@ class PipelineServer:
             self.pipeline.outbox.mark_published(request.published_through)
         method: Callable[..., Any] = getattr(self, request.name)
         value = method(*request.args)
+        if self._syncer is not None and request.name not in _UNSYNCED:
+            self._syncer.wait(self._syncer.committed())
         snapshot = self._snapshot() if request.name in _CHANGING else None
         return Reply(value, snapshot, self._commits.take(), self._batch_sizes.take())
 
@@ -198,17 +227,32 @@ class PipelineServer:
         pipeline.batch.interrupt = self.flags
         pipeline.batch.on_lap = self.flags.set_reached
         self.pipeline = pipeline
+        self._wal = db.defer_sync()
+        self._syncer = Syncer(self._wal.sync, self.on_durable)
         return str(db.path)
 
     def process_batch(
-        self, messages: list[tuple[str, bytes, int]], budget: float | None
+        self,
+        messages: list[tuple[str, bytes, int]],
+        budget: float | None,
+        hints: list[ParseHint | None] | None = None,
     ) -> BatchResult:
+        """One transaction over `messages`, their events parsed from `hints` where the
+        caller parsed them (worker.input.parse_hint)."""
         pipeline = self._pipeline()
         pipeline.batch.budget = budget
         self.flags.set_reached(0)
         inbound = [InboundMessage(subject, data, seq) for subject, data, seq in messages]
-        dispositions = pipeline.process_batch(inbound)
-        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, pipeline.outbox.emitted)
+        hints = hints if hints is not None else [None] * len(inbound)
+        pipeline.recipe.hints = {m: h for m, h in zip(inbound, hints, strict=True) if h is not None}
+        try:
+            dispositions = pipeline.process_batch(inbound)
+        finally:
+            pipeline.recipe.hints = {}
+        ticket = self._syncer.committed() if self._syncer is not None else 0
+        rows = pipeline.outbox.emitted
+        versions = _unhinted_versions(pipeline, inbound, hints)
+        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, rows, ticket, versions)
 
     def release_expired(self) -> tuple[int, list[OutboxRow]]:
         """Held events released, and the outbox rows their transaction committed."""
@@ -234,9 +278,18 @@ class PipelineServer:
         self._pipeline().outbox.forget_published()
 
     def close(self) -> None:
+        """Close the database, once what was committed is durable."""
         pipeline, self.pipeline = self.pipeline, None
-        if pipeline is not None:
-            pipeline.db.close()
+        syncer, self._syncer = self._syncer, None
+        try:
+            if syncer is not None:
+                syncer.close()
+        finally:
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+            if pipeline is not None:
+                pipeline.db.close()
 
     # -------------------------------------------------------------------------------
 
@@ -252,3 +305,22 @@ class PipelineServer:
         totals = pipeline.counters
         counters = replace(totals, dead_letter_codes=dict(totals.dead_letter_codes))
         return Snapshot(counters, pipeline.held_count, pipeline.parked_room_ids())
+
+
+def _unhinted_versions(
+    pipeline: Pipeline, inbound: list[InboundMessage], hints: list[ParseHint | None]
+) -> dict[str, str]:
+    """The versions of the stored rooms, by input subject, whose first input in the
+    batch came without a hint for that version: what the caller's guess lacked."""
+    versions: dict[str, str] = {}
+    seen: set[str] = set()
+    for message, hint in zip(inbound, hints, strict=True):
+        subject = message.subject
+        if subject in seen:
+            continue
+        seen.add(subject)
+        room_id = pipeline.rooms.of_subject(subject)
+        room = pipeline.rooms.get(room_id) if room_id is not None else None
+        if room is not None and (hint is None or hint[0] != room.room_version):
+            versions[subject] = room.room_version
+    return versions

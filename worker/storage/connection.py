@@ -19,6 +19,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
+from worker.storage.durability import WalSync
+
 
 def _bytes_as_is(value: bytes) -> bytes:
     return value
@@ -167,6 +169,13 @@ class WriteConnection:
 
     def close(self) -> None:
         self.conn.close()
+
+    def defer_sync(self) -> WalSync:
+        """Have commits return before they are on disk (`synchronous=NORMAL`); what
+        is returned makes them durable afterwards (see worker.storage.durability).
+        Whoever calls this must sync before anything relies on a commit."""
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        return WalSync(self.path)
 
     def integrity_check(self) -> list[str]:
         """SQLite's own check; returns the problems found (empty when healthy)."""
