@@ -129,6 +129,22 @@ def next_offered(done: int, costlier: bool, gave_way: bool, most: int) -> int | 
     return min(most, max(MIN_OFFERED, 2 * done))
 
 
+def fits_in_budget(done: int, spent: float, budget: float | None, most: int) -> int:
+    """How many inputs the first group's turn while costlier inputs wait may be offered
+    at least (besides `next_offered`), after the last such turn, which did not give
+    way, did `done` inputs in `spent` seconds of its `budget`: as many as fit in that
+    budget at the pace it went, within MIN_OFFERED and `most` (consumer.batch_size).
+
+    Such a turn takes the cheap inputs that came in since the last one. After a longer
+    wait than usual (a slow commit, a pipeline process short of a processor) they are
+    more than twice what the last one did, and any it is not offered wait for another
+    costlier turn and two more commits (at 300 small inputs a second beside the busy
+    forked room of bench/isolation_bench.py, on a loaded machine, one in six did)."""
+    if budget is None or spent <= 0.0:
+        return most
+    return min(most, max(MIN_OFFERED, math.ceil(done * budget / spent)))
+
+
 def share_class(seconds: float) -> int:
     """The class of a room whose recent share is `seconds`: 0 up to SMALLEST_SHARE, then
     one more for each doubling."""

@@ -46,7 +46,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import InHand, Running, Scheduler, next_offered
+from worker.runner.fairness import InHand, Running, Scheduler, fits_in_budget, next_offered
 from worker.runner.outbox_relay import OutboxRelay
 from worker.runner.pipeline_handle import PipelineHandle
 from worker.runner.pipeline_server import BatchResult
@@ -158,6 +158,9 @@ class InputLoop:
         #: for all its inputs is not done for many it will not reach. Two kinds: a
         #: costlier group's turn while cheaper inputs wait (True), and the others.
         self._offered = dict.fromkeys((False, True), config.consumer.batch_size)
+        #: Inputs the first group's turn while costlier inputs wait is offered at least:
+        #: what fitted in the last such turn's budget (worker.runner.fairness.fits_in_budget).
+        self._first_fits = 0
         #: The transaction under way (None between them, and without a budget).
         self._running: Running | None = None
         #: How many inputs of each room are in hand (the scheduler's rooms).
@@ -360,10 +363,12 @@ class InputLoop:
         # In fetch order, what a transaction takes is the first inputs in hand.
         in_order = self.scheduler.fetch_order
         self.pipeline.interrupt.clear()
-        costlier = False
+        costlier = first_only = False
         budget: float | None = None
         if self._budget is not None:
             ordered, costlier = self.scheduler.turn(ordered)
+            # The first group's turn while costlier inputs wait (Scheduler.turn).
+            first_only = not costlier and len(ordered) < len(in_hand)
             budget = self.scheduler.budget(
                 len(ordered),
                 len(in_hand),
@@ -372,7 +377,10 @@ class InputLoop:
                 self._budget,
                 self.config.consumer.batch_budget_alone,
             )
-            ordered = ordered[: self._offered[costlier]]
+            limit = self._offered[costlier]
+            if first_only:
+                limit = max(limit, self._first_fits)
+            ordered = ordered[:limit]
             self._running = Running(ordered, budget, self._budget, time.monotonic(), self._reached)
         try:
             result = await self._process(ordered, budget, stop)
@@ -384,14 +392,13 @@ class InputLoop:
         if result is None:
             return
         dispositions = result.dispositions
-        offered = next_offered(
-            len(dispositions),
-            costlier,
-            self.pipeline.interrupt.is_set(),
-            self.config.consumer.batch_size,
-        )
+        gave_way = self.pipeline.interrupt.is_set()
+        most = self.config.consumer.batch_size
+        offered = next_offered(len(dispositions), costlier, gave_way, most)
         if offered is not None:
             self._offered[costlier] = offered
+        if first_only and not gave_way:
+            self._first_fits = fits_in_budget(len(dispositions), sum(result.laps), budget, most)
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, result.laps, time.monotonic())
         self._forget(done, in_order and not costlier)
