@@ -138,3 +138,18 @@ def test_a_cheap_turn_is_offered_what_fits_in_its_budget() -> None:
     # Nothing measured, or no budget: no bound but the batch size.
     assert fits_in_budget(0, 0.0, BASE, most=256) == 256
     assert fits_in_budget(10, 0.001, None, most=256) == 256
+
+
+def test_the_patience_is_the_configured_one() -> None:
+    """consumer.batch_patience (the input loop's scheduler is built with it) is a
+    costlier turn's budget while cheaper inputs wait, and how long after cheaper inputs
+    come a transaction busy with a costlier room gives way."""
+    scheduler = Scheduler(patience=0.004)
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    hand = in_hand(("small", 1), ("big", 1))
+    scheduler.turn(scheduler.order(hand, now=0.0))  # the small room's turn
+    taken, budget = _budget(scheduler, hand)
+    assert [item.subject for item in taken] == ["rs.input.big"]
+    assert budget == 0.004
+    running = _running(scheduler, in_hand(("big", 1), ("big", 2)), started=5.0)
+    assert scheduler.give_way(_messages("small"), running, now=5.001) == 5.001 + 0.004

@@ -146,7 +146,7 @@ class InputLoop:
         self.settling = Settling()
         #: Fetched inputs not processed yet, in fetch order.
         self.in_hand: list[InHand] = []
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(patience=config.consumer.batch_patience)
         budget = config.consumer.batch_budget
         #: Most inputs in hand: with a budget, as many as JetStream hands out, so that
         #: cheap rooms' inputs are fetched past an expensive room's backlog; without
@@ -276,9 +276,10 @@ class InputLoop:
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
         """While a transaction runs: if the fetch brought inputs of rooms far cheaper
         than the one it is processing, have it commit after the input under way once
-        they have waited PATIENCE, so that they do not wait for the rest of its budget;
-        if it brought other rooms' inputs while its budget is grown, once it has done
-        the base budget (worker.runner.fairness.Scheduler.give_way).
+        they have waited the patience (consumer.batch_patience), so that they do not
+        wait for the rest of its budget; if it brought other rooms' inputs while its
+        budget is grown, once it has done the base budget
+        (worker.runner.fairness.Scheduler.give_way).
 
         What it brought is also taken into the hand at once, and the next fetch started,
         if it has cheaper rooms' inputs, so that those arriving later in the transaction
