@@ -300,11 +300,13 @@ async def bench_isolation(
     if dump is not None:
         # Each small event: when it was published (seconds from the start of the clock)
         # and its latency (ms), to see whether the tail is start-up, periodic or spread.
+        # With its event ID and the clock's start (the system's monotonic clock, as
+        # the worker's), to line them up with timestamps taken in the worker.
         timeline = [
-            [round(t - started, 4), round(lat, 2)]
-            for t, lat in zip(published.values(), latencies, strict=True)
+            [round(t - started, 4), round(lat, 2), event_id]
+            for (event_id, t), lat in zip(published.items(), latencies, strict=True)
         ]
-        dump.write_text(json.dumps({"small": timeline}))
+        dump.write_text(json.dumps({"started": started, "small": timeline}))
     return {
         "members": members,
         "small_rooms": rooms,

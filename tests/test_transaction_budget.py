@@ -7,7 +7,15 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from tests.harness.hand import CLIENT, in_hand
-from worker.runner.fairness import MIN_OFFERED, PATIENCE, InHand, Running, Scheduler, next_offered
+from worker.runner.fairness import (
+    MIN_OFFERED,
+    PATIENCE,
+    InHand,
+    Running,
+    Scheduler,
+    fits_in_budget,
+    next_offered,
+)
 
 BASE = 0.02
 ALONE = 0.1
@@ -111,3 +119,37 @@ def test_a_costlier_turn_that_gave_way_is_offered_what_it_reached() -> None:
     # Any other transaction that gave way says nothing of what fits in its budget.
     assert next_offered(6, costlier=False, gave_way=True, most=256) is None
     assert next_offered(6, costlier=False, gave_way=False, most=256) == MIN_OFFERED
+
+
+def test_a_cheap_turn_is_offered_what_fits_in_its_budget() -> None:
+    """The first group's turn while costlier inputs wait takes the cheap inputs that
+    came in since the last one; after a longer wait than usual they are more than twice
+    what the last one did. Offered only twice that, the rest would wait for another
+    costlier turn: it is offered what fits in its budget at the last one's pace."""
+    # 14 inputs in 2 ms of a 20 ms budget: 140 fit (twice 14 would have left more
+    # than half of a burst of 60 waiting).
+    assert fits_in_budget(14, 0.002, BASE, most=256) == 140
+    assert next_offered(14, costlier=False, gave_way=False, most=256) == 28
+    # A turn that spent its budget: what it did.
+    assert fits_in_budget(100, BASE, BASE, most=256) == 100
+    # Within MIN_OFFERED and consumer.batch_size.
+    assert fits_in_budget(1, BASE, BASE, most=256) == MIN_OFFERED
+    assert fits_in_budget(200, 0.001, BASE, most=256) == 256
+    # Nothing measured, or no budget: no bound but the batch size.
+    assert fits_in_budget(0, 0.0, BASE, most=256) == 256
+    assert fits_in_budget(10, 0.001, None, most=256) == 256
+
+
+def test_the_patience_is_the_configured_one() -> None:
+    """consumer.batch_patience (the input loop's scheduler is built with it) is a
+    costlier turn's budget while cheaper inputs wait, and how long after cheaper inputs
+    come a transaction busy with a costlier room gives way."""
+    scheduler = Scheduler(patience=0.004)
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    hand = in_hand(("small", 1), ("big", 1))
+    scheduler.turn(scheduler.order(hand, now=0.0))  # the small room's turn
+    taken, budget = _budget(scheduler, hand)
+    assert [item.subject for item in taken] == ["rs.input.big"]
+    assert budget == 0.004
+    running = _running(scheduler, in_hand(("big", 1), ("big", 2)), started=5.0)
+    assert scheduler.give_way(_messages("small"), running, now=5.001) == 5.001 + 0.004

@@ -122,6 +122,12 @@ class ConsumerConfig:
     #: (worker.runner.fairness).
     #: Below batch_budget it is batch_budget.
     batch_budget_alone: float = 0.1
+    #: Seconds of processing (as batch_budget) a transaction of a costlier room does, at
+    #: most, while cheaper rooms' inputs wait, before it commits (after the input under
+    #: way) and lets them have the next transaction (worker.runner.fairness.PATIENCE).
+    #: Less: cheap inputs wait less, and the costlier room commits more often, so that
+    #: it does less per second. Above batch_budget it is batch_budget.
+    batch_patience: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,6 +504,8 @@ def _validate_consumer(config: Config, check: _Checker) -> None:
     check.at_least("consumer.max_deliver", consumer.max_deliver, 0)
     check.at_least("consumer.batch_budget", consumer.batch_budget, 0)
     check.at_least("consumer.batch_budget_alone", consumer.batch_budget_alone, 0)
+    if consumer.batch_patience <= 0:
+        check.fail("consumer.batch_patience", f"must be positive, got {consumer.batch_patience:g}")
     if consumer.max_deliver == 1:
         check.fail("consumer.max_deliver", "1 would never redeliver; use 0 (unlimited) or >= 2")
     if consumer.max_ack_pending < consumer.batch_size:

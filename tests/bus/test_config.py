@@ -166,6 +166,7 @@ def test_files_must_exist(tmp_path: Path) -> None:
         ("[consumer]\nfetch_timeout = 0\n", {}, r"fetch_timeout .*positive"),
         ("[consumer]\nack_wait = 0\n", {}, r"ack_wait .*positive"),
         ("[consumer]\nmax_deliver = 1\n", {}, r"max_deliver"),
+        ("[consumer]\nbatch_patience = 0\n", {}, r"batch_patience .*positive"),
         ("[log]\nlevel = 'loud'\n", {}, r"log\.level"),
         ("[log]\nformat = 'xml'\n", {}, r"log\.format"),
         ("[nats]\nservers = ['http://a:1']\n", {}, r"must use one of the schemes"),

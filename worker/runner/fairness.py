@@ -20,11 +20,11 @@ outputs of a transaction are published when it commits, so inputs of the cheap r
 would still wait for a costlier room's taken after them in the same transaction; a
 transaction therefore takes the inputs of one group only (`Scheduler.turn`): the first
 group (rooms within GROUP_SPAN classes of the cheapest in hand), or the rest, in turns
-while both wait. A turn of the costlier rooms while cheaper inputs wait has PATIENCE for
-its budget, and one that a fetch brings cheaper inputs to gives way PATIENCE later
-(commits after the input under way: the input loop's interrupt). A small room's input
-then waits for about that, one input of the busy room, and a short transaction of its
-own.
+while both wait. A turn of the costlier rooms while cheaper inputs wait has the
+patience (consumer.batch_patience, PATIENCE by default) for its budget, and one that a
+fetch brings cheaper inputs to gives way that much later (commits after the input under
+way: the input loop's interrupt). A small room's input then waits for about that, one
+input of the busy room, and a short transaction of its own.
 
 The busy room is slowed, never starved: it has every other transaction while cheap
 inputs keep coming, and while it waits its share decays, until it reaches the class of
@@ -64,7 +64,9 @@ GROUP_SPAN = 3
 #: inputs wait: its budget if they wait when it starts, and how long after a fetch
 #: brings some it gives way (commits after the input under way). A few of the costlier
 #: room's inputs share the cost of a commit, and a cheap input waits for about this,
-#: one costlier input and two commits.
+#: one costlier input and two commits. The default of consumer.batch_patience (the
+#: `Scheduler`'s patience): less makes cheap inputs wait less and the costlier room
+#: commit more often, so that it does less per second.
 PATIENCE = 0.010
 #: Fewest inputs offered to a transaction with a budget (`next_offered`).
 MIN_OFFERED = 16
@@ -122,11 +124,27 @@ def next_offered(done: int, costlier: bool, gave_way: bool, most: int) -> int | 
     will not reach.
 
     A transaction that gave way says nothing of how many inputs fit in its budget,
-    except a costlier turn's: its time is PATIENCE either way, by its budget or by
+    except a costlier turn's: its time is the patience either way, by its budget or by
     giving way (and it nearly always gives way: cheaper inputs keep coming)."""
     if gave_way and not costlier:
         return None
     return min(most, max(MIN_OFFERED, 2 * done))
+
+
+def fits_in_budget(done: int, spent: float, budget: float | None, most: int) -> int:
+    """How many inputs the first group's turn while costlier inputs wait may be offered
+    at least (besides `next_offered`), after the last such turn, which did not give
+    way, did `done` inputs in `spent` seconds of its `budget`: as many as fit in that
+    budget at the pace it went, within MIN_OFFERED and `most` (consumer.batch_size).
+
+    Such a turn takes the cheap inputs that came in since the last one. After a longer
+    wait than usual (a slow commit, a pipeline process short of a processor) they are
+    more than twice what the last one did, and any it is not offered wait for another
+    costlier turn and two more commits (at 300 small inputs a second beside the busy
+    forked room of bench/isolation_bench.py, on a loaded machine, one in six did)."""
+    if budget is None or spent <= 0.0:
+        return most
+    return min(most, max(MIN_OFFERED, math.ceil(done * budget / spent)))
 
 
 def share_class(seconds: float) -> int:
@@ -179,8 +197,10 @@ class RoomShares:
 class Scheduler:
     """Orders the inputs in hand for the next transaction (see the module docstring)."""
 
-    def __init__(self, shares: RoomShares | None = None) -> None:
+    def __init__(self, shares: RoomShares | None = None, patience: float = PATIENCE) -> None:
         self.shares = shares if shares is not None else RoomShares()
+        #: Seconds of work a costlier turn does while cheaper inputs wait (PATIENCE).
+        self.patience = patience
         #: Each room's class as of the last `order`.
         self._classes: dict[str, int] = {}
         #: Whether the last `turn` went to the first group while costlier inputs waited.
@@ -216,7 +236,7 @@ class Scheduler:
 
     def turn(self, ordered: Sequence[InHand]) -> tuple[list[InHand], bool]:
         """The inputs of `ordered` (as `order` gave it) the next transaction takes, and
-        whether cheaper inputs are left waiting (its budget is then PATIENCE).
+        whether cheaper inputs are left waiting (its budget is then the patience).
 
         One group only: the first group's inputs, or, if the last turn was theirs while
         costlier inputs waited, the costlier inputs. Each room's inputs are in one
@@ -232,20 +252,19 @@ class Scheduler:
         self._cheap_turn = True
         return list(ordered[:first]), False
 
-    @staticmethod
     def budget(
-        taken: int, in_hand: int, rooms: int, costlier: bool, base: float, alone: float
+        self, taken: int, in_hand: int, rooms: int, costlier: bool, base: float, alone: float
     ) -> float:
         """The budget of a transaction taking `taken` of the `in_hand` inputs, which are
-        of `rooms` rooms (`costlier`: `turn`'s second answer): PATIENCE for a costlier
-        turn while cheaper inputs wait; `alone` (if larger than `base`) when it takes
-        every input in hand and they are all of one room, since no other room's input
-        then waits for its commit, and more inputs share the cost of a commit; `base`
+        of `rooms` rooms (`costlier`: `turn`'s second answer): the patience for a
+        costlier turn while cheaper inputs wait; `alone` (if larger than `base`) when it
+        takes every input in hand and they are all of one room, since no other room's
+        input then waits for its commit, and more inputs share the cost of a commit; `base`
         otherwise (inputs of several rooms in one transaction: a commit after `base`
         lets the next transaction put the room that had less of the thread first).
         Inputs fetched while it runs cut it short (`give_way`)."""
         if costlier:
-            return min(base, PATIENCE)
+            return min(base, self.patience)
         if taken == in_hand and rooms == 1:
             return max(base, alone)
         return base
@@ -254,13 +273,13 @@ class Scheduler:
         """When (monotonic seconds) the transaction `running` should give way, now that
         a fetch brought `fetched`; None: not before its budget is spent.
 
-        Inputs of a cheaper group wait PATIENCE. Inputs of other rooms of its group
+        Inputs of a cheaper group wait the patience. Inputs of other rooms of its group
         wait for what a transaction with the base budget would have done: a budget
         grown because the hand held nothing else (`budget`) does not apply once
         something else waits. Inputs of its own rooms wait for it in any case (they are
         processed in stream order)."""
         if self.cheaper(fetched, running.current(), now):
-            return now + PATIENCE
+            return now + self.patience
         if running.budget > running.base and any(m.subject not in running.rooms for m in fetched):
             return max(now, running.started + running.base)
         return None

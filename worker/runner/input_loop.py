@@ -47,7 +47,7 @@ from worker.runner.common import (
     settle,
     sleep_unless_stopped,
 )
-from worker.runner.fairness import InHand, Running, Scheduler, next_offered
+from worker.runner.fairness import InHand, Running, Scheduler, fits_in_budget, next_offered
 from worker.runner.outbox_relay import OutboxRelay
 from worker.runner.pipeline_handle import PipelineHandle
 from worker.runner.pipeline_server import BatchResult
@@ -147,7 +147,7 @@ class InputLoop:
         self.settling = Settling()
         #: Fetched inputs not processed yet, in fetch order.
         self.in_hand: list[InHand] = []
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(patience=config.consumer.batch_patience)
         budget = config.consumer.batch_budget
         #: Most inputs in hand: with a budget, as many as JetStream hands out, so that
         #: cheap rooms' inputs are fetched past an expensive room's backlog; without
@@ -159,6 +159,9 @@ class InputLoop:
         #: for all its inputs is not done for many it will not reach. Two kinds: a
         #: costlier group's turn while cheaper inputs wait (True), and the others.
         self._offered = dict.fromkeys((False, True), config.consumer.batch_size)
+        #: Inputs the first group's turn while costlier inputs wait is offered at least:
+        #: what fitted in the last such turn's budget (worker.runner.fairness.fits_in_budget).
+        self._first_fits = 0
         #: The transaction under way (None between them, and without a budget).
         self._running: Running | None = None
         #: How many inputs of each room are in hand (the scheduler's rooms).
@@ -274,9 +277,10 @@ class InputLoop:
     def _on_fetched(self, fetching: asyncio.Future[list[Msg]]) -> None:
         """While a transaction runs: if the fetch brought inputs of rooms far cheaper
         than the one it is processing, have it commit after the input under way once
-        they have waited PATIENCE, so that they do not wait for the rest of its budget;
-        if it brought other rooms' inputs while its budget is grown, once it has done
-        the base budget (worker.runner.fairness.Scheduler.give_way).
+        they have waited the patience (consumer.batch_patience), so that they do not
+        wait for the rest of its budget; if it brought other rooms' inputs while its
+        budget is grown, once it has done the base budget
+        (worker.runner.fairness.Scheduler.give_way).
 
         What it brought is also taken into the hand at once, and the next fetch started,
         if it has cheaper rooms' inputs, so that those arriving later in the transaction
@@ -364,10 +368,12 @@ class InputLoop:
         # In fetch order, what a transaction takes is the first inputs in hand.
         in_order = self.scheduler.fetch_order
         self.pipeline.interrupt.clear()
-        costlier = False
+        costlier = first_only = False
         budget: float | None = None
         if self._budget is not None:
             ordered, costlier = self.scheduler.turn(ordered)
+            # The first group's turn while costlier inputs wait (Scheduler.turn).
+            first_only = not costlier and len(ordered) < len(in_hand)
             budget = self.scheduler.budget(
                 len(ordered),
                 len(in_hand),
@@ -376,7 +382,10 @@ class InputLoop:
                 self._budget,
                 self.config.consumer.batch_budget_alone,
             )
-            ordered = ordered[: self._offered[costlier]]
+            limit = self._offered[costlier]
+            if first_only:
+                limit = max(limit, self._first_fits)
+            ordered = ordered[:limit]
             self._running = Running(ordered, budget, self._budget, time.monotonic(), self._reached)
         try:
             result = await self._process(ordered, budget, stop)
@@ -388,14 +397,13 @@ class InputLoop:
         if result is None:
             return
         dispositions = result.dispositions
-        offered = next_offered(
-            len(dispositions),
-            costlier,
-            self.pipeline.interrupt.is_set(),
-            self.config.consumer.batch_size,
-        )
+        gave_way = self.pipeline.interrupt.is_set()
+        most = self.config.consumer.batch_size
+        offered = next_offered(len(dispositions), costlier, gave_way, most)
         if offered is not None:
             self._offered[costlier] = offered
+        if first_only and not gave_way:
+            self._first_fits = fits_in_budget(len(dispositions), sum(result.laps), budget, most)
         done = ordered[: len(dispositions)]
         self.scheduler.record(done, result.laps, time.monotonic())
         self._forget(done, in_order and not costlier)
