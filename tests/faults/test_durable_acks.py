@@ -12,16 +12,14 @@ nothing is acknowledged nor published; once the sync goes through, everything is
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tests.harness.feed import build_feed
-from tests.harness.procs import stream_count
+from tests.harness.procs import stream_count, table_rows
 from tests.harness.sites import site
 from worker.bus.subjects import Subjects
-from worker.storage.database import DB_FILENAME
 
 pytestmark = pytest.mark.faults
 
@@ -30,16 +28,7 @@ INJECT = "tests.faults.inject"
 
 def stored_events(storage: Path) -> int:
     """Events committed (visible to a reader, whether or not on disk yet)."""
-    path = storage / DB_FILENAME
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    except sqlite3.OperationalError:  # no schema yet
-        return 0
-    finally:
-        conn.close()
+    return table_rows(storage, "events")
 
 
 async def test_nothing_is_acknowledged_or_published_before_its_commit_is_on_disk(

@@ -279,18 +279,24 @@ def cli(env: Mapping[str, str], cwd: Path, *args: str, timeout: float = 60) -> t
     return done.returncode, done.stdout.decode() + done.stderr.decode()
 
 
-def outbox_rows(storage: Path) -> int:
-    """Rows in a running worker's outbox, read beside it (WAL allows a reader)."""
+def table_rows(storage: Path, table: str) -> int:
+    """Rows of `table` in a running worker's database, read beside it (WAL allows a
+    reader): what is committed, whether or not synced to disk yet."""
     path = storage / DB_FILENAME
     if not path.exists():
         return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     except sqlite3.OperationalError:
         return 0  # the schema is not there yet
     finally:
         conn.close()
+
+
+def outbox_rows(storage: Path) -> int:
+    """Rows in a running worker's outbox."""
+    return table_rows(storage, "outbox")
 
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
