@@ -25,6 +25,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.bus.server import accepts_connections, find_nats_server_binary
@@ -367,6 +368,11 @@ async def read_stream(js: JetStreamContext, stream: str, subject: str) -> list[S
             try:
                 batch = await sub.fetch(min(500, total - len(got)), timeout=2)
             except TimeoutError:
+                continue
+            except ServiceUnavailableError:
+                # In a cluster whose server just restarted, the new consumer may have
+                # no leader yet: JetStream answers 503 at once until it has one.
+                await asyncio.sleep(POLL)
                 continue
             for msg in batch:
                 assert msg.metadata is not None
