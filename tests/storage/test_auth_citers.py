@@ -46,6 +46,13 @@ def _store(
     )
 
 
+def _indexed(tmp_path: Path) -> tuple[Database, AuthCiters]:
+    """A database and an index of its auth citers, as the pipeline's resolver makes it
+    (reading the rows the open transaction has not written yet)."""
+    db = Database(tmp_path)
+    return db, AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+
+
 def _create_and_join(db: Database) -> tuple[RoomRow, int, int]:
     """A room with its create event and a join citing it, stored in the open
     transaction: the room row and the two events' NIDs."""
@@ -56,8 +63,7 @@ def _create_and_join(db: Database) -> tuple[RoomRow, int, int]:
 
 
 def test_edges_follow_rows_stored_later_and_auth_events_that_arrive_late(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+    db, index = _indexed(tmp_path)
     with db.transaction():
         room, create, join = _create_and_join(db)
     citers = index.room(room.nid)
@@ -78,8 +84,7 @@ def test_edges_follow_rows_stored_later_and_auth_events_that_arrive_late(tmp_pat
 def test_edges_to_other_rooms_or_non_state_events_mark_the_room_incomplete(
     tmp_path: Path,
 ) -> None:
-    db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+    db, index = _indexed(tmp_path)
     with db.transaction():
         room = db.create_room("!r:test", "10")
         other = db.create_room("!o:test", "10")
@@ -98,8 +103,7 @@ def test_edges_to_other_rooms_or_non_state_events_mark_the_room_incomplete(
 
 
 def test_an_undone_transaction_forgets_what_it_read(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+    db, index = _indexed(tmp_path)
     with db.transaction():
         room = db.create_room("!r:test", "10")
         _store(db, room.nid, "$create", [], event_type="m.room.create")
@@ -118,8 +122,7 @@ def test_rows_stored_in_the_open_transaction_are_indexed(tmp_path: Path) -> None
     """The pipeline resolves state inside the batch's transaction, where the JSON of the
     events stored so far may not be written yet (`Database.insert_event`): the index
     reads it all the same."""
-    db = Database(tmp_path)
-    index = AuthCiters(db.conn, db.on_rollback, write_deferred=db.write_deferred)
+    db, index = _indexed(tmp_path)
     with db.transaction():
         room, create, join = _create_and_join(db)
         citers = index.room(room.nid)
