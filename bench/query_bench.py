@@ -76,7 +76,7 @@ from worker.matrix.builder import RoomBuilder
 from worker.pipeline import Disposition, InboundMessage, Pipeline
 from worker.query import SERVICE_NAME
 from worker.query.chunks import chunk_size
-from worker.query.schema import ACCEPT_STATE_HEADER, GROUPED
+from worker.query.schema import ACCEPT_STATE_HEADER, GROUPED, State
 from worker.runner.pipeline_process import GC_GEN0_THRESHOLD
 from worker.storage import schema as storage_schema
 from worker.storage.database import Database
@@ -278,6 +278,25 @@ async def _cold_query(client: RoomserverClient, room_id: str, entries: int) -> f
     return seconds
 
 
+def _make_entries(state: State) -> None:
+    """Every entry of `state` as a StateEntry (`entries`, where it is made on first use)."""
+    if not state.entries:
+        raise RuntimeError("the state has no entries")
+
+
+def _read_every_entry(state: State) -> None:
+    """Every entry's type, state key and event ID read, from the grouped form's columns
+    (where the client keeps them) or from the entries."""
+    by_type = getattr(state, "by_type", None)
+    if by_type is None:  # a client of before round eight
+        for entry in state.entries:
+            entry.type, entry.state_key, entry.event_id  # noqa: B018
+        return
+    for type_, (state_keys, event_ids) in by_type.items():
+        for state_key, event_id in zip(state_keys, event_ids, strict=True):
+            type_, state_key, event_id  # noqa: B018
+
+
 async def _timed(samples: int, ask: Callable[[], Awaitable[object]]) -> list[float]:
     """Seconds of each of `samples` calls of `ask`, one after the other."""
     times: list[float] = []
@@ -366,6 +385,14 @@ async def bench_queries(
                 freeing: list[float] = []
                 value_cpu: list[float] = []
                 undecoded: list[float] = []
+                with_entries: list[float] = []
+                entries_cpu: list[float] = []
+                read_all: list[float] = []
+                read_all_cpu: list[float] = []
+                uses = [
+                    (with_entries, entries_cpu, _make_entries),
+                    (read_all, read_all_cpu, _read_every_entry),
+                ]
                 # What the set-up left for the collector is not the warm queries' cost.
                 gc.collect()
                 worker_cpu = _cpu_seconds(worker.pid)
@@ -385,6 +412,17 @@ async def bench_queries(
                     freeing.append(ended - valued)
                     client_cpu.append(time.process_time() - cpu)
                     value_cpu.append(cpu_valued - cpu)
+                    # The same with every entry made a StateEntry (`entries`, the list
+                    # callers of earlier rounds got), and then with every entry read
+                    # from the columns as a caller that wants them all would.
+                    for figures, cpus, use in uses:
+                        cpu = time.process_time()
+                        began = time.perf_counter()
+                        state = await client.state(room_id)
+                        use(state)
+                        del state
+                        figures.append(time.perf_counter() - began)
+                        cpus.append(time.process_time() - cpu)
                     collections.on = False
                     # The worker's own reply again, not decoded: the query's share that
                     # is the worker and NATS (the warm queries still follow the floors,
@@ -432,7 +470,7 @@ async def bench_queries(
         # undecoded ones, the same request), in clock ticks of 10 ms.
         "warm_cpu_ms": {
             "client": round(sum(client_cpu) / samples * 1000, 3),
-            "worker": round(worker_cpu / (samples + len(undecoded)) * 1000, 3),
+            "worker": round(worker_cpu / (samples * (1 + len(uses)) + len(undecoded)) * 1000, 3),
         },
         # This process's CPU per bare request/reply of the warm reply's bytes: what
         # moving them costs the client (nats-py), so that the warm query's CPU beyond
@@ -452,6 +490,14 @@ async def bench_queries(
         "warm_to_value": _summary(to_value),
         "warm_to_value_client_cpu": _summary(value_cpu),
         "warm_freeing": _summary(freeing),
+        # The warm query with the whole state used (round eight: `state()` keeps the
+        # grouped form's arrays and makes no object per entry until asked): every
+        # entry made a StateEntry (`state.entries`), and every entry's three fields
+        # read from the columns (`by_type`); each with this process's CPU.
+        "warm_entries": _summary(with_entries),
+        "warm_entries_client_cpu": _summary(entries_cpu),
+        "warm_read_all": _summary(read_all),
+        "warm_read_all_client_cpu": _summary(read_all_cpu),
     }
 
 
@@ -584,7 +630,9 @@ async def bench_big_state(
             warm: list[float] = []
             for _ in range(samples):
                 start = time.perf_counter()
-                await client.state(room_id)
+                # With every entry made a StateEntry, as `state()` returned them
+                # before round eight (it now keeps the grouped form's arrays).
+                _make_entries(await client.state(room_id))
                 warm.append(time.perf_counter() - start)
             start = time.perf_counter()
             printed = await asyncio.to_thread(
@@ -661,7 +709,10 @@ def main() -> None:
         _main(args.entries, args.samples, args.restarts, args.big_members, not args.no_cache)
     )
     print(f"state query, {result['entries']} entries, reply {result['reply_bytes']} bytes")
-    names = ("cold", "warm", "warm_to_value", "warm_freeing", "undecoded", "filtered")
+    names = (
+        *("cold", "warm", "warm_to_value", "warm_freeing", "warm_entries", "warm_read_all"),
+        *("undecoded", "filtered"),
+    )
     for name in (*names, "unchanged", "floor", "floor_triples"):
         figures = result[name]
         print(
@@ -674,6 +725,9 @@ def main() -> None:
         f"  CPU per warm query: client {cpu['client']:.2f} ms, worker {cpu['worker']:.2f} ms;"
         f" client per floor request {result['floor_client_cpu_ms']:.2f} ms"
     )
+    for name in ("warm_to_value", "warm_entries", "warm_read_all"):
+        used = result[f"{name}_client_cpu"]
+        print(f"  client CPU, {name}: p50 {used['p50_ms']:.2f} ms, p99 {used['p99_ms']:.2f} ms")
     own = result["warm_client_cpu"]
     print(f"  client CPU in a warm query: p50 {own['p50_ms']:.2f} ms, p99 {own['p99_ms']:.2f} ms")
     for generation, figures in result["warm_client_gc"].items():

@@ -378,6 +378,14 @@ def _query_rows(q: dict[str, Any] | None, args: argparse.Namespace) -> list[Row]
             figures=_split_figures(q),
         ),
         Row(
+            "  warm, whole state used: every entry a StateEntry / all read from by_type",
+            figures="; ".join(
+                f"p50 {q[k]['p50_ms']:.2f} ms, p99 {q[k]['p99_ms']:.1f} ms"
+                for k in ("warm_entries", "warm_read_all")
+                if k in q
+            ),
+        ),
+        Row(
             "  warm, state unchanged since the client's last ask",
             figures=f"p50 {q['unchanged']['p50_ms']:.2f} ms, p99 {q['unchanged']['p99_ms']:.1f} ms",
         ),

@@ -55,6 +55,9 @@ def test_decoded_state_leaves_no_young_collection_due() -> None:
     assert len(state.entries) == ENTRIES
     assert not any(id(entry) in young for entry in state.entries)
     assert id(state.entries) not in young
+    # What the decode made and the state holds: the grouped form's arrays.
+    held = [column for group in state.by_type.values() for column in group]
+    assert held and not any(id(column) in young for column in held)
 
 
 def test_held_states_set_off_no_full_collection() -> None:

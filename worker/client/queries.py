@@ -70,10 +70,10 @@ class RoomQueries(ClientCore):
                     raise RoomserverError(
                         BAD_REPLY, f"the reply to state says unchanged, but not from {tag!r}"
                     )
-                return State(room_id, None, None, list(cached.entries))
+                return State(room_id, None, None, columns=cached.columns)
             state = State.from_wire(wire)
             if isinstance(tag, str):
-                self.state_cache.put(room_id, tag, state.entries)
+                self.state_cache.put(room_id, tag, state.by_type, len(state))
             else:  # a worker that names no states
                 self.state_cache.discard(room_id)
             return state

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from worker.query.schema import StateEntry
+from worker.query.schema import Columns
 from worker.storage.lru import LruByWeight
 
 #: Entries kept by default: five states of a 10,000-member room (~230 bytes an entry
@@ -31,7 +31,10 @@ class CachedState:
     """A room's whole current state as one worker named it (its tag)."""
 
     tag: str
-    entries: tuple[StateEntry, ...]
+    #: The state as the grouped form brought it (read-only: each State made from it
+    #: makes its own entries).
+    columns: Columns
+    size: int
 
 
 class StateCache:
@@ -43,13 +46,14 @@ class StateCache:
     def get(self, room_id: str) -> CachedState | None:
         return self._states.get(room_id)
 
-    def put(self, room_id: str, tag: str, entries: list[StateEntry]) -> None:
-        """Keep `entries` (copied: the caller's list may change) as the room's state;
-        one bigger than the whole budget is not kept (nor an older copy)."""
-        if len(entries) > self._states.budget:
+    def put(self, room_id: str, tag: str, columns: Columns, size: int) -> None:
+        """Keep `columns` (`size` entries, decoded as tuples: nothing the caller can
+        change) as the room's state; one bigger than the whole budget is not kept (nor
+        an older copy)."""
+        if size > self._states.budget:
             self._states.discard(room_id)
             return
-        self._states.put(room_id, CachedState(tag, tuple(entries)), len(entries))
+        self._states.put(room_id, CachedState(tag, columns, size), size)
 
     def discard(self, room_id: str) -> None:
         self._states.discard(room_id)
