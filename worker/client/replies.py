@@ -143,7 +143,10 @@ class ReplyInbox:
         reassembly: Reassembly | None,
     ) -> Msg:
         try:
-            return await asyncio.wait_for(queue.get(), timeout)
+            # A deadline on this task (not wait_for, which runs the get in a task of
+            # its own: one task and one turn of the event loop more per message).
+            async with asyncio.timeout(timeout):
+                return await queue.get()
         except TimeoutError:
             if reassembly is None:
                 raise RoomserverError(
