@@ -67,6 +67,7 @@ import msgpack
 from nats.aio.client import Client as NATS
 
 from bench.common import percentile, worker_env
+from bench.query_decode import read_every_entry
 from worker.bus.server import EmbeddedNatsServer
 from worker.bus.streams import ensure_streams
 from worker.bus.subjects import Subjects
@@ -284,19 +285,6 @@ def _make_entries(state: State) -> None:
         raise RuntimeError("the state has no entries")
 
 
-def _read_every_entry(state: State) -> None:
-    """Every entry's type, state key and event ID read, from the grouped form's columns
-    (where the client keeps them) or from the entries."""
-    by_type = getattr(state, "by_type", None)
-    if by_type is None:  # a client of before round eight
-        for entry in state.entries:
-            entry.type, entry.state_key, entry.event_id  # noqa: B018
-        return
-    for type_, (state_keys, event_ids) in by_type.items():
-        for state_key, event_id in zip(state_keys, event_ids, strict=True):
-            type_, state_key, event_id  # noqa: B018
-
-
 async def _timed(samples: int, ask: Callable[[], Awaitable[object]]) -> list[float]:
     """Seconds of each of `samples` calls of `ask`, one after the other."""
     times: list[float] = []
@@ -391,7 +379,7 @@ async def bench_queries(
                 read_all_cpu: list[float] = []
                 uses = [
                     (with_entries, entries_cpu, _make_entries),
-                    (read_all, read_all_cpu, _read_every_entry),
+                    (read_all, read_all_cpu, read_every_entry),
                 ]
                 # What the set-up left for the collector is not the warm queries' cost.
                 gc.collect()

@@ -73,8 +73,9 @@ def _iterate(state: State) -> None:
         entry.type, entry.state_key, entry.event_id  # noqa: B018
 
 
-def _read_all(state: State) -> None:
-    """Read every entry's three fields from the grouped form's columns."""
+def read_every_entry(state: State) -> None:
+    """Read every entry's three fields from the grouped form's columns (where the
+    client keeps them; from `entries` with a client of before round eight)."""
     by_type = getattr(state, "by_type", None)
     if by_type is None:
         _iterate(state)
@@ -89,7 +90,7 @@ def _user(use: str) -> Callable[[State], Any]:
         "value": lambda state: None,
         "entries": lambda state: len(state.entries),
         "iterate": _iterate,
-        "read_all": _read_all,
+        "read_all": read_every_entry,
         "as_map": lambda state: state.as_map(),
     }[use]
 
