@@ -26,6 +26,13 @@ fetch brings cheaper inputs to gives way that much later (commits after the inpu
 way: the input loop's interrupt). A small room's input then waits for about that, one
 input of the busy room, and a short transaction of its own.
 
+Those cheap inputs do not wait for the costlier turn's commit and then for one of their
+own: when the costlier turn is done (its budget spent, or given way), the same
+transaction goes on with them (`Scheduler.follow_ups`: worker.pipeline.process.FollowUps)
+and they share its commit; the next turn is then the costlier rooms' again, and the
+cheap inputs that came meanwhile follow it in turn. A small room's input then waits for
+about the patience, one input of the busy room, its own processing and one commit.
+
 The busy room is slowed, never starved: it has every other transaction while cheap
 inputs keep coming, and while it waits its share decays, until it reaches the class of
 the rooms served before it and its inputs go in fetch order with theirs.
@@ -105,6 +112,10 @@ class Running:
     reached: Callable[[], int]
     #: The rooms of `offered` if its budget is grown (see `Scheduler.give_way`).
     rooms: frozenset[str] = field(init=False)
+    #: The inputs it was given to go on with once its own were done (`follow_ups`), and
+    #: whether it asked for them (then it no longer gives way).
+    follow: list[InHand] = field(default_factory=list)
+    followed: bool = False
 
     def __post_init__(self) -> None:
         grown = self.budget > self.base
@@ -283,6 +294,41 @@ class Scheduler:
         if running.budget > running.base and any(m.subject not in running.rooms for m in fetched):
             return max(now, running.started + running.base)
         return None
+
+    def follow_ups(
+        self, in_hand: Sequence[InHand], running: Running, done: int, now: float
+    ) -> list[InHand]:
+        """The inputs of `in_hand` (in fetch order) the transaction `running`, having
+        done `done` of its inputs, goes on with before it commits: those of rooms in a
+        group cheaper than its last input's room, in the order `order` would give, and
+        none of a room any of its inputs is of (those it did not reach stay in hand, and
+        a room's inputs are processed in stream order). Each room's inputs are all taken
+        or none, in fetch order, so a first part of this keeps them in order too.
+
+        Once they are taken, the next turn is the costlier rooms' again (`turn`): the
+        cheap inputs were served by this one."""
+        offered = running.offered
+        current = share_class(
+            self.shares.get(offered[max(0, min(done, len(offered)) - 1)].subject, now)
+        )
+        if current <= GROUP_SPAN:
+            return []
+        taken = {item.subject for item in offered}
+        classes: dict[str, int] = {}
+        cheaper = []
+        for item in in_hand:
+            room = item.subject
+            if room in taken:
+                continue
+            kind = classes.get(room)
+            if kind is None:
+                kind = classes[room] = share_class(self.shares.get(room, now))
+            if kind + GROUP_SPAN < current:
+                cheaper.append(item)
+        if cheaper:
+            self._cheap_turn = True
+        # sorted() is stable: a room's inputs keep their fetch order.
+        return sorted(cheaper, key=lambda item: classes[item.subject])
 
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""
