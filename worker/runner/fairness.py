@@ -23,17 +23,16 @@ group (rooms within GROUP_SPAN classes of the cheapest in hand), or the rest, in
 while both wait. A turn of the costlier rooms while cheaper inputs wait has the
 patience (consumer.batch_patience, PATIENCE by default) for its budget, and one that a
 fetch brings cheaper inputs to gives way that much later (commits after the input under
-way: the input loop's interrupt). A small room's input then waits for about that, one
-input of the busy room, and a short transaction of its own.
+way: the input loop's interrupt).
 
-Those cheap inputs do not wait for the costlier turn's commit and then for one of their
+The cheap inputs do not then wait for the costlier turn's commit and for one of their
 own: when the costlier turn is done (its budget spent, or given way), the same
 transaction goes on with them (`Scheduler.follow_ups`: worker.pipeline.process.FollowUps)
-and they share its commit; the next turn is then the costlier rooms' again, and the
-cheap inputs that came meanwhile follow it in turn. A small room's input then waits for
-about the patience, one input of the busy room, its own processing and one commit.
+and they share its commit; the next turn is the costlier rooms' again, and the cheap
+inputs that came meanwhile follow it in turn. A small room's input waits for about the
+patience, one input of the busy room, its own processing and one commit.
 
-The busy room is slowed, never starved: it has every other transaction while cheap
+The busy room is slowed, never starved: it has a turn in every transaction while cheap
 inputs keep coming, and while it waits its share decays, until it reaches the class of
 the rooms served before it and its inputs go in fetch order with theirs.
 
@@ -71,7 +70,7 @@ GROUP_SPAN = 3
 #: inputs wait: its budget if they wait when it starts, and how long after a fetch
 #: brings some it gives way (commits after the input under way). A few of the costlier
 #: room's inputs share the cost of a commit, and a cheap input waits for about this,
-#: one costlier input and two commits. The default of consumer.batch_patience (the
+#: one costlier input and the commit they share (`Scheduler.follow_ups`). The default of consumer.batch_patience (the
 #: `Scheduler`'s patience): less makes cheap inputs wait less and the costlier room
 #: commit more often, so that it does less per second.
 PATIENCE = 0.010
@@ -214,7 +213,8 @@ class Scheduler:
         self.patience = patience
         #: Each room's class as of the last `order`.
         self._classes: dict[str, int] = {}
-        #: Whether the last `turn` went to the first group while costlier inputs waited.
+        #: Whether the first group was served last while costlier inputs waited: by the
+        #: last `turn`, or as the follow-ups of a costlier one (`follow_ups`).
         self._cheap_turn = False
         #: Whether the last `order` kept the fetch order (one class in hand).
         self.fetch_order = True
@@ -249,10 +249,10 @@ class Scheduler:
         """The inputs of `ordered` (as `order` gave it) the next transaction takes, and
         whether cheaper inputs are left waiting (its budget is then the patience).
 
-        One group only: the first group's inputs, or, if the last turn was theirs while
-        costlier inputs waited, the costlier inputs. Each room's inputs are in one
-        group, so they keep their order; a costlier room gets every other turn, so it is
-        never starved."""
+        One group only: the first group's inputs, or, if they were served last while
+        costlier inputs waited (in their own turn or following a costlier one), the
+        costlier inputs. Each room's inputs are in one group, so they keep their order;
+        a costlier room gets every other turn at least, so it is never starved."""
         first = self.first_group(ordered)
         if first == len(ordered):
             self._cheap_turn = False
