@@ -6,8 +6,10 @@ GIL and so one core. Here the pipeline and the writer's SQLite connection live i
 child process that answers `PipelineServer` requests over a socket pair: one pickled
 `Request` in, one pickled reply out, framed by a 4-byte length. The child also sends,
 on its own, the syncer's reports (worker.runner.syncer: a batch's commit is durable),
-between replies or during a request; the worker reads everything the child sends in
-one task, which hands replies to their requests and reports to `durable`. The
+between replies or during a request, and a batch's ask for inputs to go on with
+(worker.runner.pipeline_server.Follow), which the worker answers at once with a message
+of its own; the worker reads everything the child sends in one task, which hands
+replies to their requests, reports to `durable` and answers asks. The
 interrupt and the inputs done so far are shared memory (`SharedFlags` on a memfd both
 map).
 
