@@ -70,9 +70,9 @@ GROUP_SPAN = 3
 #: inputs wait: its budget if they wait when it starts, and how long after a fetch
 #: brings some it gives way (commits after the input under way). A few of the costlier
 #: room's inputs share the cost of a commit, and a cheap input waits for about this,
-#: one costlier input and the commit they share (`Scheduler.follow_ups`). The default of consumer.batch_patience (the
-#: `Scheduler`'s patience): less makes cheap inputs wait less and the costlier room
-#: commit more often, so that it does less per second.
+#: one costlier input and the commit they share (`Scheduler.follow_ups`). The default
+#: of consumer.batch_patience (the `Scheduler`'s patience): less makes cheap inputs wait
+#: less and the costlier room commit more often, so that it does less per second.
 PATIENCE = 0.010
 #: Fewest inputs offered to a transaction with a budget (`next_offered`).
 MIN_OFFERED = 16
