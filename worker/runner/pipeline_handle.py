@@ -182,13 +182,14 @@ class PipelineHandle(ABC):
             return None
         try:
             messages, budget = follow_ups(done)
+            if not messages:
+                return None
+            answer = FollowUp(_tuples(messages), self.parse_ahead.hints(messages), budget)
         except Exception:
             log.exception("choosing inputs to follow a batch failed; it commits without")
             return None
-        if not messages:
-            return None
         self._followed = messages
-        return FollowUp(_tuples(messages), self.parse_ahead.hints(messages), budget)
+        return answer
 
     async def release_expired(self) -> tuple[int, list[OutboxRow]]:
         """Held events released for having waited too long, and the rows committed."""
