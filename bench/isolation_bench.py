@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -252,7 +253,10 @@ async def bench_isolation(
     forked_stream: list[Prepared] = [tuple(i) for i in inputs["forked_stream"]]
 
     storage = workdir / f"data-{tag}"
-    env = worker_env(url, storage, f"b{tag}", log_level="warning", **(extra_env or {}))
+    # The worker's metrics, for its transactions in the window.
+    extra = {"metrics_listen_port": str(_free_port()), **(extra_env or {})}
+    env = worker_env(url, storage, f"b{tag}", log_level="warning", **extra)
+    port = env["ROOMSERVER_METRICS_LISTEN_PORT"]
     config = load_config(None, env)
     subjects = Subjects(config.streams.subject_prefix)
     setup = forked_setup + [item for r in small for item in r[:SMALL_SETUP]]
@@ -270,10 +274,12 @@ async def bench_isolation(
         )
         started = time.perf_counter()
         cpu_before = _cpu_seconds(worker.proc.pid)
+        transactions_before = await asyncio.to_thread(_transactions, port)
         published = await _pace_small(nc, subjects, small, rate, seconds)
         forked_in_window = watcher.forked_outputs
         elapsed = time.perf_counter() - started
         worker_cpu = _cpu_seconds(worker.proc.pid) - cpu_before
+        transactions_after = await asyncio.to_thread(_transactions, port)
         stop.set()
         forked_sent = await forked_task
         deadline = time.monotonic() + 120
@@ -284,15 +290,6 @@ async def bench_isolation(
                 raise TimeoutError(f"{missing} small-room events got no output")
             await asyncio.sleep(0.05)
         await sub.unsubscribe()
-        port = env.get("ROOMSERVER_METRICS_LISTEN_PORT", "0")
-        if port != "0":
-            # --env metrics_listen_port=N: the transactions' counts and times, for a look.
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-            for line in text.splitlines():
-                if line.startswith(("roomserver_batch_", "roomserver_commit_seconds_")) and (
-                    "_sum" in line or "_count" in line
-                ):
-                    print(line)
     finally:
         worker.stop()
         await nc.close()
@@ -320,6 +317,11 @@ async def bench_isolation(
         "forked_exhausted": forked_sent >= len(forked_stream),
         "forked_events_per_s": forked_in_window / elapsed,
         "worker_cpu_share": worker_cpu / elapsed,
+        # Transactions committed in the window, and their COMMITs' mean time: a small
+        # input that shares the forked turn's commit (worker.runner.fairness) makes
+        # fewer of them.
+        "transactions_per_s": (transactions_after[0] - transactions_before[0]) / elapsed,
+        "commit_ms_mean": _mean_ms(transactions_before, transactions_after),
         "latency_ms": {
             "p50": round(percentile(latencies, 0.50), 2),
             "p90": round(percentile(latencies, 0.90), 2),
@@ -332,6 +334,33 @@ async def bench_isolation(
     }
 
 
+def _free_port() -> int:
+    """A TCP port free now (for the worker's metrics endpoint)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _transactions(port: str) -> tuple[float, float]:
+    """The worker's committed transactions so far, and the seconds their COMMITs took
+    (its metrics endpoint on `port`)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    values = dict.fromkeys(
+        ("roomserver_commit_seconds_count", "roomserver_commit_seconds_sum"), 0.0
+    )
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in values:
+            values[name] = float(value)
+    return values["roomserver_commit_seconds_count"], values["roomserver_commit_seconds_sum"]
+
+
+def _mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
+    count = after[0] - before[0]
+    return (after[1] - before[1]) / count * 1000 if count else 0.0
+
+
 def table(result: dict[str, Any]) -> str:
     lat = result["latency_ms"]
     return (
@@ -341,7 +370,9 @@ def table(result: dict[str, Any]) -> str:
         f"  small-room publish-to-output  p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, "
         f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms; "
         f"forked room {result['forked_events_per_s']:,.0f} events/s; "
-        f"worker CPU {result['worker_cpu_share']:.0%}"
+        f"worker CPU {result['worker_cpu_share']:.0%}; "
+        f"{result['transactions_per_s']:,.0f} transactions/s, "
+        f"commit {result['commit_ms_mean']:.1f} ms"
     )
 
 

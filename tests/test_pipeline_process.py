@@ -40,13 +40,13 @@ async def remote(tmp_path: Path) -> AsyncIterator[PipelineProcess]:
             await handle.stop()
 
 
-def _room_inputs(messages: int) -> list[InboundMessage]:
-    builder = RoomBuilder("10", ALICE)
-    events = [*builder.bootstrap(), *(builder.message(ALICE, f"m{i}") for i in range(messages))]
+def _room_inputs(messages: int, creator: str = ALICE, first_seq: int = 1) -> list[InboundMessage]:
+    builder = RoomBuilder("10", creator)
+    events = [*builder.bootstrap(), *(builder.message(creator, f"m{i}") for i in range(messages))]
     subject = SUBJECTS.input(builder.room_id)
     return [
         InboundMessage(subject, pack({"event": dict(event.pdu)}), seq)
-        for seq, event in enumerate(events, 1)
+        for seq, event in enumerate(events, first_seq)
     ]
 
 
@@ -91,3 +91,80 @@ def test_a_batch_result_crosses_the_pipe_with_its_rows_as_rows() -> None:
     assert crossed == result
     assert [type(row) for row in crossed.rows] == [OutboxRow, OutboxRow]
     assert crossed.rows[1].payload == b"[]"
+
+
+def _batches(remote: PipelineProcess) -> tuple[float | None, float | None]:
+    """How many transactions committed inputs, and how many inputs in all (the
+    pipeline reports each committed batch's size with its reply)."""
+    registry = remote.metrics.registry
+    count = registry.get_sample_value("roomserver_batch_messages_count")
+    total = registry.get_sample_value("roomserver_batch_messages_sum")
+    return count, total
+
+
+async def test_an_interrupted_transaction_goes_on_with_inputs_it_is_given_in_its_commit(
+    remote: PipelineProcess,
+) -> None:
+    """The transaction the interrupt ends asks the event loop (mid-request, across the
+    pipe) for inputs to go on with, and commits them with its own in one commit: a
+    small room's inputs that came in while an expensive room's transaction ran do not
+    wait for its commit and then for one of their own. The interrupt that ended the
+    first inputs' turn is cleared for them (they all run, with their own budget), and
+    the inputs the transaction did not reach stay for the next batch, in order."""
+    big = _room_inputs(10)
+    small = _room_inputs(3, creator="@bob:example.org", first_seq=100)
+    asked: list[int] = []
+
+    def follow_ups(done: int) -> tuple[list[InboundMessage], float | None]:
+        asked.append(done)
+        return small, 60.0
+
+    remote.interrupt.set()
+    result = await remote.process_batch(big, 60.0, follow_ups)
+    assert asked == [1]
+    assert result.first == 1
+    assert result.dispositions == [Disposition.ACK] * (1 + len(small))
+    assert len(result.laps) == 1 + len(small)
+    assert not remote.interrupt.is_set()
+    # One commit, of the big room's first input and the small room's inputs, and their
+    # outputs with it.
+    assert _batches(remote) == (1, 1 + len(small))
+    assert len(result.rows) == 1 + len(small)
+    assert await remote.outbox_pending(100) == result.rows
+    assert remote.counters.processed == 1 + len(small)
+
+    rest = await remote.process_batch(big[1:], 60.0, follow_ups)
+    # Not interrupted: it does all its inputs and does not ask.
+    assert asked == [1]
+    assert rest.first is None
+    assert rest.dispositions == [Disposition.ACK] * (len(big) - 1)
+    assert _batches(remote) == (2, len(big) + len(small))
+
+
+async def test_a_costlier_turn_asks_for_inputs_to_go_on_with_in_any_case(
+    remote: PipelineProcess,
+) -> None:
+    """A costlier room's turn while cheaper inputs wait (`always`) asks once its own
+    inputs are done, interrupted or not; an answer of nothing commits what it did."""
+    big = _room_inputs(2)
+    small = _room_inputs(1, creator="@bob:example.org", first_seq=100)
+    asked: list[int] = []
+
+    def nothing(done: int) -> tuple[list[InboundMessage], float | None]:
+        asked.append(done)
+        return [], None
+
+    first = await remote.process_batch(big[:2], 60.0, nothing, always=True)
+    assert asked == [2]
+    assert first.first is None
+    assert first.dispositions == [Disposition.ACK] * 2
+
+    def the_small_room(done: int) -> tuple[list[InboundMessage], float | None]:
+        asked.append(done)
+        return small, None
+
+    second = await remote.process_batch(big[2:], 60.0, the_small_room, always=True)
+    assert asked == [2, len(big) - 2]
+    assert second.first == len(big) - 2
+    assert len(second.dispositions) == len(big) - 2 + len(small)
+    assert _batches(remote) == (2, len(big) + len(small))

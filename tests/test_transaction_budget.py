@@ -153,3 +153,41 @@ def test_the_patience_is_the_configured_one() -> None:
     assert budget == 0.004
     running = _running(scheduler, in_hand(("big", 1), ("big", 2)), started=5.0)
     assert scheduler.give_way(_messages("small"), running, now=5.001) == 5.001 + 0.004
+
+
+def _names(hand: list[InHand]) -> list[tuple[str, bytes]]:
+    return [(item.subject.removeprefix("rs.input."), item.message.data) for item in hand]
+
+
+def test_a_costlier_turn_goes_on_with_the_cheaper_rooms_inputs_in_hand() -> None:
+    """Once a costlier room's transaction is done, it goes on with the inputs in hand of
+    rooms in a cheaper group, so that they share its commit (Scheduler.follow_ups):
+    cheapest first, each room's in fetch order; never one of a room the transaction
+    was offered inputs of (those it did not reach stay in hand, and a room's inputs are
+    processed in order), nor of a room in its own group. The next turn is then the
+    costlier rooms' again: the cheap inputs were served."""
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    scheduler.shares.record("rs.input.big2", 0.300, now=0.0)
+    scheduler.shares.record("rs.input.mid", 0.003, now=0.0)
+    scheduler.shares.record("rs.input.offered", 0.0, now=0.0)
+    hand = in_hand(
+        ("big", 1), ("mid", 1), ("a", 1), ("big", 2), ("offered", 1), ("a", 2), ("big2", 1)
+    )
+    offered = [hand[0], hand[3], hand[4]]
+    running = Running(offered, PATIENCE, BASE, 0.0, lambda: 1)
+    follow = scheduler.follow_ups(hand, running, done=1, now=0.0)
+    assert _names(follow) == [("a", b"1"), ("a", b"2"), ("mid", b"1")]
+    # The costlier rooms' turn next, though cheap inputs are in hand.
+    taken, costlier = scheduler.turn(scheduler.order(hand, now=0.0))
+    assert costlier
+    assert {item.subject for item in taken} == {"rs.input.big", "rs.input.big2"}
+
+
+def test_a_cheap_rooms_turn_goes_on_with_nothing() -> None:
+    """A transaction of the first group has no cheaper inputs to go on with."""
+    scheduler = Scheduler()
+    scheduler.shares.record("rs.input.big", 0.400, now=0.0)
+    hand = in_hand(("small", 1), ("big", 1), ("other", 1))
+    running = Running(hand[:1], BASE, BASE, 0.0, lambda: 1)
+    assert scheduler.follow_ups(hand, running, done=1, now=0.0) == []

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
 from bench.isolation_bench import forked_events
 from tests.harness.e2e import input_for, outputs_reader, publish_inputs, running_worker
+from worker.app import Worker
 from worker.bus.streams import ensure_streams
 from worker.config import Config
 from worker.matrix.builder import RoomBuilder
@@ -123,3 +125,74 @@ async def test_inputs_published_during_a_transaction_are_fetched_during_it(
             blocker.close()
         outputs = await reader.take(len(events), timeout=60)
     assert [o["event_id"] for o in outputs] == [e.event_id for e in events]
+
+
+def _committed_batches(worker: Worker) -> float:
+    """Transactions that committed inputs so far (the worker's own metric)."""
+    value = worker.metrics.registry.get_sample_value("roomserver_batch_messages_count")
+    return value or 0.0
+
+
+async def test_a_small_rooms_inputs_share_the_commit_of_the_turn_they_interrupt(
+    config: Config, js: JetStreamContext
+) -> None:
+    """A small room's inputs fetched while a busy room's transaction runs interrupt it
+    (after consumer.batch_patience) and then go in that same transaction, after the
+    busy room's input under way, sharing its commit: one commit, not the busy room's
+    and then one of their own. Outputs keep each room's order, and nothing is lost.
+
+    Before, the interrupted transaction committed the busy room's one input alone,
+    then the small room had a transaction of its own, then the busy room's rest: three
+    transactions where there are now two.
+
+    Why this cannot flake: the busy room has had ~100 ms of the worker (400 messages)
+    just before, the small room ~1 ms, so the small room is in a cheaper group for
+    seconds (shares halve every second). The busy room's transaction is held at its
+    BEGIN by a write lock this test takes, until JetStream has handed the worker the
+    small room's inputs and the worker has set the interrupt (waited on as conditions);
+    released, it does one input, sees the interrupt, and goes on with the small room's.
+    The busy room's four other inputs are then all that is in hand: one transaction."""
+    busy = RoomBuilder(VERSION, "@busy:example.org")
+    small = RoomBuilder(VERSION, "@quiet:example.org")
+    warm = [*busy.bootstrap(), *(busy.message("@busy:example.org", f"w{i}") for i in range(400))]
+    warm += small.bootstrap()
+    later = [busy.message("@busy:example.org", f"m{i}") for i in range(5)]
+    smalls = [small.message("@quiet:example.org", f"s{i}") for i in range(3)]
+    reader = outputs_reader(js, config)
+    await ensure_streams(js, config)
+    async with running_worker(config) as worker:
+        await publish_inputs(js, config, [input_for(e.pdu) for e in warm], room_version=VERSION)
+        await reader.take(len(warm), timeout=60)
+        before = _committed_batches(worker)
+        blocker = sqlite3.connect(Path(config.storage.path) / DB_FILENAME, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            await publish_inputs(
+                js, config, [input_for(e.pdu) for e in later], room_version=VERSION
+            )
+            assert await _delivered(js, config, len(later), timeout=10)
+            await publish_inputs(
+                js, config, [input_for(e.pdu) for e in smalls], room_version=VERSION
+            )
+            assert await _delivered(js, config, len(later) + len(smalls), timeout=10)
+            assert await _condition(worker.pipeline.interrupt.is_set, timeout=10)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        outputs = await reader.take(len(later) + len(smalls), timeout=60)
+        await worker.wait_until(lambda: worker.pipeline.counters.processed >= len(warm) + 8)
+        batches = _committed_batches(worker) - before
+    order = [o["event_id"] for o in outputs]
+    expected = [later[0].event_id, *(e.event_id for e in smalls)]
+    assert order == [*expected, *(e.event_id for e in later[1:])]
+    assert batches == 2, f"{batches} transactions: the small room's inputs had their own"
+
+
+async def _condition(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether `predicate` holds within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return False

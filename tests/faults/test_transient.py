@@ -16,6 +16,7 @@ from worker.config import Config, MetricsConfig
 from worker.matrix.pdu import parse_pdu
 from worker.matrix.room_versions import get_room_version
 from worker.pipeline import Disposition, InboundMessage, Pipeline
+from worker.pipeline.process import FollowUps
 from worker.synthetic import linear_room
 
 #: Which calls of process_batch fail (1-based): a run of failures on one batch.
@@ -48,12 +49,14 @@ async def test_locked_database_is_retried_in_order(
     calls = 0
     original = Pipeline.process_batch
 
-    def flaky(self: Pipeline, messages: Sequence[InboundMessage]) -> list[Disposition]:
+    def flaky(
+        self: Pipeline, messages: Sequence[InboundMessage], follow: FollowUps | None = None
+    ) -> list[Disposition]:
         nonlocal calls
         calls += 1
         if calls in FAILING_CALLS:
             raise busy
-        return original(self, messages)
+        return original(self, messages, follow)
 
     monkeypatch.setattr(Pipeline, "process_batch", flaky)
     config = dataclasses.replace(

@@ -137,6 +137,15 @@ class Stopwatch:
         self._next_reading = now + (self.budget - self._spent)
         return False
 
+    def renew(self, budget: float | None) -> None:
+        """The transaction goes on with other inputs (`Pipeline.process_batch`'s
+        follow-ups), with a budget of `budget` more seconds from now (None: no limit)
+        and without the interrupt that ended the first ones' turn: the caller clears it
+        before."""
+        self._read_cpu()
+        self.budget = None if budget is None else self._spent + budget
+        self._next_reading = self._last + (budget or 0.0)
+
     def finish(self) -> None:
         """The transaction's last input is done: the laps become CPU seconds."""
         if self._shared < len(self.laps):

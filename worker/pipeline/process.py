@@ -40,6 +40,15 @@ from worker.storage.state import StateStore
 
 log = structlog.get_logger(__name__)
 
+#: Asked, with how many of a batch's inputs its transaction did, for inputs to go on
+#: with before it commits, and their budget (seconds of work, as `Batch.budget`): the
+#: input loop's way to have cheap rooms' inputs that came in while an expensive room's
+#: transaction ran share its commit rather than wait for it and then for one of their
+#: own (worker.runner.fairness). They must be of rooms none of the batch's inputs is
+#: of: the inputs the batch did not reach are left for a later one. Asked again, with
+#: the same inputs to give, if the batch runs again with savepoints.
+FollowUps = Callable[[int], tuple[Sequence[InboundMessage], float | None]]
+
 
 class Pipeline:
     """The writer: owns the parts and runs inputs through them in the database thread."""
@@ -121,7 +130,9 @@ class Pipeline:
 
     # -- entry points -----------------------------------------------------------
 
-    def process_batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
+    def process_batch(
+        self, messages: Sequence[InboundMessage], follow: FollowUps | None = None
+    ) -> list[Disposition]:
         """Process a batch in one transaction; transient faults propagate for a retry.
 
         With a `batch.budget` the transaction commits once that much work is spent, after
@@ -130,12 +141,17 @@ class Pipeline:
         input took. Afterwards `outbox.emitted` holds the outbox rows the batch
         committed, so the caller can publish them without reading them back.
 
+        `follow`, if given, is asked, once the inputs of `messages` the transaction
+        reaches are done, for inputs to go on with in the same transaction before it
+        commits (see `FollowUps`): the dispositions then cover the first inputs of
+        `messages` and after them the first ones of the follow-ups.
+
         The inputs run without savepoints first (see `Unguarded`): an input that fails
         after writing undoes the whole transaction, and the batch runs again with one
         savepoint per input, which is what decides its dispositions then."""
         self._careful = False
         try:
-            return self._batch(messages)
+            return self._batch(messages, follow)
         except _UndoBatch as undo:
             # Run again outside this handler: an error of the second run (a parked
             # room's traceback) must not carry this one as its context.
@@ -144,9 +160,11 @@ class Pipeline:
             self._careful = True
         log.info("batch run again with savepoints", reason=reason)
         self.redone += 1
-        return self._batch(messages)
+        return self._batch(messages, follow)
 
-    def _batch(self, messages: Sequence[InboundMessage]) -> list[Disposition]:
+    def _batch(
+        self, messages: Sequence[InboundMessage], follow: FollowUps | None
+    ) -> list[Disposition]:
         with self._transaction():
             try:
                 self.recipe.prefetch(messages)
@@ -157,6 +175,16 @@ class Pipeline:
                     self._process_woken()
                     if stopwatch.lap():
                         break
+                more, budget = follow(len(results)) if follow is not None else ((), None)
+                if more:
+                    # The inputs left of `messages` keep their parses for the next batch.
+                    self.recipe.prefetch([*messages[len(results) :], *more])
+                    stopwatch.renew(budget)
+                    for message in more:
+                        results.append(self._process_message(message))
+                        self._process_woken()
+                        if stopwatch.lap():
+                            break
                 stopwatch.finish()
             finally:
                 self.recipe.forget_prefetched()

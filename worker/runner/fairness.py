@@ -23,10 +23,16 @@ group (rooms within GROUP_SPAN classes of the cheapest in hand), or the rest, in
 while both wait. A turn of the costlier rooms while cheaper inputs wait has the
 patience (consumer.batch_patience, PATIENCE by default) for its budget, and one that a
 fetch brings cheaper inputs to gives way that much later (commits after the input under
-way: the input loop's interrupt). A small room's input then waits for about that, one
-input of the busy room, and a short transaction of its own.
+way: the input loop's interrupt).
 
-The busy room is slowed, never starved: it has every other transaction while cheap
+The cheap inputs do not then wait for the costlier turn's commit and for one of their
+own: when the costlier turn is done (its budget spent, or given way), the same
+transaction goes on with them (`Scheduler.follow_ups`: worker.pipeline.process.FollowUps)
+and they share its commit; the next turn is the costlier rooms' again, and the cheap
+inputs that came meanwhile follow it in turn. A small room's input waits for about the
+patience, one input of the busy room, its own processing and one commit.
+
+The busy room is slowed, never starved: it has a turn in every transaction while cheap
 inputs keep coming, and while it waits its share decays, until it reaches the class of
 the rooms served before it and its inputs go in fetch order with theirs.
 
@@ -64,9 +70,9 @@ GROUP_SPAN = 3
 #: inputs wait: its budget if they wait when it starts, and how long after a fetch
 #: brings some it gives way (commits after the input under way). A few of the costlier
 #: room's inputs share the cost of a commit, and a cheap input waits for about this,
-#: one costlier input and two commits. The default of consumer.batch_patience (the
-#: `Scheduler`'s patience): less makes cheap inputs wait less and the costlier room
-#: commit more often, so that it does less per second.
+#: one costlier input and the commit they share (`Scheduler.follow_ups`). The default
+#: of consumer.batch_patience (the `Scheduler`'s patience): less makes cheap inputs wait
+#: less and the costlier room commit more often, so that it does less per second.
 PATIENCE = 0.010
 #: Fewest inputs offered to a transaction with a budget (`next_offered`).
 MIN_OFFERED = 16
@@ -105,6 +111,10 @@ class Running:
     reached: Callable[[], int]
     #: The rooms of `offered` if its budget is grown (see `Scheduler.give_way`).
     rooms: frozenset[str] = field(init=False)
+    #: The inputs it was given to go on with once its own were done (`follow_ups`), and
+    #: whether it asked for them (then it no longer gives way).
+    follow: list[InHand] = field(default_factory=list)
+    followed: bool = False
 
     def __post_init__(self) -> None:
         grown = self.budget > self.base
@@ -203,7 +213,8 @@ class Scheduler:
         self.patience = patience
         #: Each room's class as of the last `order`.
         self._classes: dict[str, int] = {}
-        #: Whether the last `turn` went to the first group while costlier inputs waited.
+        #: Whether the first group was served last while costlier inputs waited: by the
+        #: last `turn`, or as the follow-ups of a costlier one (`follow_ups`).
         self._cheap_turn = False
         #: Whether the last `order` kept the fetch order (one class in hand).
         self.fetch_order = True
@@ -238,10 +249,10 @@ class Scheduler:
         """The inputs of `ordered` (as `order` gave it) the next transaction takes, and
         whether cheaper inputs are left waiting (its budget is then the patience).
 
-        One group only: the first group's inputs, or, if the last turn was theirs while
-        costlier inputs waited, the costlier inputs. Each room's inputs are in one
-        group, so they keep their order; a costlier room gets every other turn, so it is
-        never starved."""
+        One group only: the first group's inputs, or, if they were served last while
+        costlier inputs waited (in their own turn or following a costlier one), the
+        costlier inputs. Each room's inputs are in one group, so they keep their order;
+        a costlier room gets every other turn at least, so it is never starved."""
         first = self.first_group(ordered)
         if first == len(ordered):
             self._cheap_turn = False
@@ -283,6 +294,41 @@ class Scheduler:
         if running.budget > running.base and any(m.subject not in running.rooms for m in fetched):
             return max(now, running.started + running.base)
         return None
+
+    def follow_ups(
+        self, in_hand: Sequence[InHand], running: Running, done: int, now: float
+    ) -> list[InHand]:
+        """The inputs of `in_hand` (in fetch order) the transaction `running`, having
+        done `done` of its inputs, goes on with before it commits: those of rooms in a
+        group cheaper than its last input's room, in the order `order` would give, and
+        none of a room any of its inputs is of (those it did not reach stay in hand, and
+        a room's inputs are processed in stream order). Each room's inputs are all taken
+        or none, in fetch order, so a first part of this keeps them in order too.
+
+        Once they are taken, the next turn is the costlier rooms' again (`turn`): the
+        cheap inputs were served by this one."""
+        offered = running.offered
+        current = share_class(
+            self.shares.get(offered[max(0, min(done, len(offered)) - 1)].subject, now)
+        )
+        if current <= GROUP_SPAN:
+            return []
+        taken = {item.subject for item in offered}
+        classes: dict[str, int] = {}
+        cheaper = []
+        for item in in_hand:
+            room = item.subject
+            if room in taken:
+                continue
+            kind = classes.get(room)
+            if kind is None:
+                kind = classes[room] = share_class(self.shares.get(room, now))
+            if kind + GROUP_SPAN < current:
+                cheaper.append(item)
+        if cheaper:
+            self._cheap_turn = True
+        # sorted() is stable: a room's inputs keep their fetch order.
+        return sorted(cheaper, key=lambda item: classes[item.subject])
 
     def record(self, done: Sequence[InHand], laps: Sequence[float], now: float) -> None:
         """What each processed input took, in the order they were processed."""

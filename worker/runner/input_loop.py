@@ -6,7 +6,9 @@ little of the thread lately first, each room's inputs in stream order) and commi
 consumer.batch_budget seconds of work are spent, so a small room's input never waits
 behind a whole batch of an expensive room's. A fetch is always under way while a
 transaction is processed (one is started as soon as the last one is taken), so that
-cheap rooms' inputs that come in meanwhile are seen and can cut it short. While a
+cheap rooms' inputs that come in meanwhile are seen and can cut it short; the
+transaction then goes on with them before it commits (`_follow_ups`), so that they
+share its commit rather than wait for it and for one of their own. While a
 transaction runs the interpreter switches threads more often (SWITCH_INTERVAL), so
 that, when the pipeline runs in this process's database thread, the event loop's
 network work does not wait for its Python for the default 5 ms each time it wakes.
@@ -299,7 +301,9 @@ class InputLoop:
             return
         messages = fetching.result()
         now = time.monotonic()
-        when = self.scheduler.give_way(messages, running, now)
+        # Once it has asked for follow-ups it no longer gives way: it is processing the
+        # cheap inputs it would give way to.
+        when = None if running.followed else self.scheduler.give_way(messages, running, now)
         if when is not None:
             self._give_way_at(when)
         # Not if `_fetch` has it (it takes what it awaits).
@@ -318,7 +322,7 @@ class InputLoop:
     def _short_for_next(self, running: Running) -> bool:
         """Whether fewer inputs wait in hand, besides those offered to the transaction
         under way, than the next one may be offered."""
-        waiting = len(self.in_hand) - len(running.offered)
+        waiting = len(self.in_hand) - len(running.offered) - len(running.follow)
         return waiting < max(self._offered.values())
 
     def _give_way_at(self, when: float) -> None:
@@ -387,30 +391,59 @@ class InputLoop:
                 limit = max(limit, self._first_fits)
             ordered = ordered[:limit]
             self._running = Running(ordered, budget, self._budget, time.monotonic(), self._reached)
+        running = self._running
         try:
-            result = await self._process(ordered, budget, stop)
+            result = await self._process(ordered, budget, costlier, stop)
         finally:
             self._running = None
-            if self._give_way is not None:
-                self._give_way.cancel()
-                self._give_way = None
+            self._stop_give_way()
         if result is None:
             return
         dispositions = result.dispositions
         gave_way = self.pipeline.interrupt.is_set()
         most = self.config.consumer.batch_size
-        offered = next_offered(len(dispositions), costlier, gave_way, most)
+        own = len(dispositions) if result.first is None else result.first
+        offered = next_offered(own, costlier, gave_way or result.first is not None, most)
         if offered is not None:
             self._offered[costlier] = offered
         if first_only and not gave_way:
             self._first_fits = fits_in_budget(len(dispositions), sum(result.laps), budget, most)
-        done = ordered[: len(dispositions)]
+        done = ordered[:own]
+        if result.first is not None and running is not None:
+            # Its follow-ups (`_follow_ups`) ran as a first group's turn would have.
+            followed = running.follow[: len(dispositions) - own]
+            done += followed
+            if followed:
+                spent = sum(result.laps[own:])
+                self._first_fits = fits_in_budget(len(followed), spent, self._budget, most)
         self.scheduler.record(done, result.laps, time.monotonic())
-        self._forget(done, in_order and not costlier)
+        self._forget(done, in_order and not costlier and result.first is None)
         messages = [item.message for item in done]
         self.settling.start(
             self._settle_batch(messages, dispositions, result.rows, result.ticket, stop)
         )
+
+    def _stop_give_way(self) -> None:
+        if self._give_way is not None:
+            self._give_way.cancel()
+            self._give_way = None
+
+    def _follow_ups(self, done: int) -> tuple[list[InboundMessage], float | None]:
+        """The inputs the transaction under way, having done `done` of its own, goes on
+        with before it commits, and their budget: the cheaper rooms' inputs in hand
+        (worker.runner.fairness.Scheduler.follow_ups), as many as a first group's turn
+        is offered. Asked by the pipeline (worker.runner.pipeline_handle.FollowUps)."""
+        running = self._running
+        if running is None or not running.offered:
+            return [], None
+        # From here on it does not give way: the cheap inputs it would give way to are
+        # the ones it goes on with.
+        running.followed = True
+        self._stop_give_way()
+        now = time.monotonic()
+        follow = self.scheduler.follow_ups(self.in_hand, running, done, now)
+        running.follow = follow[: max(self._offered[False], self._first_fits)]
+        return [item.inbound for item in running.follow], self._budget
 
     def _reached(self) -> int:
         """How many inputs the transaction under way has done."""
@@ -448,10 +481,12 @@ class InputLoop:
         self._next_touch = min((item.touched_at for item in self.in_hand), default=now) + limit
 
     async def _process(
-        self, ordered: list[InHand], budget: float | None, stop: asyncio.Event
+        self, ordered: list[InHand], budget: float | None, costlier: bool, stop: asyncio.Event
     ) -> BatchResult | None:
         """What the transaction did with the inputs it reached (the first ones of
-        `ordered`), once committed; None if everything in hand was handed back.
+        `ordered`, then those of `_follow_ups` it reached), once committed; None if
+        everything in hand was handed back. A costlier turn (`costlier`) asks for
+        follow-ups in any case, any other with a budget if it was interrupted.
 
         A transient database fault retries in place: handing the inputs back (nak)
         would let the ones after them overtake them, and a room's inputs must be
@@ -460,9 +495,16 @@ class InputLoop:
         delay = TRANSIENT_RETRY_DELAY
         while True:
             started = time.perf_counter()
+            running = self._running
+            if running is not None:
+                # A retry asks again.
+                running.follow, running.followed = [], False
+            follow_ups = self._follow_ups if running is not None else None
             try:
                 with quick_thread_switches():
-                    result = await self.pipeline.process_batch(inbound, budget)
+                    result = await self.pipeline.process_batch(
+                        inbound, budget, follow_ups, always=costlier
+                    )
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 return result
             except Exception as exc:

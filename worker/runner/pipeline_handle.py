@@ -11,6 +11,10 @@ database thread answered them before. The counts metrics and tests read (`counte
 reported; the loop reads them after its own requests, so they are never behind what
 it has seen.
 
+During a batch the pipeline may ask for inputs to go on with before it commits
+(worker.runner.pipeline_server.Follow): the handle answers with what the caller's
+`follow_ups` gives (`_answer`).
+
 A batch's result comes back before its commit is durable, with a ticket
 (worker.runner.syncer): `durable` waits until the pipeline has reported the ticket
 synced, which it does on its own, between requests or during one.
@@ -19,9 +23,10 @@ synced, which it does on its own, between requests or during one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +44,8 @@ from worker.runner.common import (
 from worker.runner.parse_ahead import ParseAhead
 from worker.runner.pipeline_server import (
     BatchResult,
+    Follow,
+    FollowUp,
     PipelineServer,
     Reply,
     Request,
@@ -48,6 +55,11 @@ from worker.runner.syncer import Notice
 from worker.storage.database import is_transient
 
 log = structlog.get_logger(__name__)
+
+#: The caller's answer, in the event loop, when a batch that did this many of its inputs
+#: asks for inputs to go on with: them (of rooms none of the batch's inputs is of), and
+#: their budget.
+FollowUps = Callable[[int], tuple[list[InboundMessage], float | None]]
 
 
 class PipelineHandle(ABC):
@@ -75,6 +87,9 @@ class PipelineHandle(ABC):
         self._durable = 0
         self._sync_failed: BaseException | None = None
         self._synced = asyncio.Event()
+        #: The batch under way's `follow_ups`, and the inputs it was given by them.
+        self._follow_ups: FollowUps | None = None
+        self._followed: list[InboundMessage] = []
 
     # -- what the loop, metrics and tests read -------------------------------------
 
@@ -127,16 +142,54 @@ class PipelineHandle(ABC):
         self.path = Path(opened)
 
     async def process_batch(
-        self, messages: Sequence[InboundMessage], budget: float | None
+        self,
+        messages: Sequence[InboundMessage],
+        budget: float | None,
+        follow_ups: FollowUps | None = None,
+        always: bool = False,
     ) -> BatchResult:
         """One transaction over `messages` (see `Pipeline.process_batch`); transient
-        faults propagate for the caller to retry."""
-        batch = [(m.subject, m.data, m.stream_sequence) for m in messages]
+        faults propagate for the caller to retry.
+
+        With `follow_ups`, the transaction asks it for inputs to go on with once its own
+        are done, if it was interrupted meanwhile or if `always` (`Follow`); the result's
+        `first` then tells how many of `messages` it did, and the dispositions after
+        those are of the inputs `follow_ups` gave."""
+        batch = _tuples(messages)
         hints = self.parse_ahead.hints(messages)
-        result: BatchResult = await self._request("process_batch", batch, budget, hints)
-        self.parse_ahead.forget(messages[: len(result.dispositions)])
+        follow = Follow.NEVER
+        if follow_ups is not None:
+            follow = Follow.ALWAYS if always else Follow.IF_GIVEN_WAY
+        self._follow_ups, self._followed = follow_ups, []
+        try:
+            result: BatchResult = await self._request("process_batch", batch, budget, hints, follow)
+        finally:
+            self._follow_ups = None
+        if result.first is None:
+            self.parse_ahead.forget(messages[: len(result.dispositions)])
+        else:
+            self.parse_ahead.forget(messages[: result.first])
+            self.parse_ahead.forget(self._followed[: len(result.dispositions) - result.first])
         self.parse_ahead.learn(result.versions)
         return result
+
+    def _answer(self, done: int) -> FollowUp | None:
+        """The answer to the batch under way asking for inputs to go on with, having
+        done `done` of its own (in the event loop's thread). The batch waits for it, so
+        it is given whatever happens: none if the caller's `follow_ups` fails."""
+        follow_ups = self._follow_ups
+        if follow_ups is None:
+            return None
+        try:
+            messages, budget = follow_ups(done)
+            if not messages:
+                return None
+            answer = FollowUp(_tuples(messages), self.parse_ahead.hints(messages), budget)
+        except Exception:
+            log.exception("choosing inputs to follow a batch failed; it commits without")
+            return None
+        self._followed = messages
+        return answer
 
     async def release_expired(self) -> tuple[int, list[OutboxRow]]:
         """Held events released for having waited too long, and the rows committed."""
@@ -209,6 +262,11 @@ class PipelineHandle(ABC):
         """Have `request` answered where the pipeline runs."""
 
 
+def _tuples(messages: Sequence[InboundMessage]) -> list[tuple[str, bytes, int]]:
+    """`messages` as a request carries them."""
+    return [(m.subject, m.data, m.stream_sequence) for m in messages]
+
+
 def _update(counters: Counters, reported: Counters) -> None:
     for name in _COUNTER_FIELDS:
         setattr(counters, name, getattr(reported, name))
@@ -223,7 +281,7 @@ class LocalPipeline(PipelineHandle):
     def __init__(self, metrics: WorkerMetrics) -> None:
         flags = SharedFlags()
         super().__init__(metrics, flags)
-        self.server = PipelineServer(flags, self._from_syncer)
+        self.server = PipelineServer(flags, self._from_syncer, self._ask)
         self._thread = DbThread()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -234,6 +292,21 @@ class LocalPipeline(PipelineHandle):
             # Not once the loop is closed (the last sync of a stop that outlived it).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._on_durable, notice)
+
+    def _ask(self, done: int) -> FollowUp | None:
+        """The batch under way asks, from the database thread, for inputs to go on
+        with: answered in the event loop's thread, which is not blocked (it awaits the
+        batch)."""
+        loop = self._loop
+        if loop is None:
+            return None
+        answer: concurrent.futures.Future[FollowUp | None] = concurrent.futures.Future()
+
+        def reply() -> None:
+            answer.set_result(self._answer(done))
+
+        loop.call_soon_threadsafe(reply)
+        return answer.result()
 
     @property
     def pipeline(self) -> Pipeline:

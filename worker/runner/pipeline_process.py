@@ -6,8 +6,10 @@ GIL and so one core. Here the pipeline and the writer's SQLite connection live i
 child process that answers `PipelineServer` requests over a socket pair: one pickled
 `Request` in, one pickled reply out, framed by a 4-byte length. The child also sends,
 on its own, the syncer's reports (worker.runner.syncer: a batch's commit is durable),
-between replies or during a request; the worker reads everything the child sends in
-one task, which hands replies to their requests and reports to `durable`. The
+between replies or during a request, and a batch's ask for inputs to go on with
+(worker.runner.pipeline_server.Follow), which the worker answers at once with a message
+of its own; the worker reads everything the child sends in one task, which hands
+replies to their requests, reports to `durable` and answers asks. The
 interrupt and the inputs done so far are shared memory (`SharedFlags` on a memfd both
 map).
 
@@ -64,7 +66,13 @@ from worker.heap import HeapTrimmer, fix_mmap_threshold
 from worker.logs import configure_logging
 from worker.metrics import WorkerMetrics
 from worker.runner.pipeline_handle import PipelineHandle
-from worker.runner.pipeline_server import PipelineServer, Reply, Request, SharedFlags
+from worker.runner.pipeline_server import (
+    FollowUp,
+    PipelineServer,
+    Reply,
+    Request,
+    SharedFlags,
+)
 from worker.runner.syncer import Notice
 
 log = structlog.get_logger(__name__)
@@ -100,11 +108,13 @@ _FLAGS_BYTES: Final = 2 * ctypes.sizeof(ctypes.c_long)
 #: The child's name for `multiprocessing` (its logs and `current_process()`).
 _NAME: Final = "roomserver-pipeline"
 _CHILD_MAIN: Final = "from worker.runner.pipeline_process import child_main; child_main()"
-#: What a message from the child is, its first item: a request's answer or error, or a
-#: report of the syncer.
+#: What a message from the child is, its first item: a request's answer or error, a
+#: report of the syncer, or a batch asking for inputs to go on with (answered with a
+#: message of its own, `FollowUp` or None).
 _ANSWER: Final = 0
 _ERROR: Final = 1
 _SYNCED: Final = 2
+_FOLLOW: Final = 3
 
 
 class PipelineProcessDied(RuntimeError):
@@ -208,6 +218,11 @@ class PipelineProcess(PipelineHandle):
                 kind, value = pickle.loads(await reader.readexactly(size))
                 if kind == _SYNCED:
                     self._on_durable(value)
+                    continue
+                if kind == _FOLLOW:
+                    # The batch waits for this: written at once, before anything else.
+                    assert self._streams is not None
+                    self._streams[1].write(_framed(self._answer(value)))
                     continue
                 _, answer = self._waiting.popleft()
                 if answer.done():
@@ -350,7 +365,18 @@ class _Sender:
 def serve(sock: socket.socket, incoming: IO[bytes], flags: SharedFlags) -> None:
     """Answer requests until end-of-file, then close the database."""
     sender = _Sender(sock)
-    server = PipelineServer(flags, sender.report)
+
+    def ask(done: int) -> FollowUp | None:
+        """Ask the worker for inputs to follow the batch under way; its answer is the
+        next message it sends (it sends no request while one is under way)."""
+        try:
+            sender.send(_FOLLOW, done)
+        except OSError:
+            return None  # the worker is gone: the batch commits, its answer is lost
+        answer: FollowUp | None = _receive(incoming)
+        return answer
+
+    server = PipelineServer(flags, sender.report, ask)
     # Between requests, after the answer is sent: the worker is not kept waiting.
     trimmer = HeapTrimmer()
     collections = CollectionPacer()

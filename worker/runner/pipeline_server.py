@@ -12,6 +12,12 @@ Two numbers are shared without a request (`SharedFlags`): the interrupt the inpu
 loop sets when a transaction should give way, and how many inputs the transaction
 under way has done; both are read while a transaction runs.
 
+A batch may go on, before it commits, with inputs the event loop gives it then
+(`Follow`): cheap rooms' inputs that came in while an expensive room's transaction ran
+share its commit, rather than wait for it and for one of their own
+(worker.runner.fairness). The pipeline asks for them once the batch's own inputs are
+done (`PipelineServer.ask`: a message to the event loop and its answer, mid-request).
+
 A batch's commit returns before it is on disk (worker.runner.syncer): its result
 carries a ticket, and the syncer's thread tells the loop (`on_durable`) once the ticket
 is durable; the loop acknowledges and publishes the batch only then. Every other
@@ -21,8 +27,9 @@ request is answered once everything committed so far is durable, as before.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,6 +87,29 @@ class SharedFlags:
         self.cells[1] = count
 
 
+class Follow(IntEnum):
+    """Whether a batch asks the event loop for inputs to go on with once its own are
+    done (`FollowUp`)."""
+
+    #: Never: the batch commits what it did.
+    NEVER = 0
+    #: If the event loop interrupted it (cheaper rooms' inputs came in meanwhile).
+    IF_GIVEN_WAY = 1
+    #: In any case (a costlier room's turn while cheaper inputs wait).
+    ALWAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """The event loop's answer to a batch asking for inputs to go on with: they are of
+    rooms none of the batch's own inputs is of, in the order to process them, with
+    their parse hints (worker.runner.parse_ahead) and their budget."""
+
+    messages: list[tuple[str, bytes, int]]
+    hints: list[ParseHint | None]
+    budget: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     #: The name of a PipelineServer method (one of `PipelineServer.REQUESTS`).
@@ -124,13 +154,23 @@ class BatchResult:
     #: The room versions, by input subject, of rooms whose inputs came without a hint
     #: for their version (worker.runner.parse_ahead learns them).
     versions: dict[str, str] = field(default_factory=dict)
+    #: If the batch went on with follow-ups (`FollowUp`): how many of its own inputs it
+    #: did; the dispositions and laps after those are the follow-ups' first ones.
+    first: int | None = None
 
     def __reduce__(self) -> tuple[Callable[..., BatchResult], tuple[Any, ...]]:
         """Pickled with its rows as plain tuples: a NamedTuple pickles through a Python
         call per row (`__getnewargs__`, ~5 us: a reply of 256 rows took 1.4 ms to
         pickle, 0.13 ms as tuples), in the pipeline's process, the bottleneck."""
         rows = list(map(tuple, self.rows))
-        return _batch_result, (self.dispositions, self.laps, rows, self.ticket, self.versions)
+        return _batch_result, (
+            self.dispositions,
+            self.laps,
+            rows,
+            self.ticket,
+            self.versions,
+            self.first,
+        )
 
 
 def _batch_result(
@@ -139,9 +179,11 @@ def _batch_result(
     rows: list[tuple[int, str, str, bytes]],
     ticket: int,
     versions: dict[str, str],
+    first: int | None,
 ) -> BatchResult:
     """A `BatchResult` unpickled (see `BatchResult.__reduce__`)."""
-    return BatchResult(dispositions, laps, list(map(OutboxRow._make, rows)), ticket, versions)
+    rows_ = list(map(OutboxRow._make, rows))
+    return BatchResult(dispositions, laps, rows_, ticket, versions, first)
 
 
 @dataclass(slots=True)
@@ -177,12 +219,18 @@ class PipelineServer:
     )
 
     def __init__(
-        self, flags: SharedFlags, on_durable: Callable[[Notice], None] = lambda notice: None
+        self,
+        flags: SharedFlags,
+        on_durable: Callable[[Notice], None] = lambda notice: None,
+        ask: Callable[[int], FollowUp | None] = lambda done: None,
     ) -> None:
         self.flags = flags
         #: Called in the syncer's thread with each ticket made durable (or its error);
         #: by default nobody listens (a caller that does not wait for durability).
         self.on_durable = on_durable
+        #: Asks the event loop, during a batch that did `done` of its inputs, for inputs
+        #: to go on with (`Follow`); by default there are none.
+        self.ask = ask
         #: None until `open` (and after `close`).
         self.pipeline: Pipeline | None = None
         self._syncer: Syncer | None = None
@@ -236,23 +284,32 @@ class PipelineServer:
         messages: list[tuple[str, bytes, int]],
         budget: float | None,
         hints: list[ParseHint | None] | None = None,
+        follow: Follow = Follow.NEVER,
     ) -> BatchResult:
         """One transaction over `messages`, their events parsed from `hints` where the
-        caller parsed them (worker.input.parse_hint)."""
+        caller parsed them (worker.input.parse_hint), and then over the inputs the event
+        loop gives to follow them, if `follow` says to ask."""
         pipeline = self._pipeline()
         pipeline.batch.budget = budget
         self.flags.set_reached(0)
-        inbound = [InboundMessage(subject, data, seq) for subject, data, seq in messages]
+        inbound = _inbound(messages)
         hints = hints if hints is not None else [None] * len(inbound)
         pipeline.recipe.hints = {m: h for m, h in zip(inbound, hints, strict=True) if h is not None}
+        asking = _Asking(self, pipeline, follow) if follow is not Follow.NEVER else None
         try:
-            dispositions = pipeline.process_batch(inbound)
+            dispositions = pipeline.process_batch(inbound, asking)
         finally:
             pipeline.recipe.hints = {}
         ticket = self._syncer.committed() if self._syncer is not None else 0
         rows = pipeline.outbox.emitted
+        first = None
+        if asking is not None and asking.inbound:
+            first = asking.done
+            inbound = inbound + asking.inbound
+            hints = hints + asking.hints
         versions = _unhinted_versions(pipeline, inbound, hints)
-        return BatchResult(dispositions, pipeline.batch.stopwatch.laps, rows, ticket, versions)
+        laps = pipeline.batch.stopwatch.laps
+        return BatchResult(dispositions, laps, rows, ticket, versions, first)
 
     def release_expired(self) -> tuple[int, list[OutboxRow]]:
         """Held events released, and the outbox rows their transaction committed."""
@@ -305,6 +362,53 @@ class PipelineServer:
         totals = pipeline.counters
         counters = replace(totals, dead_letter_codes=dict(totals.dead_letter_codes))
         return Snapshot(counters, pipeline.held_count, pipeline.parked_room_ids())
+
+
+def _inbound(messages: list[tuple[str, bytes, int]]) -> list[InboundMessage]:
+    return [InboundMessage(subject, data, seq) for subject, data, seq in messages]
+
+
+class _Asking:
+    """A batch's `worker.pipeline.process.FollowUps`: asks the event loop once, the
+    first time the batch's own inputs are done, and gives the same answer if the batch
+    runs again with savepoints."""
+
+    def __init__(self, server: PipelineServer, pipeline: Pipeline, follow: Follow) -> None:
+        self._server = server
+        self._pipeline = pipeline
+        self._follow = follow
+        self._asked = False
+        #: The follow-ups given, and their hints and budget.
+        self.inbound: list[InboundMessage] = []
+        self.hints: list[ParseHint | None] = []
+        self._budget: float | None = None
+        #: How many of the batch's own inputs the last run did before asking.
+        self.done = 0
+
+    def __call__(self, done: int) -> tuple[Sequence[InboundMessage], float | None]:
+        self.done = done
+        if not self._asked:
+            self._asked = True
+            self._ask(done)
+        return self.inbound, self._budget
+
+    def _ask(self, done: int) -> None:
+        server = self._server
+        flags = server.flags
+        if self._follow is Follow.IF_GIVEN_WAY and not flags.is_set():
+            return
+        answer = server.ask(done)
+        if answer is None or not answer.messages:
+            return
+        # The event loop no longer interrupts this transaction (it stopped the timer
+        # before it answered): what set the flag is served by these inputs.
+        flags.clear()
+        self.inbound = _inbound(answer.messages)
+        self.hints = answer.hints
+        self._budget = answer.budget
+        recipe = self._pipeline.recipe
+        given = {m: h for m, h in zip(self.inbound, self.hints, strict=True) if h is not None}
+        recipe.hints = {**recipe.hints, **given}
 
 
 def _unhinted_versions(
