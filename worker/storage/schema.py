@@ -287,6 +287,20 @@ def upgrade_to_4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS user_room_memberships_event")
 
 
+#: Version 4's rows with their keys (`event_key`: worker.storage.id_keys.register).
+_V4_EVENT_COLUMNS = (
+    "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
+    "before_snapshot_nid, after_snapshot_nid, auth_event_nids, redacted_by, received_ts"
+)
+_COPY_V4_EVENTS = (
+    "INSERT INTO events ("
+    + _V4_EVENT_COLUMNS
+    + ", id_key) SELECT "
+    + _V4_EVENT_COLUMNS
+    + ", event_key(event_id) FROM events_v4 ORDER BY nid;"
+)
+
+
 def upgrade_to_5(conn: sqlite3.Connection) -> None:
     """The upgrade to version 5: `events` gains its `id_key` column and loses its unique
     index of `event_id`, for `events_id_key`.
@@ -298,12 +312,9 @@ def upgrade_to_5(conn: sqlite3.Connection) -> None:
     columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
     if "id_key" in columns:
         return
-    copied = ", ".join(columns)
     conn.executescript(
         "BEGIN IMMEDIATE;"
         "ALTER TABLE events RENAME TO events_v4;"
-        "DROP INDEX events_room;" + EVENTS + f"INSERT INTO events ({copied}, id_key)"
-        f" SELECT {copied}, event_key(event_id) FROM events_v4 ORDER BY nid;"
-        "DROP TABLE events_v4;"
+        "DROP INDEX IF EXISTS events_room;" + EVENTS + _COPY_V4_EVENTS + "DROP TABLE events_v4;"
         "COMMIT;"
     )
