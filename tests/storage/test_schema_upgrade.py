@@ -62,7 +62,11 @@ def _as_version_3(source: Path, target: Path) -> None:
         ]
         with conn:
             for name in tables:
-                conn.execute(f'INSERT INTO main."{name}" SELECT * FROM v4."{name}"')
+                # The columns version 3 had (later versions added some to `events`).
+                columns = ", ".join(
+                    row[1] for row in conn.execute(f'PRAGMA main.table_info("{name}")')
+                )
+                conn.execute(f'INSERT INTO main."{name}" SELECT {columns} FROM v4."{name}"')
             # The AUTOINCREMENT counters as they were (the copy above moved them).
             conn.execute("DELETE FROM main.sqlite_sequence")
             conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM v4.sqlite_sequence")
@@ -81,12 +85,16 @@ def _nid(h: Harness, event: Event) -> int:
     return row.nid
 
 
-def _dump(path: Path) -> list[str]:
+def _dump(path: Path) -> tuple[set[str], list[str]]:
     """The database as SQL text, but for the arrival times (the clock's, not the
-    schema's)."""
+    schema's): its schema statements as a set (an upgrade that makes a table again
+    makes its indexes after the others, and the dump lists them in the order made),
+    and its rows in order."""
     with contextlib.closing(sqlite3.connect(path / DB_FILENAME)) as conn:
         conn.execute("UPDATE events SET received_ts = 0")  # not committed
-        return list(conn.iterdump())
+        lines = list(conn.iterdump())
+    schema = {line for line in lines if line.startswith("CREATE ")}
+    return schema, [line for line in lines if line not in schema]
 
 
 def test_a_version_3_database_answers_as_a_version_4_one(tmp_path: Path) -> None:
@@ -140,5 +148,80 @@ def test_the_upgrade_runs_once(tmp_path: Path) -> None:
     before = _dump(upgraded)
     with contextlib.closing(sqlite3.connect(upgraded / DB_FILENAME)) as conn:
         conn.execute("PRAGMA user_version = 3")
+    Harness(upgraded, room=builder).db.close()
+    assert _dump(upgraded) == before
+
+
+SCHEMA_V4 = Path(__file__).with_name("schema_v4.sql")
+
+
+def _as_version_4(source: Path, target: Path) -> None:
+    """The same rows in a database made by version 4's DDL: `events` without its
+    `id_key` column, its event IDs under a unique index."""
+    target.mkdir()
+    with contextlib.closing(sqlite3.connect(target / DB_FILENAME)) as conn:
+        conn.executescript(SCHEMA_V4.read_text(encoding="utf-8"))
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("ATTACH DATABASE ? AS v5", (str(source / DB_FILENAME),))
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        with conn:
+            for name in tables:
+                columns = ", ".join(
+                    row[1] for row in conn.execute(f'PRAGMA main.table_info("{name}")')
+                )
+                conn.execute(f'INSERT INTO main."{name}" SELECT {columns} FROM v5."{name}"')
+            conn.execute("DELETE FROM main.sqlite_sequence")
+            conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM v5.sqlite_sequence")
+        conn.execute("DETACH DATABASE v5")
+        assert "sqlite_autoindex_events_1" in {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master")
+        }
+
+
+def test_a_version_4_database_answers_as_a_version_5_one(tmp_path: Path) -> None:
+    """Version 5 finds events by a key of their ID (`events.id_key`, computed for every
+    stored row by the upgrade), not by a unique index of the ID: the upgraded file is
+    the fresh one, row for row, and answers the same, before and after a late event."""
+    fresh, upgraded = tmp_path / "fresh", tmp_path / "upgraded"
+    builder, late, _, children = _late_parents(fresh)
+    _as_version_4(fresh, upgraded)
+    with contextlib.closing(sqlite3.connect(upgraded / DB_FILENAME)) as conn:
+        (stored,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert stored > len(children)
+
+    runs = {path: Harness(path, room=builder) for path in (fresh, upgraded)}
+    outputs = {}
+    for path, h in runs.items():
+        assert h.db.conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        names = {name for (name,) in h.db.conn.execute("SELECT name FROM sqlite_master")}
+        assert "sqlite_autoindex_events_1" not in names and "events_v4" not in names
+        assert {"events_id_key", "events_room"} <= names
+        for event in children:
+            row = h.db.get_event_row(event.event_id)
+            assert row is not None and row.event_id == event.event_id
+        assert set(h.db.get_event_rows([e.event_id for e in children])) == {
+            e.event_id for e in children
+        }
+        assert h.db.get_event_row(late.event_id) is None
+        h.outbox()
+        assert h.send(late) is Disposition.ACK
+        assert h.send(late) is Disposition.ACK  # a duplicate: stored once
+        outputs[path] = h.outbox()
+        assert h.db.conn.execute(
+            "SELECT count(*) FROM events WHERE event_id = ?", (late.event_id,)
+        ).fetchone() == (1,)
+        h.db.close()
+    assert outputs[fresh] == outputs[upgraded]
+    assert _dump(fresh) == _dump(upgraded)
+
+    before = _dump(upgraded)
+    with contextlib.closing(sqlite3.connect(upgraded / DB_FILENAME)) as conn:
+        conn.execute("PRAGMA user_version = 4")
     Harness(upgraded, room=builder).db.close()
     assert _dump(upgraded) == before

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from worker.storage.blocks import NidStateKey, unpack_nids
 from worker.storage.cache_budget import DEFAULT_BUDGET
 from worker.storage.connection import json_list
+from worker.storage.id_keys import BY_IDS, id_keys_params
 from worker.storage.lru import LruByWeight
 
 #: State events indexed over the rooms kept (least recently used room dropped first;
@@ -145,9 +146,8 @@ class AuthCiters:
     def _settle_pending(self, room_nid: int, citers: RoomCiters) -> None:
         """Auth events noted by ID that are stored now become NID edges."""
         stored = self.conn.execute(
-            "SELECT event_id, nid, room_nid FROM events "
-            "WHERE event_id IN (SELECT value FROM json_each(?))",
-            (json_list(citers.by_id),),
+            "SELECT event_id, nid, room_nid FROM events WHERE " + BY_IDS,
+            id_keys_params(list(citers.by_id)),
         ).fetchall()
         for event_id, nid, event_room in stored:
             citing = citers.by_id.pop(event_id)

@@ -26,8 +26,9 @@ class Redactions:
         return [
             row[0]
             for row in self.conn.execute(
-                "SELECT DISTINCT target_event_id FROM redactions WHERE target_event_id "
-                "NOT IN (SELECT event_id FROM events)"
+                "SELECT DISTINCT target_event_id FROM redactions r WHERE NOT EXISTS "
+                "(SELECT 1 FROM events e WHERE e.id_key = event_key(r.target_event_id) "
+                "AND e.event_id = r.target_event_id)"
             )
         ]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from worker.storage.durability import WalSync
+from worker.storage.id_keys import register as register_id_key
 
 
 def _bytes_as_is(value: bytes) -> bytes:
@@ -51,6 +52,7 @@ def open_connection(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    register_id_key(conn)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     # SQLite copies the WAL into the database file (and fsyncs it) inside the commit

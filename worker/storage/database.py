@@ -6,7 +6,7 @@ event, room and NID tables, and the focused stores the pipeline reaches through 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from worker.storage.connection import (
 )
 from worker.storage.faults import StorageError, StorageFault, is_transient, storage_fault
 from worker.storage.held import HeldStore
+from worker.storage.id_keys import id_key, keys_json
 from worker.storage.lru import LruByWeight
 from worker.storage.membership_index import apply_member_replacement, apply_state_change
 from worker.storage.outbox import OutboxRow, OutboxStore
@@ -262,7 +263,8 @@ class Database(WriteConnection):
 
     def get_event_row(self, event_id: str) -> EventRow | None:
         row = self.conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id_key = ? AND event_id = ?",
+            (id_key(event_id), event_id),
         ).fetchone()
         return event_row(row) if row is not None else None
 
@@ -272,14 +274,16 @@ class Database(WriteConnection):
         ).fetchone()
         return event_row(row) if row is not None else None
 
-    def get_event_rows(self, event_ids: Iterable[str]) -> dict[str, EventRow]:
+    def get_event_rows(self, event_ids: Collection[str]) -> dict[str, EventRow]:
+        wanted = event_ids if isinstance(event_ids, (set, frozenset, dict)) else set(event_ids)
         return {
             row[1]: event_row(row)
             for row in self.conn.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events "
-                "WHERE event_id IN (SELECT value FROM json_each(?))",
-                (json_list(event_ids),),
+                "WHERE id_key IN (SELECT value FROM json_each(?))",
+                (keys_json(event_ids),),
             )
+            if row[1] in wanted
         }
 
     def event_ids_of(self, nids: Iterable[int]) -> dict[int, str]:
@@ -337,12 +341,13 @@ class Database(WriteConnection):
         elif nid != expected:
             raise StorageError(f"event NID {nid} is not the next one, {expected}")
         self.writes.execute(
-            "INSERT INTO events (nid, event_id, room_nid, type_nid, state_key_nid, depth, "
-            "status, reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, "
-            "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (nid, event_id, id_key, room_nid, type_nid, state_key_nid, "
+            "depth, status, reason, before_snapshot_nid, after_snapshot_nid, auth_event_nids, "
+            "received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 nid,
                 event_id,
+                id_key(event_id),
                 room_nid,
                 type_nid,
                 state_key_nid,

@@ -14,6 +14,7 @@ from typing import Any
 
 from worker.matrix.event_walks import DagNode
 from worker.storage.connection import json_list
+from worker.storage.id_keys import BY_IDS, id_keys_params
 from worker.storage.reader import Reader, ReadError
 from worker.storage.schema import STATUS_NAMES, STATUS_OUTLIER, STATUS_REJECTED
 
@@ -60,13 +61,15 @@ class FederationReads:
             " SELECT value, 0 FROM json_each(?)"
             " UNION"
             " SELECT g.prev_event_id, w.hops + 1 FROM walk w"
-            " JOIN events e ON e.event_id = w.event_id AND e.room_nid = ?"
+            " JOIN events e ON e.id_key = event_key(w.event_id) AND e.event_id = w.event_id"
+            " AND e.room_nid = ?"
             " JOIN event_edges g ON g.event_nid = e.nid WHERE w.hops < ?)"
             " SELECT w.event_id, e.nid, e.depth, e.status, "
             " (SELECT json_group_array(g.prev_event_id) FROM event_edges g"
             "  WHERE g.event_nid = e.nid)"
             " FROM (SELECT DISTINCT event_id FROM walk) w"
-            " LEFT JOIN events e ON e.event_id = w.event_id AND e.room_nid = ?",
+            " LEFT JOIN events e ON e.id_key = event_key(w.event_id)"
+            " AND e.event_id = w.event_id AND e.room_nid = ?",
             (json_list(seeds), room_nid, hops, room_nid),
         )
         nodes: dict[str, DagNode] = {}
@@ -86,8 +89,10 @@ class FederationReads:
         """The given events that are stored in this room, with status and state after."""
         rows = await self._rows(
             "SELECT event_id, status, after_snapshot_nid, depth FROM events "
-            "WHERE room_nid = ? AND event_id IN (SELECT value FROM json_each(?))",
-            (room_nid, json_list(event_ids)),
+            # `+room_nid`: found by ID (a few rows), not through the room's index (all
+            # of its events), which SQLite would otherwise take.
+            "WHERE +room_nid = ? AND " + BY_IDS,
+            (room_nid, *id_keys_params(event_ids)),
         )
         return {
             str(event_id): EventPlace(

@@ -20,6 +20,8 @@ from typing import Any
 
 from worker.storage.blocks import merge_blocks, unpack_nids
 from worker.storage.database import RoomRow, json_list, quick_check
+from worker.storage.id_keys import BY_IDS, id_keys_params
+from worker.storage.id_keys import register as register_id_key
 from worker.storage.reader import (
     HELD_IN_ROOM,
     HELD_ORDER,
@@ -235,6 +237,7 @@ class Inspector(_OverConnection):
         when there is none)."""
         path = existing_database(storage_path)
         conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
+        register_id_key(conn)
         try:
             for pragma in READ_ONLY_PRAGMAS:
                 conn.execute(pragma)
@@ -374,8 +377,8 @@ class Inspector(_OverConnection):
         return {
             str(row[0])
             for row in self._rows(
-                "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
-                (json_list(event_ids),),
+                "SELECT event_id FROM events WHERE " + BY_IDS,
+                id_keys_params(list(event_ids)),
             )
         }
 

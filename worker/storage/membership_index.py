@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.storage.blocks import NidState, merge_blocks, unpack_nids
+from worker.storage.id_keys import E_BY_IDS, id_keys_params
 from worker.storage.schema import WELL_KNOWN_TYPES
 
 MEMBER_TYPE_NID: Final = WELL_KNOWN_TYPES["m.room.member"]
@@ -31,12 +32,12 @@ _MEMBER_ROWS: Final = (
     "JOIN state_keys k ON k.nid = e.state_key_nid "
     "JOIN event_json j ON j.event_nid = e.nid WHERE e.type_nid = ? AND "
 )
-_BY_IDS: Final = _MEMBER_ROWS + "e.event_id IN (SELECT value FROM json_each(?))"
+_BY_IDS: Final = _MEMBER_ROWS + E_BY_IDS
 _BY_NIDS: Final = _MEMBER_ROWS + "e.nid IN (SELECT value FROM json_each(?))"
 #: (user, event NID) of the member events among some events, by event ID.
 _MEMBERS_BY_IDS: Final = (
     "SELECT k.state_key, e.nid FROM events e JOIN state_keys k ON k.nid = e.state_key_nid "
-    "WHERE e.type_nid = ? AND e.event_id IN (SELECT value FROM json_each(?))"
+    "WHERE e.type_nid = ? AND " + E_BY_IDS
 )
 
 
@@ -53,14 +54,14 @@ def apply_state_change(
         # A row's user is its member event's state key, so the rows to delete are
         # found by their key (no index by event NID: each row's upsert wrote a random
         # leaf of one).
-        members = conn.execute(_MEMBERS_BY_IDS, (MEMBER_TYPE_NID, json.dumps(list(removes))))
+        members = conn.execute(_MEMBERS_BY_IDS, (MEMBER_TYPE_NID, *id_keys_params(removes)))
         conn.executemany(
             "DELETE FROM user_room_memberships WHERE user_id = ? AND room_nid = ? "
             "AND event_nid = ?",
             [(user_id, room_nid, nid) for user_id, nid in members.fetchall()],
         )
     if adds:
-        rows = conn.execute(_BY_IDS, (MEMBER_TYPE_NID, json.dumps(list(adds)))).fetchall()
+        rows = conn.execute(_BY_IDS, (MEMBER_TYPE_NID, *id_keys_params(adds))).fetchall()
         _upsert(conn, room_nid, rows)
 
 

@@ -36,9 +36,9 @@ import aiosqlite
 
 from worker.storage.blocks import NidState, unpack_nids
 from worker.storage.cache_budget import DEFAULT_BUDGET, CacheBudget
-from worker.storage.connection import json_list
 from worker.storage.database import DB_FILENAME
 from worker.storage.faults import ReadError as ReadError
+from worker.storage.id_keys import BY_IDS, E_BY_IDS, SQL_FUNCTION, id_key, id_keys_params
 from worker.storage.lru import LruByWeight
 from worker.storage.read_names import NidNames
 from worker.storage.read_state import StateReads
@@ -242,6 +242,7 @@ class Reader:
         try:
             for pragma in READ_ONLY_PRAGMAS:
                 await conn.execute(pragma)
+            await conn.create_function(SQL_FUNCTION, 1, id_key, deterministic=True)
             return cls(conn, path, cache_entries, budget)
         except BaseException:
             await conn.close()
@@ -288,8 +289,8 @@ class Reader:
             return current, None
         rows = await self.rows(
             "SELECT room_nid, status, before_snapshot_nid, after_snapshot_nid "
-            "FROM events WHERE event_id = ?",
-            (event_id,),
+            "FROM events WHERE id_key = ? AND event_id = ?",
+            (id_key(event_id), event_id),
         )
         if not rows or rows[0][0] != room_nid:
             raise ReadError("unknown_event", f"event {event_id} is not stored in room {room_id}")
@@ -339,8 +340,8 @@ class Reader:
             "SELECT e.event_id, r.room_id, e.status, e.reason, e.redacted_by, j.json "
             "FROM events e JOIN rooms r ON r.nid = e.room_nid "
             "JOIN event_json j ON j.event_nid = e.nid "
-            "WHERE e.event_id IN (SELECT value FROM json_each(?))",
-            (json_list(event_ids),),
+            "WHERE " + E_BY_IDS,
+            id_keys_params(event_ids),
         )
         by_id = {
             str(event_id): EventRecord(
@@ -414,8 +415,8 @@ class Reader:
         """The union of the events' auth chains (their auth events, recursively; not
         the events themselves unless one is in another's chain), sorted."""
         rows = await self.rows(
-            "SELECT nid, event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
-            (json_list(event_ids),),
+            "SELECT nid, event_id FROM events WHERE " + BY_IDS,
+            id_keys_params(event_ids),
         )
         known = {str(event_id): int(nid) for nid, event_id in rows}
         missing = [e for e in dict.fromkeys(event_ids) if e not in known]

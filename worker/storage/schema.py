@@ -17,7 +17,10 @@ import sqlite3
 #: event any more: it served only the question those rows now answer, and each event
 #: wrote a random leaf of it. Nor has `user_room_memberships` one by event NID (its rows
 #: are deleted by their key).
-SCHEMA_VERSION = 4
+#: 5: events are found by ID through `events_id_key`, an index of a 64-bit key of the ID
+#: (worker.storage.id_keys), not through a unique index of the ID: a quarter of the
+#: leaves, so each batch's random inserts write fewer pages.
+SCHEMA_VERSION = 5
 
 #: Well-known event types with fixed NIDs (never 0: 0 means "none").
 WELL_KNOWN_TYPES: dict[str, int] = {
@@ -66,6 +69,34 @@ CREATE TABLE IF NOT EXISTS awaited_prev_events (
 ) WITHOUT ROWID;
 """
 
+#: Created by the DDL, and by the upgrade from version 4 in place of the older table.
+EVENTS = """
+CREATE TABLE IF NOT EXISTS events (
+    nid INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    -- the event ID's 64-bit key (worker.storage.id_keys): events are found by ID
+    -- through its index, `id_key = ? AND event_id = ?`
+    id_key INTEGER NOT NULL,
+    room_nid INTEGER NOT NULL,
+    type_nid INTEGER NOT NULL,
+    -- 0 for events that are not state events
+    state_key_nid INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT,
+    -- state before / after the event (0 for outliers and where unknown)
+    before_snapshot_nid INTEGER NOT NULL DEFAULT 0,
+    after_snapshot_nid INTEGER NOT NULL DEFAULT 0,
+    -- packed int64 NIDs of the auth events
+    auth_event_nids BLOB NOT NULL DEFAULT x'',
+    redacted_by TEXT,
+    -- stream order of arrival, for queries and the outbox
+    received_ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_room ON events(room_nid, nid);
+CREATE INDEX IF NOT EXISTS events_id_key ON events(id_key);
+"""
+
 DDL = (
     """
 CREATE TABLE IF NOT EXISTS event_types (
@@ -87,27 +118,9 @@ CREATE TABLE IF NOT EXISTS rooms (
     last_sent_event_nid INTEGER NOT NULL DEFAULT 0,
     depth INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS events (
-    nid INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    room_nid INTEGER NOT NULL,
-    type_nid INTEGER NOT NULL,
-    -- 0 for events that are not state events
-    state_key_nid INTEGER NOT NULL,
-    depth INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    reason TEXT,
-    -- state before / after the event (0 for outliers and where unknown)
-    before_snapshot_nid INTEGER NOT NULL DEFAULT 0,
-    after_snapshot_nid INTEGER NOT NULL DEFAULT 0,
-    -- packed int64 NIDs of the auth events
-    auth_event_nids BLOB NOT NULL DEFAULT x'',
-    redacted_by TEXT,
-    -- stream order of arrival, for queries and the outbox
-    received_ts INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_room ON events(room_nid, nid);
-CREATE TABLE IF NOT EXISTS event_json (
+"""
+    + EVENTS
+    + """CREATE TABLE IF NOT EXISTS event_json (
     event_nid INTEGER PRIMARY KEY,
     json BLOB NOT NULL
 );
@@ -217,6 +230,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
             f"the database has schema version {version}, newer than this worker's "
             f"{SCHEMA_VERSION}; upgrade the worker"
         )
+    if 0 < version < 5:
+        # First: the DDL indexes the new column, and the upgrades below find events by it.
+        upgrade_to_5(conn)
     with conn:
         conn.executescript(DDL)
         conn.executemany(
@@ -269,3 +285,36 @@ def upgrade_to_4(conn: sqlite3.Connection) -> None:
     # Rows leaving the index are found by their key since version 4 (see
     # `worker.storage.membership_index.apply_state_change`).
     conn.execute("DROP INDEX IF EXISTS user_room_memberships_event")
+
+
+#: Version 4's rows with their keys (`event_key`: worker.storage.id_keys.register).
+_V4_EVENT_COLUMNS = (
+    "nid, event_id, room_nid, type_nid, state_key_nid, depth, status, reason, "
+    "before_snapshot_nid, after_snapshot_nid, auth_event_nids, redacted_by, received_ts"
+)
+_COPY_V4_EVENTS = (
+    "INSERT INTO events ("
+    + _V4_EVENT_COLUMNS
+    + ", id_key) SELECT "
+    + _V4_EVENT_COLUMNS
+    + ", event_key(event_id) FROM events_v4 ORDER BY nid;"
+)
+
+
+def upgrade_to_5(conn: sqlite3.Connection) -> None:
+    """The upgrade to version 5: `events` gains its `id_key` column and loses its unique
+    index of `event_id`, for `events_id_key`.
+
+    SQLite cannot drop a column's UNIQUE constraint, so the table is made again with the
+    same DDL as a new database's and its rows copied, keys computed by the connection's
+    `event_key` function (worker.storage.id_keys), all in one transaction. Safe to run
+    again: a table that already has the column is left as it is."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+    if "id_key" in columns:
+        return
+    conn.executescript(
+        "BEGIN IMMEDIATE;"
+        "ALTER TABLE events RENAME TO events_v4;"
+        "DROP INDEX IF EXISTS events_room;" + EVENTS + _COPY_V4_EVENTS + "DROP TABLE events_v4;"
+        "COMMIT;"
+    )
