@@ -247,7 +247,7 @@ class Pipeline:
         scope = self.db.savepoint() if self._careful else self.db.unguarded()
         try:
             with scope:
-                self.recipe.process(message, force=force)
+                self.recipe.process(message, room_id, force=force)
             self.batch.counts.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:

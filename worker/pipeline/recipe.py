@@ -19,7 +19,7 @@ from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import OutputBuilder
 from worker.input.parse_hint import ParseHint, hinted_event
-from worker.matrix.events import Event
+from worker.matrix.events import CREATE, Event
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu
 from worker.matrix.room_versions import RoomVersion
@@ -109,10 +109,13 @@ class Recipe:
         kept, self._parsed = self._parsed, {}
         self._absent = set()
         ids: list[str] = []
+        #: Rooms not stored yet whose create event comes earlier in `messages`: the
+        #: version their other inputs will be parsed with once the create is stored.
+        created: dict[str, RoomVersion] = {}
         for message in messages:
             parsed = kept.get(message)
             if parsed is None:
-                parsed = self._parse(message)
+                parsed = self._parse(message, created)
                 if parsed is None:
                     continue
             self._parsed[message] = parsed
@@ -120,10 +123,17 @@ class Recipe:
         if ids:
             self._absent = set(ids).difference(self.p.db.get_event_rows(ids))
 
-    def _parse(self, message: InboundMessage) -> _Parsed | None:
-        """The input decoded and its event parsed, or None if either fails."""
+    def _parse(self, message: InboundMessage, created: dict[str, RoomVersion]) -> _Parsed | None:
+        """The input decoded and its event parsed, or None if either fails.
+
+        An input of a room that is not stored yet is parsed with the version of the
+        room's create event when that came earlier in the batch (`created`, filled here):
+        by its turn the create is stored, and its room's version is the one its inputs
+        are parsed with. Without this, each such input (all those of a new room's first
+        batch) would be decoded here in vain, and decoded and parsed again in its turn.
+        """
         try:
-            decoded = self._decoded(message)
+            decoded = self._decoded(message, created)
             if decoded is None:
                 return None
             inp, version = decoded
@@ -135,14 +145,22 @@ class Recipe:
             return None
         return _Parsed(inp, version, event)
 
-    def _decoded(self, message: InboundMessage) -> tuple[InputMessage, RoomVersion] | None:
+    def _decoded(
+        self, message: InboundMessage, created: dict[str, RoomVersion] | None = None
+    ) -> tuple[InputMessage, RoomVersion] | None:
         """The input decoded, with the version of its room (None if its subject names
-        no room); raises what decoding raises."""
+        no room); raises what decoding raises. `created`: see `_parse`."""
         inp = decode_input(message.data)
         room_id = self.p.rooms.of_subject(message.subject)
         if room_id is None:
             return None
-        version, _ = self.p.rooms.version_for(inp, room_id)
+        if created:
+            version = created.get(room_id)
+            if version is not None and not _is_create(inp.event):
+                return inp, version
+        version, room = self.p.rooms.version_for(inp, room_id)
+        if room is None and created is not None and _is_create(inp.event):
+            created[room_id] = version
         return inp, version
 
     def forget_prefetched(self) -> None:
@@ -151,9 +169,12 @@ class Recipe:
         `prefetch`)."""
         self._absent = set()
 
-    def process(self, message: InboundMessage, *, force: bool = False) -> None:
-        """One input; `force` processes a held event without its missing prev events."""
-        valid = self._validated(message)
+    def process(
+        self, message: InboundMessage, subject_room: str | None, *, force: bool = False
+    ) -> None:
+        """One input; `subject_room` is the room its subject names (`Rooms.of_subject`),
+        `force` processes a held event without its missing prev events."""
+        valid = self._validated(message, subject_room)
         inp, event = valid.inp, valid.event
         existing = self._existing(event.event_id)
         if self._is_duplicate(valid, existing):
@@ -209,11 +230,10 @@ class Recipe:
             return None
         return self.p.db.get_event_row(event_id)
 
-    def _validated(self, message: InboundMessage) -> _Valid:
+    def _validated(self, message: InboundMessage, subject_room: str | None) -> _Valid:
         """Decode the input and parse its event, for the room its subject names."""
         parsed = self._parsed.pop(message, None)
         inp = parsed.inp if parsed is not None else decode_input(message.data)
-        subject_room = self.p.rooms.of_subject(message.subject)
         if subject_room is None:
             raise DeadLetter(
                 "bad_subject", f"{message.subject} is not an input subject with a room token"
@@ -318,6 +338,11 @@ class Recipe:
                 reason=verdict.reason or "",
             )
         )
+
+
+def _is_create(pdu: Mapping[str, object]) -> bool:
+    """Whether a raw PDU is a create event (as `Rooms.version_for` tells it)."""
+    return pdu.get("type") == CREATE and pdu.get("state_key") == ""
 
 
 def _ids(event: Event) -> dict[str, str]:
