@@ -216,7 +216,7 @@ class Authorizer:
         already_passed: PassedAuth | None,
     ) -> None:
         """The third check on receipt: failing the state before the event rejects it."""
-        if verdict.accepted:
+        if verdict.status == STATUS_ACCEPTED:  # not the property: a call, on every event
             state = self.state.load(before)
             self._check(event, state, verdict, STATUS_REJECTED, "before it", already_passed)
 
@@ -226,7 +226,11 @@ class Authorizer:
         """The soft-fail check of a `new` event against the room's current state, when
         there is one: a room joined over federation has none until its first `new`
         event, and a state equal to the state before was checked already."""
-        if verdict.accepted and room.latest_event_nids and room.snapshot_nid != before:
+        if (
+            verdict.status == STATUS_ACCEPTED
+            and room.latest_event_nids
+            and room.snapshot_nid != before
+        ):
             current = self.state.load(room.snapshot_nid)
             self._check(event, current, verdict, STATUS_SOFT_FAILED, "current")
 

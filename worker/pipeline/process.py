@@ -152,9 +152,11 @@ class Pipeline:
                 self.recipe.prefetch(messages)
                 results = []
                 stopwatch = self.batch.start_stopwatch()
+                held = self.held
                 for message in messages:
                     results.append(self._process_message(message))
-                    self._process_woken()
+                    if held.count:  # nothing is woken while nothing is held
+                        self._process_woken()
                     if stopwatch.lap():
                         break
                 stopwatch.finish()
