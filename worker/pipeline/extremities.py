@@ -68,7 +68,9 @@ class Extremities:
         """A `new` accepted event: forward extremities, current state, the output;
         `prev_rows` are the stored rows of its prev events."""
         event, row = stored.event, stored.row
-        latest = self._latest_after(stored, room, prev_rows)
+        latest = _after_the_one_extremity(row.nid, room, prev_rows)
+        if latest is None:
+            latest = self._latest_after(stored, room, prev_rows)
         old_snapshot = room.snapshot_nid
         last_sent = room.last_sent_event_nid
         linear = len(latest) == 1 and latest[0] == row.nid
@@ -231,3 +233,20 @@ class Extremities:
             own_key_only = False
         ids = self.events.ids_of(added_nids + removed_nids)
         return [ids[n] for n in added_nids], [ids[n] for n in removed_nids], own_key_only
+
+
+def _after_the_one_extremity(
+    nid: int, room: RoomRow, prev_rows: Mapping[str, EventRow]
+) -> list[int] | None:
+    """The forward extremities after event `nid` when its one prev event is the room's
+    one extremity, and not soft-failed (a linear room): the event alone. What
+    `Extremities._latest_after` finds then, without its sets and look-ups: every old
+    extremity is replaced and none is left, so the event is one whatever its children.
+    None when the case is another."""
+    latest = room.latest_event_nids
+    if len(prev_rows) != 1 or len(latest) != 1:
+        return None
+    for prev in prev_rows.values():
+        if prev.nid == latest[0] and prev.status != STATUS_SOFT_FAILED:
+            return [nid]
+    return None
