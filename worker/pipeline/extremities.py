@@ -79,20 +79,21 @@ class Extremities:
             # The event itself is the one extremity: its ID is in hand, and so is the
             # last event sent's when it is the prev event (a linear room).
             latest_ids = [event.event_id]
-            ids = {}
+            last_sent_id = None
             if last_sent:
                 for prev in prev_rows.values():
                     if prev.nid == last_sent:
-                        ids[last_sent] = prev.event_id
+                        last_sent_id = prev.event_id
                         break
                 else:
-                    ids = self.events.ids_of([last_sent])
+                    last_sent_id = self.events.ids_of([last_sent]).get(last_sent)
         else:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self.states.resolve_and_store(room, snapshots)
             ids = self.events.ids_of([*latest, last_sent] if last_sent else latest)
             latest_ids = [ids[nid] for nid in latest]
+            last_sent_id = ids.get(last_sent)
         if old_snapshot != new_snapshot:
             adds, removes, own_key_only = self._state_change(
                 old_snapshot, new_snapshot, stored, linear
@@ -110,7 +111,7 @@ class Extremities:
                 latest_event_ids=latest_ids,
                 adds_state_event_ids=adds,
                 removes_state_event_ids=removes,
-                last_sent_event_id=ids.get(last_sent),
+                last_sent_event_id=last_sent_id,
                 send_as_server=inp.send_as_server,
                 transaction_id=inp.transaction_id,
             )
