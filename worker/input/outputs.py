@@ -40,9 +40,6 @@ class OutputBuilder:
         #: Room ID → output subject: every output of a room has the same one, and making
         #: it (the room ID in base64) cost more than the rest of the output's envelope.
         self._output_subjects: BoundedMemo[str, str] = BoundedMemo(rooms)
-        #: The room of the last output and its subject (see `_output`).
-        self._last_room_id = ""
-        self._last_subject = ""
         #: One packer for what `ormsgpack` refuses (see `pack_output`); a builder is
         #: used by one thread, the pipeline's.
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -136,16 +133,9 @@ class OutputBuilder:
         self, room_id: str, event_id: str, output_type: str, body: Mapping[str, Any]
     ) -> Output:
         """`output_type` is the body's `type`, which the message ID ends with."""
-        if room_id == self._last_room_id:
-            # The room of the last output (a busy room's outputs come in runs): its
-            # subject without the memo's look-up.
-            subject = self._last_subject
-        else:
-            memo = self._output_subjects.get(room_id)
-            if memo is None:
-                memo = self._output_subjects[room_id] = self.subjects.output(room_id)
-            subject = self._last_subject = memo
-            self._last_room_id = room_id
+        subject = self._output_subjects.get(room_id)
+        if subject is None:
+            subject = self._output_subjects[room_id] = self.subjects.output(room_id)
         return Output(subject, f"{event_id}:{output_type}", pack_output(body, self._packer))
 
 
