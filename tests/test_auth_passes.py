@@ -50,3 +50,28 @@ def test_a_pass_is_not_reused_once_a_cited_event_is_rejected(tmp_path: Path) -> 
     assert rejected_second["type"] == "rejected_event"
     assert rejected_second["reason"].startswith("against its auth events")
     assert rejected_second["reason"].endswith(f"{join.event_id}, which was rejected")
+
+
+def test_held_by_reads_a_derived_state_as_its_mapping_does() -> None:
+    """`PassedAuth.held_by` reads a `DerivedState`'s two maps itself (not through its
+    `get`): the answer must be the one the state's mapping gives, for every way an entry
+    can stand there: in the base only, changed, removed (0 in the changes), absent."""
+    from worker.pipeline.authorize import PassedAuth
+    from worker.storage.state import DerivedState
+
+    a, b, c = (1, 1), (2, 5), (3, 7)
+    base = {a: 10, b: 20, c: 30}
+    states = [
+        DerivedState(base, {}),
+        DerivedState(base, {b: 21}),
+        DerivedState(base, {c: 0}),
+        DerivedState(base, {(9, 9): 90}),
+        DerivedState({a: 10}, {b: 20, c: 30}),
+        DerivedState({a: 10, b: 20}, {c: 31}),
+    ]
+    for entries in [((a, 10), (b, 20), (c, 30)), ((a, 10), (b, 21)), ((c, 30),), ((b, 20),)]:
+        passed = PassedAuth({}, entries, complete=True)
+        for state in states:
+            as_mapping = dict(state.items())
+            assert passed.held_by(state) == passed.held_by(as_mapping), (entries, as_mapping)
+            assert passed.held_by(as_mapping) == all(as_mapping.get(k) == n for k, n in entries)

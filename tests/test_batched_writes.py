@@ -13,10 +13,12 @@ with the one-input-per-batch path that the oracle tests check against Synapse.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from tests.harness.pipeline import ALICE, SUBJECTS, pack
 from worker.matrix.builder import RoomBuilder
@@ -142,3 +144,33 @@ def test_outbox_rows_are_what_was_emitted_and_numbers_are_never_reused(tmp_path:
     assert [tuple(row) for row in db.outbox.pending()] == [tuple(row) for row in second]
     assert [row.seq for row in second] == sorted({row.seq for row in second})
     db.close()
+
+
+def test_a_new_rooms_first_batch_is_decoded_once_an_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inputs after a room's create event, in the batch that creates it, are parsed
+    ahead with the create's version (`Recipe.prefetch`): each input is decoded once, not
+    once ahead (in vain: the room is not stored yet) and again in its turn; and the
+    results are the one-input-per-batch path's."""
+    import worker.pipeline.recipe as recipe
+
+    messages = _inputs()
+    alone = _run(tmp_path / "alone", [[m] for m in messages])
+    decoded: list[bytes] = []
+    real = recipe.decode_input
+
+    def counting(data: bytes) -> Any:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(recipe, "decode_input", counting)
+    together = _run(tmp_path / "together", [messages])
+    assert together == alone
+    # Every input once, but the one that is not msgpack (tried ahead and in its turn).
+    # Every input once, but the one that is not msgpack (tried ahead, and raised in its
+    # turn) and the held child (its input comes back from the held table when released).
+    extra = Counter(decoded) - Counter(m.data for m in messages)
+    held_child = next(m.data for m in messages if b"\xa5child" in m.data)
+    assert sorted(extra.elements()) == sorted([b"\xc1 not msgpack", held_child])
+    assert not Counter(m.data for m in messages) - Counter(decoded)

@@ -34,7 +34,7 @@ from worker.storage.schema import (
     STATUS_SOFT_FAILED,
     WELL_KNOWN_TYPES,
 )
-from worker.storage.state import StateStore, StateView
+from worker.storage.state import DerivedState, StateStore, StateView
 
 
 @dataclass(slots=True)
@@ -75,6 +75,15 @@ class PassedAuth:
         (False otherwise, which proves nothing)."""
         if not self.complete:
             return False
+        if type(state) is DerivedState:
+            # Its two maps read here, as its `get` reads them, without a call per entry.
+            changes, base = state.changes, state.base
+            for key, event_nid in self.entries:
+                changed = changes.get(key)
+                # 0 in the changes: the key is removed (never an event NID).
+                if (base.get(key) if changed is None else changed) != event_nid:
+                    return False
+            return True
         get = state.get
         # A loop, not all() over a generator: three entries, on every event.
         for key, event_nid in self.entries:  # noqa: SIM110
@@ -216,7 +225,7 @@ class Authorizer:
         already_passed: PassedAuth | None,
     ) -> None:
         """The third check on receipt: failing the state before the event rejects it."""
-        if verdict.accepted:
+        if verdict.status == STATUS_ACCEPTED:  # not the property: a call, on every event
             state = self.state.load(before)
             self._check(event, state, verdict, STATUS_REJECTED, "before it", already_passed)
 
@@ -226,7 +235,11 @@ class Authorizer:
         """The soft-fail check of a `new` event against the room's current state, when
         there is one: a room joined over federation has none until its first `new`
         event, and a state equal to the state before was checked already."""
-        if verdict.accepted and room.latest_event_nids and room.snapshot_nid != before:
+        if (
+            verdict.status == STATUS_ACCEPTED
+            and room.latest_event_nids
+            and room.snapshot_nid != before
+        ):
             current = self.state.load(room.snapshot_nid)
             self._check(event, current, verdict, STATUS_SOFT_FAILED, "current")
 

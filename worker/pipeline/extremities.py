@@ -68,7 +68,9 @@ class Extremities:
         """A `new` accepted event: forward extremities, current state, the output;
         `prev_rows` are the stored rows of its prev events."""
         event, row = stored.event, stored.row
-        latest = self._latest_after(stored, room, prev_rows)
+        latest = _after_the_one_extremity(row.nid, room, prev_rows)
+        if latest is None:
+            latest = self._latest_after(stored, room, prev_rows)
         old_snapshot = room.snapshot_nid
         last_sent = room.last_sent_event_nid
         linear = len(latest) == 1 and latest[0] == row.nid
@@ -77,20 +79,21 @@ class Extremities:
             # The event itself is the one extremity: its ID is in hand, and so is the
             # last event sent's when it is the prev event (a linear room).
             latest_ids = [event.event_id]
-            ids = {}
+            last_sent_id = None
             if last_sent:
                 for prev in prev_rows.values():
                     if prev.nid == last_sent:
-                        ids[last_sent] = prev.event_id
+                        last_sent_id = prev.event_id
                         break
                 else:
-                    ids = self.events.ids_of([last_sent])
+                    last_sent_id = self.events.ids_of([last_sent]).get(last_sent)
         else:
             latest_rows = [self.events.by_nid(nid).row for nid in latest]
             snapshots = list(dict.fromkeys(r.after_snapshot_nid for r in latest_rows))
             new_snapshot = self.states.resolve_and_store(room, snapshots)
             ids = self.events.ids_of([*latest, last_sent] if last_sent else latest)
             latest_ids = [ids[nid] for nid in latest]
+            last_sent_id = ids.get(last_sent)
         if old_snapshot != new_snapshot:
             adds, removes, own_key_only = self._state_change(
                 old_snapshot, new_snapshot, stored, linear
@@ -108,7 +111,7 @@ class Extremities:
                 latest_event_ids=latest_ids,
                 adds_state_event_ids=adds,
                 removes_state_event_ids=removes,
-                last_sent_event_id=ids.get(last_sent),
+                last_sent_event_id=last_sent_id,
                 send_as_server=inp.send_as_server,
                 transaction_id=inp.transaction_id,
             )
@@ -231,3 +234,20 @@ class Extremities:
             own_key_only = False
         ids = self.events.ids_of(added_nids + removed_nids)
         return [ids[n] for n in added_nids], [ids[n] for n in removed_nids], own_key_only
+
+
+def _after_the_one_extremity(
+    nid: int, room: RoomRow, prev_rows: Mapping[str, EventRow]
+) -> list[int] | None:
+    """The forward extremities after event `nid` when its one prev event is the room's
+    one extremity, and not soft-failed (a linear room): the event alone. What
+    `Extremities._latest_after` finds then, without its sets and look-ups: every old
+    extremity is replaced and none is left, so the event is one whatever its children.
+    None when the case is another."""
+    latest = room.latest_event_nids
+    if len(prev_rows) != 1 or len(latest) != 1:
+        return None
+    for prev in prev_rows.values():
+        if prev.nid == latest[0] and prev.status != STATUS_SOFT_FAILED:
+            return [nid]
+    return None

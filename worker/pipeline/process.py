@@ -170,9 +170,11 @@ class Pipeline:
                 self.recipe.prefetch(messages)
                 results = []
                 stopwatch = self.batch.start_stopwatch()
+                held = self.held
                 for message in messages:
                     results.append(self._process_message(message))
-                    self._process_woken()
+                    if held.count:  # nothing is woken while nothing is held
+                        self._process_woken()
                     if stopwatch.lap():
                         break
                 more, budget = follow(len(results)) if follow is not None else ((), None)
@@ -275,7 +277,7 @@ class Pipeline:
         scope = self.db.savepoint() if self._careful else self.db.unguarded()
         try:
             with scope:
-                self.recipe.process(message, force=force)
+                self.recipe.process(message, room_id, force=force)
             self.batch.counts.processed += 1
             return Disposition.ACK
         except DeadLetter as dead:

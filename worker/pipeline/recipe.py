@@ -19,7 +19,7 @@ from worker.input.decode import InputMessage, Kind, decode_input
 from worker.input.errors import DeadLetter
 from worker.input.outputs import OutputBuilder
 from worker.input.parse_hint import ParseHint, hinted_event
-from worker.matrix.events import Event
+from worker.matrix.events import CREATE, Event
 from worker.matrix.hashes import compute_event_id
 from worker.matrix.pdu import PduError, parse_pdu
 from worker.matrix.room_versions import RoomVersion
@@ -75,6 +75,20 @@ class _Parsed(NamedTuple):
     inp: InputMessage
     version: RoomVersion
     event: Event
+    #: Whether the room was stored when the input was parsed: then it still is in the
+    #: input's turn (stored before the transaction that parsed it, or one before it),
+    #: and `Rooms.version_for` gives the same version again (a stored room's version
+    #: never changes).
+    room_stored: bool
+
+
+class _BatchRoom(NamedTuple):
+    """A room of the batch being parsed ahead (see `Recipe._decoded`)."""
+
+    #: The version its inputs other than a create event are parsed with.
+    version: RoomVersion
+    #: Whether it was stored when the batch was parsed (else its create is in the batch).
+    stored: bool
 
 
 class Recipe:
@@ -109,10 +123,11 @@ class Recipe:
         kept, self._parsed = self._parsed, {}
         self._absent = set()
         ids: list[str] = []
+        rooms: dict[str, _BatchRoom] = {}
         for message in messages:
             parsed = kept.get(message)
             if parsed is None:
-                parsed = self._parse(message)
+                parsed = self._parse(message, rooms)
                 if parsed is None:
                     continue
             self._parsed[message] = parsed
@@ -120,30 +135,53 @@ class Recipe:
         if ids:
             self._absent = set(ids).difference(self.p.db.get_event_rows(ids))
 
-    def _parse(self, message: InboundMessage) -> _Parsed | None:
-        """The input decoded and its event parsed, or None if either fails."""
+    def _parse(self, message: InboundMessage, rooms: dict[str, _BatchRoom]) -> _Parsed | None:
+        """The input decoded and its event parsed, or None if either fails; `rooms`
+        (filled here, see `_decoded`) holds the batch's rooms by input subject."""
         try:
-            decoded = self._decoded(message)
+            decoded = self._decoded(message, rooms)
             if decoded is None:
                 return None
-            inp, version = decoded
+            inp, version, room_stored = decoded
             hint = self.hints.get(message)
             event = hinted_event(inp, version, hint) if hint is not None else None
             if event is None:
                 event = parse_pdu(inp.event, version, float_free=inp.float_free)
         except Exception:  # raised again in the input's own turn, in its savepoint
             return None
-        return _Parsed(inp, version, event)
+        return _Parsed(inp, version, event, room_stored)
 
-    def _decoded(self, message: InboundMessage) -> tuple[InputMessage, RoomVersion] | None:
-        """The input decoded, with the version of its room (None if its subject names
-        no room); raises what decoding raises."""
+    def _decoded(
+        self, message: InboundMessage, rooms: dict[str, _BatchRoom] | None = None
+    ) -> tuple[InputMessage, RoomVersion, bool] | None:
+        """The input decoded, with the version of its room and whether the room is
+        stored (None if its subject names no room); raises what decoding raises.
+
+        `rooms` (a batch's, by input subject) answers for the inputs after the first
+        of a room that is not a create event (`Rooms.version_for` reads nothing else of
+        them), without looking the subject and the room up again:
+        - a stored room's version (it never changes, nor does a room stop being stored);
+        - for a room not stored yet whose create event came earlier in the batch, the
+          create's version: by the input's turn the create is stored, and its room's
+          version is the one its inputs are parsed with. Without this, each such input
+          (all those of a new room's first batch) would be decoded here in vain, and
+          decoded and parsed again in its turn."""
         inp = decode_input(message.data)
+        raw = inp.event
+        is_create = raw.get("type") == CREATE and raw.get("state_key") == ""
+        if rooms and not is_create:
+            known = rooms.get(message.subject)
+            if known is not None:
+                return inp, known.version, known.stored
         room_id = self.p.rooms.of_subject(message.subject)
         if room_id is None:
             return None
-        version, _ = self.p.rooms.version_for(inp, room_id)
-        return inp, version
+        version, room = self.p.rooms.version_for(inp, room_id)
+        if rooms is not None and (room is not None) is not is_create:
+            # A stored room (seen through an input other than a create), or a room
+            # created by this input (by the first, if several claim to).
+            rooms.setdefault(message.subject, _BatchRoom(version, room is not None))
+        return inp, version, room is not None
 
     def forget_prefetched(self) -> None:
         """The batch is over (or undone): which events were stored no longer holds.
@@ -151,12 +189,16 @@ class Recipe:
         `prefetch`)."""
         self._absent = set()
 
-    def process(self, message: InboundMessage, *, force: bool = False) -> None:
-        """One input; `force` processes a held event without its missing prev events."""
-        valid = self._validated(message)
+    def process(
+        self, message: InboundMessage, subject_room: str | None, *, force: bool = False
+    ) -> None:
+        """One input; `subject_room` is the room its subject names (`Rooms.of_subject`),
+        `force` processes a held event without its missing prev events."""
+        valid = self._validated(message, subject_room)
         inp, event = valid.inp, valid.event
         existing = self._existing(event.event_id)
-        if self._is_duplicate(valid, existing):
+        # Neither stored nor anything held: no duplicate (the common case, without a call).
+        if (existing is not None or self.p.held.count) and self._is_duplicate(valid, existing):
             return
         room = valid.room
         if room is None:
@@ -185,7 +227,8 @@ class Recipe:
             self.p.states.after,
             verdict.cited,
         )
-        self.p.held.wake(event.event_id)
+        if self.p.held.count:  # nothing held, nothing to wake
+            self.p.held.wake(event.event_id)
         if force or inp.state_event_ids is not None:
             # Processed without all its prev events: remember the ones still unknown.
             missing = self.p.states.prevs_without_state(event, prev_rows)
@@ -209,11 +252,10 @@ class Recipe:
             return None
         return self.p.db.get_event_row(event_id)
 
-    def _validated(self, message: InboundMessage) -> _Valid:
+    def _validated(self, message: InboundMessage, subject_room: str | None) -> _Valid:
         """Decode the input and parse its event, for the room its subject names."""
         parsed = self._parsed.pop(message, None)
         inp = parsed.inp if parsed is not None else decode_input(message.data)
-        subject_room = self.p.rooms.of_subject(message.subject)
         if subject_room is None:
             raise DeadLetter(
                 "bad_subject", f"{message.subject} is not an input subject with a room token"
@@ -224,8 +266,14 @@ class Recipe:
                 "wrong_room",
                 f"the subject names room {subject_room} but the event is in {claimed_room}",
             )
-        version, room = self.p.rooms.version_for(inp, subject_room)
-        self.p.acl.refuse_denied(inp.origin, room)
+        if parsed is not None and parsed.room_stored:
+            # The room was stored when the input was parsed, and so still is: its version
+            # is the one the input was parsed with (see `_Parsed.room_stored`).
+            version, room = parsed.version, self.p.rooms.get(subject_room)
+        else:
+            version, room = self.p.rooms.version_for(inp, subject_room)
+        if inp.origin is not None:  # an input without an origin is not checked
+            self.p.acl.refuse_denied(inp.origin, room)
         try:
             if parsed is not None and parsed.version.identifier == version.identifier:
                 event = parsed.event

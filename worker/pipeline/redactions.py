@@ -51,7 +51,8 @@ class Redactions:
         if it is a redaction, and apply the redactions that were waiting for it."""
         if stored.event.type == REDACTION:
             self._record(stored, room, before)
-        self._apply_pending(stored, room)
+        if self._late_targets.may_contain(stored.event.event_id):
+            self._apply_pending(stored, room)
 
     def _record(self, stored: StoredEvent, room: RoomRow, before: int) -> None:
         """Remember an accepted redaction; apply it now if its target is stored.
@@ -72,9 +73,8 @@ class Redactions:
             self._late_targets.add([target])
 
     def _apply_pending(self, stored: StoredEvent, room: RoomRow) -> None:
-        """Apply the redactions that named this event before it was stored."""
-        if not self._late_targets.may_contain(stored.event.event_id):
-            return
+        """Apply the redactions that named this event before it was stored (the caller
+        asks only when the late targets may hold it)."""
         for redaction_nid, may_redact_any in self.db.redactions.of(stored.event.event_id):
             redaction = self.events.by_nid(redaction_nid)
             if redaction.row.nid != stored.row.nid:

@@ -100,13 +100,14 @@ class EventStates:
     def prevs_without_state(self, event: Event, prev_rows: Mapping[str, EventRow]) -> list[str]:
         """Prev events that are unknown, or known only as outliers (no state);
         `prev_rows` as in `before`."""
-        if not event.prev_event_ids:
-            return []
-        return [
-            eid
-            for eid in event.prev_event_ids
-            if eid not in prev_rows or prev_rows[eid].status == STATUS_OUTLIER
-        ]
+        # A loop, not a list comprehension: in the common case (none missing) it makes
+        # nothing, where a comprehension is a call of its own, on every event.
+        missing: list[str] = []
+        for eid in event.prev_event_ids:
+            row = prev_rows.get(eid)
+            if row is None or row.status == STATUS_OUTLIER:
+                missing.append(eid)
+        return missing
 
     def resolve_and_store(self, room: RoomRow, snapshots: Sequence[int]) -> int:
         """Resolve several snapshots with the room version's algorithm and store the
