@@ -20,7 +20,7 @@ from worker.input.outputs import OutputBuilder
 from worker.matrix.events import StateMap
 from worker.pipeline.acl import OriginAcl
 from worker.pipeline.authorize import Authorizer
-from worker.pipeline.batch import Batch, Counters, Disposition, InboundMessage
+from worker.pipeline.batch import Batch, Counters, Disposition, InboundMessage, Stopwatch
 from worker.pipeline.extremities import Extremities
 from worker.pipeline.held import HeldEvents
 from worker.pipeline.limits import CacheLimits
@@ -168,29 +168,32 @@ class Pipeline:
         with self._transaction():
             try:
                 self.recipe.prefetch(messages)
-                results = []
+                results: list[Disposition] = []
                 stopwatch = self.batch.start_stopwatch()
-                held = self.held
-                for message in messages:
-                    results.append(self._process_message(message))
-                    if held.count:  # nothing is woken while nothing is held
-                        self._process_woken()
-                    if stopwatch.lap():
-                        break
+                self._run_inputs(messages, stopwatch, results)
                 more, budget = follow(len(results)) if follow is not None else ((), None)
                 if more:
                     # The inputs left of `messages` keep their parses for the next batch.
                     self.recipe.prefetch([*messages[len(results) :], *more])
                     stopwatch.renew(budget)
-                    for message in more:
-                        results.append(self._process_message(message))
-                        self._process_woken()
-                        if stopwatch.lap():
-                            break
+                    self._run_inputs(more, stopwatch, results)
                 stopwatch.finish()
             finally:
                 self.recipe.forget_prefetched()
         return results
+
+    def _run_inputs(
+        self, messages: Sequence[InboundMessage], stopwatch: Stopwatch, results: list[Disposition]
+    ) -> None:
+        """Process `messages` in order into `results` until the stopwatch says the
+        transaction's budget is spent."""
+        held = self.held
+        for message in messages:
+            results.append(self._process_message(message))
+            if held.count:  # nothing is woken while nothing is held
+                self._process_woken()
+            if stopwatch.lap():
+                break
 
     def release_expired(self, now_ms: int | None = None) -> int:
         """Process held events that waited longer than `held_max_wait` with the state
