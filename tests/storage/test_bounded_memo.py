@@ -54,6 +54,7 @@ def test_resolver_memos_stay_bounded_and_right(
             kept.pl_parents,
             kept.auth_types,
             kept.power_events,
+            kept.sender_levels,
         ]
         for memo in memos:
             assert isinstance(memo, BoundedMemo) and len(memo) <= limit

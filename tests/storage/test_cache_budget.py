@@ -79,6 +79,7 @@ def _pipeline_caches(pipeline: Pipeline) -> list[tuple[str, Any]]:
     kept = resolver._kept
     memos = [resolver._settled, resolver._usable, resolver.witnesses]
     memos += [kept.auth_outcomes, kept.auth_types, kept.pl_parents, kept.power_events]
+    memos += [kept.sender_levels]
     memos += [resolver._key_nids, resolver._key_names]
     return [
         ("states", state.cache.caches()["states"]),

@@ -104,8 +104,10 @@ class NidResolver:
         #: while that event is still agreed on, the next walk's answer is known.
         self.witnesses: BoundedMemo[str, int] = BoundedMemo(memo_entries)
         #: Answers about events kept across resolutions (hashed event IDs only): the
-        #: auth rules' outcomes, power levels parents, auth types, power events.
+        #: auth rules' outcomes, power levels parents, auth types, power events,
+        #: senders' levels.
         self._kept = KeptAnswers(
+            BoundedMemo(memo_entries),
             BoundedMemo(memo_entries),
             BoundedMemo(memo_entries),
             BoundedMemo(memo_entries),

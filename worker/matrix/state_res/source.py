@@ -36,6 +36,10 @@ UsableKeyed = Callable[[str], "tuple[StateKey, Event] | None"]
 #: Power levels parents kept by a caller across resolutions (`power_levels_parent`),
 #: on the same terms as `AuthOutcomes`: only answers read from known events are kept.
 PowerLevelsParents = MutableMapping[str, str | None]
+#: Users' power levels kept by a caller across resolutions (`EventSource.sender_power`):
+#: (user ID, create event ID, power levels event ID or None) → the level those two
+#: events give the user, on the same terms as `AuthOutcomes`.
+SenderLevels = MutableMapping[tuple[str, str, str | None], Level]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +58,16 @@ class KeptAnswers:
     auth_types: MutableMapping[str, tuple[StateKey, ...]]
     #: Event ID → whether the event is a power event (`EventSource.is_power`).
     power_events: MutableMapping[str, bool]
+    #: The power ordering's sender levels (`SenderLevels`): a forked room orders the
+    #: same power events, sent by the same few users, in every resolution.
+    sender_levels: SenderLevels
 
     def clear(self) -> None:
         self.auth_outcomes.clear()
         self.pl_parents.clear()
         self.auth_types.clear()
         self.power_events.clear()
+        self.sender_levels.clear()
 
 
 _REMOVING_MEMBERSHIPS = ("leave", "ban")
@@ -96,6 +104,7 @@ class EventSource:
         "auth_outcomes",
         "pl_parents",
         "room_version",
+        "sender_levels",
         "usable_of",
     )
 
@@ -112,6 +121,7 @@ class EventSource:
         self.usable_of = usable_of
         self.auth_outcomes = kept.auth_outcomes if kept is not None else None
         self.pl_parents = kept.pl_parents if kept is not None else None
+        self.sender_levels = kept.sender_levels if kept is not None else None
         # Without a caller's memos, these last for this resolution only.
         self._auth_types = kept.auth_types if kept is not None else {}
         self._power_events = kept.power_events if kept is not None else {}
@@ -273,13 +283,25 @@ class EventSource:
         create = self.create_for(event)
         if create is None:
             return 0
-        state: dict[StateKey, Event] = {CREATE_KEY: create}
         pl_id = self.power_levels_parent(event_id)
-        if pl_id is not None:
-            pl_event = self.event(pl_id)
-            if pl_event is not None:
-                state[POWER_LEVELS_KEY] = pl_event
-        return user_power_level(state, event.sender)
+        pl_event = self.event(pl_id) if pl_id is not None else None
+        kept = self.sender_levels
+        if kept is None:
+            return _level_in(create, pl_event, event.sender)
+        # The level is read from these two events' contents alone.
+        memo_key = (event.sender, create.event_id, pl_event.event_id if pl_event else None)
+        level = kept.get(memo_key)
+        if level is None:
+            level = kept[memo_key] = _level_in(create, pl_event, event.sender)
+        return level
+
+
+def _level_in(create: Event, power_levels: Event | None, user_id: str) -> Level:
+    """The user's power level in a state of this create and power levels event."""
+    state: dict[StateKey, Event] = {CREATE_KEY: create}
+    if power_levels is not None:
+        state[POWER_LEVELS_KEY] = power_levels
+    return user_power_level(state, user_id)
 
 
 def first_create_ids(state_sets: Iterable[Mapping[StateKey, str]]) -> list[str]:
