@@ -65,6 +65,21 @@ def test_missing_event_json_is_named(tmp_path: Path) -> None:
     assert any("event NID 2 has no stored JSON" in f for f in faults)
 
 
+def test_an_event_stored_twice_or_under_a_wrong_key_is_named(tmp_path: Path) -> None:
+    """No unique index refuses a second row of an event ID (schema version 5): verify
+    is what proves each event is stored once, under its ID's key."""
+    h = _room_with_a_fork(tmp_path)
+    with sqlite3.connect(h.db.path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+        copied = ", ".join(c for c in columns if c != "nid")
+        conn.execute(f"INSERT INTO events ({copied}) SELECT {copied} FROM events WHERE nid = 2")
+        event_id = conn.execute("SELECT event_id FROM events WHERE nid = 2").fetchone()[0]
+        conn.execute("UPDATE events SET id_key = id_key + 1 WHERE nid = 3")
+    faults = verify(tmp_path).faults
+    assert f"event {event_id} is stored 2 times" in faults, faults
+    assert any(f.startswith("event NID 3 (") and "its ID's key" in f for f in faults), faults
+
+
 def test_a_wrong_current_state_is_named(tmp_path: Path) -> None:
     h = _room_with_a_fork(tmp_path)
     with sqlite3.connect(h.db.path) as conn:

@@ -58,6 +58,7 @@ def _verify(rows: StoredRows, db: Database) -> Report:
     blocks = _check_blocks(rows, report, events, types, rows.state_key_nids())
     snapshots = _check_snapshots(rows, report, blocks)
     _check_events(report, events, rows.event_nids_with_json(), types, snapshots)
+    _check_event_ids(rows, report)
     _check_rooms(rows, db, report, events, snapshots)
     return report
 
@@ -133,6 +134,16 @@ def _check_events(
         for which, snap in (("before", before), ("after", after)):
             if snap and snapshots.get(snap) != room_nid:
                 report.fault(f"event NID {nid}: its state {which} (snapshot {snap}) is missing")
+
+
+def _check_event_ids(rows: StoredRows, report: Report) -> None:
+    """Each event ID is stored once, under its own key (nothing in the schema refuses
+    a second row of an ID: `worker.storage.id_keys`)."""
+    repeated, wrong_keys = rows.event_id_faults()
+    for event_id, count in repeated:
+        report.fault(f"event {event_id} is stored {count} times")
+    for nid, event_id in wrong_keys:
+        report.fault(f"event NID {nid} ({event_id}) is not stored under its ID's key")
 
 
 def _check_rooms(

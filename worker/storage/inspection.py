@@ -141,6 +141,23 @@ class StoredRows(_OverConnection):
             )
         }
 
+    def event_id_faults(self) -> tuple[list[tuple[str, int]], list[tuple[int, str]]]:
+        """The event IDs stored more than once, with their row counts, and the rows
+        whose `id_key` is not their ID's key. Since schema version 5 no unique index
+        refuses a second row of an ID (`worker.storage.id_keys`): the pipeline's own
+        duplicate check keeps each event stored once, and this proves it did."""
+        with self._snapshot():
+            repeated = self._rows(
+                "SELECT event_id, count(*) FROM events GROUP BY event_id HAVING count(*) > 1"
+            )
+            wrong_keys = self._rows(
+                "SELECT nid, event_id FROM events WHERE id_key != event_key(event_id)"
+            )
+        return (
+            [(str(event_id), int(count)) for event_id, count in repeated],
+            [(int(nid), str(event_id)) for nid, event_id in wrong_keys],
+        )
+
     def type_nids(self) -> set[int]:
         return {int(row[0]) for row in self._conn.execute("SELECT nid FROM event_types")}
 
