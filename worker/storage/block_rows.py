@@ -15,10 +15,11 @@ from worker.storage.faults import StorageError
 class BlockRows:
     """The SQL of `state_blocks` and `state_snapshots`, on the write connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, writes: sqlite3.Cursor) -> None:
         self.conn = conn
-        #: The inserts' own cursor (see `WriteConnection.writes`).
-        self._writes = conn.cursor()
+        #: The write connection's cursor for writes whose rows are never read
+        #: (`WriteConnection.writes`).
+        self._writes = writes
 
     def snapshot_block_nids(self, snapshot_nid: int) -> list[int]:
         row = self.conn.execute(

@@ -161,6 +161,7 @@ class WriteConnection:
         self.writes = self.conn.cursor()
         self._in_txn = False
         self._broken = False
+        self._closed = False
         self._rollback_hooks: list[Callable[[], None]] = []
         #: The hooks `on_rollback_once` registered since the transaction or the
         #: current input's savepoint began: where a rollback would run them.
@@ -170,6 +171,14 @@ class WriteConnection:
         self._begin_hooks: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        """Close the connection for real: a cursor that still holds a statement keeps
+        SQLite's connection open (a "zombie") while its Python object lives, so the WAL
+        would be neither checkpointed into the database file nor deleted. Closing
+        again does nothing, as with `sqlite3.Connection.close`."""
+        if self._closed:
+            return
+        self._closed = True
+        self.writes.close()
         self.conn.close()
 
     def defer_sync(self) -> WalSync:

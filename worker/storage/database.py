@@ -131,8 +131,8 @@ class Database(WriteConnection):
         super().__init__(storage_path / DB_FILENAME)
         create_schema(self.conn)
         self.held = HeldStore(self.conn)
-        self.outbox = OutboxStore(self.conn)
-        self.block_rows = BlockRows(self.conn)
+        self.outbox = OutboxStore(self.conn, self.writes)
+        self.block_rows = BlockRows(self.conn, self.writes)
         self.redactions = Redactions(self.conn)
         self.awaited_prevs = AwaitedPrevEvents(self.conn)
         #: Room rows changed in the open transaction, by NID: (snapshot NID, packed

@@ -25,10 +25,11 @@ _INSERT = MultiRowInsert("INSERT INTO outbox (seq, subject, msg_id, payload)", 4
 class OutboxStore:
     """The outbox table's SQL, on the write connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, writes: sqlite3.Cursor) -> None:
         self.conn = conn
-        #: The inserts' own cursor (see `WriteConnection.writes`).
-        self._writes = conn.cursor()
+        #: The write connection's cursor for writes whose rows are never read
+        #: (`WriteConnection.writes`).
+        self._writes = writes
 
     def add(self, subject: str, msg_id: str, payload: bytes) -> int:
         """Queue an output; returns its outbox sequence number."""
