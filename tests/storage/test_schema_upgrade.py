@@ -1,11 +1,13 @@
-"""The upgrade from schema version 3 to 4, on real SQLite files.
+"""The upgrades from schema version 3 to 4 and from 4 to 5, on real SQLite files.
 
 Version 4 records, with each awaited prev event, the stored events processed without
 it, and drops the index of `event_edges` by prev event that version 3 read children
 through. A database written by version 3 (its DDL as it was, schema_v3.sql) must then
 give the same answers as one written by version 4 throughout: the same children for
 an awaited prev event, and the same outputs, forward extremities and rows once the late
-prev event arrives.
+prev event arrives. Version 5 finds events by a 64-bit key of their ID instead of a
+unique index of it (schema_v4.sql is version 4's DDL): an upgraded file must equal a
+fresh one row for row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.pipeline import ALICE, Harness
@@ -45,38 +48,62 @@ def _late_parents(path: Path) -> tuple[RoomBuilder, Event, Event, list[Event]]:
     return h.builder, late, gone, [first, second, outlier, orphan]
 
 
-def _as_version_3(source: Path, target: Path) -> None:
-    """The same rows in a database made by version 3's DDL: the awaited prev events
-    without their children, and `event_edges` indexed by prev event."""
+def _older_copy(
+    source: Path,
+    target: Path,
+    schema: Path,
+    version: int,
+    *,
+    skip: str = "",
+    finish: Callable[[sqlite3.Connection], object] = lambda conn: None,
+) -> set[str]:
+    """A database in `target` made by an older version's DDL (`schema`), holding
+    `source`'s rows in the columns that version had (every table but `skip`), and
+    what `finish` adds in the same transaction (with `source` attached as `new`);
+    returns the names in its schema."""
     target.mkdir()
     with contextlib.closing(sqlite3.connect(target / DB_FILENAME)) as conn:
-        conn.executescript(SCHEMA_V3.read_text(encoding="utf-8"))
-        conn.execute("PRAGMA user_version = 3")
-        conn.execute("ATTACH DATABASE ? AS v4", (str(source / DB_FILENAME),))
+        conn.executescript(schema.read_text(encoding="utf-8"))
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("ATTACH DATABASE ? AS new", (str(source / DB_FILENAME),))
         tables = [
             name
             for (name,) in conn.execute(
                 "SELECT name FROM main.sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name != 'awaited_prev_events'"
+                "AND name NOT LIKE 'sqlite_%' AND name != ?",
+                (skip,),
             )
         ]
         with conn:
             for name in tables:
-                # The columns version 3 had (later versions added some to `events`).
+                # The columns the older version had (later versions added some).
                 columns = ", ".join(
                     row[1] for row in conn.execute(f'PRAGMA main.table_info("{name}")')
                 )
-                conn.execute(f'INSERT INTO main."{name}" SELECT {columns} FROM v4."{name}"')
+                conn.execute(f'INSERT INTO main."{name}" SELECT {columns} FROM new."{name}"')
             # The AUTOINCREMENT counters as they were (the copy above moved them).
             conn.execute("DELETE FROM main.sqlite_sequence")
-            conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM v4.sqlite_sequence")
-            conn.execute(
-                "INSERT INTO main.awaited_prev_events "
-                "SELECT DISTINCT event_id FROM v4.awaited_prev_events"
-            )
-        conn.execute("DETACH DATABASE v4")
-        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-        assert "event_edges_prev" in indexes
+            conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM new.sqlite_sequence")
+            finish(conn)
+        conn.execute("DETACH DATABASE new")
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+
+
+def _as_version_3(source: Path, target: Path) -> None:
+    """The same rows in a database made by version 3's DDL: the awaited prev events
+    without their children, and `event_edges` indexed by prev event."""
+    names = _older_copy(
+        source,
+        target,
+        SCHEMA_V3,
+        3,
+        skip="awaited_prev_events",
+        finish=lambda conn: conn.execute(
+            "INSERT INTO main.awaited_prev_events "
+            "SELECT DISTINCT event_id FROM new.awaited_prev_events"
+        ),
+    )
+    assert "event_edges_prev" in names
 
 
 def _nid(h: Harness, event: Event) -> int:
@@ -158,30 +185,7 @@ SCHEMA_V4 = Path(__file__).with_name("schema_v4.sql")
 def _as_version_4(source: Path, target: Path) -> None:
     """The same rows in a database made by version 4's DDL: `events` without its
     `id_key` column, its event IDs under a unique index."""
-    target.mkdir()
-    with contextlib.closing(sqlite3.connect(target / DB_FILENAME)) as conn:
-        conn.executescript(SCHEMA_V4.read_text(encoding="utf-8"))
-        conn.execute("PRAGMA user_version = 4")
-        conn.execute("ATTACH DATABASE ? AS v5", (str(source / DB_FILENAME),))
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM main.sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        with conn:
-            for name in tables:
-                columns = ", ".join(
-                    row[1] for row in conn.execute(f'PRAGMA main.table_info("{name}")')
-                )
-                conn.execute(f'INSERT INTO main."{name}" SELECT {columns} FROM v5."{name}"')
-            conn.execute("DELETE FROM main.sqlite_sequence")
-            conn.execute("INSERT INTO main.sqlite_sequence SELECT * FROM v5.sqlite_sequence")
-        conn.execute("DETACH DATABASE v5")
-        assert "sqlite_autoindex_events_1" in {
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master")
-        }
+    assert "sqlite_autoindex_events_1" in _older_copy(source, target, SCHEMA_V4, 4)
 
 
 def test_a_version_4_database_answers_as_a_version_5_one(tmp_path: Path) -> None:
